@@ -1,0 +1,20 @@
+# Set-up and entry points. Each target installs what it needs into .venv on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of PyTorch (an unpinned torch pulls a multi-GB CUDA build). Override for GPUs:
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -1,0 +1,153 @@
+"""The SAM maths, in pure PyTorch: one place for both the Trainer step and the standalone optimizer.
+
+SAM (Foret et al., ICLR 2021) replaces the gradient at w by the gradient at the worst point of a
+rho-ball around w, found to first order:
+
+    e(w) = rho * g / ||g||                          (SAM)
+    e(w) = rho * |w|^2 * g / || |w| * g ||          (ASAM, Kwon et al., ICML 2021)
+
+The step is then: save w, climb to w + e(w), take the gradient there, restore w exactly (by copy,
+never by subtracting e(w), which drifts in low precision), and let the base optimizer step.
+
+Every function here works on lists of tensors with `torch._foreach_*` ops (one launch per list
+rather than one per parameter) and imports nothing from transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# Added to ||g|| so that a zero gradient gives e(w) = 0 instead of 0/0 (as davda54/sam does).
+NORM_EPS = 1e-12
+
+
+def _present(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]):
+    """Pairs (grads, params) with the parameters that received no gradient left out."""
+    pairs = [(g, p) for g, p in zip(grads, params, strict=True) if g is not None]
+    return [g for g, _ in pairs], [p for _, p in pairs]
+
+
+def ascent_norm(
+    grads: Sequence[torch.Tensor | None],
+    params: Sequence[torch.Tensor] | None = None,
+    adaptive: bool | Sequence[bool] = False,
+) -> torch.Tensor:
+    """The global L2 norm that SAM divides by: ||g||, or || |w| * g || for ASAM (float32 scalar).
+
+    `adaptive` may be one flag per tensor (the standalone optimizer allows ASAM per param group).
+    """
+    if isinstance(adaptive, bool):
+        adaptive = [adaptive] * len(grads)
+    if params is None:
+        if any(adaptive):
+            raise ValueError("ASAM's norm || |w| * g || needs the parameters")
+        params = [None] * len(grads)  # type: ignore[list-item]
+    plain = [g for g, a in zip(grads, adaptive, strict=True) if g is not None and not a]
+    scaled = [
+        (g, p) for g, p, a in zip(grads, params, adaptive, strict=True) if g is not None and a
+    ]
+    norms: list[torch.Tensor] = []
+    if plain:
+        norms += torch._foreach_norm(plain, 2, dtype=torch.float32)
+    if scaled:
+        weighted = torch._foreach_mul(
+            torch._foreach_abs([p.detach() for _, p in scaled]), [g for g, _ in scaled]
+        )
+        norms += torch._foreach_norm(weighted, 2, dtype=torch.float32)
+    if not norms:
+        return torch.zeros((), dtype=torch.float32)
+    device = norms[0].device
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), 2)
+
+
+def perturbation_(
+    grads: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    scale: torch.Tensor | float,
+    adaptive: bool = False,
+) -> list[torch.Tensor]:
+    """Turn g into e(w) in place: e = scale * g, or scale * w^2 * g for ASAM; returns the list.
+
+    `scale` is rho / (norm + eps), from `ascent_norm`. The grads are overwritten: they are the
+    ascent gradients, needed for nothing else once e(w) is known.
+    """
+    grads = list(grads)
+    if not grads:
+        return grads
+    if adaptive:
+        weights = [p.detach() for p in params]
+        torch._foreach_mul_(grads, torch._foreach_mul(weights, weights))
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(grads[0].device)
+    torch._foreach_mul_(grads, scale)
+    return grads
+
+
+def save_weights(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """An exact copy of w, to come back to after the climb."""
+    saved = [torch.empty_like(p) for p in params]
+    if saved:
+        torch._foreach_copy_(saved, [p.detach() for p in params])
+    return saved
+
+
+@torch.no_grad()
+def climb_(params: Sequence[torch.Tensor], e: Sequence[torch.Tensor]) -> None:
+    """Climb to the local maximum: w <- w + e(w)."""
+    if params:
+        torch._foreach_add_(list(params), [x.to(p.dtype) for x, p in zip(e, params, strict=True)])
+
+
+@torch.no_grad()
+def restore_weights_(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> None:
+    """Get back to w from w + e(w), by copying the saved tensors (bit-exact in any dtype)."""
+    if params:
+        torch._foreach_copy_(list(params), list(saved))
+
+
+def sam_perturbation(
+    grads: Sequence[torch.Tensor | None],
+    params: Sequence[torch.Tensor],
+    rho: float,
+    adaptive: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """e(w) for the parameters that have a gradient: returns (params, e, ascent norm).
+
+    The caller decides what a non-finite norm means (the Trainer skips the climb); e(w) is then
+    meaningless and must not be applied.
+    """
+    grads, params = _present(grads, params)
+    norm = ascent_norm(grads, params, adaptive)
+    if not grads:
+        return params, [], norm
+    scale = rho / (norm + NORM_EPS)
+    return params, perturbation_(grads, params, scale, adaptive), norm
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters SAM perturbs: those that train (frozen LoRA/PEFT bases have no gradient)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with batch statistics but leave their running statistics alone.
+
+    SAM runs two forward passes per batch; the running mean/var (and `num_batches_tracked`) must
+    be updated by the first, at w, and not again at w + e(w). With `track_running_stats` off in
+    training mode a BatchNorm layer neither reads nor writes its buffers, which is exact (unlike
+    momentum = 0, where 0 * NaN poisons the buffers and the batch counter still moves).
+    """
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True

@@ -1,0 +1,230 @@
+"""SAMTrainer: the Hugging Face Trainer with SAM's two-pass step, and SAMArguments, its settings.
+
+Only `training_step` changes. Per micro-batch:
+
+1. ascent: the gradient g of the micro-batch loss at w, inside `no_sync` and with
+   `torch.autograd.grad`, so neither DDP nor the `.grad` buffers (which hold the earlier
+   micro-batches' descent gradients) see it;
+2. e(w) = rho * g / ||g|| (ASAM: rho * w^2 * g / || |w| g ||); a non-finite ||g|| (fp16
+   overflow) skips the climb for this micro-batch and is counted;
+3. save w exactly and climb to w + e(w);
+4. descent: the stock `Trainer.training_step` at w + e(w), BatchNorm running statistics frozen,
+   so loss scaling, accumulation, the GradScaler and the DDP all-reduce are the stock ones;
+5. restore w by copy, in a `finally`;
+6. return the ascent loss (the loss at w) for logging.
+
+Clipping, the base optimizer's step, the scheduler and zeroing stay the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from samtune.optim import functional as F
+
+_LOMO = ("lomo", "adalomo")
+
+
+class UnsupportedSetupError(ValueError):
+    """A training setup under which SAM's step cannot be made exact (DeepSpeed, FSDP, ...)."""
+
+
+@dataclass
+class SAMArguments(TrainingArguments):
+    """`transformers.TrainingArguments` plus SAM's settings."""
+
+    rho: float = field(
+        default=0.05,
+        metadata={
+            "help": "Radius of the neighbourhood SAM climbs in (0 trains exactly as the stock Trainer). "
+            "0.05 is the paper's value for SAM; ASAM's scale-invariant climb wants larger values (0.5-2.0)."
+        },
+    )
+    adaptive: bool = field(
+        default=False,
+        metadata={"help": "ASAM (Kwon et al., 2021): scale the climb per weight by |w|."},
+    )
+
+    def __post_init__(self) -> None:
+        rho = self.rho
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
+            raise ValueError(
+                f"rho must be a finite number >= 0 (got {rho!r}): it is the radius SAM climbs in; "
+                "use 0.05 for SAM, 0.5-2.0 for ASAM, or 0 to train without SAM."
+            )
+        self.rho = float(rho)
+        super().__post_init__()
+
+
+def _refuse_unsupported_args(args: TrainingArguments) -> None:
+    """Refuse, before anything is built, the setups in which SAM's step would be silently wrong."""
+    if args.deepspeed:
+        raise UnsupportedSetupError(
+            "SAMTrainer does not support DeepSpeed: DeepSpeed steps the optimizer inside backward(), so "
+            "SAM's ascent pass would update the weights. Train with plain data parallelism instead "
+            "(`accelerate launch` or `torchrun` without a DeepSpeed config), or set rho=0."
+        )
+    if args.fsdp:
+        raise UnsupportedSetupError(
+            "SAMTrainer does not support FSDP yet: FSDP shards parameters and gradients across ranks, so the "
+            "global ascent norm ||g|| and the exact save/restore of w would need collective operations it does "
+            "not do. Use data parallelism (DDP) instead, for models that fit on one device."
+        )
+    if str(getattr(args.optim, "value", args.optim)) in _LOMO:
+        raise UnsupportedSetupError(
+            f"SAMTrainer cannot use optim={args.optim!r}: LOMO fuses the update into backward(), so SAM's "
+            "ascent pass would already move the weights. Choose another optimizer, e.g. optim='adamw_torch' "
+            "or optim='sgd'."
+        )
+    pc = getattr(args, "parallelism_config", None)
+    if pc is not None and (getattr(pc, "cp_enabled", False) or getattr(pc, "sp_enabled", False)):
+        raise UnsupportedSetupError(
+            "SAMTrainer does not support context or sequence parallelism: each rank would see a slice of "
+            "every sequence, and the ascent gradient (taken without synchronisation) would be a slice's "
+            "gradient. Use data parallelism instead (drop cp_size/sp_size from parallelism_config)."
+        )
+
+
+class SAMTrainer(Trainer):
+    """A `transformers.Trainer` whose step is Sharpness-Aware Minimization (rho=0: the stock step).
+
+    Logs, at the Trainer's logging steps: `sam_rho`, `sam_ascent_grad_norm` (mean ||g|| of the
+    ascent passes since the last log, on this process) and `sam_perturbations_skipped` (total
+    climbs skipped because ||g|| was not finite, on this process).
+
+    Notes:
+        - Dropout draws different masks in the two passes, as in the reference implementations.
+        - The ascent is per micro-batch and per device (m-sharpness, the paper's recipe); the
+          descent gradient is averaged over the whole effective batch.
+        - The loss of every micro-batch is divided by the accumulation steps (the update is the
+          mean over the effective batch for every model, including those that accept but
+          ignore `num_items_in_batch`); a `compute_loss_func` keeps its own normalisation.
+    """
+
+    args: SAMArguments
+
+    def __init__(self, model: nn.Module | None = None, args: SAMArguments | None = None, *a: Any, **kw: Any):
+        if args is None:
+            args = SAMArguments(output_dir="tmp_trainer")
+        if not isinstance(args, SAMArguments):
+            raise TypeError(
+                f"SAMTrainer needs samtune.SAMArguments, got {type(args).__name__}: build the arguments with "
+                "SAMArguments(..., rho=0.05) (it accepts every TrainingArguments field)."
+            )
+        _refuse_unsupported_args(args)
+        super().__init__(model, args, *a, **kw)
+        # An `accelerate launch` config can switch these on without the arguments saying so.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or getattr(self, "is_fsdp_xla_enabled", False):
+            backend = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
+            raise UnsupportedSetupError(
+                f"SAMTrainer does not support {backend} (enabled by your accelerate config): SAM's two-pass step "
+                "would be silently wrong under it. Launch with a config that uses plain multi-GPU data "
+                "parallelism (`accelerate config`, distributed_type MULTI_GPU) instead."
+            )
+        if self.compute_loss_func is None:
+            # Divide every micro-batch loss by the accumulation steps: some models (BERT in
+            # transformers 5.x) accept `num_items_in_batch` but ignore it, which would make the
+            # accumulated update N times too large.
+            self.model_accepts_loss_kwargs = False
+        self._sam_norm_sum = 0.0
+        self._sam_norm_count = 0
+        self.sam_perturbations_skipped = 0
+
+    # ---- the step ------------------------------------------------------------------------
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """One SAM step on a micro-batch: ascent at w, descent at w + e(w), back to w."""
+        if self.args.rho == 0:
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        params = F.trainable_parameters(model)
+        with self.accelerator.no_sync(model):
+            ascent_loss, grads = self._ascent_gradient(model, copy.copy(inputs), params, num_items_in_batch)
+        climbed, e, norm = F.sam_perturbation(grads, params, self.args.rho, self.args.adaptive)
+        del grads
+        finite = self._record_ascent(norm)
+
+        saved = None
+        try:
+            if finite:
+                saved = F.save_weights(climbed)
+                F.climb_(climbed, e)  # climb to the local maximum "w + e(w)"
+            del e
+            # The descent, with the stock machinery; BatchNorm statistics were updated at w.
+            with F.frozen_running_stats(model):
+                super().training_step(model, copy.copy(inputs), num_items_in_batch)
+        finally:
+            if saved is not None:
+                F.restore_weights_(climbed, saved)  # get back to "w" from "w + e(w)"
+        return ascent_loss
+
+    def _ascent_gradient(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        params: list[nn.Parameter],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+        """Loss at w (normalised for logging as the stock step does) and its gradient, `.grad` untouched."""
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        with torch.enable_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        # Under fp16 the GradScaler's scale keeps small gradients from underflowing; the
+        # direction g/||g|| does not depend on it, and nothing is unscaled here (the Trainer's
+        # clipping unscales the descent gradients, once per optimizer step).
+        scaler = self.accelerator.scaler
+        target = scaler.scale(loss) if scaler is not None else loss
+        grads = torch.autograd.grad(target, params, allow_unused=True)
+        if not self._loss_is_scaled_for_ga(num_items_in_batch):
+            loss = loss / self.current_gradient_accumulation_steps
+        return loss.detach(), grads
+
+    def _loss_is_scaled_for_ga(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
+        """The stock step's rule for whether the loss is already normalised for accumulation."""
+        if self.loss_is_scaled_for_ga is not None:
+            return self.loss_is_scaled_for_ga
+        return bool(
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        )
+
+    def _record_ascent(self, norm: torch.Tensor) -> bool:
+        """Count the ascent norm (unscaled) for the logs; False when it is not finite."""
+        value = float(norm)
+        scaler = self.accelerator.scaler
+        if scaler is not None:
+            value /= float(scaler.get_scale())
+        if not math.isfinite(value):
+            self.sam_perturbations_skipped += 1
+            return False
+        self._sam_norm_sum += value
+        self._sam_norm_count += 1
+        return True
+
+    # ---- logging -------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add SAM's own figures to the Trainer's training logs."""
+        if "loss" in logs:
+            logs["sam_rho"] = self.args.rho
+            if self._sam_norm_count:
+                logs["sam_ascent_grad_norm"] = self._sam_norm_sum / self._sam_norm_count
+            logs["sam_perturbations_skipped"] = self.sam_perturbations_skipped
+            self._sam_norm_sum, self._sam_norm_count = 0.0, 0
+        super().log(logs, start_time)

@@ -1,0 +1,337 @@
+"""SAMTrainer against the stock Trainer and against the hand-written SAM loop in tests/tiny.py."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny import (
+    ListDataset,
+    image_rows,
+    max_abs_diff,
+    micro_batches,
+    reference_sam_sgd,
+    text_rows,
+    tiny_bert,
+    tiny_resnet,
+    tiny_vit,
+)
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from samtune import SAMArguments, SAMTrainer
+from samtune.trainer import UnsupportedSetupError
+
+# Plain SGD at a constant rate, no clipping, no shuffling: the reference loop can follow it exactly.
+SGD_PLAIN = dict(
+    optim="sgd",
+    lr_scheduler_type="constant",
+    max_grad_norm=0.0,
+    weight_decay=0.0,
+    train_sampling_strategy="sequential",
+)
+
+
+def _args(tmp_path, cls=SAMArguments, **kw) -> TrainingArguments:
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        seed=0,
+    )
+    return cls(**{**base, **kw})
+
+
+def _train(model, rows, args, trainer_cls=SAMTrainer) -> Trainer:
+    trainer = trainer_cls(model=model, args=args, train_dataset=ListDataset(rows))
+    trainer.train()
+    return trainer
+
+
+def _steps(rows, batch_size, accumulation, n_steps):
+    batches = micro_batches(rows, batch_size)
+    return [batches[i * accumulation : (i + 1) * accumulation] for i in range(n_steps)]
+
+
+def test_rho_zero_is_the_stock_trainer(tmp_path):
+    rows = text_rows(24)
+    common = dict(per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3)
+    stock = _train(tiny_bert(), rows, _args(tmp_path, TrainingArguments, **common), Trainer)
+    sam = _train(tiny_bert(), rows, _args(tmp_path, rho=0.0, **common))
+    s1, s2 = stock.model.state_dict(), sam.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert max_abs_diff(stock.model, tiny_bert()) > 0  # training moved the weights
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "accumulation"),
+    [(8, 1), (4, 2), (2, 4)],
+    ids=["ga1", "ga2", "ga4"],
+)
+def test_bert_matches_hand_written_sam(tmp_path, batch_size, accumulation):
+    rows, n_steps, rho, lr = text_rows(8 * 3), 3, 0.05, 0.5
+    model = tiny_bert()
+    reference = reference_sam_sgd(model, _steps(rows, batch_size, accumulation, n_steps), rho, lr)
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=n_steps,
+        learning_rate=lr,
+        rho=rho,
+        **SGD_PLAIN,
+    )
+    trainer = _train(copy.deepcopy(model), rows, args)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    # The SAM step is not plain SGD: the same run with rho=0 lands elsewhere.
+    plain = reference_sam_sgd(model, _steps(rows, batch_size, accumulation, n_steps), 0.0, lr)
+    assert max_abs_diff(plain, reference) > 1e-4
+
+
+def test_vit_matches_hand_written_sam(tmp_path):
+    rows, rho, lr = image_rows(12), 0.1, 0.5
+    model = tiny_vit()
+    reference = reference_sam_sgd(model, _steps(rows, 2, 2, 3), rho, lr)
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        learning_rate=lr,
+        rho=rho,
+        **SGD_PLAIN,
+    )
+    trainer = _train(copy.deepcopy(model), rows, args)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+
+
+def test_asam_matches_hand_written_asam(tmp_path):
+    rows, rho, lr = text_rows(16), 1.0, 0.5
+    model = tiny_bert()
+    reference = reference_sam_sgd(model, _steps(rows, 4, 2, 2), rho, lr, adaptive=True)
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=lr,
+        rho=rho,
+        adaptive=True,
+        **SGD_PLAIN,
+    )
+    trainer = _train(copy.deepcopy(model), rows, args)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    sam = reference_sam_sgd(model, _steps(rows, 4, 2, 2), rho, lr, adaptive=False)
+    assert max_abs_diff(sam, reference) > 1e-5  # ASAM is not SAM
+
+
+def test_update_is_mean_over_effective_batch(tmp_path):
+    """BERT accepts `num_items_in_batch` but ignores it; the accumulated update must still be a mean."""
+    rows, lr = text_rows(16), 0.5
+    common = dict(max_steps=2, learning_rate=lr, rho=0.0, **SGD_PLAIN)
+    whole = _train(tiny_bert(), rows, _args(tmp_path, per_device_train_batch_size=8, **common))
+    split = _train(
+        tiny_bert(), rows, _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
+    )
+    assert max_abs_diff(whole.model, split.model) <= 1e-6
+    assert max_abs_diff(whole.model, tiny_bert()) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_zero_learning_rate_leaves_weights_exactly(tmp_path, dtype):
+    model = tiny_bert().to(dtype)
+    before = copy.deepcopy(model.state_dict())
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        learning_rate=0.0,
+        rho=0.5,
+        bf16=dtype == torch.bfloat16,
+        **SGD_PLAIN,
+    )
+    trainer = _train(model, text_rows(24), args)
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The climb did happen, and was large enough that undoing it by subtraction would drift.
+    logged = [h for h in trainer.state.log_history if "sam_ascent_grad_norm" in h]
+    assert logged and all(h["sam_ascent_grad_norm"] > 0 for h in logged)
+    assert trainer.sam_perturbations_skipped == 0
+    if dtype == torch.bfloat16:
+        w = before["classifier.weight"]
+        e = 0.5 * torch.randn_like(w.float()).to(dtype)
+        assert not torch.equal((w + e) - e, w)
+
+
+def test_batchnorm_statistics_are_those_of_one_forward_at_w(tmp_path):
+    rows = image_rows(4, size=16)
+    model = tiny_resnet()
+    reference = copy.deepcopy(model).train()
+    with torch.no_grad():
+        reference(**micro_batches(rows, 4)[0])  # one forward at w, in training mode
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=1, learning_rate=0.1, rho=0.05, **SGD_PLAIN)
+    trainer = _train(model, rows, args)
+    stats = {k: v for k, v in trainer.model.state_dict().items() if "running_" in k or "num_batches" in k}
+    expected = reference.state_dict()
+    assert stats, "the model has BatchNorm buffers"
+    for k, v in stats.items():
+        assert torch.equal(v, expected[k]), k
+    # The test can tell: a second forward (at any weights) would have moved them again.
+    with torch.no_grad():
+        reference(**micro_batches(rows, 4)[0])
+    assert any(not torch.equal(v, reference.state_dict()[k]) for k, v in stats.items())
+
+
+class _Poisoned(nn.Module):
+    """A linear classifier whose loss is infinite on chosen forward calls (a simulated fp16 overflow)."""
+
+    def __init__(self, poison_calls: set[int]):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 3)
+        self.poison_calls = poison_calls
+        self.calls = 0
+
+    def forward(self, x, labels):
+        self.calls += 1
+        logits = self.linear(x)
+        loss = nn.functional.cross_entropy(logits, labels)
+        if self.calls in self.poison_calls:
+            loss = loss * float("inf")
+        return {"loss": loss, "logits": logits}
+
+
+def _poison_rows():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(4, 4, generator=g), torch.tensor([0, 1, 2, 1])
+    return [{"x": x[i], "labels": y[i]} for i in range(4)], x, y
+
+
+def _with_cpu_grad_scaler(trainer: SAMTrainer, init_scale: float = 2.0**8) -> torch.amp.GradScaler:
+    # accelerate makes a GradScaler only for fp16 on an accelerator; give the CPU run one, as fp16
+    # on a GPU would have, so the overflow path runs through the real scaler.
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    trainer.accelerator.scaler = scaler
+    return scaler
+
+
+def test_nonfinite_ascent_skips_the_climb_and_steps_at_w(tmp_path):
+    rows, x, y = _poison_rows()
+    model = _Poisoned(poison_calls={1})  # call 1 is the ascent pass of the first step
+    start = copy.deepcopy(model.linear)
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=1, learning_rate=0.5, rho=0.05, **SGD_PLAIN)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows))
+    scaler = _with_cpu_grad_scaler(trainer)
+    trainer.train()
+    # Expected: plain SGD at w (the climb was skipped), computed by hand.
+    loss = nn.functional.cross_entropy(start(x), y)
+    gw, gb = torch.autograd.grad(loss, [start.weight, start.bias])
+    assert torch.allclose(model.linear.weight, start.weight - 0.5 * gw, atol=1e-6)
+    assert torch.allclose(model.linear.bias, start.bias - 0.5 * gb, atol=1e-6)
+    assert trainer.sam_perturbations_skipped == 1
+    assert scaler.get_scale() == 2.0**8  # a finite descent: the scaler kept its scale
+    logged = [h for h in trainer.state.log_history if "sam_perturbations_skipped" in h]
+    assert logged[-1]["sam_perturbations_skipped"] == 1
+
+
+def test_nonfinite_descent_lets_the_grad_scaler_skip_the_step(tmp_path):
+    rows, _, _ = _poison_rows()
+    model = _Poisoned(poison_calls={1, 2})  # ascent and descent of the first step overflow
+    start = copy.deepcopy(model.state_dict())
+    args = _args(
+        tmp_path, per_device_train_batch_size=4, max_steps=1, learning_rate=0.5, rho=0.05, **{
+            **SGD_PLAIN, "max_grad_norm": 1.0  # clipping unscales; the scaler must not unscale twice
+        }
+    )
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows))
+    scaler = _with_cpu_grad_scaler(trainer)
+    trainer.train()
+    after = model.state_dict()
+    assert all(torch.equal(start[k], after[k]) for k in start)  # the optimizer step was skipped
+    assert scaler.get_scale() == 2.0**7  # and the scaler backed off, as it decides
+    assert trainer.sam_perturbations_skipped == 1
+
+
+def test_logs_carry_sam_figures(tmp_path):
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=2, rho=0.07)
+    trainer = _train(tiny_bert(), text_rows(8), args)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert h["sam_rho"] == 0.07
+        assert h["sam_ascent_grad_norm"] > 0
+        assert h["sam_perturbations_skipped"] == 0
+
+
+def test_only_trainable_parameters_are_perturbed(tmp_path):
+    model = tiny_bert()
+    for p in model.bert.parameters():
+        p.requires_grad_(False)  # a frozen backbone, as with LoRA/PEFT
+    frozen = copy.deepcopy(model.bert.state_dict())
+    rows, lr, rho = text_rows(8), 0.5, 0.05
+    reference = reference_sam_sgd(model, _steps(rows, 4, 1, 2), rho, lr)
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=2, learning_rate=lr, rho=rho, **SGD_PLAIN)
+    trainer = _train(model, rows, args)
+    assert all(torch.equal(frozen[k], v) for k, v in trainer.model.bert.state_dict().items())
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+
+
+def test_restores_weights_when_the_descent_raises(tmp_path):
+    model = tiny_bert()
+    before = copy.deepcopy(model.state_dict())
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=1, rho=0.5)
+
+    class Exploding(SAMTrainer):
+        def compute_loss(self, model, inputs, **kw):
+            if getattr(self, "_called", False):
+                raise RuntimeError("descent failed")
+            self._called = True
+            return super().compute_loss(model, inputs, **kw)
+
+    trainer = Exploding(model=model, args=args, train_dataset=ListDataset(text_rows(4)))
+    with pytest.raises(RuntimeError, match="descent failed"):
+        trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_negative_rho_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="rho must be a finite number >= 0"):
+        _args(tmp_path, rho=-0.1)
+    with pytest.raises(ValueError, match="rho"):
+        _args(tmp_path, rho=float("nan"))
+
+
+def test_plain_training_arguments_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="SAMArguments"):
+        SAMTrainer(model=tiny_bert(), args=_args(tmp_path, TrainingArguments))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("optim", "lomo", "LOMO"),
+        ("optim", "adalomo", "LOMO"),
+        ("deepspeed", {"train_batch_size": "auto"}, "DeepSpeed"),
+        ("fsdp", "full_shard", "FSDP"),
+    ],
+)
+def test_unsupported_setups_are_refused_at_construction(tmp_path, field, value, says):
+    args = _args(tmp_path)
+    object.__setattr__(args, field, value)  # set after validation: the backends need not be installed
+    with pytest.raises(UnsupportedSetupError, match=says) as err:
+        SAMTrainer(model=tiny_bert(), args=args)
+    assert "instead" in str(err.value) or "Choose" in str(err.value)
+
+
+def test_context_parallelism_is_refused(tmp_path):
+    from accelerate.parallelism_config import ParallelismConfig
+
+    args = _args(tmp_path)
+    args.parallelism_config = ParallelismConfig(cp_size=2)
+    with pytest.raises(UnsupportedSetupError, match="context or sequence parallelism"):
+        SAMTrainer(model=tiny_bert(), args=args)

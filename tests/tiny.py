@@ -1,0 +1,160 @@
+"""Tiny models and data built from configs, and the hand-written SAM reference the tests compare to.
+
+The reference is written here with plain per-parameter PyTorch, independently of samtune.optim,
+straight from the paper's algorithm: it is what the library is checked against.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+NUM_LABELS = 3
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=NUM_LABELS,
+    )
+    return BertForSequenceClassification(config)
+
+
+def tiny_vit(seed: int = 0) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=NUM_LABELS,
+    )
+    return ViTForImageClassification(config)
+
+
+def tiny_resnet(seed: int = 0) -> ResNetForImageClassification:
+    """A tiny convolutional classifier with BatchNorm layers."""
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=NUM_LABELS
+    )
+    return ResNetForImageClassification(config)
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """A list of feature dicts, as the Trainer's default collator wants them."""
+
+    def __init__(self, rows: list[dict[str, torch.Tensor]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.rows[i]
+
+
+def text_rows(n: int, seq_len: int = 8, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 64, (n, seq_len), generator=g)
+    labels = torch.randint(0, NUM_LABELS, (n,), generator=g)
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(seq_len, dtype=torch.long), "labels": labels[i]}
+        for i in range(n)
+    ]
+
+
+def image_rows(n: int, size: int = 16, seed: int = 2) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(n, 3, size, size, generator=g)
+    labels = torch.randint(0, NUM_LABELS, (n,), generator=g)
+    return [{"pixel_values": pixels[i], "labels": labels[i]} for i in range(n)]
+
+
+def collate(rows: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def micro_batches(rows: list[dict], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """The batches a sequential sampler yields, in order."""
+    return [collate(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def max_abs_diff(a: nn.Module, b: nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa if sa[k].is_floating_point())
+
+
+def reference_sam_gradient(
+    model: nn.Module, batch: dict[str, torch.Tensor], rho: float, adaptive: bool = False
+) -> list[torch.Tensor]:
+    """The gradient at w + e(w) of one batch's mean loss, by the paper's formula, leaving w as it was.
+
+    e(w) = rho * g / ||g||            (SAM)
+    e(w) = rho * w^2 * g / ||w g||    (ASAM)
+    with a 1e-12 guard on the norm, as davda54/sam and samtune use.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+    if adaptive:
+        norm = torch.sqrt(sum(((p.detach().abs() * g) ** 2).sum() for p, g in zip(params, grads)))
+    else:
+        norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    originals = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            weight = p * p if adaptive else 1.0
+            p.add_(rho * weight * g / (norm + 1e-12))
+    sam_grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
+    with torch.no_grad():
+        for p, w in zip(params, originals):
+            p.copy_(w)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(sam_grads, params)]
+
+
+def reference_sam_sgd(
+    model: nn.Module,
+    steps: list[list[dict[str, torch.Tensor]]],
+    rho: float,
+    lr: float,
+    adaptive: bool = False,
+) -> nn.Module:
+    """Plain SGD with SAM: each step averages the SAM gradients of its micro-batches."""
+    model = copy.deepcopy(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in steps:
+        total = [torch.zeros_like(p) for p in params]
+        for batch in step:
+            for t, g in zip(total, reference_sam_gradient(model, batch, rho, adaptive)):
+                t.add_(g / len(step))
+        with torch.no_grad():
+            for p, t in zip(params, total):
+                p.sub_(lr * t)
+    return model
