@@ -1,0 +1,388 @@
+"""The `samtune` command line: parses, loads a recipe, calls the library, prints. No training logic here.
+
+Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error; 4 push failed
+(local results kept); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+from samtune import __version__
+from samtune.errors import EXIT_INTERRUPTED, EXIT_TRAINING, EXIT_USAGE, SamtuneError, UsageError
+
+app = typer.Typer(
+    name="samtune",
+    help="Fine-tune Hugging Face models with Sharpness-Aware Minimization (SAM).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+recipes_app = typer.Typer(help="List, show and copy the built-in recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+MODEL_PANEL = "Model and data"
+SAM_PANEL = "SAM"
+TRAIN_PANEL = "Training"
+RUN_PANEL = "Run"
+
+
+def _fail(e: SamtuneError, debug: bool) -> None:
+    if debug:
+        err_console.print_exception()
+    body = e.message + (f"\n[dim]{e.hint}[/dim]" if e.hint else "")
+    err_console.print(Panel(body, title=f"[bold red]{e.title}[/bold red]", title_align="left", border_style="red"))
+    raise typer.Exit(e.exit_code)
+
+
+def _guarded(fn: Any, debug: bool) -> Any:
+    """Run a command body: user errors become one message and an exit code, never a traceback."""
+    try:
+        return fn()
+    except SamtuneError as e:
+        _fail(e, debug)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]Interrupted.[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as e:  # an unexpected failure: one line, the traceback behind --debug
+        if debug:
+            err_console.print_exception()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        err_console.print(
+            Panel(
+                f"{type(e).__name__}: {first}\n[dim]Run again with --debug to see the traceback.[/dim]",
+                title="[bold red]Failed[/bold red]",
+                title_align="left",
+                border_style="red",
+            )
+        )
+        raise typer.Exit(EXIT_TRAINING)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"samtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = None,
+) -> None:
+    """Fine-tune Hugging Face models with Sharpness-Aware Minimization (SAM)."""
+
+
+def _split_recipe_args(recipe: str | None, overrides: list[str] | None) -> tuple[str | None, list[str]]:
+    """RECIPE is optional: a first argument with '=' is an override, not a recipe."""
+    items = list(overrides or [])
+    if recipe is not None and "=" in recipe and not Path(recipe).exists():
+        return None, [recipe, *items]
+    return recipe, items
+
+
+RecipeArg = Annotated[
+    Optional[str], typer.Argument(help="A YAML recipe file or a built-in recipe name (samtune recipes list).")
+]
+OverridesArg = Annotated[
+    Optional[list[str]], typer.Argument(help="KEY=VALUE overrides, e.g. training.learning_rate=1e-4 sam.rho=0.1.")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=RUN_PANEL)]
+
+
+def _flags(**flags: Any) -> dict[str, Any]:
+    keys = {
+        "model": "model.name",
+        "dataset": "data.dataset",
+        "output_dir": "output.dir",
+        "rho": "sam.rho",
+        "adaptive": "sam.adaptive",
+        "epochs": "training.epochs",
+        "max_steps": "training.max_steps",
+        "batch_size": "training.batch_size",
+        "learning_rate": "training.learning_rate",
+        "seed": "training.seed",
+    }
+    return {keys[k]: v for k, v in flags.items() if v is not None}
+
+
+@app.command()
+def train(
+    recipe: RecipeArg = None,
+    overrides: OverridesArg = None,
+    model: Annotated[Optional[str], typer.Option(help="Hub id or local folder.", rich_help_panel=MODEL_PANEL)] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="Hub id, local file or folder.", rich_help_panel=MODEL_PANEL)
+    ] = None,
+    rho: Annotated[Optional[float], typer.Option(help="SAM radius (0: no SAM).", rich_help_panel=SAM_PANEL)] = None,
+    adaptive: Annotated[
+        Optional[bool], typer.Option("--adaptive/--no-adaptive", help="ASAM.", rich_help_panel=SAM_PANEL)
+    ] = None,
+    epochs: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Per device.", rich_help_panel=TRAIN_PANEL)] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    seed: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="The run directory.", rich_help_panel=RUN_PANEL)] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a non-empty output directory.", rich_help_panel=RUN_PANEL)
+    ] = False,
+    nproc: Annotated[
+        Optional[int],
+        typer.Option(help="Re-launch on N local processes through Accelerate.", min=1, rich_help_panel=RUN_PANEL),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Fine-tune a model with SAM and write a run directory (model, config.yaml, metrics.json, card)."""
+    from samtune.recipe import load_recipe
+
+    ref, items = _split_recipe_args(recipe, overrides)
+    flags = _flags(
+        model=model, dataset=dataset, output_dir=str(output_dir) if output_dir else None, rho=rho,
+        adaptive=adaptive, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        learning_rate=learning_rate, seed=seed,
+    )  # fmt: skip
+
+    def body() -> None:
+        resolved = load_recipe(ref, items, flags)
+        from samtune.modeling import quiet_transformers
+
+        quiet_transformers()
+        if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:
+            from samtune.runner import check_output_dir
+
+            check_output_dir(resolved.output_dir(), overwrite)
+            raise typer.Exit(_relaunch(nproc))
+        _train(resolved, overwrite, debug)
+
+    _guarded(body, debug)
+
+
+def _relaunch(nproc: int) -> int:
+    """Run this same command on `nproc` local processes with Accelerate's launcher; its exit code."""
+    import torch
+
+    argv = []
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        argv.append(arg)
+    # --multi_gpu selects torchrun; without CUDA the processes meet over gloo on the CPU.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc)]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(_free_port()), "-m", "samtune", *argv]
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    console.print(f"launching {nproc} processes: {shlex.join(['samtune', *argv])}")
+    return subprocess.call(launch, env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(recipe: Any, overwrite: bool, debug: bool) -> None:
+    from samtune.progress import ProgressCallback
+    from samtune.runner import is_main_process, train
+
+    main = is_main_process()
+    if main:
+        console.print(
+            f"[bold]samtune[/bold] {recipe.run_name()}: {recipe.model.name} on {recipe.data.dataset} "
+            f"(rho={recipe.sam.rho}{', ASAM' if recipe.sam.adaptive else ''}) -> {recipe.output_dir()}"
+        )
+    command = shlex.join(["samtune", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("samtune", "__main__.py") else None
+    result = train(recipe, overwrite=overwrite, callbacks=[ProgressCallback(console)], command=command)
+    if main:
+        _summary(result)
+
+
+def _summary(result: Any) -> None:
+    m = result.metrics
+    table = Table(title=f"{result.recipe.run_name()}: done", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key in ("eval_accuracy", "eval_f1", "eval_loss", "test_accuracy", "test_f1", "train_loss"):
+        if key in m:
+            table.add_row(key, f"{m[key]:.4f}")
+    table.add_row("steps", str(result.steps))
+    table.add_row("train / eval examples", f"{m.get('train_samples')} / {m.get('eval_samples')}")
+    table.add_row("wall time", f"{result.wall_time:.1f} s")
+    table.add_row("run directory", str(result.run_dir))
+    console.print(table)
+
+
+@app.command()
+def validate(
+    recipe: RecipeArg = None,
+    overrides: OverridesArg = None,
+    schema_only: Annotated[bool, typer.Option("--schema-only", help="Check the recipe, not the data.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check a recipe (every problem at once) and, unless --schema-only, that its data loads."""
+    from samtune.recipe import load_recipe
+
+    ref, items = _split_recipe_args(recipe, overrides)
+
+    def body() -> None:
+        resolved = load_recipe(ref, items)
+        console.print(f"[green]recipe ok[/green]: {resolved.run_name()}")
+        if schema_only:
+            return
+        from samtune.data import load_data
+        from samtune.modeling import quiet_transformers
+
+        quiet_transformers()
+        data = load_data(resolved.data, resolved.training.seed, resolved.task)
+        table = Table(title="data pre-flight", show_header=False)
+        table.add_row("task", data.task)
+        table.add_row("columns", ", ".join(c for c in (data.text_column, data.text_pair_column, data.image_column) if c))
+        table.add_row("labels", f"{len(data.labels)}: {', '.join(data.labels[:10])}{' ...' if len(data.labels) > 10 else ''}")
+        table.add_row("train / eval", f"{len(data.train)} / {len(data.eval)} (eval: {data.eval_source})")
+        console.print(table)
+        console.print("[green]data ok[/green]")
+
+    _guarded(body, debug)
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by samtune train.")],
+    dataset: Annotated[str, typer.Option(help="Hub id, local file or folder.")],
+    split: Annotated[Optional[str], typer.Option(help="Split to evaluate (default: validation/test).")] = None,
+    config_name: Annotated[Optional[str], typer.Option("--config-name", help="Hub dataset configuration.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    debug: DebugOpt = False,
+) -> None:
+    """Evaluate a saved run on a dataset: accuracy and macro F1."""
+
+    def body() -> None:
+        from samtune.modeling import quiet_transformers
+        from samtune.runner import evaluate_run
+
+        quiet_transformers()
+        metrics = evaluate_run(run_dir, dataset, split, config_name, batch_size)
+        table = Table(title=f"{run_dir} on {dataset} [{metrics['eval_split']}]")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in metrics.items():
+            if k.startswith("eval_") and "per_second" not in k and k != "eval_split":
+                table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        console.print(table)
+
+    _guarded(body, debug)
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """The built-in recipes, with their task, model and dataset."""
+    import yaml
+
+    from samtune.recipe import builtin_recipes
+
+    table = Table(show_header=True, header_style="bold")
+    for col in ("name", "task", "model", "dataset", "description"):
+        table.add_column(col, overflow="fold")
+    for name, path in builtin_recipes().items():
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = raw.get("data", {}) or {}
+        dataset = data.get("dataset", "")
+        if data.get("config"):
+            dataset += f" ({data['config']})"
+        table.add_row(name, raw.get("task", "auto"), (raw.get("model") or {}).get("name", ""), dataset,
+                      raw.get("description", ""))  # fmt: skip
+    console.print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="A built-in recipe name.")]) -> None:
+    """Print a built-in recipe."""
+    from samtune.recipe import resolve_recipe_path
+
+    _guarded(lambda: console.print(Syntax(resolve_recipe_path(name).read_text(encoding="utf-8"), "yaml")), False)
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    name: Annotated[str, typer.Argument(help="A built-in recipe name.")],
+    dest: Annotated[Path, typer.Argument(help="Where to write it (a file or folder).")],
+) -> None:
+    """Copy a built-in recipe to edit it."""
+    from samtune.recipe import resolve_recipe_path
+
+    def body() -> None:
+        src = resolve_recipe_path(name)
+        target = dest / src.name if dest.is_dir() else dest
+        if target.exists():
+            raise UsageError(f"{target} exists", "Choose another destination or remove it.")
+        try:
+            shutil.copyfile(src, target)
+        except OSError as e:
+            raise UsageError(f"cannot write {target}: {e.strerror or e}") from e
+        console.print(f"copied {name} to {target}")
+
+    _guarded(body, False)
+
+
+@app.command()
+def env() -> None:
+    """Versions, devices and Hub settings: what to paste into a bug report."""
+    import platform
+
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    table = Table(show_header=False)
+    table.add_row("samtune", __version__)
+    table.add_row("python", platform.python_version())
+    table.add_row("platform", platform.platform())
+    for mod in (torch, transformers, accelerate, datasets):
+        table.add_row(mod.__name__, mod.__version__)
+    cuda = torch.cuda.is_available()
+    table.add_row("cuda", f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if cuda else "not available")
+    table.add_row("bf16", str(cuda and torch.cuda.is_bf16_supported()))
+    table.add_row("cpu cores", str(os.cpu_count()))
+    table.add_row("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "unset"))
+    table.add_row("HF_HOME", os.environ.get("HF_HOME", "~/.cache/huggingface"))
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="samtune")
+
+
+if __name__ == "__main__":
+    main()

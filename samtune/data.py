@@ -1,0 +1,447 @@
+"""Datasets: hub ids, local files and folders; which columns hold what; labels as classes; splits.
+
+`load_data(recipe.data)` returns the train / eval (/ test) splits with the label column renamed
+`labels` and encoded as a `ClassLabel`, and says which columns hold the text or the image.
+Every problem a user can cause ends in a `DataError` (exit 3) that names it and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from samtune.errors import DataError
+from samtune.recipe import DataSection, resolve_package_path
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ("label", "labels")
+IMAGE_COLUMNS = ("image", "img")
+TEXT_COLUMNS = ("text", "sentence")
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence"))
+EVAL_SPLITS = ("validation", "valid", "val", "dev", "test")
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst", ".zip")
+LABELS = "labels"
+
+
+@dataclass
+class PreparedData:
+    """The splits to train and evaluate on, and what their columns hold."""
+
+    task: str  # "text-classification" or "image-classification"
+    train: Dataset
+    eval: Dataset
+    labels: list[str]
+    test: Dataset | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    image_column: str | None = None
+    eval_source: str = ""
+    eval_split: str = "validation"  # the split's name, or "validation" for one carved from train
+    notes: list[str] = field(default_factory=list)
+    is_hub_dataset: bool = False
+
+    @property
+    def label_column(self) -> str:
+        return LABELS
+
+
+def is_local(ref: str) -> bool:
+    """Whether a dataset or model reference is a local path (or a package path)."""
+    return ref.startswith("package:") or Path(ref).exists() or ref.startswith((".", "/", "~"))
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def _builder_for(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    while suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    return FILE_BUILDERS.get(suffixes[-1]) if suffixes else None
+
+
+def _load_files(files: dict[str, Path]) -> DatasetDict:
+    import datasets
+
+    builders = {name: _builder_for(p) for name, p in files.items()}
+    for name, builder in builders.items():
+        if builder is None:
+            raise DataError(
+                f"cannot tell the format of {files[name]}",
+                "Use a .csv, .tsv, .json, .jsonl or .parquet file (optionally compressed: .gz, .bz2, .xz), "
+                "an image folder, or a saved datasets folder.",
+            )
+    if len(set(builders.values())) > 1:
+        raise DataError(f"the train and eval files have different formats: {', '.join(map(str, files.values()))}")
+    builder = next(iter(builders.values()))
+    kwargs: dict[str, Any] = {}
+    if any(_strip_compression(p).suffix.lower() == ".tsv" for p in files.values()):
+        kwargs["sep"] = "\t"
+    try:
+        return datasets.load_dataset(builder, data_files={k: str(v) for k, v in files.items()}, **kwargs)
+    except Exception as e:  # pandas/pyarrow parse errors come in many types
+        names = ", ".join(str(p) for p in files.values())
+        raise DataError(f"cannot read {names} as {builder}: {_first_line(e)}", "Check that the file is valid.") from e
+
+
+def _strip_compression(path: Path) -> Path:
+    while path.suffix.lower() in COMPRESSIONS:
+        path = path.with_suffix("")
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of the innermost cause: datasets wraps parse errors in generic ones."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _load_folder(path: Path) -> DatasetDict:
+    import datasets
+
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise DataError(f"cannot load the saved dataset in {path}: {_first_line(e)}") from e
+        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    try:
+        return datasets.load_dataset(str(path))
+    except Exception as e:
+        raise DataError(
+            f"cannot load {path} as a dataset: {_first_line(e)}",
+            "A folder must hold class sub-folders of images (imagefolder), data files (train.csv, ...), "
+            "or a dataset saved with save_to_disk.",
+        ) from e
+
+
+def _load_hub(data: DataSection) -> DatasetDict:
+    import os
+
+    import datasets
+
+    try:
+        return datasets.load_dataset(data.dataset, data.config, revision=data.revision)
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        text = _first_line(e)
+        if "Config name is missing" in str(e) or "BuilderConfig" in str(e):
+            raise DataError(f"dataset '{data.dataset}': {text}", "Set data.config to one of the names above.") from e
+        if offline:
+            hint = (
+                "HF_HUB_OFFLINE=1 is set: only local files and datasets already in the cache load. "
+                "Give a local path, or unset HF_HUB_OFFLINE with network access."
+            )
+        else:
+            hint = "Check the dataset id on huggingface.co/datasets, or give a local path."
+        raise DataError(f"dataset '{data.dataset}' could not be loaded: not a local path, and {text}", hint) from e
+
+
+def load_raw(data: DataSection) -> tuple[DatasetDict, bool]:
+    """The dataset's splits as loaded, and whether it came from the Hub."""
+    if not data.dataset:
+        raise DataError("no dataset given", "Set data.dataset in the recipe, or pass --dataset.")
+    ref = resolve_package_path(data.dataset, DataError)
+    path = Path(ref).expanduser()
+    if path.exists():
+        if path.is_dir():
+            if data.eval_file:
+                raise DataError("data.eval_file goes with a data file, not a folder", "Put the eval split in the folder.")
+            return _load_folder(path), False
+        files = {"train": path}
+        if data.eval_file:
+            eval_path = Path(resolve_package_path(data.eval_file, DataError)).expanduser()
+            if not eval_path.is_file():
+                raise DataError(f"eval file not found: {data.eval_file}")
+            files["validation"] = eval_path
+        return _load_files(files), False
+    if is_local(data.dataset) or data.dataset.endswith(tuple(FILE_BUILDERS)):
+        raise DataError(f"dataset not found: {data.dataset}", "Check the path (it is relative to where you run).")
+    return _load_hub(data), True
+
+
+# ---- columns ------------------------------------------------------------------------------
+
+
+def _pick(columns: list[str], explicit: str | None, candidates: tuple[str, ...], what: str, key: str) -> str | None:
+    if explicit is not None:
+        if explicit not in columns:
+            raise DataError(
+                f"{key} is '{explicit}', but the data has no such column (columns: {', '.join(columns)})",
+                f"Set {key} to one of the columns.",
+            )
+        return explicit
+    found = [c for c in candidates if c in columns]
+    if len(found) > 1:
+        raise DataError(
+            f"more than one column could hold the {what}: {', '.join(found)}", f"Say which with {key}=COLUMN."
+        )
+    return found[0] if found else None
+
+
+def detect_columns(columns: list[str], features: Any, data: DataSection, task: str) -> dict[str, str | None]:
+    """Which columns hold the label, and the text (and its pair) or the image."""
+    from datasets import Image
+
+    label = _pick(columns, data.label_column, LABEL_COLUMNS, "labels", "data.label_column")
+    if label is None:
+        raise DataError(
+            f"no label column found (columns: {', '.join(columns)})",
+            "Name it with data.label_column=COLUMN (samtune looks for 'label' or 'labels').",
+        )
+    image_candidates = tuple(c for c in columns if isinstance(features.get(c), Image)) or IMAGE_COLUMNS
+    image = None
+    if task != "text-classification":
+        image = _pick(columns, data.image_column, image_candidates, "images", "data.image_column")
+    if image is not None or task == "image-classification":
+        if image is None:
+            raise DataError(
+                f"no image column found (columns: {', '.join(columns)})",
+                "Name it with data.image_column=COLUMN (samtune looks for 'image' or 'img').",
+            )
+        return {"label": label, "image": image, "text": None, "pair": None}
+
+    text = _pick(columns, data.text_column, TEXT_COLUMNS, "text", "data.text_column")
+    pair = data.text_pair_column
+    if pair is not None and pair not in columns:
+        raise DataError(f"data.text_pair_column is '{pair}', but the data has no such column (columns: {', '.join(columns)})")
+    if data.text_column is None and pair is None:
+        pairs = [p for p in PAIR_COLUMNS if all(c in columns for c in p)]
+        if pairs and (text is None or text in pairs[0]):
+            text, pair = pairs[0]
+    if text is None:
+        raise DataError(
+            f"no text column found (columns: {', '.join(columns)})",
+            "Name it with data.text_column=COLUMN (and data.text_pair_column=COLUMN for sentence pairs); "
+            "samtune looks for 'text', 'sentence' and pairs such as sentence1/sentence2.",
+        )
+    return {"label": label, "image": None, "text": text, "pair": pair}
+
+
+# ---- labels -------------------------------------------------------------------------------
+
+
+def _label_names(train: Dataset, column: str) -> list[str] | None:
+    """Class names for the label column, or None when its values are not classes."""
+    from datasets import ClassLabel
+
+    feature = train.features[column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = [v for v in train.unique(column) if v is not None]
+    if not values:
+        return []
+    if all(isinstance(v, bool) for v in values):
+        return [str(v) for v in sorted(values)]
+    if all(isinstance(v, str) for v in values):
+        return sorted(values)
+    if all(isinstance(v, (int, float)) for v in values) and all(float(v).is_integer() for v in values):
+        return [str(int(v)) for v in sorted(values) if int(v) >= 0]
+    return None
+
+
+def _as_names(ds: Dataset, column: str) -> Dataset:
+    """The label column as strings: class names for a ClassLabel, whole numbers as text."""
+    from datasets import ClassLabel, Value
+
+    feature = ds.features[column]
+    if isinstance(feature, ClassLabel):
+        ds = ds.filter(lambda v: v is not None and v >= 0, input_columns=column)  # -1: unlabelled
+        return ds.map(lambda v: {column: feature.int2str(v)}, input_columns=column, features=None).cast_column(
+            column, Value("string")
+        )
+    ds = ds.filter(lambda v: v is not None, input_columns=column)
+    as_text = ds.map(
+        lambda v: {column: str(v) if isinstance(v, (str, bool)) else str(int(v))}, input_columns=column
+    )
+    return as_text.cast_column(column, Value("string"))
+
+
+def encode_labels(
+    splits: dict[str, Dataset], column: str, names: list[str] | None = None
+) -> tuple[dict[str, Dataset], list[str]]:
+    """Each split's label column as `labels`, a ClassLabel named after `names` (default: the train split's)."""
+    from datasets import ClassLabel
+
+    if names is None:
+        train = splits["train"]
+        names = _label_names(train, column)
+        if names is None:
+            sample = ", ".join(repr(v) for v in train.unique(column)[:5])
+            raise DataError(
+                f"the labels in column '{column}' are not classes (values such as {sample})",
+                "samtune fine-tunes classifiers: labels must be strings or whole numbers. "
+                "Pick another column with data.label_column=COLUMN.",
+            )
+        if len(names) > max(100, len(train) // 2):
+            raise DataError(
+                f"column '{column}' has {len(names)} distinct values in {len(train)} rows: it does not look like labels",
+                "Pick the label column with data.label_column=COLUMN.",
+            )
+        if len(names) < 2:
+            raise DataError(
+                f"the train split has {len(names)} class{'es' if len(names) != 1 else ''} in column '{column}'",
+                "A classifier needs at least two classes; check the data and data.label_column.",
+            )
+    target = ClassLabel(names=names)
+    encoded: dict[str, Dataset] = {}
+    for split, ds in splits.items():
+        feature = ds.features[column]
+        if isinstance(feature, ClassLabel) and list(feature.names) == names:
+            ds = ds.filter(lambda v: v is not None and v >= 0, input_columns=column)  # -1: unlabelled
+        else:
+            if not isinstance(feature, ClassLabel) and _label_names(ds, column) is None:
+                raise DataError(f"the labels in the '{split}' split's column '{column}' are not classes")
+            ds = _as_names(ds, column)
+            unseen = sorted(set(ds.unique(column)) - set(names))
+            if unseen:
+                raise DataError(
+                    f"the '{split}' split has labels the model was not trained on: {', '.join(unseen[:10])}",
+                    f"Known labels: {', '.join(names[:20])}. Fix the data or drop those rows.",
+                )
+            ds = ds.cast_column(column, target)
+        if column != LABELS:
+            if LABELS in ds.column_names:
+                ds = ds.remove_columns(LABELS)
+            ds = ds.rename_column(column, LABELS)
+        encoded[split] = ds
+    return encoded, names
+
+
+def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
+    """The split to evaluate: the one named, else validation-like, else the only one."""
+    if split is not None:
+        if split not in raw:
+            raise DataError(f"unknown split '{split}' (the dataset has: {', '.join(raw)})", "Pass --split with one of them.")
+        return split
+    for name in EVAL_SPLITS:
+        if name in raw:
+            return name
+    if len(raw) == 1:
+        return next(iter(raw))
+    raise DataError(f"which split to evaluate? the dataset has: {', '.join(raw)}", "Pass --split NAME.")
+
+
+# ---- splits -------------------------------------------------------------------------------
+
+
+def _stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
+    if n >= len(ds):
+        return ds
+    try:
+        return ds.train_test_split(train_size=n, stratify_by_column=LABELS, seed=seed)["train"]
+    except ValueError:  # a class too small to stratify
+        return ds.shuffle(seed=seed).select(range(n))
+
+
+def _has_labels(ds: Dataset, column: str) -> bool:
+    values = ds.unique(column)
+    return any(v is not None and not (isinstance(v, int) and v < 0) for v in values)
+
+
+def load_data(data: DataSection, seed: int = 42, task: str = "auto") -> PreparedData:
+    """Load, detect columns, encode labels, choose or carve the eval split, apply the caps."""
+    raw, from_hub = load_raw(data)
+    available = list(raw.keys())
+    if data.train_split not in raw:
+        raise DataError(
+            f"unknown split '{data.train_split}' (the dataset has: {', '.join(available)})",
+            "Set data.train_split to one of them.",
+        )
+    for key in ("eval_split", "test_split"):
+        split = getattr(data, key)
+        if split is not None and split not in raw:
+            raise DataError(
+                f"unknown split '{split}' for data.{key} (the dataset has: {', '.join(available)})",
+                f"Set data.{key} to one of them.",
+            )
+    train = raw[data.train_split]
+    if len(train) == 0:
+        raise DataError(f"the '{data.train_split}' split is empty", "Check the data.")
+    columns = list(train.column_names)
+    cols = detect_columns(columns, train.features, data, task)
+
+    eval_name = data.eval_split
+    if eval_name is None:
+        eval_name = next(
+            (s for s in EVAL_SPLITS if s in raw and s != data.train_split and s != data.test_split
+             and _has_labels(raw[s], cols["label"])),
+            None,
+        )  # fmt: skip
+    splits = {"train": train}
+    if eval_name is not None:
+        splits["eval"] = raw[eval_name]
+    if data.test_split is not None:
+        splits["test"] = raw[data.test_split]
+    for name, ds in splits.items():
+        missing = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c and c not in ds.column_names]
+        if missing:
+            raise DataError(f"the {name} split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
+
+    keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
+    splits = {k: v.select_columns(keep) for k, v in splits.items()}
+    if cols["text"]:
+        text_cols = [c for c in (cols["text"], cols["pair"]) if c]
+        splits = {k: v.filter(lambda *t: all(x is not None for x in t), input_columns=text_cols) for k, v in splits.items()}
+    if data.labels:
+        splits = {k: _as_names(v, cols["label"]) for k, v in splits.items()}
+        wanted = set(data.labels)
+        present = set(splits["train"].unique(cols["label"]))
+        absent = [label for label in data.labels if label not in present]
+        if absent:
+            raise DataError(
+                f"data.labels lists {', '.join(absent)}, not found in the train split's '{cols['label']}' column",
+                f"Labels present: {', '.join(sorted(present)[:20])}.",
+            )
+        splits = {k: v.filter(lambda v: v in wanted, input_columns=cols["label"]) for k, v in splits.items()}
+    splits, names = encode_labels(splits, cols["label"], names=data.labels)
+    notes: list[str] = []
+
+    if "eval" in splits:
+        eval_source = f"the '{eval_name}' split"
+    else:
+        try:
+            parts = splits["train"].train_test_split(
+                test_size=data.validation_fraction, stratify_by_column=LABELS, seed=seed
+            )
+            how = "stratified"
+        except ValueError:
+            parts = splits["train"].train_test_split(test_size=data.validation_fraction, seed=seed)
+            how = "random (a class was too small to stratify)"
+            notes.append(f"validation split carved at random: {how}")
+        splits["train"], splits["eval"] = parts["train"], parts["test"]
+        eval_source = f"{data.validation_fraction:.0%} of '{data.train_split}', {how.split(' ')[0]}"
+
+    if data.max_train_samples:
+        splits["train"] = _stratified_subset(splits["train"], data.max_train_samples, seed)
+    if data.max_eval_samples:
+        splits["eval"] = _stratified_subset(splits["eval"], data.max_eval_samples, seed)
+    for name, ds in splits.items():
+        if len(ds) == 0:
+            raise DataError(
+                f"the {name} split is empty after dropping unlabelled or empty rows",
+                "Check the label and text columns (data.label_column, data.text_column).",
+            )
+    return PreparedData(
+        task="image-classification" if cols["image"] else "text-classification",
+        train=splits["train"],
+        eval=splits["eval"],
+        test=splits.get("test"),
+        labels=names,
+        text_column=cols["text"],
+        text_pair_column=cols["pair"],
+        image_column=cols["image"],
+        eval_source=eval_source,
+        eval_split=eval_name or "validation",
+        notes=notes,
+        is_hub_dataset=from_hub,
+    )

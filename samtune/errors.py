@@ -1,0 +1,69 @@
+"""Errors a user can cause, each with the exit code the command line ends with.
+
+Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error; 4 push failed
+(local results kept); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_TRAINING = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_PUSH = 4
+EXIT_INTERRUPTED = 130
+
+
+class SamtuneError(Exception):
+    """A problem the user can fix: a message naming it, an optional hint saying how, an exit code."""
+
+    exit_code = EXIT_TRAINING
+    title = "Error"
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+
+class UsageError(SamtuneError):
+    """Bad options, an unknown model, an output directory in the way."""
+
+    exit_code = EXIT_USAGE
+    title = "Usage error"
+
+
+class RecipeError(UsageError):
+    """A recipe that does not validate; `problems` holds every problem found, one line each."""
+
+    title = "Recipe error"
+
+    def __init__(self, problems: list[str], source: str | None = None, hint: str | None = None):
+        where = f" in {source}" if source else ""
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{count}{where}:\n" + "\n".join(f"  - {p}" for p in problems), hint)
+        self.problems = problems
+
+
+class DataError(SamtuneError):
+    """Missing column, unreadable file, empty split, labels that are not classes."""
+
+    exit_code = EXIT_DATA
+    title = "Data error"
+
+
+class TrainingError(SamtuneError):
+    """Training started and failed."""
+
+    exit_code = EXIT_TRAINING
+    title = "Training failed"
+
+
+class PushError(SamtuneError):
+    """The upload to the Hub failed; the local run directory is intact."""
+
+    exit_code = EXIT_PUSH
+    title = "Push failed"

@@ -1,0 +1,174 @@
+"""Models and processors: Auto classes from a hub id or folder, the head fitted to the labels,
+tokenisation for text and the model's own image processing for images."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from samtune.errors import UsageError
+from samtune.recipe import ModelSection, resolve_package_path
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from samtune.data import PreparedData
+
+TEXT = "text-classification"
+IMAGE = "image-classification"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _not_found(name: str, e: BaseException) -> UsageError:
+    from pathlib import Path
+
+    if Path(name).expanduser().is_dir():
+        return UsageError(
+            f"'{name}' is a folder but not a model that transformers can load ({str(e).splitlines()[0]})",
+            "Point at a folder written by save_pretrained (with config.json and the weights).",
+        )
+    if Path(name).expanduser().exists():
+        return UsageError(f"'{name}' is a file, not a model folder or hub id", "Give a model folder or a hub id.")
+    if _offline():
+        hint = (
+            "HF_HUB_OFFLINE=1 is set, so only local folders and models already in the cache load. "
+            "Give a local folder (or package:<pkg>/<path>), or unset HF_HUB_OFFLINE with network access."
+        )
+    else:
+        hint = "Check the id on huggingface.co/models (private models need `hf auth login`), or give a local folder."
+    return UsageError(f"model '{name}' not found: it is not a local folder and could not be loaded from the Hub", hint)
+
+
+def model_path(section: ModelSection) -> str:
+    """The model reference as `from_pretrained` takes it (package paths resolved)."""
+    if not section.name:
+        raise UsageError("no model given", "Set model.name in the recipe, or pass --model.")
+    return resolve_package_path(section.name)
+
+
+def load_config(section: ModelSection) -> PretrainedConfig:
+    """The model's configuration (cheap: no weights), or a clear error."""
+    from transformers import AutoConfig
+
+    name = model_path(section)
+    try:
+        return AutoConfig.from_pretrained(name, revision=section.revision, trust_remote_code=section.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise _not_found(section.name or name, e) from e
+
+
+def model_task(config: PretrainedConfig) -> str | None:
+    """The classification task a model's architecture does, or None if it could do either/neither."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    image = config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    text = config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    if image and not text:
+        return IMAGE
+    if text and not image:
+        return TEXT
+    return None
+
+
+def load_processor(section: ModelSection, task: str) -> Any:
+    """The tokenizer (text) or image processor (images) saved with the model."""
+    name = model_path(section)
+    try:
+        if task == IMAGE:
+            from samtune.imaging import load_image_processor
+
+            return load_image_processor(name, revision=section.revision)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name, revision=section.revision, trust_remote_code=section.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(
+            f"cannot load the {'image processor' if task == IMAGE else 'tokenizer'} of '{section.name}': "
+            f"{str(e).splitlines()[0]}",
+            "The model folder must hold its processor files (save them with processor.save_pretrained).",
+        ) from e
+
+
+def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTrainedModel:
+    """The pretrained model with a classification head for `labels` (replaced when its size differs)."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    auto = AutoModelForImageClassification if task == IMAGE else AutoModelForSequenceClassification
+    name = model_path(section)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized head" is the point of fine-tuning
+    try:
+        return auto.from_pretrained(
+            name,
+            revision=section.revision,
+            trust_remote_code=section.trust_remote_code,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            kind = "image" if task == IMAGE else "text"
+            raise UsageError(
+                f"model '{section.name}' has no {kind}-classification head in transformers",
+                f"Choose a model made for {kind} classification, or check that the data matches the model.",
+            ) from e
+        raise _not_found(section.name or name, e) from e
+    except OSError as e:
+        raise _not_found(section.name or name, e) from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def tokenize(data: PreparedData, tokenizer: Any, max_length: int) -> PreparedData:
+    """Text splits as token ids (padding is left to the collator), the label kept."""
+
+    def encode(batch: dict[str, list]) -> dict[str, Any]:
+        args = [batch[data.text_column]]
+        if data.text_pair_column:
+            args.append(batch[data.text_pair_column])
+        return tokenizer(*args, truncation=True, max_length=max_length)
+
+    def apply(ds):
+        drop = [c for c in ds.column_names if c != "labels"]
+        return ds.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
+
+    data.train, data.eval = apply(data.train), apply(data.eval)
+    if data.test is not None:
+        data.test = apply(data.test)
+    return data
+
+
+def attach_image_transforms(data: PreparedData, processor: Any, seed: int) -> PreparedData:
+    """Image splits decoded and processed on the fly: augmented for training, resized for evaluation."""
+    from samtune.imaging import EvalTransform, TrainTransform
+
+    col = data.image_column
+    data.train = data.train.with_transform(TrainTransform(processor, image_column=col, label_column="labels", seed=seed))
+    evaluate = EvalTransform(processor, image_column=col, label_column="labels")
+    data.eval = data.eval.with_transform(evaluate)
+    if data.test is not None:
+        data.test = data.test.with_transform(evaluate)
+    return data
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' and datasets' own warnings and bars out of samtune's output."""
+    import datasets
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors reach the user as DataError
+    disable_progress_bars()

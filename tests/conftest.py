@@ -1,0 +1,145 @@
+"""Offline fixtures: tiny models saved as Hugging Face folders, and small learnable datasets on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["COLUMNS"] = "200"  # rich wraps at the terminal width; keep messages on one line for asserts
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
+FILLER = ["the", "film", "movie", "was", "a", "plot", "story", "really", "quite", "and", "acting", "very"]
+
+
+def _sentence(rng: random.Random, polar: list[str]) -> str:
+    words = rng.sample(FILLER, 4) + [rng.choice(polar)]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def text_examples(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Sentences whose label is given by one sentiment word among filler: learnable in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        rows.append({"text": _sentence(rng, POSITIVE if positive else NEGATIVE), "label": "pos" if positive else "neg"})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(POSITIVE + NEGATIVE + FILLER)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory) -> Path:
+    """A tiny BERT classifier and its tokenizer, saved as a model folder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_model_dir(tmp_path_factory) -> Path:
+    """A tiny ViT classifier and its torchvision-free image processor, saved as a model folder."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    path = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, num_labels=2,
+    )  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def text_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "reviews.csv", text_examples(80))
+
+
+@pytest.fixture
+def pair_jsonl(tmp_path) -> Path:
+    """Sentence pairs: label 'same' when both carry the same sentiment."""
+    rng = random.Random(1)
+    path = tmp_path / "pairs.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(80):
+            a_pos, same = rng.random() < 0.5, i % 2 == 0
+            b_pos = a_pos if same else not a_pos
+            row = {
+                "sentence1": _sentence(rng, POSITIVE if a_pos else NEGATIVE),
+                "sentence2": _sentence(rng, POSITIVE if b_pos else NEGATIVE),
+                "label": "same" if same else "different",
+            }
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Class sub-folders of small PNGs: reddish squares vs bluish squares."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "shapes"
+    for name, channel in (("red", 0), ("blue", 2)):
+        (root / name).mkdir(parents=True)
+        for i in range(20):
+            pixels = rng.integers(0, 80, (20, 20, 3), dtype=np.uint8)
+            pixels[..., channel] = rng.integers(170, 255, (20, 20), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root

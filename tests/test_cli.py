@@ -1,0 +1,244 @@
+"""The real command line, end to end, on tiny offline models and data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import text_examples, write_csv
+from typer.testing import CliRunner
+
+from samtune.cli import app
+
+runner = CliRunner()
+FAST = ["training.logging_steps=2", "training.batch_size=8"]
+
+
+def cli(*args: str):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def _ok(result) -> None:
+    assert result.exit_code == 0, result.output
+
+
+def _load_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _assert_run_dir(run_dir: Path, task: str) -> dict:
+    from transformers import AutoConfig
+
+    for name in ("config.json", "model.safetensors", "config.yaml", "metrics.json", "README.md", "trainer_state.json"):
+        assert (run_dir / name).is_file(), name
+    metrics = _load_metrics(run_dir)
+    for key in ("eval_accuracy", "eval_f1", "eval_loss", "train_loss", "train_runtime"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    config = AutoConfig.from_pretrained(run_dir)
+    assert set(config.label2id) == set(config.id2label.values())
+    assert "samtune" in (run_dir / "README.md").read_text()
+    return metrics
+
+
+def test_text_csv_with_recipe_file(tmp_path, text_model_dir, text_csv):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "reviews",
+                "model": {"name": str(text_model_dir), "max_length": 16},
+                "data": {"dataset": str(text_csv)},
+                "sam": {"rho": 0.05},
+                "training": {"epochs": 2, "learning_rate": 5e-3, "batch_size": 8, "logging_steps": 2},
+                "output": {"dir": str(tmp_path / "run")},
+            }
+        )
+    )
+    result = cli("train", recipe)
+    _ok(result)
+    metrics = _assert_run_dir(tmp_path / "run", "text-classification")
+    assert metrics["train_steps"] == 2 * 9  # 72 training rows (90% of 80) in batches of 8, two epochs
+    assert metrics["eval_samples"] == 8
+    assert "eval_accuracy" in result.output and str(tmp_path / "run") in result.output
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["name"] == "reviews" and config["model"]["max_length"] == 16
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "run").id2label == {0: "neg", 1: "pos"}
+
+
+def test_sentence_pairs(tmp_path, text_model_dir, pair_jsonl):
+    out = tmp_path / "run"
+    result = cli(
+        "train", "--model", text_model_dir, "--dataset", pair_jsonl, "--output-dir", out, "--max-steps", "4", *FAST
+    )
+    _ok(result)
+    _assert_run_dir(out, "text-classification")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["dataset"] == str(pair_jsonl)
+    # Both sentences reached the tokenizer: the saved run tokenizes pairs with two [SEP].
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok("good film", "bad film")["input_ids"].count(tok.sep_token_id) == 2
+
+
+def test_image_folder(tmp_path, image_model_dir, image_folder):
+    out = tmp_path / "run"
+    result = cli("train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out,
+                 "--epochs", "1", *FAST)  # fmt: skip
+    _ok(result)
+    metrics = _assert_run_dir(out, "image-classification")
+    assert metrics["train_samples"] == 36 and metrics["eval_samples"] == 4  # 10% of 40, stratified
+    from transformers import AutoConfig, AutoImageProcessor
+
+    assert set(AutoConfig.from_pretrained(out).label2id) == {"red", "blue"}
+    assert AutoImageProcessor.from_pretrained(out, backend="pil") is not None
+
+
+def test_plain_model_and_dataset_flags_without_recipe(tmp_path, text_model_dir, text_csv, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("train", "--model", text_model_dir, "--dataset", text_csv, "--max-steps", "3")
+    _ok(result)
+    run_dir = tmp_path / "runs" / f"{text_model_dir.name}-reviews"
+    _assert_run_dir(run_dir, "text-classification")
+
+
+def test_overrides_and_flag_precedence(tmp_path, text_model_dir, text_csv):
+    out = tmp_path / "run"
+    result = cli(
+        "train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out,
+        "sam.rho=0.2", "sam.adaptive=true", "training.max_steps=9", "--max-steps", "3",
+        "training.learning_rate=5e-3", "data.max_train_samples=40", "training.logging_steps=1",
+    )  # fmt: skip
+    _ok(result)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["sam"] == {"rho": 0.2, "adaptive": True}
+    assert config["training"]["max_steps"] == 3  # the flag beats the override
+    assert config["training"]["learning_rate"] == 5e-3  # '5e-3' read as a number
+    metrics = _load_metrics(out)
+    assert metrics["train_steps"] == 3 and metrics["train_samples"] == 40
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "sam_rho" in h]
+    assert logged and all(h["sam_rho"] == 0.2 for h in logged)
+
+
+def test_builtin_recipe_with_overrides(tmp_path, text_model_dir, text_csv):
+    out = tmp_path / "run"
+    result = cli("train", "quickstart", f"model.name={text_model_dir}", f"data.dataset={text_csv}",
+                 "data.text_column=text", "data.label_column=label", "data.labels=[neg, pos]", "data.max_train_samples=16",
+                 "training.max_steps=2", "--output-dir", out)  # fmt: skip
+    _ok(result)
+    assert _load_metrics(out)["train_steps"] == 2
+
+
+def test_saved_run_predicts_like_the_in_memory_model(tmp_path, text_model_dir, text_csv):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from samtune.recipe import build_recipe
+    from samtune.runner import train
+
+    recipe = build_recipe(
+        {
+            "model": {"name": str(text_model_dir)},
+            "data": {"dataset": str(text_csv)},
+            "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 5e-3},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )
+    result = train(recipe)
+    in_memory = result.trainer.model.eval()
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run")
+    batch = tokenizer([r["text"] for r in text_examples(10, seed=5)], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(in_memory(**batch).logits, loaded(**batch).logits)
+    # And the saved metrics are those of the saved model.
+    from samtune.runner import evaluate_run
+
+    assert result.metrics["eval_accuracy"] == _load_metrics(tmp_path / "run")["eval_accuracy"]
+
+
+def test_eval_command_scores_a_saved_run(tmp_path, text_model_dir, text_csv):
+    out = tmp_path / "run"
+    _ok(cli("train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out, "--max-steps", "2"))
+    held_out = write_csv(tmp_path / "held_out.csv", text_examples(20, seed=9))
+    result = cli("eval", out, "--dataset", held_out)
+    _ok(result)
+    assert "eval_accuracy" in result.output and "eval_f1" in result.output
+
+
+def test_recipes_list_show_copy(tmp_path):
+    result = cli("recipes", "list")
+    _ok(result)
+    for name in ("quickstart", "vit-beans", "bert-sst2"):
+        assert name in result.output
+    _ok(cli("recipes", "show", "quickstart"))
+    _ok(cli("recipes", "copy", "quickstart", tmp_path))
+    assert (tmp_path / "quickstart.yaml").is_file()
+
+
+def test_every_builtin_recipe_validates():
+    from samtune.recipe import builtin_recipes
+
+    names = list(builtin_recipes())
+    assert len(names) >= 8
+    for name in names:
+        result = cli("validate", name, "--schema-only")
+        assert result.exit_code == 0, (name, result.output)
+
+
+def test_validate_runs_a_data_preflight(text_csv, text_model_dir):
+    result = cli("validate", f"model.name={text_model_dir}", f"data.dataset={text_csv}")
+    _ok(result)
+    assert "data ok" in result.output and "neg, pos" in result.output
+
+
+def test_version_env_and_help():
+    from samtune import __version__
+
+    assert __version__ in cli("--version").output
+    _ok(cli("env"))
+    help_text = cli("train", "--help").output
+    for panel in ("Model and data", "SAM", "Training", "Run"):
+        assert panel in help_text
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "samtune", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and "samtune" in done.stdout
+
+
+def test_two_processes_write_one_run_directory(tmp_path, text_model_dir):
+    """`samtune train --nproc 2` re-launches through Accelerate; rank 0 alone writes the run."""
+    train_csv = write_csv(tmp_path / "train.csv", text_examples(64))
+    valid_csv = write_csv(tmp_path / "valid.csv", text_examples(12, seed=3))
+    out = tmp_path / "runs" / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(train_csv),
+        f"data.eval_file={valid_csv}", "--max-steps", "4", "--batch-size", "4", "--learning-rate", "5e-3",
+        "--output-dir", str(out), "--nproc", "2",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]
+    assert done.stdout.count("done") == 1  # one summary: only the main process prints it
+    metrics = _load_metrics(out)
+    assert metrics["train_steps"] == 4
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 4
+    from samtune.runner import evaluate_run
+
+    again = evaluate_run(out, str(valid_csv))
+    assert again["eval_samples"] == metrics["eval_samples"] == 12
+    assert again["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
+    assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)

@@ -1,0 +1,169 @@
+"""Bad input ends in one clear message that names the problem, a documented exit code, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import text_examples, write_csv
+from typer.testing import CliRunner
+
+from samtune.cli import app
+from samtune.errors import EXIT_DATA, EXIT_USAGE
+
+runner = CliRunner()
+
+
+def _fails(args: list, code: int, *says: str):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    for text in says:
+        assert text in result.output, (text, result.output)
+    return result
+
+
+@pytest.fixture
+def train_args(text_model_dir, text_csv, tmp_path):
+    return ["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", tmp_path / "run"]
+
+
+def test_missing_recipe_file(tmp_path):
+    _fails(["train", tmp_path / "nope.yaml"], EXIT_USAGE, "recipe file not found", "nope.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: [unclosed\n")
+    _fails(["train", bad], EXIT_USAGE, "invalid YAML", "line")
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("training:\n  learnig_rate: 0.001\n")
+    _fails(["validate", bad, "--schema-only"], EXIT_USAGE, "training.learnig_rate", "did you mean 'training.learning_rate'")
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    bad = tmp_path / "many.yaml"
+    bad.write_text("trainig: {}\ntraining:\n  batch_size: zero\n  optimizer: adam\nsam:\n  rho: -1\n")
+    result = _fails(["validate", bad, "--schema-only"], EXIT_USAGE, "4 problems", "did you mean 'training'")
+    for key in ("training.batch_size", "training.optimizer", "sam.rho"):
+        assert key in result.output
+
+
+def test_wrong_type(tmp_path):
+    _fails(["validate", "training.epochs=three", "--schema-only"], EXIT_USAGE, "training.epochs", "valid number")
+
+
+def test_negative_rho_flag(train_args):
+    _fails([*train_args, "--rho", "-0.1"], EXIT_USAGE, "sam.rho", "greater than or equal to 0")
+
+
+def test_zero_batch_size(train_args):
+    _fails([*train_args, "--batch-size", "0"], EXIT_USAGE, "training.batch_size", "greater than 0")
+
+
+def test_unknown_builtin_recipe():
+    _fails(["train", "quickstrat"], EXIT_USAGE, "unknown recipe 'quickstrat'", "Did you mean 'quickstart'")
+
+
+def test_malformed_override():
+    _fails(["validate", "training.seed=1", "not-an-override", "--schema-only"], EXIT_USAGE, "not KEY=VALUE")
+
+
+def test_override_without_equals_is_refused():
+    _fails(["validate", "quickstart", "sam.rho", "--schema-only"], EXIT_USAGE, "'sam.rho' is not KEY=VALUE")
+
+
+def test_model_folder_not_found(text_csv, tmp_path):
+    _fails(["train", "--model", tmp_path / "no-model", "--dataset", text_csv], EXIT_USAGE, "not found", "no-model")
+
+
+def test_hub_model_offline(text_csv, tmp_path):
+    _fails(["train", "--model", "someone/no-such-model-xyz", "--dataset", text_csv, "--output-dir", tmp_path / "r"],
+           EXIT_USAGE, "someone/no-such-model-xyz", "HF_HUB_OFFLINE")  # fmt: skip
+
+
+def test_folder_that_is_not_a_model(text_csv, tmp_path):
+    folder = tmp_path / "empty-model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hi")
+    _fails(["train", "--model", folder, "--dataset", text_csv], EXIT_USAGE, "not a model")
+
+
+def test_dataset_file_not_found(text_model_dir, tmp_path):
+    _fails(["train", "--model", text_model_dir, "--dataset", tmp_path / "missing.csv"], EXIT_DATA, "dataset not found")
+
+
+def test_hub_dataset_offline(text_model_dir, tmp_path):
+    _fails(["train", "--model", text_model_dir, "--dataset", "someone/no-such-dataset-xyz",
+            "--output-dir", tmp_path / "r"], EXIT_DATA, "no-such-dataset-xyz", "HF_HUB_OFFLINE")  # fmt: skip
+
+
+def test_unknown_format(text_model_dir, tmp_path):
+    f = tmp_path / "data.txt"
+    f.write_text("hello\n")
+    _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "cannot tell the format")
+
+
+def test_missing_label_column(text_model_dir, tmp_path):
+    f = write_csv(tmp_path / "nolabel.csv", [{"text": r["text"], "sentiment": r["label"]} for r in text_examples(20)])
+    _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "no label column", "data.label_column")
+
+
+def test_named_column_that_does_not_exist(train_args):
+    _fails([*train_args, "data.text_column=review"], EXIT_DATA, "data.text_column is 'review'", "text, label")
+
+
+def test_missing_text_column(text_model_dir, tmp_path):
+    f = write_csv(tmp_path / "notext.csv", [{"body": r["text"], "label": r["label"]} for r in text_examples(20)])
+    _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "no text column", "data.text_column")
+
+
+def test_unknown_split(train_args):
+    _fails([*train_args, "data.eval_split=dev"], EXIT_DATA, "unknown split 'dev'", "train")
+
+
+def test_labels_that_are_not_classes(text_model_dir, tmp_path):
+    rows = [{"text": r["text"], "label": i / 7} for i, r in enumerate(text_examples(20))]
+    _fails(["train", "--model", text_model_dir, "--dataset", write_csv(tmp_path / "f.csv", rows)], EXIT_DATA,
+           "not classes")  # fmt: skip
+
+
+def test_a_single_class(text_model_dir, tmp_path):
+    rows = [{"text": r["text"], "label": "pos"} for r in text_examples(20)]
+    _fails(["train", "--model", text_model_dir, "--dataset", write_csv(tmp_path / "f.csv", rows)], EXIT_DATA,
+           "1 class", "at least two classes")  # fmt: skip
+
+
+def test_empty_dataset(text_model_dir, tmp_path):
+    f = tmp_path / "empty.csv"
+    f.write_text("text,label\n")
+    _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "empty")
+
+
+def test_existing_output_dir_is_refused_without_overwrite(train_args, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("precious")
+    _fails(train_args, EXIT_USAGE, "not empty", "--overwrite")
+    assert (tmp_path / "run" / "keep.txt").read_text() == "precious"
+
+
+def test_fp16_without_a_gpu(train_args):
+    _fails([*train_args, "training.precision=fp16"], EXIT_USAGE, "fp16 needs a CUDA GPU")
+
+
+def test_image_model_on_text_data(image_model_dir, text_csv, tmp_path):
+    _fails(["train", "--model", image_model_dir, "--dataset", text_csv, "--output-dir", tmp_path / "r"], EXIT_DATA,
+           "image")  # fmt: skip
+
+
+def test_no_partial_run_directory_after_an_early_failure(text_model_dir, tmp_path):
+    out = tmp_path / "run"
+    _fails(["train", "--model", text_model_dir, "--dataset", tmp_path / "missing.csv", "--output-dir", out], EXIT_DATA)
+    assert not out.exists()
+
+
+def test_unreadable_json(text_model_dir, tmp_path):
+    f = tmp_path / "broken.jsonl"
+    f.write_text('{"text": "good", "label": 1}\n{"text": \n')
+    _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "cannot read", "broken.jsonl")
