@@ -69,22 +69,11 @@ def _tokenizer():
 @pytest.fixture(scope="session")
 def text_model_dir(tmp_path_factory) -> Path:
     """A tiny BERT classifier and its tokenizer, saved as a model folder."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from tiny import tiny_bert
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    BertForSequenceClassification(config).save_pretrained(path)
+    tiny_bert(vocab_size=len(tokenizer), num_labels=2, hidden_dropout_prob=0.1).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -92,16 +81,11 @@ def text_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def image_model_dir(tmp_path_factory) -> Path:
     """A tiny ViT classifier and its torchvision-free image processor, saved as a model folder."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+    from tiny import tiny_vit
+    from transformers import ViTImageProcessorPil
 
     path = tmp_path_factory.mktemp("tiny-vit")
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=37, num_labels=2,
-    )  # fmt: skip
-    ViTForImageClassification(config).save_pretrained(path)
+    tiny_vit(num_labels=2).save_pretrained(path)
     ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(path)
     return path
 

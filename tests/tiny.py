@@ -23,36 +23,21 @@ from transformers import (
 NUM_LABELS = 3
 
 
-def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+# Two layers of width 32: big enough to have every part of the architecture, small enough for CPU.
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+# No dropout: the hand-written reference must see the same function as the Trainer.
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_bert(seed: int = 0, vocab_size: int = 64, num_labels: int = NUM_LABELS, **kw) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=NUM_LABELS,
-    )
+    config = BertConfig(vocab_size=vocab_size, max_position_embeddings=64, num_labels=num_labels, **{**TINY, **NO_DROPOUT, **kw})
     return BertForSequenceClassification(config)
 
 
-def tiny_vit(seed: int = 0) -> ViTForImageClassification:
+def tiny_vit(seed: int = 0, num_labels: int = NUM_LABELS, **kw) -> ViTForImageClassification:
     torch.manual_seed(seed)
-    config = ViTConfig(
-        image_size=16,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=NUM_LABELS,
-    )
+    config = ViTConfig(image_size=16, patch_size=4, num_labels=num_labels, **{**TINY, **NO_DROPOUT, **kw})
     return ViTForImageClassification(config)
 
 
