@@ -40,6 +40,7 @@ MODEL_PANEL = "Model and data"
 SAM_PANEL = "SAM"
 TRAIN_PANEL = "Training"
 RUN_PANEL = "Run"
+HUB_PANEL = "Hugging Face Hub"
 
 
 def _fail(e: SamtuneError, debug: bool) -> None:
@@ -120,6 +121,8 @@ def _flags(**flags: Any) -> dict[str, Any]:
         "batch_size": "training.batch_size",
         "learning_rate": "training.learning_rate",
         "seed": "training.seed",
+        "push_to_hub": "hub.repo_id",
+        "private": "hub.private",
     }
     return {keys[k]: v for k, v in flags.items() if v is not None}
 
@@ -149,6 +152,14 @@ def train(
         Optional[int],
         typer.Option(help="Re-launch on N local processes through Accelerate.", min=1, rich_help_panel=RUN_PANEL),
     ] = None,
+    push_to_hub: Annotated[
+        Optional[str],
+        typer.Option("--push-to-hub", metavar="REPO_ID", help="Push the run to this Hub repo.", rich_help_panel=HUB_PANEL),
+    ] = None,
+    private: Annotated[
+        Optional[bool],
+        typer.Option("--private/--public", help="Visibility of a new repo (default private).", rich_help_panel=HUB_PANEL),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Fine-tune a model with SAM and write a run directory (model, config.yaml, metrics.json, card)."""
@@ -158,7 +169,7 @@ def train(
     flags = _flags(
         model=model, dataset=dataset, output_dir=str(output_dir) if output_dir else None, rho=rho,
         adaptive=adaptive, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, seed=seed,
+        learning_rate=learning_rate, seed=seed, push_to_hub=push_to_hub, private=private,
     )  # fmt: skip
 
     def body() -> None:
@@ -170,6 +181,11 @@ def train(
             from samtune.runner import check_output_dir
 
             check_output_dir(resolved.output_dir(), overwrite)
+            if resolved.hub.repo_id:
+                from samtune.hub import preflight
+                from samtune.runner import push_target
+
+                preflight(push_target(resolved))
             raise typer.Exit(_relaunch(nproc))
         _train(resolved, overwrite, debug)
 
@@ -225,6 +241,11 @@ def _train(recipe: Any, overwrite: bool, debug: bool) -> None:
     result = train(recipe, overwrite=overwrite, callbacks=[ProgressCallback(console)], command=command)
     if main:
         _summary(result)
+        if recipe.hub.repo_id:
+            from samtune.runner import push
+
+            console.print(f"pushing {result.run_dir} to {recipe.hub.repo_id} ...")
+            console.print(f"[green]pushed[/green]: {push(result)}")
 
 
 def _summary(result: Any) -> None:
@@ -299,6 +320,42 @@ def eval_command(
             if k.startswith("eval_") and "per_second" not in k and k != "eval_split":
                 table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
         console.print(table)
+
+    _guarded(body, debug)
+
+
+@app.command("push")
+def push_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by samtune train.")],
+    repo_id: Annotated[
+        Optional[str], typer.Option("--repo-id", help="namespace/name (default: the run's hub.repo_id).")
+    ] = None,
+    private: Annotated[
+        Optional[bool], typer.Option("--private/--public", help="Visibility of a new repo (default private).")
+    ] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Push an existing run directory (again) to the Hugging Face Hub."""
+
+    def body() -> None:
+        from samtune.hub import PushTarget, preflight, push_run
+        from samtune.recipe import build_recipe, read_recipe_file
+
+        config = run_dir / "config.yaml"
+        hub = build_recipe(read_recipe_file(config)).hub if config.is_file() else None
+        target_id = repo_id or (hub.repo_id if hub else None)
+        if not target_id:
+            raise UsageError("no repo to push to", "Pass --repo-id namespace/name.")
+        build_recipe({"hub": {"repo_id": target_id}}, source="--repo-id")  # a recipe's validation
+        target = PushTarget(
+            target_id,
+            private if private is not None else (hub.private if hub else True),
+            revision or (hub.revision if hub else None),
+        )
+        preflight(target)
+        console.print(f"pushing {run_dir} to {target.repo_id} ...")
+        console.print(f"[green]pushed[/green]: {push_run(run_dir, target)}")
 
     _guarded(body, debug)
 

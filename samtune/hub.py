@@ -1,148 +1,151 @@
-"""The model card written into every run directory (and, later, the push to the Hub)."""
+"""Pushing a run directory to the Hugging Face Hub, and the checks made before training starts.
+
+Every call to the Hub goes through `make_client()`, the one seam tests replace with a double.
+The token comes from HF_TOKEN or the saved login (`hf auth login`), never from a recipe.
+"""
 
 from __future__ import annotations
 
-import platform
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from samtune.errors import PushError, UsageError
 
-from samtune.recipe import Recipe
+# Never uploaded: checkpoints (optimizer state, large), the pickled TrainingArguments (it can
+# hold a hub token), hidden files, lock files and caches.
+IGNORE_PATTERNS = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "training_args.bin",
+    ".*",
+    "**/.*",
+    "*.lock",
+    "__pycache__/**",
+    "runs/**",
+]
+LOGIN_HINT = "Log in with `hf auth login` (a token with write access), or set HF_TOKEN in the environment."
+
+
+def make_client() -> Any:
+    """The Hub client (an `HfApi`). Tests replace this function."""
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+def get_token() -> str | None:
+    """The token from HF_TOKEN or the saved login, if any."""
+    from huggingface_hub import get_token as hub_token
+
+    return hub_token()
+
+
+def offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids reaching the Hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass
-class CardFacts:
-    """What the card says about a run, gathered by the runner."""
+class PushTarget:
+    """Where a run goes: repo, visibility, branch."""
 
-    recipe: Recipe
-    metrics: dict[str, Any]
-    task: str
-    labels: list[str]
-    base_model_is_hub_id: bool
-    dataset_is_hub_id: bool
-    eval_source: str
-    eval_split: str
-    precision: str
-    command: str | None = None
-    license: str | None = None
+    repo_id: str
+    private: bool = True
+    revision: str | None = None
 
 
-def _versions() -> dict[str, str]:
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-
-    from samtune import __version__
-
-    return {
-        "samtune": __version__,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "python": platform.python_version(),
-    }
+def retry_command(run_dir: Path, target: PushTarget) -> str:
+    """The exact `samtune push` command that retries a failed push."""
+    args = ["samtune", "push", str(run_dir), "--repo-id", target.repo_id, "--private" if target.private else "--public"]
+    if target.revision:
+        args += ["--revision", target.revision]
+    return shlex.join(args)
 
 
-def build_model_card(facts: CardFacts) -> ModelCard:
-    """A Hub-valid card: metadata (base model, datasets, tags, model-index) and SAM's settings."""
-    r, m = facts.recipe, facts.metrics
-    dataset_name = r.data.dataset or "local data"
-    results = []
-    for prefix, split in (("eval", facts.eval_split), ("test", r.data.test_split)):
-        for metric in ("accuracy", "f1"):
-            key = f"{prefix}_{metric}"
-            if key in m and split:
-                results.append(
-                    EvalResult(
-                        task_type=facts.task,
-                        dataset_type=dataset_name if facts.dataset_is_hub_id else "local",
-                        dataset_name=dataset_name if facts.dataset_is_hub_id else Path(dataset_name).name,
-                        dataset_config=r.data.config if facts.dataset_is_hub_id else None,
-                        dataset_split=split,
-                        metric_type=metric,
-                        metric_name=f"{metric} (macro)" if metric == "f1" else metric,
-                        metric_value=round(float(m[key]), 4),
-                    )
-                )
-    data = ModelCardData(
-        library_name="transformers",
-        base_model=r.model.name if facts.base_model_is_hub_id else None,
-        datasets=[r.data.dataset] if facts.dataset_is_hub_id and r.data.dataset else None,
-        license=facts.license,
-        tags=["samtune", "sam", "sharpness-aware-minimization", facts.task],
-        pipeline_tag=facts.task,
-        model_name=r.run_name(),
-        eval_results=results or None,
-    )
-    t = r.training
-    effective = t.batch_size * t.gradient_accumulation_steps
-    variant = "ASAM" if r.sam.adaptive else ("SAM" if r.sam.rho > 0 else "none (rho = 0: plain training)")
-    rows = [
-        ("rho", r.sam.rho),
-        ("adaptive (ASAM)", r.sam.adaptive),
-        ("variant", variant),
-        ("base optimizer", t.optimizer),
-        ("learning rate", t.learning_rate),
-        ("schedule", f"{t.scheduler}, warmup {t.warmup}"),
-        ("epochs", t.epochs if t.max_steps is None else f"max {t.max_steps} steps"),
-        ("effective batch size (per device)", f"{effective} ({t.batch_size} x {t.gradient_accumulation_steps} accumulation)"),
-        ("precision", facts.precision),
-        ("seed", t.seed),
-    ]
-    sam_table = "\n".join(["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]])
-    metric_rows = "\n".join(
-        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-        for k, v in m.items()
-        if k.endswith(("_accuracy", "_f1", "_loss", "_samples", "train_runtime")) and not k.startswith("sam_")
-    )
-    versions = "\n".join(f"- {k}: {v}" for k, v in _versions().items())
-    how = (
-        f'```python\nfrom transformers import pipeline\n\nclassifier = pipeline("{facts.task}", model="PATH_OR_REPO_ID")\n'
-        f'classifier({"Your text here" if facts.task == "text-classification" else "image.jpg"!r})\n```'
-    )
-    command = facts.command or f"samtune train config.yaml"
-    body = f"""
-# {r.run_name()}
-
-Fine-tuned from `{r.model.name}` on `{dataset_name}` with **{variant}**
-(Sharpness-Aware Minimization, Foret et al. 2021) with samtune.
-Labels: {", ".join(facts.labels)}. Evaluated on {facts.eval_source}.
-
-## How SAM was used
-
-{sam_table}
-
-## Results
-
-| metric | value |
-|---|---|
-{metric_rows}
-
-## How to use
-
-{how}
-
-## How to reproduce
-
-```bash
-{command}
-```
-
-The resolved recipe is `config.yaml`, next to this card.
-
-## Library versions
-
-{versions}
-"""
-    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+def _status(e: BaseException) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
 
 
-def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
-    """Write README.md (the model card) into the run directory."""
-    path = Path(run_dir) / "README.md"
-    build_model_card(facts).save(path)
-    return path
+def preflight(target: PushTarget) -> str:
+    """Check, before any training, that a push to `target` can work; returns the user name.
+
+    Refuses (exit 2) when offline, without a token, with an invalid or read-only token, or when
+    the token's user cannot write to the repo's namespace.
+    """
+    if offline():
+        raise UsageError(
+            f"cannot push to {target.repo_id}: HF_HUB_OFFLINE=1 is set, so the Hub cannot be reached",
+            "Unset HF_HUB_OFFLINE (and check the network) to push, or drop --push-to-hub / hub.repo_id.",
+        )
+    token = get_token()
+    if not token:
+        raise UsageError(f"cannot push to {target.repo_id}: no Hugging Face token found", LOGIN_HINT)
+    try:
+        me = make_client().whoami(token=token)
+    except Exception as e:
+        if _status(e) == 401:
+            raise UsageError(f"cannot push to {target.repo_id}: the Hugging Face token is not valid", LOGIN_HINT) from e
+        raise UsageError(
+            f"cannot push to {target.repo_id}: the Hugging Face Hub could not be reached ({str(e).splitlines()[0]})",
+            "Check the network connection, or drop --push-to-hub and push later with `samtune push`.",
+        ) from e
+    user = me.get("name", "")
+    role = (me.get("auth", {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise UsageError(f"cannot push to {target.repo_id}: the Hugging Face token is read-only", LOGIN_HINT)
+    namespace = target.repo_id.split("/")[0] if "/" in target.repo_id else user
+    orgs = {o.get("name"): o.get("roleInOrg") for o in me.get("orgs", [])}
+    if namespace != user:
+        if namespace not in orgs:
+            raise UsageError(
+                f"cannot push to {target.repo_id}: '{user}' is not a member of '{namespace}'",
+                f"Push to {user}/<name>, or ask an admin of '{namespace}' to add you.",
+            )
+        if orgs[namespace] == "read":
+            raise UsageError(f"cannot push to {target.repo_id}: '{user}' may only read in '{namespace}'")
+    return user
+
+
+def push_run(run_dir: Path, target: PushTarget) -> str:
+    """Upload a run directory (card, model, processor, config.yaml, metrics) to the Hub; its URL.
+
+    Any failure raises PushError (exit 4) carrying the retry command; the run directory is not touched.
+    """
+    from huggingface_hub.utils import enable_progress_bars
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"{run_dir} is not a samtune run directory (no config.json)", "Give the folder `samtune train` wrote.")
+    if offline():
+        raise PushError(
+            f"cannot push to {target.repo_id}: HF_HUB_OFFLINE=1 is set",
+            f"The run is intact in {run_dir}. Unset HF_HUB_OFFLINE and retry:\n  {retry_command(run_dir, target)}",
+        )
+    token = get_token()
+    if not token:
+        raise UsageError(f"cannot push to {target.repo_id}: no Hugging Face token found", LOGIN_HINT)
+    enable_progress_bars()  # large uploads show their progress
+    client = make_client()
+    try:
+        url = client.create_repo(target.repo_id, token=token, private=target.private, repo_type="model", exist_ok=True)
+        if target.revision:
+            client.create_branch(target.repo_id, branch=target.revision, token=token, repo_type="model", exist_ok=True)
+        client.upload_folder(
+            repo_id=target.repo_id,
+            folder_path=str(run_dir),
+            repo_type="model",
+            revision=target.revision,
+            token=token,
+            ignore_patterns=IGNORE_PATTERNS,
+            commit_message="Upload model trained with samtune (SAM)",
+        )
+    except Exception as e:
+        raise PushError(
+            f"pushing {run_dir} to {target.repo_id} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            f"The run is intact in {run_dir}. Retry with:\n  {retry_command(run_dir, target)}",
+        ) from e
+    return str(getattr(url, "url", url))

@@ -131,6 +131,25 @@ class TrainingSection(_Section):
         return self
 
 
+REPO_ID = r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$"
+
+
+class HubSection(_Section):
+    """Where to push the run on the Hugging Face Hub (the token comes from HF_TOKEN or `hf auth login`)."""
+
+    repo_id: str | None = Field(default=None, description="namespace/name; set to push after training.")
+    private: bool = Field(default=True, description="Create the repo private (an existing repo keeps its visibility).")
+    revision: str | None = Field(default=None, description="A branch to push to (created if missing); default main.")
+    license: str | None = Field(default=None, description="The card's license; default: the base model's, if known.")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(REPO_ID, v):
+            raise ValueError("must be a Hub repo id such as 'your-name/model-name'")
+        return v
+
+
 class OutputSection(_Section):
     """Where the run directory goes."""
 
@@ -148,6 +167,7 @@ class Recipe(_Section):
     sam: SAMSection = SAMSection()
     training: TrainingSection = TrainingSection()
     output: OutputSection = OutputSection()
+    hub: HubSection = HubSection()
 
     def run_name(self) -> str:
         """The recipe's name, or one made from the model and dataset."""
@@ -312,6 +332,8 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 def _describe(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(recipe)"
+    if err["type"] == "extra_forbidden" and loc[-1] == "token":
+        return f"{key}: tokens never go in a recipe; set HF_TOKEN in the environment or run `hf auth login`"
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1, cutoff=0.6)
         section = ".".join(str(p) for p in loc[:-1])

@@ -178,11 +178,15 @@ def train(
 
     from samtune import modeling
     from samtune.data import is_local
-    from samtune.hub import CardFacts, write_model_card
+    from samtune.card import CardFacts, base_model_license, write_model_card
     from samtune.trainer import SAMTrainer
 
     run_dir = recipe.output_dir()
     check_output_dir(run_dir, overwrite)
+    if recipe.hub.repo_id and is_main_process():
+        from samtune.hub import preflight
+
+        preflight(push_target(recipe))  # before hours of training, not after
     modeling.quiet_transformers()
     set_seed(recipe.training.seed)
     started = time.perf_counter()
@@ -244,6 +248,8 @@ def train(
                 eval_split=data.eval_split,
                 precision=precision,
                 command=command,
+                license=recipe.hub.license or base_model_license(modeling.model_path(recipe.model)),
+                log_history=trainer.state.log_history,
             ),
         )
     return RunResult(
@@ -256,6 +262,20 @@ def train(
         steps=trainer.state.global_step,
         trainer=trainer,
     )
+
+
+def push_target(recipe: Recipe) -> Any:
+    """Where the recipe's hub block says to push."""
+    from samtune.hub import PushTarget
+
+    return PushTarget(recipe.hub.repo_id or "", recipe.hub.private, recipe.hub.revision)
+
+
+def push(result: RunResult) -> str:
+    """Push a finished run to the Hub as its recipe says; the repo URL."""
+    from samtune.hub import push_run
+
+    return push_run(result.run_dir, push_target(result.recipe))
 
 
 def evaluate_run(

@@ -1,0 +1,226 @@
+"""The model card written into every run directory: Hub metadata, how SAM was used, results, curves."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from samtune.recipe import Recipe
+
+CURVES_FILE = "training_curves.png"
+TAGS = ["samtune", "sam", "sharpness-aware-minimization"]
+
+
+@dataclass
+class CardFacts:
+    """What the card says about a run, gathered by the runner."""
+
+    recipe: Recipe
+    metrics: dict[str, Any]
+    task: str
+    labels: list[str]
+    base_model_is_hub_id: bool
+    dataset_is_hub_id: bool
+    eval_source: str
+    eval_split: str
+    precision: str
+    command: str | None = None
+    license: str | None = None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def base_model_license(model_ref: str | None) -> str | None:
+    """The license in a local model folder's own card, if it has one (no network)."""
+    if not model_ref:
+        return None
+    readme = Path(model_ref) / "README.md"
+    if not readme.is_file():
+        return None
+    try:
+        return ModelCard.load(readme).data.license
+    except Exception:  # a malformed upstream card must not fail the run
+        return None
+
+
+def versions() -> dict[str, str]:
+    """The versions of the libraries that trained the model."""
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    from samtune import __version__
+
+    return {
+        "samtune": __version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Loss (train and eval) and eval accuracy/F1 against epochs, as a PNG; None without any log."""
+    train = [(h["epoch"], h["loss"]) for h in log_history if "loss" in h and "epoch" in h]
+    evals = [h for h in log_history if "eval_loss" in h and "epoch" in h]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    if train:
+        ax_loss.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+    if evals:
+        ax_loss.plot([h["epoch"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="eval loss",
+                     color="tab:orange")  # fmt: skip
+        for key, colour in (("eval_accuracy", "tab:green"), ("eval_f1", "tab:purple")):
+            points = [(h["epoch"], h[key]) for h in evals if key in h]
+            if points:
+                ax_metric.plot(*zip(*points), "o-", label=key.removeprefix("eval_"), color=colour)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_metric.set(xlabel="epoch", ylabel="score", title="evaluation", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _eval_results(facts: CardFacts) -> list[EvalResult]:
+    r, m = facts.recipe, facts.metrics
+    name = r.data.dataset or "local data"
+    results = []
+    for prefix, split in (("eval", facts.eval_split), ("test", r.data.test_split)):
+        for metric in ("accuracy", "f1"):
+            if f"{prefix}_{metric}" not in m or not split:
+                continue
+            results.append(
+                EvalResult(
+                    task_type=facts.task,
+                    dataset_type=name if facts.dataset_is_hub_id else "local",
+                    dataset_name=name if facts.dataset_is_hub_id else Path(name).name,
+                    dataset_config=r.data.config if facts.dataset_is_hub_id else None,
+                    dataset_split=split,
+                    metric_type=metric,
+                    metric_name="macro F1" if metric == "f1" else metric,
+                    metric_value=round(float(m[f"{prefix}_{metric}"]), 4),
+                )
+            )
+    return results
+
+
+def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
+    r, t = facts.recipe, facts.recipe.training
+    variant = "ASAM" if r.sam.adaptive else ("SAM" if r.sam.rho > 0 else "none (rho = 0: plain training)")
+    length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"
+    return [
+        ("rho", r.sam.rho),
+        ("adaptive (ASAM)", r.sam.adaptive),
+        ("variant", variant),
+        ("base optimizer", t.optimizer),
+        ("learning rate", t.learning_rate),
+        ("schedule", f"{t.scheduler}, warmup {t.warmup:g}"),
+        ("training length", length),
+        ("effective batch size", f"{t.batch_size * t.gradient_accumulation_steps} per device "
+                                 f"({t.batch_size} x {t.gradient_accumulation_steps} accumulation)"),  # fmt: skip
+        ("gradient accumulation", t.gradient_accumulation_steps),
+        ("precision", facts.precision),
+        ("seed", t.seed),
+        ("perturbations skipped (non-finite)", facts.metrics.get("sam_perturbations_skipped", 0)),
+    ]
+
+
+def _results_table(facts: CardFacts) -> str:
+    m = facts.metrics
+    rows = ["| split | examples | accuracy | macro F1 | loss |", "|---|---|---|---|---|"]
+    for prefix, split in (("eval", facts.eval_split), ("test", facts.recipe.data.test_split)):
+        if f"{prefix}_accuracy" in m:
+            rows.append(
+                f"| {split} ({prefix}) | {m.get(f'{prefix}_samples', '')} | {m[f'{prefix}_accuracy']:.4f} | "
+                f"{m.get(f'{prefix}_f1', float('nan')):.4f} | {m.get(f'{prefix}_loss', float('nan')):.4f} |"
+            )
+    if "train_loss" in m:
+        rows.append(f"| train | {m.get('train_samples', '')} | | | {m['train_loss']:.4f} (mean over training) |")
+    return "\n".join(rows)
+
+
+def build_model_card(facts: CardFacts, curves: str | None = None) -> ModelCard:
+    """A Hub-valid card: metadata (base model, datasets, tags, model-index), SAM's settings, results."""
+    r = facts.recipe
+    data = ModelCardData(
+        library_name="transformers",
+        base_model=r.model.name if facts.base_model_is_hub_id else None,
+        datasets=[r.data.dataset] if facts.dataset_is_hub_id and r.data.dataset else None,
+        license=facts.license,
+        tags=[*TAGS, facts.task],
+        pipeline_tag=facts.task,
+        model_name=r.run_name(),
+        eval_results=_eval_results(facts) or None,
+    )
+    sam_table = "\n".join(["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in _sam_rows(facts)]])
+    example = "This film was a delight from start to finish." if facts.task == "text-classification" else "image.jpg"
+    wall = facts.metrics.get("train_runtime")
+    body = f"""
+# {r.run_name()}
+
+`{r.model.name}` fine-tuned on `{r.data.dataset}` for {facts.task.replace("-", " ")} with
+**Sharpness-Aware Minimization** (SAM, Foret et al., ICLR 2021), using samtune.
+SAM takes each step from the worst point of a
+rho-ball around the weights, which seeks flat minima; it costs about twice the compute of a
+plain step.
+
+Labels ({len(facts.labels)}): {", ".join(facts.labels)}. Evaluated on {facts.eval_source}.
+
+## How SAM was used
+
+{sam_table}
+
+## Results
+
+{_results_table(facts)}
+{f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
+{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}
+## How to use
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("{facts.task}", model="{r.hub.repo_id or "PATH_TO_THIS_FOLDER"}")
+print(classifier({example!r}))
+```
+
+## How to reproduce
+
+```bash
+{facts.command or "samtune train config.yaml"}
+```
+
+`config.yaml`, next to this card, is the resolved recipe: `samtune train config.yaml`
+repeats the run with every setting as it was.
+
+## Library versions
+
+{chr(10).join(f"- {k}: {v}" for k, v in versions().items())}
+"""
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+
+
+def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
+    """Write README.md (the model card) and the training-curve figure into the run directory."""
+    run_dir = Path(run_dir)
+    curves = plot_training_curves(facts.log_history, run_dir / CURVES_FILE)
+    path = run_dir / "README.md"
+    build_model_card(facts, curves.name if curves else None).save(path)
+    return path
