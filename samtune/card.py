@@ -28,6 +28,7 @@ class CardFacts:
     eval_source: str
     eval_split: str
     precision: str
+    test_split: str | None = None
     command: str | None = None
     license: str | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
@@ -102,7 +103,7 @@ def _eval_results(facts: CardFacts) -> list[EvalResult]:
     r, m = facts.recipe, facts.metrics
     name = r.data.dataset or "local data"
     results = []
-    for prefix, split in (("eval", facts.eval_split), ("test", r.data.test_split)):
+    for prefix, split in (("eval", facts.eval_split), ("test", facts.test_split)):
         for metric in ("accuracy", "f1"):
             if f"{prefix}_{metric}" not in m or not split:
                 continue
@@ -145,7 +146,7 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
 def _results_table(facts: CardFacts) -> str:
     m = facts.metrics
     rows = ["| split | examples | accuracy | macro F1 | loss |", "|---|---|---|---|---|"]
-    for prefix, split in (("eval", facts.eval_split), ("test", facts.recipe.data.test_split)):
+    for prefix, split in (("eval", facts.eval_split), ("test", facts.test_split)):
         if f"{prefix}_accuracy" in m:
             rows.append(
                 f"| {split} ({prefix}) | {m.get(f'{prefix}_samples', '')} | {m[f'{prefix}_accuracy']:.4f} | "

@@ -43,12 +43,26 @@ RUN_PANEL = "Run"
 HUB_PANEL = "Hugging Face Hub"
 
 
+EXIT_FILE = "SAMTUNE_EXIT_FILE"  # where a re-launched process leaves its exit code for --nproc's parent
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _exit(code: int) -> None:
+    if os.environ.get(EXIT_FILE) and _is_main():
+        Path(os.environ[EXIT_FILE]).write_text(str(code))
+    raise typer.Exit(code)
+
+
 def _fail(e: SamtuneError, debug: bool) -> None:
     if debug:
         err_console.print_exception()
-    body = e.message + (f"\n[dim]{e.hint}[/dim]" if e.hint else "")
-    err_console.print(Panel(body, title=f"[bold red]{e.title}[/bold red]", title_align="left", border_style="red"))
-    raise typer.Exit(e.exit_code)
+    if _is_main():  # every process meets the same error; one message is enough
+        body = e.message + (f"\n[dim]{e.hint}[/dim]" if e.hint else "")
+        err_console.print(Panel(body, title=f"[bold red]{e.title}[/bold red]", title_align="left", border_style="red"))
+    _exit(e.exit_code)
 
 
 def _guarded(fn: Any, debug: bool) -> Any:
@@ -59,7 +73,7 @@ def _guarded(fn: Any, debug: bool) -> Any:
         _fail(e, debug)
     except KeyboardInterrupt:
         err_console.print("[yellow]Interrupted.[/yellow]")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        _exit(EXIT_INTERRUPTED)
     except (typer.Exit, typer.Abort):
         raise
     except Exception as e:  # an unexpected failure: one line, the traceback behind --debug
@@ -74,7 +88,7 @@ def _guarded(fn: Any, debug: bool) -> Any:
                 border_style="red",
             )
         )
-        raise typer.Exit(EXIT_TRAINING)
+        _exit(EXIT_TRAINING)
 
 
 def _version(value: bool) -> None:
@@ -186,14 +200,23 @@ def train(
                 from samtune.runner import push_target
 
                 preflight(push_target(resolved))
-            raise typer.Exit(_relaunch(nproc))
+            from samtune.modeling import load_config
+
+            load_config(resolved.model)  # a missing model fails here, once, not in every process
+            raise typer.Exit(_relaunch(nproc, debug))
         _train(resolved, overwrite, debug)
 
     _guarded(body, debug)
 
 
-def _relaunch(nproc: int) -> int:
-    """Run this same command on `nproc` local processes with Accelerate's launcher; its exit code."""
+def _relaunch(nproc: int, debug: bool = False) -> int:
+    """Run this same command on `nproc` local processes with Accelerate's launcher; its exit code.
+
+    The processes report samtune's exit code through a file (the launcher itself only says 1), and
+    the launcher's own traceback about a failed child is left out unless --debug.
+    """
+    import tempfile
+
     import torch
 
     argv = []
@@ -216,7 +239,22 @@ def _relaunch(nproc: int) -> int:
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     console.print(f"launching {nproc} processes: {shlex.join(['samtune', *argv])}")
-    return subprocess.call(launch, env=env)
+    with tempfile.TemporaryDirectory(prefix="samtune-") as tmp:
+        exit_file = Path(tmp) / "exit"
+        env[EXIT_FILE] = str(exit_file)
+        proc = subprocess.Popen(launch, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+        assert proc.stderr is not None
+        hiding = False
+        for line in proc.stderr:
+            hiding = hiding or (not debug and line.startswith("Traceback (most recent call last)"))
+            if not hiding:
+                sys.stderr.write(line)
+        code = proc.wait()
+        if exit_file.is_file():
+            return int(exit_file.read_text() or code)
+        if code != 0 and hiding:
+            err_console.print(f"[red]the {nproc} processes failed (exit {code})[/red]; --debug shows the launcher's report")
+        return code
 
 
 def _free_port() -> int:

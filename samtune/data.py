@@ -24,7 +24,7 @@ LABEL_COLUMNS = ("label", "labels")
 IMAGE_COLUMNS = ("image", "img")
 TEXT_COLUMNS = ("text", "sentence")
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence"))
-EVAL_SPLITS = ("validation", "valid", "val", "dev", "test")
+EVAL_SPLITS = ("validation", "valid", "val", "dev")  # "test" is kept for the final score
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst", ".zip")
 LABELS = "labels"
@@ -44,6 +44,7 @@ class PreparedData:
     image_column: str | None = None
     eval_source: str = ""
     eval_split: str = "validation"  # the split's name, or "validation" for one carved from train
+    test_split: str | None = None
     notes: list[str] = field(default_factory=list)
     is_hub_dataset: bool = False
 
@@ -245,7 +246,7 @@ def _label_names(train: Dataset, column: str) -> list[str] | None:
     if all(isinstance(v, str) for v in values):
         return sorted(values)
     if all(isinstance(v, (int, float)) for v in values) and all(float(v).is_integer() for v in values):
-        return [str(int(v)) for v in sorted(values) if int(v) >= 0]
+        return [str(int(v)) for v in sorted(values)]
     return None
 
 
@@ -323,7 +324,7 @@ def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
         if split not in raw:
             raise DataError(f"unknown split '{split}' (the dataset has: {', '.join(raw)})", "Pass --split with one of them.")
         return split
-    for name in EVAL_SPLITS:
+    for name in (*EVAL_SPLITS, "test"):
         if name in raw:
             return name
     if len(raw) == 1:
@@ -377,11 +378,14 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto") -> Prepared
              and _has_labels(raw[s], cols["label"])),
             None,
         )  # fmt: skip
+    test_name = data.test_split
+    if test_name is None and "test" in raw and data.eval_split != "test" and _has_labels(raw["test"], cols["label"]):
+        test_name = "test"  # scored at the end, never used to pick the checkpoint
     splits = {"train": train}
     if eval_name is not None:
         splits["eval"] = raw[eval_name]
-    if data.test_split is not None:
-        splits["test"] = raw[data.test_split]
+    if test_name is not None:
+        splits["test"] = raw[test_name]
     for name, ds in splits.items():
         missing = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c and c not in ds.column_names]
         if missing:
@@ -442,6 +446,7 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto") -> Prepared
         image_column=cols["image"],
         eval_source=eval_source,
         eval_split=eval_name or "validation",
+        test_split=test_name,
         notes=notes,
         is_hub_dataset=from_hub,
     )

@@ -32,7 +32,6 @@ SCHEDULERS = (
     "constant",
     "constant_with_warmup",
     "inverse_sqrt",
-    "cosine_with_min_lr",
 )
 PACKAGE_PREFIX = "package:"
 
@@ -76,6 +75,13 @@ class DataSection(_Section):
     labels: list[str] | None = Field(
         default=None, description="Keep only rows with these labels (classes in this order); default: all."
     )
+    @field_validator("labels")
+    @classmethod
+    def _two_classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (len(set(v)) != len(v) or len(v) < 2):
+            raise ValueError("must list at least two different labels (a classifier needs two classes)")
+        return v
+
     validation_fraction: float = Field(
         default=0.1, gt=0, lt=1, description="Share of train carved (stratified) as validation when none exists."
     )

@@ -65,9 +65,20 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
                 f"output directory {path} exists and is not empty",
                 "Pass --overwrite to replace it, or choose another --output-dir.",
             )
+        if not looks_like_a_run(path):
+            raise UsageError(
+                f"output directory {path} is not a samtune run directory, so --overwrite will not delete it",
+                "Choose an empty or new --output-dir.",
+            )
     parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
         raise UsageError(f"output directory {path} is not writable", "Choose a writable --output-dir.")
+
+
+def looks_like_a_run(path: Path) -> bool:
+    """Whether a folder was written by samtune train (the only kind --overwrite may delete)."""
+    marks = ("config.yaml", "metrics.json", "trainer_state.json")
+    return any((path / m).exists() for m in marks) or any(path.glob("checkpoint-*"))
 
 
 def _clear_output_dir(path: Path) -> None:
@@ -246,6 +257,7 @@ def train(
                 dataset_is_hub_id=data.is_hub_dataset,
                 eval_source=data.eval_source,
                 eval_split=data.eval_split,
+                test_split=data.test_split,
                 precision=precision,
                 command=command,
                 license=recipe.hub.license or base_model_license(modeling.model_path(recipe.model)),

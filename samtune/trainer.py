@@ -19,21 +19,42 @@ Clipping, the base optimizer's step, the scheduler and zeroing stay the Trainer'
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from samtune.optim import functional as F
 
 _LOMO = ("lomo", "adalomo")
+# Heads whose loss is a mean over the batch whatever `num_items_in_batch` says (transformers 5.x).
+_MEAN_LOSS_HEADS = (
+    "ForSequenceClassification",
+    "ForImageClassification",
+    "ForAudioClassification",
+    "ForVideoClassification",
+    "ForMultipleChoice",
+)
+
+
+SAM_STATE_FILE = "samtune_state.json"
 
 
 class UnsupportedSetupError(ValueError):
     """A training setup under which SAM's step cannot be made exact (DeepSpeed, FSDP, ...)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (with `on_nonfinite="stop"`)."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"the training loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
 
 
 @dataclass
@@ -51,6 +72,13 @@ class SAMArguments(TrainingArguments):
         default=False,
         metadata={"help": "ASAM (Kwon et al., 2021): scale the climb per weight by |w|."},
     )
+    on_nonfinite: Literal["stop", "skip"] = field(
+        default="stop",
+        metadata={
+            "help": "A NaN/inf training loss: 'stop' raises NonFiniteLossError (no update, nothing saved); "
+            "'skip' drops that micro-batch's gradient and counts it."
+        },
+    )
 
     def __post_init__(self) -> None:
         rho = self.rho
@@ -60,7 +88,16 @@ class SAMArguments(TrainingArguments):
                 "use 0.05 for SAM, 0.5-2.0 for ASAM, or 0 to train without SAM."
             )
         self.rho = float(rho)
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'skip' (got {self.on_nonfinite!r})")
         super().__post_init__()
+
+
+def _loss_ignores_num_items(model: nn.Module) -> bool:
+    """Whether a model's loss is a batch mean that ignores `num_items_in_batch` (classification heads)."""
+    inner = getattr(model, "base_model", model) if type(model).__name__.startswith("Peft") else model
+    inner = getattr(inner, "model", inner) if type(inner).__name__.startswith("Lora") else inner
+    return type(inner).__name__.endswith(_MEAN_LOSS_HEADS)
 
 
 def _refuse_unsupported_args(args: TrainingArguments) -> None:
@@ -77,11 +114,12 @@ def _refuse_unsupported_args(args: TrainingArguments) -> None:
             "global ascent norm ||g|| and the exact save/restore of w would need collective operations it does "
             "not do. Use data parallelism (DDP) instead, for models that fit on one device."
         )
-    if str(getattr(args.optim, "value", args.optim)) in _LOMO:
+    optim = str(getattr(args.optim, "value", args.optim))
+    if optim in _LOMO or optim.endswith("layerwise"):
         raise UnsupportedSetupError(
-            f"SAMTrainer cannot use optim={args.optim!r}: LOMO fuses the update into backward(), so SAM's "
-            "ascent pass would already move the weights. Choose another optimizer, e.g. optim='adamw_torch' "
-            "or optim='sgd'."
+            f"SAMTrainer cannot use optim={optim!r}: it steps inside backward() (LOMO, layer-wise GaLore/APOLLO), "
+            "so the update would be taken at w + e(w) and then overwritten by the restore of w. Choose another "
+            "optimizer, e.g. optim='adamw_torch' or optim='sgd'."
         )
     pc = getattr(args, "parallelism_config", None)
     if pc is not None and (getattr(pc, "cp_enabled", False) or getattr(pc, "sp_enabled", False)):
@@ -128,14 +166,18 @@ class SAMTrainer(Trainer):
                 "would be silently wrong under it. Launch with a config that uses plain multi-GPU data "
                 "parallelism (`accelerate config`, distributed_type MULTI_GPU) instead."
             )
-        if self.compute_loss_func is None:
-            # Divide every micro-batch loss by the accumulation steps: some models (BERT in
-            # transformers 5.x) accept `num_items_in_batch` but ignore it, which would make the
-            # accumulated update N times too large.
+        if self.compute_loss_func is None and _loss_ignores_num_items(self.accelerator.unwrap_model(self.model)):
+            # Classification heads (BERT's in transformers 5.x) accept `num_items_in_batch` but
+            # return a batch mean anyway: the stock step would then skip the division by the
+            # accumulation steps and make the update N times too large. Divide for them; models
+            # whose loss honours `num_items_in_batch` (token-level losses) keep the stock rule.
             self.model_accepts_loss_kwargs = False
         self._sam_norm_sum = 0.0
         self._sam_norm_count = 0
         self.sam_perturbations_skipped = 0
+        self.sam_nonfinite_skipped = 0
+        self._nonfinite_in_step = False
+        self.add_callback(_SAMStateSaver(self))
 
     # ---- the step ------------------------------------------------------------------------
 
@@ -146,6 +188,19 @@ class SAMTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """One SAM step on a micro-batch: ascent at w, descent at w + e(w), back to w."""
+        self._nonfinite_in_step = False
+        loss = self._sam_step(model, inputs, num_items_in_batch)
+        if self._nonfinite_in_step:  # on_nonfinite="skip": this micro-batch gave no gradient
+            self.sam_nonfinite_skipped += 1
+            return torch.tensor(float("nan"), device=loss.device)  # the Trainer's logs filter NaN out
+        return loss
+
+    def _sam_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
         if self.args.rho == 0:
             return super().training_step(model, inputs, num_items_in_batch)
 
@@ -154,7 +209,7 @@ class SAMTrainer(Trainer):
             ascent_loss, grads = self._ascent_gradient(model, copy.copy(inputs), params, num_items_in_batch)
         climbed, e, norm = F.sam_perturbation(grads, params, self.args.rho, self.args.adaptive)
         del grads
-        finite = self._record_ascent(norm)
+        finite = not self._nonfinite_in_step and self._record_ascent(norm)
 
         saved = None
         try:
@@ -196,6 +251,23 @@ class SAMTrainer(Trainer):
             loss = loss / self.current_gradient_accumulation_steps
         return loss.detach(), grads
 
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kw: Any):
+        """The stock loss, checked for NaN/inf while training (see `on_nonfinite`)."""
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
+        if not (model.training and torch.is_grad_enabled()):
+            return result
+        loss = result[0] if return_outputs else result
+        if not bool(torch.isfinite(loss.detach()).all()):
+            if self.args.on_nonfinite == "stop":
+                raise NonFiniteLossError(self.state.global_step + 1, float(loss.detach().float().mean()))
+            self._nonfinite_in_step = True
+        if self._nonfinite_in_step:
+            # Skip this micro-batch (both passes): a loss whose gradient is zero for every trainable
+            # weight adds nothing to `.grad`, and under DDP every rank still joins the all-reduce.
+            loss = sum((p.reshape(-1)[:1] * 0.0).sum() for p in model.parameters() if p.requires_grad)
+            result = (loss, result[1]) if return_outputs else loss
+        return result
+
     def _loss_is_scaled_for_ga(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
         """The stock step's rule for whether the loss is already normalised for accumulation."""
         if self.loss_is_scaled_for_ga is not None:
@@ -217,6 +289,28 @@ class SAMTrainer(Trainer):
         self._sam_norm_count += 1
         return True
 
+    # ---- samtune's own state in checkpoints -----------------------------------------------
+
+    def sam_state(self) -> dict[str, Any]:
+        """What a checkpoint must carry beyond the Trainer's own state."""
+        return {
+            "rho": self.args.rho,
+            "adaptive": self.args.adaptive,
+            "perturbations_skipped": self.sam_perturbations_skipped,
+            "nonfinite_skipped": self.sam_nonfinite_skipped,
+        }
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *a: Any, **kw: Any):
+        """The Trainer's `train`, restoring samtune's counters from the checkpoint it resumes."""
+        if isinstance(resume_from_checkpoint, str):
+            path = os.path.join(resume_from_checkpoint, SAM_STATE_FILE)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    saved = json.load(f)
+                self.sam_perturbations_skipped = int(saved.get("perturbations_skipped", 0))
+                self.sam_nonfinite_skipped = int(saved.get("nonfinite_skipped", 0))
+        return super().train(resume_from_checkpoint, *a, **kw)
+
     # ---- logging -------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -226,5 +320,21 @@ class SAMTrainer(Trainer):
             if self._sam_norm_count:
                 logs["sam_ascent_grad_norm"] = self._sam_norm_sum / self._sam_norm_count
             logs["sam_perturbations_skipped"] = self.sam_perturbations_skipped
+            if self.sam_nonfinite_skipped:
+                logs["sam_nonfinite_skipped"] = self.sam_nonfinite_skipped
             self._sam_norm_sum, self._sam_norm_count = 0.0, 0
         super().log(logs, start_time)
+
+
+class _SAMStateSaver(TrainerCallback):
+    """Writes `samtune_state.json` into every checkpoint the Trainer saves (main process)."""
+
+    def __init__(self, trainer: SAMTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                with open(os.path.join(folder, SAM_STATE_FILE), "w", encoding="utf-8") as f:
+                    json.dump(self.trainer.sam_state(), f, indent=2)

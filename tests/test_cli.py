@@ -252,3 +252,14 @@ def test_a_learnable_task_is_learned(tmp_path, text_model_dir):
     metrics = _load_metrics(out)
     assert metrics["eval_accuracy"] >= 0.9  # chance is 0.5
     assert metrics["sam_rho"] == 0.05 and metrics["sam_perturbations_skipped"] == 0
+
+
+def test_two_processes_report_a_data_error_once_with_its_exit_code(tmp_path, text_model_dir):
+    bad = write_csv(tmp_path / "nolabel.csv", [{"text": r["text"], "mood": r["label"]} for r in text_examples(20)])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(bad),
+           "--output-dir", str(tmp_path / "run"), "--nproc", "2"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("no label column found") == 1

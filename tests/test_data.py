@@ -105,3 +105,18 @@ def test_an_image_folder(image_folder):
     data = _load(image_folder)
     assert data.task == "image-classification" and data.image_column == "image"
     assert sorted(data.labels) == ["blue", "red"]
+
+
+def test_negative_whole_numbers_are_classes_in_plain_columns(tmp_path):
+    rows = [{"text": f"t{i}", "label": [-1, 1][i % 2]} for i in range(20)]
+    data = _load(write_csv(tmp_path / "d.csv", rows))
+    assert data.labels == ["-1", "1"]
+
+
+def test_a_test_split_is_scored_but_never_picks_the_checkpoint(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_csv(tmp_path / "data" / "train.csv", text_examples(40))
+    write_csv(tmp_path / "data" / "test.csv", text_examples(10, seed=2))
+    data = _load(tmp_path / "data")
+    assert "of 'train'" in data.eval_source and len(data.eval) == 4
+    assert data.test_split == "test" and len(data.test) == 10

@@ -167,3 +167,20 @@ def test_unreadable_json(text_model_dir, tmp_path):
     f = tmp_path / "broken.jsonl"
     f.write_text('{"text": "good", "label": 1}\n{"text": \n')
     _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "cannot read", "broken.jsonl")
+
+
+def test_a_single_listed_label(train_args):
+    _fails([*train_args, "data.labels=[pos]"], EXIT_USAGE, "data.labels", "at least two different labels")
+
+
+def test_unsupported_scheduler():
+    _fails(["validate", "training.scheduler=cosine_with_min_lr", "--schema-only"], EXIT_USAGE, "training.scheduler")
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(text_model_dir, text_csv, tmp_path):
+    precious = tmp_path / "documents"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    _fails(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", precious, "--overwrite"],
+           EXIT_USAGE, "not a samtune run directory")  # fmt: skip
+    assert (precious / "thesis.tex").read_text() == "years of work"

@@ -8,9 +8,11 @@ import pytest
 import torch
 from tiny import (
     ListDataset,
+    collate,
     image_rows,
     max_abs_diff,
     micro_batches,
+    reference_sam_gradient,
     reference_sam_sgd,
     text_rows,
     tiny_bert,
@@ -187,8 +189,20 @@ def test_batchnorm_statistics_are_those_of_one_forward_at_w(tmp_path):
     assert any(not torch.equal(v, reference.state_dict()[k]) for k, v in stats.items())
 
 
+class _Overflow(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward: what an fp16 overflow does to scaled grads."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
 class _Poisoned(nn.Module):
-    """A linear classifier whose loss is infinite on chosen forward calls (a simulated fp16 overflow)."""
+    """A linear classifier whose gradient overflows on chosen forward calls (the loss stays finite)."""
 
     def __init__(self, poison_calls: set[int]):
         super().__init__()
@@ -200,9 +214,9 @@ class _Poisoned(nn.Module):
     def forward(self, x, labels):
         self.calls += 1
         logits = self.linear(x)
-        loss = nn.functional.cross_entropy(logits, labels)
         if self.calls in self.poison_calls:
-            loss = loss * float("inf")
+            logits = _Overflow.apply(logits)
+        loss = nn.functional.cross_entropy(logits, labels)
         return {"loss": loss, "logits": logits}
 
 
@@ -316,6 +330,7 @@ def test_plain_training_arguments_are_refused(tmp_path):
     [
         ("optim", "lomo", "LOMO"),
         ("optim", "adalomo", "LOMO"),
+        ("optim", "galore_adamw_layerwise", "layer-wise"),
         ("deepspeed", {"train_batch_size": "auto"}, "DeepSpeed"),
         ("fsdp", "full_shard", "FSDP"),
     ],
@@ -335,3 +350,113 @@ def test_context_parallelism_is_refused(tmp_path):
     args.parallelism_config = ParallelismConfig(cp_size=2)
     with pytest.raises(UnsupportedSetupError, match="context or sequence parallelism"):
         SAMTrainer(model=tiny_bert(), args=args)
+
+
+class _NaNLoss(nn.Module):
+    """A linear classifier whose loss is NaN on chosen forward calls (a diverged batch)."""
+
+    def __init__(self, nan_calls: set[int]):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 3)
+        self.nan_calls, self.calls = nan_calls, 0
+
+    def forward(self, x, labels):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        self.calls += 1
+        logits = self.linear(x)
+        loss = nn.functional.cross_entropy(logits, labels)
+        if self.calls in self.nan_calls:
+            loss = loss * float("nan")
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def test_nonfinite_loss_stops_before_the_update(tmp_path):
+    from samtune.trainer import NonFiniteLossError
+
+    rows, _, _ = _poison_rows()
+    model = _NaNLoss(nan_calls={3})  # step 1 is calls 1-2 (ascent, descent); step 2's ascent is NaN
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=3, learning_rate=0.5, rho=0.05, **SGD_PLAIN)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows * 3))
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.train()
+    assert err.value.step == 2
+    reference = reference_sam_sgd(_NaNLoss(set()), [[collate(rows)]], rho=0.05, lr=0.5)  # one good step
+    assert max_abs_diff(model, reference) <= 1e-6
+
+
+def test_nonfinite_loss_skip_drops_that_micro_batch(tmp_path):
+    rows, _, _ = _poison_rows()
+    model = _NaNLoss(nan_calls={1})  # the first micro-batch's ascent
+    args = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=1,
+                 learning_rate=0.5, rho=0.05, on_nonfinite="skip", **SGD_PLAIN)  # fmt: skip
+    trainer = _train(model, rows, args)
+    assert trainer.sam_nonfinite_skipped == 1
+    # The update is the second micro-batch's SAM gradient, divided by the accumulation steps as usual.
+    clean = _NaNLoss(set())
+    second = collate(rows[2:4])
+    grads = reference_sam_gradient(clean, second, rho=0.05)
+    with torch.no_grad():
+        for p, g in zip(clean.parameters(), grads):
+            p.sub_(0.5 * g / 2)
+    assert max_abs_diff(model, clean) <= 1e-6
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class _TokenLoss(nn.Module):
+    """A token-level model whose loss honours `num_items_in_batch` (sum over tokens / tokens in the step)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(16, 8)
+        self.out = nn.Linear(8, 16)
+
+    def forward(self, input_ids, labels, num_items_in_batch=None, **kwargs):
+        logits = self.out(self.emb(input_ids))
+        flat = nn.functional.cross_entropy(logits.view(-1, 16), labels.view(-1), ignore_index=-100, reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+        return {"loss": flat / count, "logits": logits}
+
+
+def _token_rows():
+    g = torch.Generator().manual_seed(5)
+    rows = []
+    for i in range(4):
+        ids = torch.randint(0, 16, (6,), generator=g)
+        labels = ids.clone()
+        labels[: 1 + 2 * i % 5] = -100  # uneven token counts per example
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+def test_rho_zero_keeps_the_stock_normalisation_of_token_level_losses(tmp_path):
+    """GA=2 with uneven token counts: the update is the mean over every token of the step."""
+    rows = _token_rows()
+    common = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=1, learning_rate=0.5)
+    stock = _train(_TokenLoss(), rows, _args(tmp_path, TrainingArguments, **common, **SGD_PLAIN), Trainer)
+    sam = _train(_TokenLoss(), rows, _args(tmp_path, rho=0.0, **common, **SGD_PLAIN))
+    s1, s2 = stock.model.state_dict(), sam.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    # By hand: one SGD step on the loss summed over all tokens, divided by their number.
+    model = _TokenLoss()
+    batch = collate(rows)
+    tokens = (batch["labels"] != -100).sum()
+    loss = model(batch["input_ids"], batch["labels"], num_items_in_batch=tokens)["loss"]
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), grads):
+            p.sub_(0.5 * g)
+    assert max_abs_diff(sam.model, model) <= 1e-6
+
+
+def test_instance_norm_statistics_are_updated_once():
+    from samtune.optim import frozen_running_stats
+
+    norm = nn.InstanceNorm1d(3, track_running_stats=True).train()
+    norm(torch.randn(2, 3, 5))
+    before = copy.deepcopy(norm.state_dict())
+    with frozen_running_stats(norm):
+        norm(torch.randn(2, 3, 5) * 4 + 1)
+    assert all(torch.equal(before[k], v) for k, v in norm.state_dict().items())

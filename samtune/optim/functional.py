@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 # Added to ||g|| so that a zero gradient gives e(w) = 0 instead of 0/0 (as davda54/sam does).
 NORM_EPS = 1e-12
@@ -83,7 +83,9 @@ def perturbation_(
         weights = [p.detach() for p in params]
         torch._foreach_mul_(grads, torch._foreach_mul(weights, weights))
     if isinstance(scale, torch.Tensor):
-        scale = scale.to(grads[0].device)
+        devices = {g.device for g in grads}
+        # One device: keep the scale on it (no host sync); a model split across devices: a number.
+        scale = scale.to(grads[0].device) if len(devices) == 1 else float(scale)
     torch._foreach_mul_(grads, scale)
     return grads
 
@@ -136,18 +138,27 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 @contextlib.contextmanager
 def frozen_running_stats(model: nn.Module) -> Iterator[None]:
-    """BatchNorm layers normalise with batch statistics but leave their running statistics alone.
+    """Normalisation layers use batch statistics but leave their running statistics alone.
 
     SAM runs two forward passes per batch; the running mean/var (and `num_batches_tracked`) must
     be updated by the first, at w, and not again at w + e(w). With `track_running_stats` off in
     training mode a BatchNorm layer neither reads nor writes its buffers, which is exact (unlike
-    momentum = 0, where 0 * NaN poisons the buffers and the batch counter still moves).
+    momentum = 0, where 0 * NaN poisons the buffers and the batch counter still moves). Other
+    layers that track statistics (InstanceNorm with track_running_stats) get their buffers back.
     """
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    for m in layers:
+    batchnorms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    others = [
+        m for m in model.modules() if isinstance(m, _NormBase) and not isinstance(m, _BatchNorm) and m.track_running_stats
+    ]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in others]
+    for m in batchnorms:
         m.track_running_stats = False
     try:
         yield
     finally:
-        for m in layers:
+        for m in batchnorms:
             m.track_running_stats = True
+        with torch.no_grad():
+            for m, buffers in zip(others, saved):
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
