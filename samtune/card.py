@@ -219,9 +219,17 @@ repeats the run with every setting as it was.
 
 
 def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
-    """Write README.md (the model card) and the training-curve figure into the run directory."""
+    """Write README.md (the model card) and the training-curve figure into the run directory, atomically."""
+    from samtune.files import atomic_path
+
     run_dir = Path(run_dir)
-    curves = plot_training_curves(facts.log_history, run_dir / CURVES_FILE)
+    with atomic_path(run_dir / CURVES_FILE) as tmp:
+        curves = plot_training_curves(facts.log_history, tmp)
+        if curves is None:
+            tmp.write_bytes(b"")
+    if curves is None:
+        (run_dir / CURVES_FILE).unlink(missing_ok=True)
     path = run_dir / "README.md"
-    build_model_card(facts, curves.name if curves else None).save(path)
+    with atomic_path(path) as tmp:
+        build_model_card(facts, CURVES_FILE if curves else None).save(tmp)
     return path

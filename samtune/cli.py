@@ -44,6 +44,7 @@ HUB_PANEL = "Hugging Face Hub"
 
 
 EXIT_FILE = "SAMTUNE_EXIT_FILE"  # where a re-launched process leaves its exit code for --nproc's parent
+NPROC_ENV = "SAMTUNE_NPROC"  # how many processes --nproc started (for the resume command)
 
 
 def _is_main() -> bool:
@@ -136,6 +137,7 @@ def _flags(**flags: Any) -> dict[str, Any]:
         "learning_rate": "training.learning_rate",
         "seed": "training.seed",
         "push_to_hub": "hub.repo_id",
+        "init_from": "model.init_from",
         "private": "hub.private",
     }
     return {keys[k]: v for k, v in flags.items() if v is not None}
@@ -166,6 +168,20 @@ def train(
         Optional[int],
         typer.Option(help="Re-launch on N local processes through Accelerate.", min=1, rich_help_panel=RUN_PANEL),
     ] = None,
+    resume: Annotated[
+        Optional[str],
+        typer.Option(
+            "--resume", metavar="auto|CHECKPOINT", help="Continue from the newest (auto) or a named checkpoint.",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = None,
+    init_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--init-from", metavar="RUN_DIR", help="Start from a finished run's weights, with a new schedule.",
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = None,
     push_to_hub: Annotated[
         Optional[str],
         typer.Option("--push-to-hub", metavar="REPO_ID", help="Push the run to this Hub repo.", rich_help_panel=HUB_PANEL),
@@ -184,6 +200,7 @@ def train(
         model=model, dataset=dataset, output_dir=str(output_dir) if output_dir else None, rho=rho,
         adaptive=adaptive, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, push_to_hub=push_to_hub, private=private,
+        init_from=str(init_from) if init_from else None,
     )  # fmt: skip
 
     def body() -> None:
@@ -194,7 +211,7 @@ def train(
         if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:
             from samtune.runner import check_output_dir
 
-            check_output_dir(resolved.output_dir(), overwrite)
+            check_output_dir(resolved.output_dir(), overwrite, resume)
             if resolved.hub.repo_id:
                 from samtune.hub import preflight
                 from samtune.runner import push_target
@@ -204,7 +221,7 @@ def train(
 
             load_config(resolved.model)  # a missing model fails here, once, not in every process
             raise typer.Exit(_relaunch(nproc, debug))
-        _train(resolved, overwrite, debug)
+        _train(resolved, overwrite, resume, debug)
 
     _guarded(body, debug)
 
@@ -219,23 +236,13 @@ def _relaunch(nproc: int, debug: bool = False) -> int:
 
     import torch
 
-    argv = []
-    skip = False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if arg == "--nproc":
-            skip = True
-            continue
-        if arg.startswith("--nproc="):
-            continue
-        argv.append(arg)
+    argv = _without(sys.argv[1:], set(), {"--nproc"})
     # --multi_gpu selects torchrun; without CUDA the processes meet over gloo on the CPU.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc)]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_port", str(_free_port()), "-m", "samtune", *argv]
     env = dict(os.environ)
+    env[NPROC_ENV] = str(nproc)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     console.print(f"launching {nproc} processes: {shlex.join(['samtune', *argv])}")
@@ -265,7 +272,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(recipe: Any, overwrite: bool, debug: bool) -> None:
+def _without(args: list[str], flags: set[str], valued: set[str]) -> list[str]:
+    """`args` without the given flags (and the values of those that take one)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in valued:
+            skip = True
+        elif arg in flags or arg.split("=", 1)[0] in valued:
+            pass
+        else:
+            out.append(arg)
+    return out
+
+
+def _resume_command() -> str:
+    """This command as it would continue from its newest checkpoint."""
+    args = _without(sys.argv[1:], {"--overwrite"}, {"--resume", "--nproc"})
+    if os.environ.get(NPROC_ENV):
+        args += ["--nproc", os.environ[NPROC_ENV]]
+    return shlex.join(["samtune", *args, "--resume", "auto"])
+
+
+def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> None:
     from samtune.progress import ProgressCallback
     from samtune.runner import is_main_process, train
 
@@ -276,7 +306,15 @@ def _train(recipe: Any, overwrite: bool, debug: bool) -> None:
             f"(rho={recipe.sam.rho}{', ASAM' if recipe.sam.adaptive else ''}) -> {recipe.output_dir()}"
         )
     command = shlex.join(["samtune", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("samtune", "__main__.py") else None
-    result = train(recipe, overwrite=overwrite, callbacks=[ProgressCallback(console)], command=command)
+    result = train(
+        recipe,
+        overwrite=overwrite,
+        resume=resume,
+        callbacks=[ProgressCallback(console)],
+        command=command,
+        resume_command=_resume_command(),
+        notify=lambda text: err_console.print(f"[yellow]{text}[/yellow]"),
+    )
     if main:
         _summary(result)
         if recipe.hub.repo_id:

@@ -1,7 +1,7 @@
 """Errors a user can cause, each with the exit code the command line ends with.
 
 Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error; 4 push failed
-(local results kept); 130 interrupted.
+(local results kept); 130 interrupted (SIGINT), 143 terminated (SIGTERM): a checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_PUSH = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class SamtuneError(Exception):
@@ -60,6 +61,16 @@ class TrainingError(SamtuneError):
 
     exit_code = EXIT_TRAINING
     title = "Training failed"
+
+
+class Interrupted(SamtuneError):
+    """Training stopped on SIGINT (exit 130) or SIGTERM (exit 143) after saving a checkpoint."""
+
+    title = "Interrupted"
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = EXIT_INTERRUPTED):
+        super().__init__(message, hint)
+        self.exit_code = exit_code
 
 
 class PushError(SamtuneError):

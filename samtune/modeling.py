@@ -44,7 +44,9 @@ def _not_found(name: str, e: BaseException) -> UsageError:
 
 
 def model_path(section: ModelSection) -> str:
-    """The model reference as `from_pretrained` takes it (package paths resolved)."""
+    """The model reference as `from_pretrained` takes it (package paths resolved; a run to start from wins)."""
+    if section.init_from:
+        return resolve_package_path(section.init_from)
     if not section.name:
         raise UsageError("no model given", "Set model.name in the recipe, or pass --model.")
     return resolve_package_path(section.name)

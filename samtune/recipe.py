@@ -50,6 +50,9 @@ class ModelSection(_Section):
     revision: str | None = None
     max_length: PositiveInt = Field(default=128, description="Text: tokens kept per example.")
     trust_remote_code: bool = False
+    init_from: str | None = Field(
+        default=None, description="Start from a finished run's weights (a run directory); a new schedule."
+    )
 
 
 class DataSection(_Section):
@@ -124,16 +127,34 @@ class TrainingSection(_Section):
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: PositiveInt | None = None
     logging_steps: PositiveInt = 10
-    save_total_limit: PositiveInt = 1
+    save_strategy: Literal["epoch", "steps", "no"] | None = Field(
+        default=None, description="When to save a checkpoint; default: at every evaluation."
+    )
+    save_steps: PositiveInt | None = Field(default=None, description="With save_strategy 'steps': every N steps.")
+    save_total_limit: PositiveInt = Field(default=1, description="Checkpoints kept (the best one is always kept).")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        default="stop", description="A NaN/inf loss: stop (exit 1, last good checkpoint kept) or skip the batch."
+    )
     load_best_model_at_end: bool = True
     metric_for_best_model: Literal["accuracy", "f1", "loss"] = "accuracy"
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
-    def _steps_need_eval_steps(self) -> TrainingSection:
+    def _consistent_schedule(self) -> TrainingSection:
         if self.eval_strategy == "steps" and self.eval_steps is None:
             raise ValueError("eval_strategy 'steps' needs training.eval_steps")
+        if self.save_strategy == "steps" and self.save_steps is None:
+            raise ValueError("save_strategy 'steps' needs training.save_steps")
+        save = self.save_strategy or self.eval_strategy
+        if self.load_best_model_at_end and self.eval_strategy != "no":
+            if save != self.eval_strategy:
+                raise ValueError(
+                    "load_best_model_at_end needs a checkpoint at every evaluation: set training.save_strategy "
+                    "to the eval_strategy, or training.load_best_model_at_end to false"
+                )
+            if save == "steps" and (self.save_steps or self.eval_steps) % self.eval_steps:
+                raise ValueError("with load_best_model_at_end, training.save_steps must be a multiple of eval_steps")
         return self
 
 
@@ -340,6 +361,12 @@ def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in loc) or "(recipe)"
     if err["type"] == "extra_forbidden" and loc[-1] == "token":
         return f"{key}: tokens never go in a recipe; set HF_TOKEN in the environment or run `hf auth login`"
+    if err["type"] == "extra_forbidden" and loc[-1] in ("fp16", "bf16"):
+        return f"{key}: precision is one key, training.precision: auto, fp32, bf16 or fp16 (fp16 and bf16 exclude each other)"
+    if err["type"] == "extra_forbidden" and loc[-1] in ("deepspeed", "fsdp"):
+        name = {"deepspeed": "DeepSpeed", "fsdp": "FSDP"}[loc[-1]]
+        return (f"{key}: samtune does not train with {name}: SAM's two-pass step would be silently wrong "
+                "under it. Use data parallelism instead (samtune train --nproc N, or accelerate launch).")
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1, cutoff=0.6)
         section = ".".join(str(p) for p in loc[:-1])

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -55,24 +54,34 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a non-empty run directory unless overwriting; refuse one that cannot be written."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"output directory {path} is a file", "Choose another --output-dir.")
-    if path.is_dir() and any(path.iterdir()):
+def _entries(path: Path) -> list[Path]:
+    from samtune.files import LOCK_FILE
+
+    return [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
+
+
+def check_output_dir(path: Path, overwrite: bool, resume: str | None = None) -> None:
+    """Refuse a non-empty run directory unless overwriting or resuming; refuse one that cannot be written."""
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other", "Resume a run, or replace it: not both.")
+    blocker = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not blocker.is_dir():
+        raise UsageError(f"output directory {path} cannot be created: {blocker} is a file", "Choose another --output-dir.")
+    if not os.access(blocker, os.W_OK):
+        raise UsageError(f"output directory {path} is not writable", "Choose a writable --output-dir.")
+    if resume:
+        return
+    if _entries(path):
         if not overwrite:
             raise UsageError(
                 f"output directory {path} exists and is not empty",
-                "Pass --overwrite to replace it, or choose another --output-dir.",
+                "Pass --overwrite to replace it, --resume auto to continue it, or choose another --output-dir.",
             )
         if not looks_like_a_run(path):
             raise UsageError(
                 f"output directory {path} is not a samtune run directory, so --overwrite will not delete it",
                 "Choose an empty or new --output-dir.",
             )
-    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"output directory {path} is not writable", "Choose a writable --output-dir.")
 
 
 def looks_like_a_run(path: Path) -> bool:
@@ -82,8 +91,45 @@ def looks_like_a_run(path: Path) -> bool:
 
 
 def _clear_output_dir(path: Path) -> None:
-    if path.is_dir() and any(path.iterdir()) and is_main_process():
-        shutil.rmtree(path)
+    """Remove a previous run's files (not the lock this run holds)."""
+    for entry in _entries(path):
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def find_checkpoint(run_dir: Path, resume: str) -> str:
+    """The checkpoint `--resume` names: the newest in the run directory for 'auto', else the path given."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume == "auto":
+        found = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+        if found is None:
+            raise UsageError(
+                f"no checkpoint to resume in {run_dir}",
+                "Start the run without --resume, or give a checkpoint folder: --resume PATH.",
+            )
+        return found
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise UsageError(f"{resume} is not a checkpoint (no trainer_state.json)", "Give a checkpoint-N folder, or auto.")
+    return str(path)
+
+
+# What changes a run if it differs between a checkpoint's recipe and the one resuming it.
+RUN_DEFINING = (
+    "model.name", "training.seed", "training.batch_size", "training.gradient_accumulation_steps",
+    "training.learning_rate", "training.optimizer", "training.scheduler", "sam.rho", "sam.adaptive",
+)  # fmt: skip
+
+
+def recipe_changes(saved: Recipe, current: Recipe) -> list[str]:
+    """'key: old -> new' for the settings that differ in a way that changes the run."""
+    changes = []
+    for key in RUN_DEFINING:
+        section, field = key.split(".")
+        old, new = getattr(getattr(saved, section), field), getattr(getattr(current, section), field)
+        if old != new:
+            changes.append(f"{key}: {old} -> {new}")
+    return changes
 
 
 def precision_flags(precision: str) -> tuple[dict[str, bool], str]:
@@ -111,6 +157,7 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, s
         output_dir=str(run_dir),
         rho=recipe.sam.rho,
         adaptive=recipe.sam.adaptive,
+        on_nonfinite=t.on_nonfinite,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size,
@@ -125,8 +172,8 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, s
         seed=t.seed,
         eval_strategy=t.eval_strategy,
         eval_steps=t.eval_steps,
-        save_strategy=t.eval_strategy if evaluating else "no",
-        save_steps=t.eval_steps or 500,
+        save_strategy=t.save_strategy or t.eval_strategy,
+        save_steps=t.save_steps or t.eval_steps or 500,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=t.load_best_model_at_end and evaluating,
         metric_for_best_model=t.metric_for_best_model,
@@ -173,27 +220,74 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
     return data, processor, model, data.task
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def _check_init_from(recipe: Recipe, labels: list[str]) -> None:
+    """A run to start from must have been trained on the same labels, in the same order."""
+    from transformers import AutoConfig
+
+    run = Path(recipe.model.init_from or "")
+    try:
+        config = AutoConfig.from_pretrained(run)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--init-from {run}: not a finished run directory ({str(e).splitlines()[0]})") from e
+    theirs = [config.id2label[i] for i in range(len(config.id2label))]
+    if theirs != labels:
+        raise DataError(
+            f"--init-from {run}: that run was trained on {len(theirs)} labels ({', '.join(theirs[:10])}), "
+            f"the data has {len(labels)} ({', '.join(labels[:10])})",
+            "Start from a run on the same labels, or fine-tune its base model (--model) instead.",
+        )
 
 
 def train(
     recipe: Recipe,
     *,
     overwrite: bool = False,
+    resume: str | None = None,
     callbacks: list[Any] | None = None,
     command: str | None = None,
+    resume_command: str | None = None,
+    notify: Any = print,
 ) -> RunResult:
-    """Fine-tune with SAM as the recipe says; write and return the run directory's results."""
+    """Fine-tune with SAM as the recipe says; write and return the run directory's results.
+
+    `resume` is "auto" (the newest checkpoint in the run directory) or a checkpoint folder.
+    SIGINT/SIGTERM save a checkpoint and raise `Interrupted`; nothing is written on failure but
+    the checkpoints already saved.
+    """
+    from samtune.files import RunLock
+
+    run_dir = recipe.output_dir()
+    check_output_dir(run_dir, overwrite, resume)
+    lock = RunLock(run_dir) if is_main_process() else None
+    if lock is not None:
+        lock.acquire()  # a second run on this directory is refused while this one lives
+    try:
+        return _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume_command, notify)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume_command, notify) -> RunResult:
     from transformers import DataCollatorWithPadding, PrinterCallback, set_seed
 
     from samtune import modeling
-    from samtune.data import is_local
     from samtune.card import CardFacts, base_model_license, write_model_card
-    from samtune.trainer import SAMTrainer
+    from samtune.data import is_local
+    from samtune.errors import Interrupted
+    from samtune.files import write_json_atomic, write_text_atomic
+    from samtune.recipe import build_recipe, read_recipe_file
+    from samtune.stopping import GracefulStop
+    from samtune.trainer import NonFiniteLossError, SAMTrainer, UnsupportedSetupError
 
-    run_dir = recipe.output_dir()
-    check_output_dir(run_dir, overwrite)
+    checkpoint = find_checkpoint(run_dir, resume) if resume else None
+    if checkpoint and (run_dir / CONFIG_FILE).is_file():
+        changes = recipe_changes(build_recipe(read_recipe_file(run_dir / CONFIG_FILE)), recipe)
+        if changes:
+            notify(
+                f"warning: resuming {checkpoint} with a recipe that differs from the one it was trained with "
+                f"({'; '.join(changes)}); the recipe's values win from here on"
+            )
     if recipe.hub.repo_id and is_main_process():
         from samtune.hub import preflight
 
@@ -203,26 +297,52 @@ def train(
     started = time.perf_counter()
 
     data, processor, model, task = _prepare(recipe)
+    if recipe.model.init_from:
+        _check_init_from(recipe, data.labels)
     args, precision = training_arguments(recipe, run_dir, task)
-    if overwrite:
-        _clear_output_dir(run_dir)
-    trainer = SAMTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=processor,
-        data_collator=DataCollatorWithPadding(processor) if task == modeling.TEXT else None,
-        compute_metrics=compute_metrics,
-        callbacks=callbacks or [],
-    )
-    trainer.remove_callback(PrinterCallback)
     try:
-        output = trainer.train()
-    except (DataError, UsageError):
-        raise
+        trainer = SAMTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=processor,
+            data_collator=DataCollatorWithPadding(processor) if task == modeling.TEXT else None,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks or [],
+        )
+    except UnsupportedSetupError as e:
+        raise UsageError(str(e)) from e
+    trainer.remove_callback(PrinterCallback)
+    stopper = GracefulStop(announce=notify if is_main_process() else (lambda _: None))
+    trainer.add_callback(stopper)
+
+    if is_main_process():  # everything loaded: from here on, the directory is this run's
+        if overwrite:
+            _clear_output_dir(run_dir)
+        saved = recipe.model_copy(update={"name": recipe.run_name()})
+        write_text_atomic(run_dir / CONFIG_FILE, saved.to_yaml())
+    stopper.install()
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    except NonFiniteLossError as e:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+        keep = f"The last good checkpoint is {last} (continue with --resume auto). " if last else ""
+        raise TrainingError(
+            f"{e}: training stopped, nothing new was saved",
+            keep + "Lower training.learning_rate or add training.warmup, check the data for broken rows, "
+            "or set training.on_nonfinite=skip to skip such batches.",
+        ) from e
     except RuntimeError as e:
         raise TrainingError(f"training stopped: {str(e).splitlines()[0]}", "Run with --debug for the traceback.") from e
+    finally:
+        stopper.uninstall()
+    if stopper.requested:
+        where = f"a checkpoint at step {trainer.state.global_step} is in {run_dir}"
+        again = resume_command or f"samtune.train(recipe, resume='auto')"
+        raise Interrupted(f"training stopped: {where}", f"Continue it with:\n  {again}", stopper.exit_code)
 
     metrics: dict[str, Any] = dict(output.metrics)
     metrics.update(trainer.evaluate(data.eval, metric_key_prefix="eval"))
@@ -235,6 +355,7 @@ def train(
         sam_rho=recipe.sam.rho,
         sam_adaptive=recipe.sam.adaptive,
         sam_perturbations_skipped=trainer.sam_perturbations_skipped,
+        sam_nonfinite_skipped=trainer.sam_nonfinite_skipped,
         wall_time=time.perf_counter() - started,
     )
     if data.test is not None:
@@ -243,9 +364,7 @@ def train(
     if trainer.is_world_process_zero():
         trainer.save_model(str(run_dir))  # the model and its processor, loadable with from_pretrained
         trainer.save_state()
-        saved = recipe.model_copy(update={"name": recipe.run_name()})
-        (run_dir / CONFIG_FILE).write_text(saved.to_yaml(), encoding="utf-8")
-        _write_json(run_dir / METRICS_FILE, metrics)
+        write_json_atomic(run_dir / METRICS_FILE, metrics)
         write_model_card(
             run_dir,
             CardFacts(

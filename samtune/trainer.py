@@ -177,7 +177,8 @@ class SAMTrainer(Trainer):
         self.sam_perturbations_skipped = 0
         self.sam_nonfinite_skipped = 0
         self._nonfinite_in_step = False
-        self.add_callback(_SAMStateSaver(self))
+        # First in line, so a checkpoint carries samtune's state before any other callback runs.
+        self.callback_handler.callbacks.insert(0, _SAMStateSaver(self))
 
     # ---- the step ------------------------------------------------------------------------
 
