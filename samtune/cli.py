@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
@@ -61,8 +62,13 @@ def _fail(e: SamtuneError, debug: bool) -> None:
     if debug:
         err_console.print_exception()
     if _is_main():  # every process meets the same error; one message is enough
-        body = e.message + (f"\n[dim]{e.hint}[/dim]" if e.hint else "")
+        hint_lines = (e.hint or "").splitlines()
+        commands = [line.strip() for line in hint_lines if line.startswith("  samtune ")]
+        hint = "\n".join(line for line in hint_lines if not line.startswith("  samtune "))
+        body = escape(e.message) + (f"\n[dim]{escape(hint)}[/dim]" if hint else "")
         err_console.print(Panel(body, title=f"[bold red]{e.title}[/bold red]", title_align="left", border_style="red"))
+        for command in commands:  # whole, unwrapped, outside the box: ready to copy
+            err_console.print(command, soft_wrap=True, markup=False)
     _exit(e.exit_code)
 
 

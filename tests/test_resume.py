@@ -1,0 +1,193 @@
+"""Interrupted runs: exact resume after a crash or Ctrl-C, --init-from, and the run-directory lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import text_examples, write_csv
+from safetensors.torch import load_file
+
+HERE = Path(__file__).parent
+
+
+def _recipe(tmp_path: Path, model_dir: Path, accumulation: int) -> Path:
+    """12 optimizer steps, a checkpoint and an evaluation every 3; dropout on (the RNG state matters)."""
+    data = write_csv(tmp_path / "train.csv", text_examples(96))
+    path = tmp_path / f"recipe-ga{accumulation}.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"name": str(model_dir), "max_length": 16},
+        "data": {"dataset": str(data)},
+        "sam": {"rho": 0.05},
+        "training": {
+            "max_steps": 12, "batch_size": 8 // accumulation, "gradient_accumulation_steps": accumulation,
+            "learning_rate": 3e-3, "eval_strategy": "steps", "eval_steps": 3, "save_steps": 3,
+            "save_strategy": "steps", "save_total_limit": 10, "load_best_model_at_end": False,
+            "logging_steps": 1,
+        },
+    }))  # fmt: skip
+    return path
+
+
+def _samtune(args: list, interrupt: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SAMTUNE_TEST_INTERRUPT": interrupt,
+           "PYTHONPATH": str(HERE), "COLUMNS": "300"}  # fmt: skip
+    cmd = [sys.executable, str(HERE / "interrupt_driver.py"), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model.safetensors")
+
+
+def _evals(run_dir: Path) -> list[tuple]:
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    return [(h["step"], h["eval_loss"], h["eval_accuracy"]) for h in history if "eval_loss" in h]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, text_model_dir):
+    """Reference runs, one per accumulation setting, never interrupted."""
+    made = {}
+
+    def get(accumulation: int) -> tuple[Path, Path]:
+        if accumulation not in made:
+            root = tmp_path_factory.mktemp(f"reference-ga{accumulation}")
+            recipe = _recipe(root, text_model_dir, accumulation)
+            done = _samtune(["train", recipe, "--output-dir", root / "run"])
+            assert done.returncode == 0, done.stderr[-3000:]
+            made[accumulation] = (recipe, root / "run")
+        return made[accumulation]
+
+    return get
+
+
+def _assert_same_run(ours: Path, reference: Path) -> None:
+    a, b = _weights(ours), _weights(reference)
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    ours_evals, ref_evals = _evals(ours), _evals(reference)
+    assert [e[0] for e in ours_evals] == [e[0] for e in ref_evals]
+    for (_, loss, acc), (_, ref_loss, ref_acc) in zip(ours_evals, ref_evals):
+        assert loss == pytest.approx(ref_loss, abs=1e-6) and acc == ref_acc
+    m, ref = json.loads((ours / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
+    assert m["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6) and m["train_steps"] == ref["train_steps"] == 12
+
+
+@pytest.mark.parametrize("accumulation", [1, 2], ids=["ga1", "ga2"])
+def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, accumulation):
+    recipe, reference = uninterrupted(accumulation)
+    run = tmp_path / "run"
+    killed = _samtune(["train", recipe, "--output-dir", run], interrupt="kill")
+    assert killed.returncode == -9
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert not (run / "metrics.json").exists()
+    assert (run / ".samtune.lock").exists()  # left behind by the dead process: taken over below
+    resumed = _samtune(["train", recipe, "--output-dir", run, "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(run, reference)
+    assert not (run / ".samtune.lock").exists()
+
+
+def test_sigint_saves_prints_the_resume_command_and_resuming_finishes_the_run(tmp_path, uninterrupted):
+    recipe, reference = uninterrupted(1)
+    run = tmp_path / "run"
+    stopped = _samtune(["train", recipe, "--output-dir", run], interrupt="sigint")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert (run / "checkpoint-4" / "trainer_state.json").is_file()  # the step in flight, saved
+    assert not (run / "metrics.json").exists()
+    command = next(line.strip() for line in stopped.stderr.splitlines() if line.strip().startswith("samtune train"))
+    assert command.endswith("--resume auto")
+    resumed = _samtune(shlex.split(command)[1:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(run, reference)
+
+
+def test_sigterm_exits_143_with_a_checkpoint(tmp_path, text_model_dir):
+    recipe = _recipe(tmp_path, text_model_dir, 1)
+    stopped = _samtune(["train", recipe, "--output-dir", tmp_path / "run"], interrupt="sigterm")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint-4").is_dir()
+
+
+def test_resume_warns_when_the_recipe_changed_the_run(tmp_path, text_model_dir):
+    recipe = _recipe(tmp_path, text_model_dir, 1)
+    run = tmp_path / "run"
+    assert _samtune(["train", recipe, "--output-dir", run], interrupt="kill").returncode == -9
+    resumed = _samtune(["train", recipe, "--output-dir", run, "--resume", "auto", "sam.rho=0.1", "--seed", "7"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "sam.rho: 0.05 -> 0.1" in resumed.stderr and "training.seed: 42 -> 7" in resumed.stderr
+    assert "the recipe's values win" in resumed.stderr
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path, text_model_dir, text_csv):
+    from typer.testing import CliRunner
+
+    from samtune.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(text_csv),
+                                      "--output-dir", str(tmp_path / "run"), "--resume", "auto"])  # fmt: skip
+    assert result.exit_code == 2 and "no checkpoint to resume" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_starts_at_step_zero_from_the_finished_weights(tmp_path, text_model_dir, text_csv):
+    from transformers import TrainerCallback
+
+    from samtune.recipe import build_recipe
+    from samtune.runner import train
+
+    def recipe(out, **kw):
+        return build_recipe({"model": {"name": str(text_model_dir), **kw}, "data": {"dataset": str(text_csv)},
+                             "training": {"max_steps": 3, "batch_size": 8, "learning_rate": 5e-3},
+                             "output": {"dir": str(tmp_path / out)}})  # fmt: skip
+
+    first = train(recipe("first"))
+    finished = _weights(first.run_dir)
+
+    class Start(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.step = state.global_step
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    start = Start()
+    second = train(recipe("second", init_from=str(first.run_dir)), callbacks=[start])
+    assert start.step == 0 and second.steps == 3  # a new schedule of its own
+    assert all(torch.equal(start.weights[k], finished[k]) for k in finished)
+    assert not torch.equal(_weights(second.run_dir)["classifier.weight"], finished["classifier.weight"])
+
+
+def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp_path, text_model_dir):
+    """The first run is slowed by a long training; the second starts while it holds the lock."""
+    data = write_csv(tmp_path / "train.csv", text_examples(400))
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(data),
+         "--output-dir", str(run), "--epochs", "4", "--batch-size", "4"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (run / "config.yaml").exists() and time.time() < deadline:  # training has started
+        time.sleep(0.2)
+    from typer.testing import CliRunner
+
+    from samtune.cli import app
+
+    second = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(data),
+                                      "--output-dir", str(run), "--overwrite", "--max-steps", "1"])  # fmt: skip
+    assert second.exit_code == 2, second.output
+    assert "another samtune run" in second.output and str(first.pid) in second.output
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_steps"] == 4 * 90  # 360 training rows in batches of 4, four epochs: intact
