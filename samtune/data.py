@@ -115,6 +115,7 @@ def _load_folder(path: Path) -> DatasetDict:
         except Exception as e:
             raise DataError(f"cannot load the saved dataset in {path}: {_first_line(e)}") from e
         return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    check_image_files(path)
     try:
         return datasets.load_dataset(str(path))
     except Exception as e:
@@ -123,6 +124,39 @@ def _load_folder(path: Path) -> DatasetDict:
             "A folder must hold class sub-folders of images (imagefolder), data files (train.csv, ...), "
             "or a dataset saved with save_to_disk.",
         ) from e
+
+
+METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.json", "metadata.parquet")
+
+
+def check_image_files(folder: Path) -> None:
+    """In a folder of images: every image file must decode, and nothing else may sit among them.
+
+    Runs only when the folder holds images; a corrupt file would otherwise stop training hours
+    in, with a message that does not say which file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    image_ext = {ext.lower() for ext in Image.registered_extensions()}
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)]
+    images = [p for p in files if p.suffix.lower() in image_ext]
+    if not images:
+        return
+    others = [p for p in files if p.suffix.lower() not in image_ext and p.name not in METADATA_FILES]
+    if others:
+        shown = ", ".join(str(p.relative_to(folder)) for p in others[:5])
+        raise DataError(
+            f"the image folder {folder} holds {len(others)} file(s) that are not images: {shown}",
+            "Move them out of the folder (class sub-folders must hold only images).",
+        )
+    for p in images:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DataError(
+                f"cannot read the image {p}: {_first_line(e)}", "Remove or replace the file, then run again."
+            ) from e
 
 
 def _load_hub(data: DataSection) -> DatasetDict:

@@ -270,6 +270,10 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read recipe {path}: {e.strerror or e}", "Check the path and its permissions.")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"cannot read recipe {path}: it is not UTF-8 text (byte {e.start})", "A recipe is a YAML text file."
+        )
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -184,3 +184,82 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(text_model_dir, text
     _fails(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", precious, "--overwrite"],
            EXIT_USAGE, "not a samtune run directory")  # fmt: skip
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_unreadable_recipe(tmp_path):
+    bad = tmp_path / "binary.yaml"
+    bad.write_bytes(b"\xff\xfe\x00model: \x80\x81")
+    _fails(["train", bad], EXIT_USAGE, "cannot read recipe", "not UTF-8")
+
+
+def test_zero_learning_rate(train_args):
+    _fails([*train_args, "--learning-rate", "0"], EXIT_USAGE, "training.learning_rate", "greater than 0")
+
+
+def test_fp16_and_bf16_together():
+    _fails(["validate", "training.fp16=true", "training.bf16=true", "--schema-only"], EXIT_USAGE,
+           "training.precision", "exclude each other")  # fmt: skip
+
+
+def test_deepspeed_with_sam():
+    _fails(["validate", "training.deepspeed=ds_config.json", "--schema-only"], EXIT_USAGE,
+           "does not train with DeepSpeed", "--nproc")  # fmt: skip
+
+
+def test_output_dir_that_cannot_be_created(train_args, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    args = [a if a != tmp_path / "run" else blocker / "run" for a in train_args]
+    _fails(args, EXIT_USAGE, "cannot be created", "is a file")
+
+
+def test_corrupt_image_is_named(image_model_dir, image_folder, tmp_path):
+    broken = image_folder / "red" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    out = tmp_path / "run"
+    _fails(["train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out], EXIT_DATA,
+           "cannot read the image", "broken.png")  # fmt: skip
+    assert not out.exists()
+
+
+def test_non_image_files_in_an_image_folder(image_model_dir, image_folder):
+    (image_folder / "blue" / "notes.txt").write_text("remember to label more")
+    _fails(["train", "--model", image_model_dir, "--dataset", image_folder], EXIT_DATA, "not images", "notes.txt")
+
+
+def test_init_from_a_run_on_other_labels(text_model_dir, text_csv, tmp_path):
+    from samtune.recipe import build_recipe
+    from samtune.runner import train
+
+    rows = [{"text": r["text"], "label": {"pos": "yes", "neg": "no"}[r["label"]]} for r in text_examples(40)]
+    other = write_csv(tmp_path / "other.csv", rows)
+    first = train(build_recipe({"model": {"name": str(text_model_dir)}, "data": {"dataset": str(other)},
+                                "training": {"max_steps": 1}, "output": {"dir": str(tmp_path / "first")}}))  # fmt: skip
+    _fails(["train", "--model", text_model_dir, "--init-from", first.run_dir, "--dataset", text_csv,
+            "--output-dir", tmp_path / "second"], EXIT_DATA, "trained on 2 labels (no, yes)", "neg, pos")  # fmt: skip
+    assert not (tmp_path / "second").exists()
+
+
+def test_empty_after_dropping_rows_without_text(text_model_dir, tmp_path):
+    f = tmp_path / "blank.csv"
+    f.write_text("text,label\n,pos\n,neg\n")
+    _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "empty")
+
+
+def test_missing_image_column(image_model_dir, tmp_path):
+    f = write_csv(tmp_path / "paths.csv", [{"picture": f"{i}.png", "label": i % 2} for i in range(10)])
+    _fails(["train", "--model", image_model_dir, "--dataset", f], EXIT_DATA, "no image column", "data.image_column")
+
+
+def test_model_not_found_online_wording(monkeypatch):
+    from samtune import modeling
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    err = modeling._not_found("someone/no-such-model", OSError("404"))
+    assert "could not be loaded from the Hub" in err.message and "huggingface.co/models" in err.hint
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE=1" in modeling._not_found("someone/no-such-model", OSError("offline")).hint
+
+
+def test_resume_and_overwrite_together(train_args):
+    _fails([*train_args, "--resume", "auto", "--overwrite"], EXIT_USAGE, "contradict")
