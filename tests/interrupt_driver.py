@@ -3,6 +3,7 @@
 kill:    SIGKILL right after the second checkpoint is saved (a crash, a pre-empted machine)
 sigint:  SIGINT at step 4 (Ctrl-C): samtune must finish the step, save and exit 130
 sigterm: SIGTERM at step 4: the same, exit 143
+sigint2: two SIGINTs at step 4: the second stops at once, without waiting for the checkpoint
 """
 
 import os
@@ -25,8 +26,10 @@ def on_save(self, args, state, control, **kwargs):
 
 def on_step_end(self, args, state, control, **kwargs):
     _step_end(self, args, state, control, **kwargs)
-    if MODE in ("sigint", "sigterm") and state.global_step == 4:
-        os.kill(os.getpid(), signal.SIGINT if MODE == "sigint" else signal.SIGTERM)
+    if MODE in ("sigint", "sigterm", "sigint2") and state.global_step == 4:
+        os.kill(os.getpid(), signal.SIGTERM if MODE == "sigterm" else signal.SIGINT)
+        if MODE == "sigint2":
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 progress.ProgressCallback.on_save = on_save

@@ -119,6 +119,39 @@ def test_sigterm_exits_143_with_a_checkpoint(tmp_path, text_model_dir):
     assert (tmp_path / "run" / "checkpoint-4").is_dir()
 
 
+def test_a_second_sigint_stops_at_once(tmp_path, text_model_dir):
+    recipe = _recipe(tmp_path, text_model_dir, 1)
+    stopped = _samtune(["train", recipe, "--output-dir", tmp_path / "run"], interrupt="sigint2")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert not (tmp_path / "run" / "checkpoint-4").exists()  # it did not wait to save
+
+
+def test_checkpoints_carry_samtunes_state(tmp_path, text_model_dir):
+    recipe = _recipe(tmp_path, text_model_dir, 1)
+    assert _samtune(["train", recipe, "--output-dir", tmp_path / "run"], interrupt="kill").returncode == -9
+    state = json.loads((tmp_path / "run" / "checkpoint-6" / "samtune_state.json").read_text())
+    assert state == {"rho": 0.05, "adaptive": False, "perturbations_skipped": 0, "nonfinite_skipped": 0}
+
+
+def test_a_diverging_run_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, text_model_dir, text_csv):
+    from typer.testing import CliRunner
+
+    from samtune.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", "--model", str(text_model_dir), "--dataset", str(text_csv), "--output-dir", str(out),
+        "--learning-rate", "1e12", "--max-steps", "8", "training.optimizer=sgd", "training.max_grad_norm=0",
+        "training.save_strategy=steps", "training.save_steps=1", "training.load_best_model_at_end=false",
+        "training.batch_size=8",
+    ])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "the training loss became" in result.output and "at step" in result.output
+    assert "checkpoint-" in result.output and "--resume auto" in result.output
+    assert not (out / "metrics.json").exists() and (out / "config.yaml").exists()
+
+
 def test_resume_warns_when_the_recipe_changed_the_run(tmp_path, text_model_dir):
     recipe = _recipe(tmp_path, text_model_dir, 1)
     run = tmp_path / "run"
