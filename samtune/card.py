@@ -215,7 +215,8 @@ repeats the run with every setting as it was.
 
 {chr(10).join(f"- {k}: {v}" for k, v in versions().items())}
 """
-    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+    # The body goes in as a value, never as template text: paths and labels may hold "{{" or "{#".
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n{{ body }}", body=body)
 
 
 def write_model_card(run_dir: Path, facts: CardFacts) -> Path:

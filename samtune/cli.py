@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -53,15 +54,23 @@ def _is_main() -> bool:
 
 
 def _exit(code: int) -> None:
-    if os.environ.get(EXIT_FILE) and _is_main():
-        Path(os.environ[EXIT_FILE]).write_text(str(code))
+    exit_file = os.environ.get(EXIT_FILE)
+    if exit_file and (_is_main() or not Path(exit_file).exists()):
+        with contextlib.suppress(OSError):  # the parent may be gone
+            Path(exit_file).write_text(str(code))
     raise typer.Exit(code)
 
 
 def _fail(e: SamtuneError, debug: bool) -> None:
     if debug:
         err_console.print_exception()
-    if _is_main():  # every process meets the same error; one message is enough
+    from samtune.errors import TrainingError
+
+    # Most errors meet every process alike: one message is enough. A training failure may be one
+    # process's own (a NaN on its batch), so each says it, naming itself.
+    if _is_main() or isinstance(e, TrainingError):
+        if not _is_main():
+            e.message = f"[process {os.environ.get('RANK')}] {e.message}"
         hint_lines = (e.hint or "").splitlines()
         commands = [line.strip() for line in hint_lines if line.startswith("  samtune ")]
         hint = "\n".join(line for line in hint_lines if not line.startswith("  samtune "))
@@ -435,7 +444,13 @@ def push_command(
             private if private is not None else (hub.private if hub else True),
             revision or (hub.revision if hub else None),
         )
-        preflight(target)
+        from samtune.errors import PushError
+        from samtune.files import lock_is_held
+
+        holder = lock_is_held(run_dir)
+        if holder:
+            raise UsageError(f"{run_dir} is in use by a samtune run (process {holder})", "Push it once that run ends.")
+        preflight(target, unreachable=PushError)
         console.print(f"pushing {run_dir} to {target.repo_id} ...")
         console.print(f"[green]pushed[/green]: {push_run(run_dir, target)}")
 

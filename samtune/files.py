@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -14,6 +15,13 @@ from typing import Any
 from samtune.errors import UsageError
 
 LOCK_FILE = ".samtune.lock"
+RUN_MARK = ".samtune-run"  # written into every run directory: what --overwrite may delete
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -24,6 +32,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # as a plain write would leave it (mkstemp makes it 0600)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -41,85 +52,77 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
-    """An exclusive lock on a run directory, held by one live process; a dead owner's lock is taken over.
+    """An exclusive lock on a run directory, held by one live process (an OS lock: it dies with its owner).
 
-    Creates the directory if needed; on release, removes the lock and the directory too if the run
-    left nothing in it (a failure before training leaves no partial run directory behind).
+    Creates the directory if needed; on release, removes the directory too if the run left nothing
+    in it (a failure before training leaves no partial run directory behind).
     """
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self.created_dir = False
+        self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        """Take the lock, or raise UsageError (exit 2) naming the live process that holds it."""
+        """Take the lock, or raise UsageError (exit 2) naming the process that holds it."""
         self.created_dir = not self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         except OSError as e:
+            self._cleanup_dir()
             raise UsageError(
-                f"cannot create the output directory {self.run_dir}: {e.strerror or e}", "Choose a writable --output-dir."
+                f"the output directory {self.run_dir} is not writable: {e.strerror or e}",
+                "Choose a writable --output-dir.",
             ) from e
-        me = f"{os.getpid()} {socket.gethostname()}\n"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None:
-                    pid, host = owner
-                    if host != socket.gethostname() or _alive(pid):
-                        self._cleanup_dir()
-                        raise UsageError(
-                            f"another samtune run (process {pid} on {host}) is using {self.run_dir}",
-                            "Wait for it to finish, or choose another --output-dir.",
-                        ) from None
-                self.path.unlink(missing_ok=True)  # a stale lock from a dead process: take it over
-                continue
-            except OSError as e:
-                self._cleanup_dir()
-                raise UsageError(
-                    f"the output directory {self.run_dir} is not writable: {e.strerror or e}",
-                    "Choose a writable --output-dir.",
-                ) from e
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            return self
-        raise UsageError(f"could not lock {self.run_dir}", "Try again, or choose another --output-dir.")
-
-    def _owner(self) -> tuple[int, str] | None:
         try:
-            pid, host = self.path.read_text().split()
-            return int(pid), host
-        except (OSError, ValueError):
-            return None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(
+                f"another samtune run (process {owner}) is using {self.run_dir}",
+                "Wait for it to finish, or choose another --output-dir.",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
 
     def _cleanup_dir(self) -> None:
-        if self.created_dir:
-            with contextlib.suppress(OSError):
-                self.run_dir.rmdir()
+        if self.created_dir and self.run_dir.is_dir():
+            if [p.name for p in self.run_dir.iterdir()] in ([], [LOCK_FILE]):
+                with contextlib.suppress(OSError):
+                    self.path.unlink(missing_ok=True)
+                    self.run_dir.rmdir()
 
     def release(self) -> None:
-        """Drop the lock (and the directory, if this run created it and left it empty)."""
-        owner = self._owner()
-        if owner is not None and owner[0] == os.getpid():
-            self.path.unlink(missing_ok=True)
-        self._cleanup_dir()
+        """Drop the lock (and the directory, if this run created it and left nothing else in it)."""
+        if self._fd is not None:
+            self._cleanup_dir()
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def lock_is_held(run_dir: Path) -> str | None:
+    """Who holds a run directory's lock right now, or None."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)
+    return None

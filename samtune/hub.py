@@ -70,7 +70,7 @@ def _status(e: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def preflight(target: PushTarget) -> str:
+def preflight(target: PushTarget, unreachable: type[UsageError] | type[PushError] = UsageError) -> str:
     """Check, before any training, that a push to `target` can work; returns the user name.
 
     Refuses (exit 2) when offline, without a token, with an invalid or read-only token, or when
@@ -89,7 +89,7 @@ def preflight(target: PushTarget) -> str:
     except Exception as e:
         if _status(e) == 401:
             raise UsageError(f"cannot push to {target.repo_id}: the Hugging Face token is not valid", LOGIN_HINT) from e
-        raise UsageError(
+        raise unreachable(
             f"cannot push to {target.repo_id}: the Hugging Face Hub could not be reached ({str(e).splitlines()[0]})",
             "Check the network connection, or drop --push-to-hub and push later with `samtune push`.",
         ) from e
@@ -127,7 +127,10 @@ def push_run(run_dir: Path, target: PushTarget) -> str:
         )
     token = get_token()
     if not token:
-        raise UsageError(f"cannot push to {target.repo_id}: no Hugging Face token found", LOGIN_HINT)
+        raise PushError(
+            f"cannot push to {target.repo_id}: no Hugging Face token found",
+            f"{LOGIN_HINT} The run is intact in {run_dir}; then retry with:\n  {retry_command(run_dir, target)}",
+        )
     enable_progress_bars()  # large uploads show their progress
     client = make_client()
     try:

@@ -70,6 +70,11 @@ def check_output_dir(path: Path, overwrite: bool, resume: str | None = None) -> 
     if not os.access(blocker, os.W_OK):
         raise UsageError(f"output directory {path} is not writable", "Choose a writable --output-dir.")
     if resume:
+        if resume != "auto" and Path(resume).resolve().parent != path.resolve():
+            raise UsageError(
+                f"checkpoint {resume} belongs to {Path(resume).parent}, not to the output directory {path}",
+                f"Resume in its own run directory: --output-dir {Path(resume).parent}.",
+            )
         return
     if _entries(path):
         if not overwrite:
@@ -86,8 +91,9 @@ def check_output_dir(path: Path, overwrite: bool, resume: str | None = None) -> 
 
 def looks_like_a_run(path: Path) -> bool:
     """Whether a folder was written by samtune train (the only kind --overwrite may delete)."""
-    marks = ("config.yaml", "metrics.json", "trainer_state.json")
-    return any((path / m).exists() for m in marks) or any(path.glob("checkpoint-*"))
+    from samtune.files import RUN_MARK
+
+    return (path / RUN_MARK).is_file()
 
 
 def _clear_output_dir(path: Path) -> None:
@@ -98,10 +104,8 @@ def _clear_output_dir(path: Path) -> None:
 
 def find_checkpoint(run_dir: Path, resume: str) -> str:
     """The checkpoint `--resume` names: the newest in the run directory for 'auto', else the path given."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     if resume == "auto":
-        found = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+        found = last_complete_checkpoint(run_dir)
         if found is None:
             raise UsageError(
                 f"no checkpoint to resume in {run_dir}",
@@ -112,6 +116,19 @@ def find_checkpoint(run_dir: Path, resume: str) -> str:
     if not (path / "trainer_state.json").is_file():
         raise UsageError(f"{resume} is not a checkpoint (no trainer_state.json)", "Give a checkpoint-N folder, or auto.")
     return str(path)
+
+
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint whose save finished (trainer_state.json is written last); None if none."""
+    import re
+
+    if not run_dir.is_dir():
+        return None
+    numbered = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, path in sorted(numbered, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+    return None
 
 
 # What changes a run if it differs between a checkpoint's recipe and the one resuming it.
@@ -275,13 +292,13 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
     from samtune.card import CardFacts, base_model_license, write_model_card
     from samtune.data import is_local
     from samtune.errors import Interrupted
-    from samtune.files import write_json_atomic, write_text_atomic
+    from samtune.files import RUN_MARK, write_json_atomic, write_text_atomic
     from samtune.recipe import build_recipe, read_recipe_file
     from samtune.stopping import GracefulStop
     from samtune.trainer import NonFiniteLossError, SAMTrainer, UnsupportedSetupError
 
     checkpoint = find_checkpoint(run_dir, resume) if resume else None
-    if checkpoint and (run_dir / CONFIG_FILE).is_file():
+    if checkpoint and (run_dir / CONFIG_FILE).is_file() and is_main_process():
         changes = recipe_changes(build_recipe(read_recipe_file(run_dir / CONFIG_FILE)), recipe)
         if changes:
             notify(
@@ -314,7 +331,9 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
     except UnsupportedSetupError as e:
         raise UsageError(str(e)) from e
     trainer.remove_callback(PrinterCallback)
-    stopper = GracefulStop(announce=notify if is_main_process() else (lambda _: None))
+    if not is_main_process():
+        notify = lambda _: None  # noqa: E731 - one voice in multi-process runs
+    stopper = GracefulStop(announce=notify)
     trainer.add_callback(stopper)
 
     if is_main_process():  # everything loaded: from here on, the directory is this run's
@@ -322,13 +341,12 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
             _clear_output_dir(run_dir)
         saved = recipe.model_copy(update={"name": recipe.run_name()})
         write_text_atomic(run_dir / CONFIG_FILE, saved.to_yaml())
+        (run_dir / RUN_MARK).write_text("written by samtune train; --overwrite may replace this folder\n")
     stopper.install()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
     except NonFiniteLossError as e:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+        last = last_complete_checkpoint(run_dir)
         keep = f"The last good checkpoint is {last} (continue with --resume auto). " if last else ""
         raise TrainingError(
             f"{e}: training stopped, nothing new was saved",

@@ -76,7 +76,7 @@ class SAMArguments(TrainingArguments):
         default="stop",
         metadata={
             "help": "A NaN/inf training loss: 'stop' raises NonFiniteLossError (no update, nothing saved); "
-            "'skip' drops that micro-batch's gradient and counts it."
+            "'skip' skips that optimizer step (no update) and counts it."
         },
     )
 
@@ -177,8 +177,11 @@ class SAMTrainer(Trainer):
         self.sam_perturbations_skipped = 0
         self.sam_nonfinite_skipped = 0
         self._nonfinite_in_step = False
+        self._skip_optimizer_step = False
         # First in line, so a checkpoint carries samtune's state before any other callback runs.
         self.callback_handler.callbacks.insert(0, _SAMStateSaver(self))
+        if self.args.on_nonfinite == "skip":
+            self.add_callback(_StepSkipper(self))
 
     # ---- the step ------------------------------------------------------------------------
 
@@ -191,8 +194,8 @@ class SAMTrainer(Trainer):
         """One SAM step on a micro-batch: ascent at w, descent at w + e(w), back to w."""
         self._nonfinite_in_step = False
         loss = self._sam_step(model, inputs, num_items_in_batch)
-        if self._nonfinite_in_step:  # on_nonfinite="skip": this micro-batch gave no gradient
-            self.sam_nonfinite_skipped += 1
+        if self._nonfinite_in_step:  # on_nonfinite="skip": no gradient, and this optimizer step is skipped
+            self._skip_optimizer_step = True
             return torch.tensor(float("nan"), device=loss.device)  # the Trainer's logs filter NaN out
         return loss
 
@@ -339,3 +342,33 @@ class _SAMStateSaver(TrainerCallback):
             if os.path.isdir(folder):
                 with open(os.path.join(folder, SAM_STATE_FILE), "w", encoding="utf-8") as f:
                     json.dump(self.trainer.sam_state(), f, indent=2)
+
+
+class _StepSkipper(TrainerCallback):
+    """With on_nonfinite="skip": an optimizer step with a NaN/inf micro-batch loss does nothing at all.
+
+    Wraps the prepared optimizer's `step` (the one the Trainer calls), so neither the weights nor
+    the optimizer's state (moments, weight decay) move; the skipped steps are counted.
+    """
+
+    def __init__(self, trainer: SAMTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is None or getattr(optimizer, "_samtune_skippable", False):
+            return
+        step = optimizer.step
+        trainer = self.trainer
+
+        def skippable_step(*a: Any, **kw: Any) -> Any:
+            if trainer._skip_optimizer_step:
+                trainer._skip_optimizer_step = False
+                trainer.sam_nonfinite_skipped += 1
+                optimizer._opt_called = True
+                return None
+            return step(*a, **kw)
+
+        # Keep the LR scheduler's bookkeeping: it wrapped `step` already and checks for that mark.
+        skippable_step._wrapped_by_lr_sched = getattr(step, "_wrapped_by_lr_sched", True)  # type: ignore[attr-defined]
+        optimizer.step = skippable_step
+        optimizer._samtune_skippable = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from huggingface_hub import ModelCard
@@ -102,3 +103,17 @@ def test_the_license_of_a_local_base_model_is_carried(tmp_path, text_model_dir, 
     (model / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a model\n")
     run = _run(tmp_path, model, text_csv)
     assert ModelCard.load(run.run_dir / "README.md").data.license == "apache-2.0"
+
+
+def test_braces_in_names_are_text_not_template():
+    facts = _facts(labels=["{{ x }}", "{# y"], command="samtune train a{#b.yaml")
+    card = build_model_card(facts)
+    assert "{{ x }}, {# y" in card.text and "a{#b.yaml" in card.text
+
+
+def test_card_files_are_readable_like_plain_files(tmp_path, text_model_dir, text_csv):
+    run = _run(tmp_path, text_model_dir, text_csv)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("README.md", "metrics.json", "config.yaml", "training_curves.png"):
+        assert (run.run_dir / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

@@ -263,3 +263,20 @@ def test_model_not_found_online_wording(monkeypatch):
 
 def test_resume_and_overwrite_together(train_args):
     _fails([*train_args, "--resume", "auto", "--overwrite"], EXIT_USAGE, "contradict")
+
+
+def test_overwrite_never_deletes_a_folder_that_only_has_a_config_yaml(text_model_dir, text_csv, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text("my: project\n")
+    (project / "notes.md").write_text("keep me")
+    _fails(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", project, "--overwrite"],
+           EXIT_USAGE, "not a samtune run directory")  # fmt: skip
+    assert (project / "notes.md").exists() and (project / "config.yaml").exists()
+
+
+def test_resume_from_a_checkpoint_of_another_directory(train_args, tmp_path):
+    ckpt = tmp_path / "other" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    _fails([*train_args, "--resume", ckpt], EXIT_USAGE, "belongs to", "--output-dir")

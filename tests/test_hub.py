@@ -174,3 +174,26 @@ def test_a_token_in_a_recipe_is_refused(tmp_path):
     recipe.write_text("hub:\n  repo_id: alice/x\n  token: hf_secret\n")
     result = runner.invoke(app, ["validate", str(recipe), "--schema-only"])
     assert result.exit_code == EXIT_USAGE and "tokens never go in a recipe" in result.output
+
+
+def test_push_command_refuses_a_run_in_use(tmp_path, text_model_dir, text_csv, fake_hub):
+    from samtune.files import RunLock
+
+    out = tmp_path / "run"
+    assert _train(text_model_dir, text_csv, out).exit_code == 0
+    with RunLock(out):  # as a --resume in progress would hold it
+        result = runner.invoke(app, ["push", str(out), "--repo-id", "alice/x"])
+    assert result.exit_code == EXIT_USAGE and "in use" in result.output
+    assert not any(n == "upload_folder" for n, _ in fake_hub.calls)
+
+
+def test_push_command_reports_an_unreachable_hub_as_a_failed_push(tmp_path, text_model_dir, text_csv, fake_hub):
+    out = tmp_path / "run"
+    assert _train(text_model_dir, text_csv, out).exit_code == 0
+
+    def down(token=None):
+        raise ConnectionError("Name or service not known")
+
+    fake_hub.whoami = down
+    result = runner.invoke(app, ["push", str(out), "--repo-id", "alice/x"])
+    assert result.exit_code == EXIT_PUSH and "could not be reached" in result.output

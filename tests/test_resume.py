@@ -224,3 +224,25 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp
     assert first.returncode == 0, err[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_steps"] == 4 * 90  # 360 training rows in batches of 4, four epochs: intact
+
+
+def test_resume_auto_skips_a_checkpoint_whose_save_did_not_finish(tmp_path):
+    from samtune.runner import find_checkpoint
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "model.safetensors").write_text("half written")
+    assert find_checkpoint(tmp_path, "auto") == str(tmp_path / "checkpoint-2")
+
+
+def test_the_lock_is_the_operating_systems(tmp_path):
+    """A lock file left by a dead process (even one with this very pid) does not block; a live holder does."""
+    from samtune.errors import UsageError
+    from samtune.files import LOCK_FILE, RunLock
+
+    (tmp_path / LOCK_FILE).write_text(f"{os.getpid()} on this-host\n")  # stale: nobody holds it
+    with RunLock(tmp_path):
+        with pytest.raises(UsageError, match="another samtune run"):
+            RunLock(tmp_path).acquire()
+    RunLock(tmp_path).acquire().release()  # free again

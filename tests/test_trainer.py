@@ -386,20 +386,28 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path):
     assert max_abs_diff(model, reference) <= 1e-6
 
 
-def test_nonfinite_loss_skip_drops_that_micro_batch(tmp_path):
+def test_nonfinite_loss_skip_skips_that_optimizer_step(tmp_path):
     rows, _, _ = _poison_rows()
-    model = _NaNLoss(nan_calls={1})  # the first micro-batch's ascent
-    args = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=1,
-                 learning_rate=0.5, rho=0.05, on_nonfinite="skip", **SGD_PLAIN)  # fmt: skip
-    trainer = _train(model, rows, args)
+    model = _NaNLoss(nan_calls={1})  # the first micro-batch's ascent, in the first of two steps
+    args = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
+                 learning_rate=0.1, rho=0.05, on_nonfinite="skip", optim="adamw_torch", weight_decay=0.1,
+                 lr_scheduler_type="constant", max_grad_norm=0.0, train_sampling_strategy="sequential")  # fmt: skip
+    trainer = _train(model, rows * 2, args)
     assert trainer.sam_nonfinite_skipped == 1
-    # The update is the second micro-batch's SAM gradient, divided by the accumulation steps as usual.
+    # Expected: the first step did nothing (not even AdamW's weight decay or moments); the second is
+    # a plain first AdamW step with the SAM gradient of the second step's two micro-batches.
     clean = _NaNLoss(set())
-    second = collate(rows[2:4])
-    grads = reference_sam_gradient(clean, second, rho=0.05)
-    with torch.no_grad():
-        for p, g in zip(clean.parameters(), grads):
-            p.sub_(0.5 * g / 2)
+    reference = torch.optim.AdamW(  # the Trainer decays weights, not biases
+        [{"params": [clean.linear.weight], "weight_decay": 0.1}, {"params": [clean.linear.bias], "weight_decay": 0.0}],
+        lr=0.1,
+    )
+    total = [torch.zeros_like(p) for p in clean.parameters()]
+    for batch in (collate(rows[0:2]), collate(rows[2:4])):
+        for t_, g in zip(total, reference_sam_gradient(clean, batch, rho=0.05)):
+            t_.add_(g / 2)
+    for p, g in zip(clean.parameters(), total):
+        p.grad = g
+    reference.step()
     assert max_abs_diff(model, clean) <= 1e-6
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
