@@ -261,17 +261,29 @@ def _relaunch(nproc: int, debug: bool = False) -> int:
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     console.print(f"launching {nproc} processes: {shlex.join(['samtune', *argv])}")
+    import signal
+
     with tempfile.TemporaryDirectory(prefix="samtune-") as tmp:
         exit_file = Path(tmp) / "exit"
         env[EXIT_FILE] = str(exit_file)
-        proc = subprocess.Popen(launch, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
-        assert proc.stderr is not None
-        hiding = False
-        for line in proc.stderr:
-            hiding = hiding or (not debug and line.startswith("Traceback (most recent call last)"))
-            if not hiding:
-                sys.stderr.write(line)
-        code = proc.wait()
+        # The launcher gets its own session: a Ctrl-C (or a SIGTERM to this process) reaches it
+        # once, through us, and we keep reading its output until its processes have saved and ended.
+        proc = subprocess.Popen(
+            launch, env=env, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True
+        )
+        forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            assert proc.stderr is not None
+            hiding = False
+            for line in proc.stderr:
+                hiding = hiding or (not debug and line.startswith("Traceback (most recent call last)"))
+                if not hiding or line.startswith("samtune "):  # a resume command always comes through
+                    sys.stderr.write(line)
+            code = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if exit_file.is_file():
             return int(exit_file.read_text() or code)
         if code != 0 and hiding:

@@ -66,4 +66,8 @@ class GracefulStop(TrainerCallback):
         if requested:
             control.should_save = True
             control.should_training_stop = True
+            if args.save_total_limit == 1:
+                # With a limit of 1 the Trainer deletes, at the end, every checkpoint but the best:
+                # the one saved for this stop must survive it.
+                args.save_total_limit = 2
         return control

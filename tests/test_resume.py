@@ -37,11 +37,11 @@ def _recipe(tmp_path: Path, model_dir: Path, accumulation: int) -> Path:
     return path
 
 
-def _samtune(args: list, interrupt: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _samtune(args: list, interrupt: str = "", at_step: int = 4) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SAMTUNE_TEST_INTERRUPT": interrupt,
-           "PYTHONPATH": str(HERE), "COLUMNS": "300"}  # fmt: skip
+           "SAMTUNE_TEST_STEP": str(at_step), "PYTHONPATH": str(HERE), "COLUMNS": "300"}  # fmt: skip
     cmd = [sys.executable, str(HERE / "interrupt_driver.py"), *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -114,11 +114,14 @@ def test_sigint_saves_prints_the_resume_command_and_resuming_finishes_the_run(tm
     _assert_same_run(run, reference)
 
 
-def test_sigterm_exits_143_with_a_checkpoint(tmp_path, text_model_dir):
-    recipe = _recipe(tmp_path, text_model_dir, 1)
-    stopped = _samtune(["train", recipe, "--output-dir", tmp_path / "run"], interrupt="sigterm")
+def test_sigterm_exits_143_with_a_checkpoint(tmp_path, text_model_dir, text_csv):
+    """With the default checkpointing (the best one kept, at each epoch) the stop's checkpoint survives."""
+    run = tmp_path / "run"
+    stopped = _samtune(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", run,
+                        "--epochs", "3", "--batch-size", "4"], interrupt="sigterm", at_step=20)  # fmt: skip
     assert stopped.returncode == 143, stopped.stderr[-3000:]
-    assert (tmp_path / "run" / "checkpoint-4").is_dir()
+    # 18 steps an epoch: checkpoint-18 is the best so far, checkpoint-20 the stop's.
+    assert (run / "checkpoint-18").is_dir() and (run / "checkpoint-20" / "trainer_state.json").is_file()
 
 
 def test_a_second_sigint_stops_at_once(tmp_path, text_model_dir):
@@ -248,3 +251,29 @@ def test_the_lock_is_the_operating_systems(tmp_path):
         with pytest.raises(UsageError, match="another samtune run"):
             RunLock(tmp_path).acquire()
     RunLock(tmp_path).acquire().release()  # free again
+
+
+def test_ctrl_c_under_nproc_saves_once_and_exits_130(tmp_path, text_model_dir):
+    """The parent forwards the signal to the launcher and waits: the processes stop at one step and save."""
+    import signal
+
+    data = write_csv(tmp_path / "train.csv", text_examples(400))
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(data),
+         "--output-dir", str(run), "--epochs", "20", "--batch-size", "4", "--nproc", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (run / "config.yaml").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # some steps in
+    parent.send_signal(signal.SIGINT)
+    out, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130, err[-3000:]
+    assert "--nproc 2 --resume auto" in err
+    from samtune.runner import last_complete_checkpoint
+
+    step = int(Path(last_complete_checkpoint(run)).name.split("-")[1])
+    assert f"a checkpoint at step {step}" in err
