@@ -23,7 +23,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from samtune import __version__
-from samtune.errors import EXIT_INTERRUPTED, EXIT_TRAINING, EXIT_USAGE, SamtuneError, UsageError
+from samtune.errors import EXIT_INTERRUPTED, EXIT_TRAINING, SamtuneError, UsageError
 
 app = typer.Typer(
     name="samtune",

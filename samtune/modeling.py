@@ -3,7 +3,6 @@ tokenisation for text and the model's own image processing for images."""
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING, Any
 

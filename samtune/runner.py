@@ -359,7 +359,7 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
         stopper.uninstall()
     if stopper.requested:
         where = f"a checkpoint at step {trainer.state.global_step} is in {run_dir}"
-        again = resume_command or f"samtune.train(recipe, resume='auto')"
+        again = resume_command or "samtune.train(recipe, resume='auto')"
         raise Interrupted(f"training stopped: {where}", f"Continue it with:\n  {again}", stopper.exit_code)
 
     metrics: dict[str, Any] = dict(output.metrics)
