@@ -47,6 +47,7 @@ class PreparedData:
     test_split: str | None = None
     notes: list[str] = field(default_factory=list)
     is_hub_dataset: bool = False
+    augment: Any = None  # the training images' transform, told the epoch by the runner
 
     @property
     def label_column(self) -> str:

@@ -162,8 +162,14 @@ class TrainTransform(_Transform):
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip_prob: float = 0.5,
         seed: int | None = None,
+        index_column: str | None = None,
     ) -> None:
         super().__init__(processor, image_column, label_column)
+        # With an index column, each example's draws come from (seed, epoch, index) alone: the same
+        # whatever the batch order, prefetching or workers, so a resumed run augments as the
+        # uninterrupted one did. `epoch` is set by the trainer at the start of each epoch.
+        self.index_column = index_column
+        self.epoch = 0
         self.size = target_size(processor)
         self.scale, self.ratio, self.flip_prob, self.seed = scale, ratio, flip_prob, seed
         self.resample = processor.resample if processor.resample is not None else Image.Resampling.BILINEAR
@@ -181,9 +187,9 @@ class TrainTransform(_Transform):
             self._rng = np.random.default_rng(entropy)
         return self._rng
 
-    def augment(self, image: Image.Image) -> Image.Image:
+    def augment(self, image: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
         """Randomly crop, resize to the target size and maybe flip one RGB image."""
-        rng = self._generator()
+        rng = rng if rng is not None else self._generator()
         box = random_resized_crop_box(image.width, image.height, rng, self.scale, self.ratio)
         height, width = self.size
         image = image.resize((width, height), resample=self.resample, box=box)
@@ -193,7 +199,11 @@ class TrainTransform(_Transform):
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Turn a batch of images and labels into augmented model inputs."""
-        images = [self.augment(image) for image in self._images(batch)]
+        if self.index_column is not None and self.index_column in batch:
+            rngs = [np.random.default_rng([self.seed or 0, self.epoch, int(i)]) for i in batch[self.index_column]]
+            images = [self.augment(image, rng) for image, rng in zip(self._images(batch), rngs)]
+        else:
+            images = [self.augment(image) for image in self._images(batch)]
         # The images already have the target size: only rescale and normalize are left to do.
         pixel_values = self.processor(
             images, do_resize=False, do_center_crop=False, return_tensors="pt"

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 TEXT = "text-classification"
 IMAGE = "image-classification"
+INDEX = "__samtune_index"  # each training image's row, for augmentation that resumes exactly
 
 
 def _offline() -> bool:
@@ -154,12 +155,25 @@ def attach_image_transforms(data: PreparedData, processor: Any, seed: int) -> Pr
     from samtune.imaging import EvalTransform, TrainTransform
 
     col = data.image_column
-    data.train = data.train.with_transform(TrainTransform(processor, image_column=col, label_column="labels", seed=seed))
+    augment = TrainTransform(processor, image_column=col, label_column="labels", seed=seed, index_column=INDEX)
+    data.train = data.train.add_column(INDEX, list(range(len(data.train)))).with_transform(augment)
+    data.augment = augment
     evaluate = EvalTransform(processor, image_column=col, label_column="labels")
     data.eval = data.eval.with_transform(evaluate)
     if data.test is not None:
         data.test = data.test.with_transform(evaluate)
     return data
+
+
+def augmentation_epoch_callback(augment: Any) -> Any:
+    """A TrainerCallback that tells the image augmentation which epoch starts (its draws depend on it)."""
+    from transformers import TrainerCallback
+
+    class AugmentationEpoch(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            augment.epoch = int(state.epoch or 0)
+
+    return AugmentationEpoch()
 
 
 def quiet_transformers() -> None:

@@ -331,6 +331,8 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
     except UnsupportedSetupError as e:
         raise UsageError(str(e)) from e
     trainer.remove_callback(PrinterCallback)
+    if data.augment is not None:
+        trainer.add_callback(modeling.augmentation_epoch_callback(data.augment))
     if not is_main_process():
         notify = lambda _: None  # noqa: E731 - one voice in multi-process runs
     stopper = GracefulStop(announce=notify)

@@ -307,6 +307,7 @@ class SAMTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *a: Any, **kw: Any):
         """The Trainer's `train`, restoring samtune's counters from the checkpoint it resumes."""
         if isinstance(resume_from_checkpoint, str):
+            self._reload_weights(resume_from_checkpoint)
             path = os.path.join(resume_from_checkpoint, SAM_STATE_FILE)
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
@@ -314,6 +315,23 @@ class SAMTrainer(Trainer):
                 self.sam_perturbations_skipped = int(saved.get("perturbations_skipped", 0))
                 self.sam_nonfinite_skipped = int(saved.get("nonfinite_skipped", 0))
         return super().train(resume_from_checkpoint, *a, **kw)
+
+    def _reload_weights(self, checkpoint: str) -> None:
+        """Load a checkpoint's weights through `from_pretrained`, which maps renamed parameters.
+
+        transformers 5.x saves some models (ViT among them) under their former parameter names and
+        maps them back in `from_pretrained`; the Trainer's own resume loads the file as it is,
+        which silently leaves those parameters at their initial values. Loading here first, strictly,
+        makes the resume exact; the Trainer's own load then rewrites the same values.
+        """
+        from transformers import PreTrainedModel
+
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, PreTrainedModel) or not os.path.isfile(os.path.join(checkpoint, "config.json")):
+            return
+        saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
 
     # ---- logging -------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,9 +20,9 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 
 
-def _recipe(tmp_path: Path, model_dir: Path, accumulation: int) -> Path:
+def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | None = None) -> Path:
     """12 optimizer steps, a checkpoint and an evaluation every 3; dropout on (the RNG state matters)."""
-    data = write_csv(tmp_path / "train.csv", text_examples(96))
+    data = data or write_csv(tmp_path / "train.csv", text_examples(96))
     path = tmp_path / f"recipe-ga{accumulation}.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"name": str(model_dir), "max_length": 16},
@@ -53,19 +54,36 @@ def _evals(run_dir: Path) -> list[tuple]:
     return [(h["step"], h["eval_loss"], h["eval_accuracy"]) for h in history if "eval_loss" in h]
 
 
+def _image_folder(root: Path) -> Path:
+    """Class folders of 24 small PNGs each (mirrors conftest.image_folder, at module scope)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, channel in (("red", 0), ("blue", 2)):
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(24):
+            pixels = rng.integers(0, 80, (20, 20, 3), dtype=np.uint8)
+            pixels[..., channel] = rng.integers(170, 255, (20, 20), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / name / f"{i}.png")
+    return root / "images"
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, text_model_dir):
-    """Reference runs, one per accumulation setting, never interrupted."""
+def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir):
+    """Reference runs, one per (task, accumulation), never interrupted."""
     made = {}
 
-    def get(accumulation: int) -> tuple[Path, Path]:
-        if accumulation not in made:
-            root = tmp_path_factory.mktemp(f"reference-ga{accumulation}")
-            recipe = _recipe(root, text_model_dir, accumulation)
+    def get(accumulation: int, task: str = "text") -> tuple[Path, Path]:
+        if (task, accumulation) not in made:
+            root = tmp_path_factory.mktemp(f"reference-{task}-ga{accumulation}")
+            if task == "text":
+                recipe = _recipe(root, text_model_dir, accumulation)
+            else:
+                recipe = _recipe(root, image_model_dir, accumulation, _image_folder(root))
             done = _samtune(["train", recipe, "--output-dir", root / "run"])
             assert done.returncode == 0, done.stderr[-3000:]
-            made[accumulation] = (recipe, root / "run")
-        return made[accumulation]
+            made[(task, accumulation)] = (recipe, root / "run")
+        return made[(task, accumulation)]
 
     return get
 
@@ -82,9 +100,11 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
     assert m["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6) and m["train_steps"] == ref["train_steps"] == 12
 
 
-@pytest.mark.parametrize("accumulation", [1, 2], ids=["ga1", "ga2"])
-def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, accumulation):
-    recipe, reference = uninterrupted(accumulation)
+@pytest.mark.parametrize(("task", "accumulation"), [("text", 1), ("text", 2), ("image", 1)],
+                         ids=["text-ga1", "text-ga2", "image-ga1"])  # fmt: skip
+def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, task, accumulation):
+    """The image run checks the augmentation too: random crops and flips resume where they were."""
+    recipe, reference = uninterrupted(accumulation, task)
     run = tmp_path / "run"
     killed = _samtune(["train", recipe, "--output-dir", run], interrupt="kill")
     assert killed.returncode == -9
