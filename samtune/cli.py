@@ -442,23 +442,20 @@ def push_command(
     """Push an existing run directory (again) to the Hugging Face Hub."""
 
     def body() -> None:
-        from samtune.hub import PushTarget, preflight, push_run
-        from samtune.recipe import build_recipe, read_recipe_file
-
-        config = run_dir / "config.yaml"
-        hub = build_recipe(read_recipe_file(config)).hub if config.is_file() else None
-        target_id = repo_id or (hub.repo_id if hub else None)
-        if not target_id:
-            raise UsageError("no repo to push to", "Pass --repo-id namespace/name.")
-        build_recipe({"hub": {"repo_id": target_id}}, source="--repo-id")  # a recipe's validation
-        target = PushTarget(
-            target_id,
-            private if private is not None else (hub.private if hub else True),
-            revision or (hub.revision if hub else None),
-        )
         from samtune.errors import PushError
         from samtune.files import lock_is_held
+        from samtune.hub import preflight, push_run
+        from samtune.recipe import build_recipe, read_recipe_file
+        from samtune.runner import CONFIG_FILE, push_target
 
+        # The run's own hub block, with the options on top (the usual precedence and validation).
+        config = run_dir / CONFIG_FILE
+        saved = read_recipe_file(config) if config.is_file() else {}
+        flags = {"hub.repo_id": repo_id, "hub.private": private, "hub.revision": revision}
+        recipe = build_recipe(saved, flags=flags, source=str(config) if config.is_file() else "the command line")
+        if not recipe.hub.repo_id:
+            raise UsageError("no repo to push to", "Pass --repo-id namespace/name.")
+        target = push_target(recipe)
         holder = lock_is_held(run_dir)
         if holder:
             raise UsageError(f"{run_dir} is in use by a samtune run (process {holder})", "Push it once that run ends.")

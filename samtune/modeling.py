@@ -131,38 +131,50 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
         hf_logging.set_verbosity(verbosity)
 
 
-def tokenize(data: PreparedData, tokenizer: Any, max_length: int) -> PreparedData:
-    """Text splits as token ids (padding is left to the collator), the label kept."""
+def tokenize_split(ds: Any, tokenizer: Any, text_column: str, pair_column: str | None, max_length: int) -> Any:
+    """One split as token ids (padding is left to the collator), the label kept."""
 
     def encode(batch: dict[str, list]) -> dict[str, Any]:
-        args = [batch[data.text_column]]
-        if data.text_pair_column:
-            args.append(batch[data.text_pair_column])
+        args = [batch[text_column]] + ([batch[pair_column]] if pair_column else [])
         return tokenizer(*args, truncation=True, max_length=max_length)
 
-    def apply(ds):
-        drop = [c for c in ds.column_names if c != "labels"]
-        return ds.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
+    drop = [c for c in ds.column_names if c != "labels"]
+    return ds.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
 
-    data.train, data.eval = apply(data.train), apply(data.eval)
+
+def eval_inputs(ds: Any, task: str, processor: Any, columns: dict[str, str | None], max_length: int) -> Any:
+    """A split ready to evaluate: tokenized text, or images resized by the model's own processor."""
+    if task == IMAGE:
+        from samtune.imaging import EvalTransform
+
+        return ds.with_transform(EvalTransform(processor, image_column=columns["image"], label_column="labels"))
+    return tokenize_split(ds, processor, columns["text"], columns["pair"], max_length)
+
+
+def prepare_inputs(data: PreparedData, processor: Any, max_length: int, seed: int) -> PreparedData:
+    """Every split as model inputs; training images are augmented (seeded per epoch and example)."""
+    columns = {"text": data.text_column, "pair": data.text_pair_column, "image": data.image_column}
+    if data.task == IMAGE:
+        from samtune.imaging import TrainTransform
+
+        augment = TrainTransform(
+            processor, image_column=data.image_column, label_column="labels", seed=seed, index_column=INDEX
+        )
+        data.train = data.train.add_column(INDEX, list(range(len(data.train)))).with_transform(augment)
+        data.augment = augment
+    else:
+        data.train = tokenize_split(data.train, processor, data.text_column, data.text_pair_column, max_length)
+    data.eval = eval_inputs(data.eval, data.task, processor, columns, max_length)
     if data.test is not None:
-        data.test = apply(data.test)
+        data.test = eval_inputs(data.test, data.task, processor, columns, max_length)
     return data
 
 
-def attach_image_transforms(data: PreparedData, processor: Any, seed: int) -> PreparedData:
-    """Image splits decoded and processed on the fly: augmented for training, resized for evaluation."""
-    from samtune.imaging import EvalTransform, TrainTransform
+def collator(task: str, processor: Any) -> Any:
+    """Dynamic padding for text; the default stacking for images."""
+    from transformers import DataCollatorWithPadding
 
-    col = data.image_column
-    augment = TrainTransform(processor, image_column=col, label_column="labels", seed=seed, index_column=INDEX)
-    data.train = data.train.add_column(INDEX, list(range(len(data.train)))).with_transform(augment)
-    data.augment = augment
-    evaluate = EvalTransform(processor, image_column=col, label_column="labels")
-    data.eval = data.eval.with_transform(evaluate)
-    if data.test is not None:
-        data.test = data.test.with_transform(evaluate)
-    return data
+    return DataCollatorWithPadding(processor) if task == TEXT else None
 
 
 def augmentation_epoch_callback(augment: Any) -> Any:

@@ -229,10 +229,7 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
             "Choose a model that matches the data, or name the columns with data.text_column / data.image_column.",
         )
     processor = modeling.load_processor(recipe.model, data.task)
-    if data.task == modeling.IMAGE:
-        data = modeling.attach_image_transforms(data, processor, recipe.training.seed)
-    else:
-        data = modeling.tokenize(data, processor, recipe.model.max_length)
+    data = modeling.prepare_inputs(data, processor, recipe.model.max_length, recipe.training.seed)
     model = modeling.load_model(recipe.model, data.task, data.labels)
     return data, processor, model, data.task
 
@@ -286,7 +283,7 @@ def train(
 
 
 def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume_command, notify) -> RunResult:
-    from transformers import DataCollatorWithPadding, PrinterCallback, set_seed
+    from transformers import PrinterCallback, set_seed
 
     from samtune import modeling
     from samtune.card import CardFacts, base_model_license, write_model_card
@@ -324,7 +321,7 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
             train_dataset=data.train,
             eval_dataset=data.eval,
             processing_class=processor,
-            data_collator=DataCollatorWithPadding(processor) if task == modeling.TEXT else None,
+            data_collator=modeling.collator(task, processor),
             compute_metrics=compute_metrics,
             callbacks=callbacks or [],
         )
@@ -433,10 +430,11 @@ def evaluate_run(
     run_dir: Path, dataset: str, split: str | None = None, config: str | None = None, batch_size: int = 64
 ) -> dict[str, float]:
     """Evaluate a saved run directory on a dataset split (labels matched to the model's by name)."""
-    from transformers import DataCollatorWithPadding, PrinterCallback
+    import torch
+    from transformers import PrinterCallback
 
     from samtune import modeling
-    from samtune.data import PreparedData, detect_columns, encode_labels, load_raw, pick_eval_split
+    from samtune.data import detect_columns, encode_labels, load_raw, pick_eval_split
     from samtune.recipe import ModelSection, build_recipe, read_recipe_file
     from samtune.trainer import SAMArguments, SAMTrainer
 
@@ -456,27 +454,20 @@ def evaluate_run(
     names = [model_config.id2label[i] for i in range(len(model_config.id2label))]
     keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
     encoded, _ = encode_labels({"eval": ds.select_columns(keep)}, cols["label"], names=names)
-    data = PreparedData(
-        task=task, train=encoded["eval"], eval=encoded["eval"], labels=names,
-        text_column=cols["text"], text_pair_column=cols["pair"], image_column=cols["image"],
-    )  # fmt: skip
     processor = modeling.load_processor(model_section, task)
-    if task == modeling.IMAGE:
-        data = modeling.attach_image_transforms(data, processor, 0)
-    else:
-        data = modeling.tokenize(data, processor, recipe.model.max_length)
+    inputs = modeling.eval_inputs(encoded["eval"], task, processor, cols, recipe.model.max_length)
     model = modeling.load_model(model_section, task, names)
-    args = SAMArguments(
-        output_dir=tempfile.mkdtemp(prefix="samtune-eval-"), per_device_eval_batch_size=batch_size, report_to="none",
-        disable_tqdm=True, rho=0.0, remove_unused_columns=task != modeling.IMAGE,
-        use_cpu=not __import__("torch").cuda.is_available(),
-    )  # fmt: skip
-    trainer = SAMTrainer(
-        model=model, args=args, processing_class=processor, compute_metrics=compute_metrics,
-        data_collator=DataCollatorWithPadding(processor) if task == modeling.TEXT else None,
-    )  # fmt: skip
-    trainer.remove_callback(PrinterCallback)
-    metrics = trainer.evaluate(data.eval, metric_key_prefix="eval")
-    metrics["eval_samples"] = len(data.eval)
+    with tempfile.TemporaryDirectory(prefix="samtune-eval-") as scratch:
+        args = SAMArguments(
+            output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True, rho=0.0,
+            remove_unused_columns=task != modeling.IMAGE, use_cpu=not torch.cuda.is_available(),
+        )  # fmt: skip
+        trainer = SAMTrainer(
+            model=model, args=args, processing_class=processor, compute_metrics=compute_metrics,
+            data_collator=modeling.collator(task, processor),
+        )  # fmt: skip
+        trainer.remove_callback(PrinterCallback)
+        metrics = trainer.evaluate(inputs, metric_key_prefix="eval")
+    metrics["eval_samples"] = len(inputs)
     metrics["eval_split"] = split_name
     return metrics
