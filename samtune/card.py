@@ -9,6 +9,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from samtune.optim.variants import SAMVariant
 from samtune.recipe import Recipe
 
 CURVES_FILE = "training_curves.png"
@@ -124,7 +125,14 @@ def _eval_results(facts: CardFacts) -> list[EvalResult]:
 
 def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
     r, t = facts.recipe, facts.recipe.training
-    variant = "ASAM" if r.sam.adaptive else ("SAM" if r.sam.rho > 0 else "none (rho = 0: plain training)")
+    if r.sam.rho == 0:
+        variant = "none (rho = 0: plain training)"
+    else:
+        kind = SAMVariant(
+            r.sam.variant, every_k=r.sam.every_k, looksam_k=r.sam.looksam_k, looksam_alpha=r.sam.looksam_alpha,
+            ascent_fraction=r.sam.ascent_fraction, rst_probability=r.sam.rst_probability,
+        ).describe()  # fmt: skip
+        variant = f"ASAM, {kind}" if r.sam.adaptive else kind
     length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"
     return [
         ("rho", r.sam.rho),
@@ -139,6 +147,7 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
         ("gradient accumulation", t.gradient_accumulation_steps),
         ("precision", facts.precision),
         ("seed", t.seed),
+        ("optimizer steps that took SAM's two passes", facts.metrics.get("sam_climb_steps", "n/a")),
         ("perturbations skipped (non-finite)", facts.metrics.get("sam_perturbations_skipped", 0)),
     ]
 

@@ -146,6 +146,7 @@ def _flags(**flags: Any) -> dict[str, Any]:
         "output_dir": "output.dir",
         "rho": "sam.rho",
         "adaptive": "sam.adaptive",
+        "variant": "sam.variant",
         "epochs": "training.epochs",
         "max_steps": "training.max_steps",
         "batch_size": "training.batch_size",
@@ -169,6 +170,14 @@ def train(
     rho: Annotated[Optional[float], typer.Option(help="SAM radius (0: no SAM).", rich_help_panel=SAM_PANEL)] = None,
     adaptive: Annotated[
         Optional[bool], typer.Option("--adaptive/--no-adaptive", help="ASAM.", rich_help_panel=SAM_PANEL)
+    ] = None,
+    variant: Annotated[
+        Optional[str],
+        typer.Option(
+            help="sam (exact) or a cheaper variant: every_k, looksam, ascent_fraction, rst "
+            "(their settings: sam.every_k=4, sam.looksam_k=5, ...).",
+            rich_help_panel=SAM_PANEL,
+        ),
     ] = None,
     epochs: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
     max_steps: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
@@ -213,7 +222,7 @@ def train(
     ref, items = _split_recipe_args(recipe, overrides)
     flags = _flags(
         model=model, dataset=dataset, output_dir=str(output_dir) if output_dir else None, rho=rho,
-        adaptive=adaptive, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        adaptive=adaptive, variant=variant, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, push_to_hub=push_to_hub, private=private,
         init_from=str(init_from) if init_from else None,
     )  # fmt: skip
@@ -330,7 +339,8 @@ def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> Non
     if main:
         console.print(
             f"[bold]samtune[/bold] {recipe.run_name()}: {recipe.model.name} on {recipe.data.dataset} "
-            f"(rho={recipe.sam.rho}{', ASAM' if recipe.sam.adaptive else ''}) -> {recipe.output_dir()}"
+            f"(rho={recipe.sam.rho}{', ASAM' if recipe.sam.adaptive else ''}"
+            f"{'' if recipe.sam.variant == 'sam' else ', ' + recipe.sam.variant}) -> {recipe.output_dir()}"
         )
     command = shlex.join(["samtune", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("samtune", "__main__.py") else None
     result = train(

@@ -92,18 +92,49 @@ class DataSection(_Section):
     max_eval_samples: PositiveInt | None = None
 
 
+# Each variant's own settings in the `sam` section.
+_VARIANT_OF = {
+    "every_k": "every_k",
+    "looksam_k": "looksam",
+    "looksam_alpha": "looksam",
+    "ascent_fraction": "ascent_fraction",
+    "rst_probability": "rst",
+}
+
+
 class SAMSection(_Section):
     """Sharpness-Aware Minimization's settings."""
 
     rho: float = Field(default=0.05, ge=0, description="Neighbourhood radius; 0 trains without SAM.")
     adaptive: bool = Field(default=False, description="ASAM: scale the climb by |w| (use rho 0.5-2.0).")
+    variant: Literal["sam", "every_k", "looksam", "ascent_fraction", "rst"] = Field(
+        default="sam",
+        description="sam (exact, every step) or a cheaper variant: every_k, looksam, ascent_fraction, rst.",
+    )
+    every_k: PositiveInt = Field(default=2, description="every_k: SAM on one optimizer step in every_k.")
+    looksam_k: PositiveInt = Field(default=5, description="looksam: an exact SAM step every looksam_k steps.")
+    looksam_alpha: float = Field(default=0.7, ge=0, description="looksam: weight of the reused sharpness direction.")
+    ascent_fraction: float = Field(default=0.25, gt=0, le=1, description="ascent_fraction: share of each batch.")
+    rst_probability: float = Field(default=0.5, ge=0, le=1, description="rst: probability of a SAM step.")
 
-    @field_validator("rho")
+    @field_validator("rho", "looksam_alpha")
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
+
+    @model_validator(mode="after")
+    def _parameters_match_the_variant(self) -> SAMSection:
+        owner = _VARIANT_OF
+        stray = [k for k in sorted(self.model_fields_set) if k in owner and owner[k] != self.variant]
+        if stray:
+            raise ValueError(
+                f"{', '.join('sam.' + k for k in stray)} only applies to sam.variant="
+                f"{owner[stray[0]]} (the variant is {self.variant!r}): set sam.variant={owner[stray[0]]} "
+                f"or remove {'them' if len(stray) > 1 else 'it'}"
+            )
+        return self
 
 
 class TrainingSection(_Section):
@@ -209,7 +240,10 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         """The resolved recipe, as YAML."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json")
+        # Only the chosen variant's own settings: the others mean nothing and would not load back.
+        data["sam"] = {k: v for k, v in data["sam"].items() if _VARIANT_OF.get(k, self.sam.variant) == self.sam.variant}
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def _stem(ref: str | None) -> str:

@@ -135,6 +135,7 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
 RUN_DEFINING = (
     "model.name", "training.seed", "training.batch_size", "training.gradient_accumulation_steps",
     "training.learning_rate", "training.optimizer", "training.scheduler", "sam.rho", "sam.adaptive",
+    "sam.variant", "sam.every_k", "sam.looksam_k", "sam.looksam_alpha", "sam.ascent_fraction", "sam.rst_probability",
 )  # fmt: skip
 
 
@@ -174,6 +175,12 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, s
         output_dir=str(run_dir),
         rho=recipe.sam.rho,
         adaptive=recipe.sam.adaptive,
+        sam_variant=recipe.sam.variant,
+        every_k=recipe.sam.every_k,
+        looksam_k=recipe.sam.looksam_k,
+        looksam_alpha=recipe.sam.looksam_alpha,
+        ascent_fraction=recipe.sam.ascent_fraction,
+        rst_probability=recipe.sam.rst_probability,
         on_nonfinite=t.on_nonfinite,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -371,6 +378,8 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
         eval_samples=len(data.eval),
         sam_rho=recipe.sam.rho,
         sam_adaptive=recipe.sam.adaptive,
+        sam_variant=recipe.sam.variant,
+        sam_climb_steps=trainer.sam_climb_steps,
         sam_perturbations_skipped=trainer.sam_perturbations_skipped,
         sam_nonfinite_skipped=trainer.sam_nonfinite_skipped,
         wall_time=time.perf_counter() - started,

@@ -14,6 +14,12 @@ Only `training_step` changes. Per micro-batch:
 6. return the ascent loss (the loss at w) for logging.
 
 Clipping, the base optimizer's step, the scheduler and zeroing stay the Trainer's own.
+
+`sam_variant` picks a cheaper step (samtune.optim.variants): `every_k` and `rst` take the stock
+step on some optimizer steps, `ascent_fraction` climbs along part of each micro-batch, and
+`looksam` takes the stock step between its SAM steps and adds its recorded sharpness direction to
+the accumulated gradient before clipping. Which steps climb depends on the optimizer step only, so
+every micro-batch and every process agrees.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from samtune.optim import functional as F
+from samtune.optim.variants import SAMVariant, VariantName, ascent_rows, batch_size_of, first_rows
+from samtune.optim.variants import looksam_direction, looksam_gradient_
 
 _LOMO = ("lomo", "adalomo")
 # Heads whose loss is a mean over the batch whatever `num_items_in_batch` says (transformers 5.x).
@@ -43,6 +51,7 @@ _MEAN_LOSS_HEADS = (
 
 
 SAM_STATE_FILE = "samtune_state.json"
+LOOKSAM_STATE_FILE = "samtune_looksam.pt"
 
 
 class UnsupportedSetupError(ValueError):
@@ -72,6 +81,24 @@ class SAMArguments(TrainingArguments):
         default=False,
         metadata={"help": "ASAM (Kwon et al., 2021): scale the climb per weight by |w|."},
     )
+    sam_variant: VariantName = field(
+        default="sam",
+        metadata={
+            "help": "Which SAM step: 'sam' (exact, every step), or a cheaper variant: 'every_k' (SAM on one step "
+            "in every_k), 'looksam' (LookSAM: SAM every looksam_k steps, its sharpness direction reused in "
+            "between), 'ascent_fraction' (ascent on a fraction of each batch), 'rst' (SAM on a random share "
+            "rst_probability of the steps). See samtune.optim.variants."
+        },
+    )
+    every_k: int = field(default=2, metadata={"help": "every_k: SAM on optimizer steps where step % every_k == 0."})
+    looksam_k: int = field(default=5, metadata={"help": "looksam: an exact SAM step every looksam_k steps."})
+    looksam_alpha: float = field(
+        default=0.7, metadata={"help": "looksam: weight of the reused sharpness direction g_v."}
+    )
+    ascent_fraction: float = field(
+        default=0.25, metadata={"help": "ascent_fraction: share of each micro-batch the ascent gradient uses."}
+    )
+    rst_probability: float = field(default=0.5, metadata={"help": "rst: probability that a step is a SAM step."})
     on_nonfinite: Literal["stop", "skip"] = field(
         default="stop",
         metadata={
@@ -90,7 +117,20 @@ class SAMArguments(TrainingArguments):
         self.rho = float(rho)
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip' (got {self.on_nonfinite!r})")
+        self.variant()  # validates the variant and its parameters
         super().__post_init__()
+
+    def variant(self) -> SAMVariant:
+        """The SAM variant these arguments select, with its parameters."""
+        return SAMVariant(
+            name=self.sam_variant,
+            every_k=self.every_k,
+            looksam_k=self.looksam_k,
+            looksam_alpha=float(self.looksam_alpha),
+            ascent_fraction=float(self.ascent_fraction),
+            rst_probability=float(self.rst_probability),
+            seed=self.seed,
+        )
 
 
 def _loss_ignores_num_items(model: nn.Module) -> bool:
@@ -134,8 +174,9 @@ class SAMTrainer(Trainer):
     """A `transformers.Trainer` whose step is Sharpness-Aware Minimization (rho=0: the stock step).
 
     Logs, at the Trainer's logging steps: `sam_rho`, `sam_ascent_grad_norm` (mean ||g|| of the
-    ascent passes since the last log, on this process) and `sam_perturbations_skipped` (total
-    climbs skipped because ||g|| was not finite, on this process).
+    ascent passes since the last log, on this process), `sam_perturbations_skipped` (total
+    climbs skipped because ||g|| was not finite, on this process) and `sam_climb_steps` (optimizer
+    steps that took SAM's two passes: all of them for exact SAM, fewer for the variants).
 
     Notes:
         - Dropout draws different masks in the two passes, as in the reference implementations.
@@ -178,6 +219,10 @@ class SAMTrainer(Trainer):
         self.sam_nonfinite_skipped = 0
         self._nonfinite_in_step = False
         self._skip_optimizer_step = False
+        self.sam_variant = self.args.variant()
+        self.sam_climb_steps = 0  # optimizer steps that took SAM's two passes (the variants skip some)
+        self._looksam_g: list[torch.Tensor | None] | None = None  # plain gradient, summed over micro-batches
+        self._looksam_v: list[torch.Tensor | None] | None = None  # LookSAM's g_v, from its last SAM step
         # First in line, so a checkpoint carries samtune's state before any other callback runs.
         self.callback_handler.callbacks.insert(0, _SAMStateSaver(self))
         if self.args.on_nonfinite == "skip":
@@ -207,10 +252,27 @@ class SAMTrainer(Trainer):
     ) -> torch.Tensor:
         if self.args.rho == 0:
             return super().training_step(model, inputs, num_items_in_batch)
+        variant = self.sam_variant
+        looksam = variant.name == "looksam"
+        # A function of the optimizer step only: every micro-batch and every process agrees.
+        climbs = variant.climbs_on(self.state.global_step) or (looksam and self._looksam_v is None)
+        last_micro_batch = self.accelerator.sync_gradients
+        if not climbs:  # a plain step (every_k, rst), or LookSAM reusing g_v
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if looksam and last_micro_batch:
+                self._looksam_reuse(model)
+            return loss
 
         params = F.trainable_parameters(model)
+        ascent_inputs = copy.copy(inputs)
+        if variant.name == "ascent_fraction":
+            size = batch_size_of(inputs)
+            if size is not None:
+                ascent_inputs = first_rows(inputs, ascent_rows(size, variant.ascent_fraction))
         with self.accelerator.no_sync(model):
-            ascent_loss, grads = self._ascent_gradient(model, copy.copy(inputs), params, num_items_in_batch)
+            ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
+        if looksam:
+            self._looksam_accumulate(grads, num_items_in_batch)
         climbed, e, norm = F.sam_perturbation(grads, params, self.args.rho, self.args.adaptive)
         del grads
         finite = not self._nonfinite_in_step and self._record_ascent(norm)
@@ -218,8 +280,7 @@ class SAMTrainer(Trainer):
         saved = None
         try:
             if finite:
-                saved = F.save_weights(climbed)
-                F.climb_(climbed, e)  # climb to the local maximum "w + e(w)"
+                saved = F.save_and_climb_(climbed, e)  # climb to the local maximum "w + e(w)"
             del e
             # The descent, with the stock machinery; BatchNorm statistics were updated at w.
             with F.frozen_running_stats(model):
@@ -227,7 +288,54 @@ class SAMTrainer(Trainer):
         finally:
             if saved is not None:
                 F.restore_weights_(climbed, saved)  # get back to "w" from "w + e(w)"
+        if last_micro_batch:
+            self.sam_climb_steps += 1
+            if looksam:
+                self._looksam_refresh(params, climbed=finite)
         return ascent_loss
+
+    # ---- LookSAM -------------------------------------------------------------------------
+
+    def _looksam_accumulate(self, grads: tuple[torch.Tensor | None, ...], num_items_in_batch: Any) -> None:
+        """Add this micro-batch's plain gradient at w to the effective batch's, normalised as the descent is."""
+        weight = 1.0 if self._loss_is_scaled_for_ga(num_items_in_batch) else 1.0 / self.current_gradient_accumulation_steps
+        if self._looksam_g is None:
+            self._looksam_g = [None] * len(grads)
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            acc = self._looksam_g[i]
+            self._looksam_g[i] = g.float() * weight if acc is None else acc.add_(g.float(), alpha=weight)
+
+    def _looksam_refresh(self, params: list[nn.Parameter], climbed: bool) -> None:
+        """After LookSAM's SAM step: g_v from the plain gradient g and the SAM gradient g_s now in `.grad`."""
+        plain, self._looksam_g = self._looksam_g or [], None
+        index = [i for i, (p, g) in enumerate(zip(params, plain, strict=False)) if p.grad is not None and g is not None]
+        if not climbed or not index:
+            self._looksam_v = None  # no SAM gradient this step: the next step refreshes again
+            return
+        g = self._mean_over_processes([plain[i] for i in index])
+        g_v = looksam_direction(g, [params[i].grad for i in index])
+        size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g_v, 2))))
+        if not (math.isfinite(size) and size > 0):  # fp16 overflow (the scaler skips this step) or g_s parallel to g
+            self._looksam_v = None
+            return
+        self._looksam_v = [None] * len(params)
+        for i, v in zip(index, g_v, strict=True):
+            self._looksam_v[i] = v
+
+    def _looksam_reuse(self, model: nn.Module) -> None:
+        """LookSAM between its SAM steps: .grad <- g + alpha * (||g|| / ||g_v||) * g_v, one pass only."""
+        params = F.trainable_parameters(model)
+        pairs = [(p.grad, v) for p, v in zip(params, self._looksam_v or [], strict=False) if p.grad is not None and v is not None]
+        looksam_gradient_([g for g, _ in pairs], [v for _, v in pairs], self.sam_variant.looksam_alpha)
+
+    def _mean_over_processes(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The mean of each tensor over the data-parallel processes (one all-reduce), as DDP does for `.grad`."""
+        if self.accelerator.num_processes <= 1 or not tensors:
+            return tensors
+        flat = self.accelerator.reduce(torch.cat([t.reshape(-1) for t in tensors]), reduction="mean")
+        return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
 
     def _ascent_gradient(
         self,
@@ -300,6 +408,8 @@ class SAMTrainer(Trainer):
         return {
             "rho": self.args.rho,
             "adaptive": self.args.adaptive,
+            "variant": self.sam_variant.name,
+            "climb_steps": self.sam_climb_steps,
             "perturbations_skipped": self.sam_perturbations_skipped,
             "nonfinite_skipped": self.sam_nonfinite_skipped,
         }
@@ -314,7 +424,25 @@ class SAMTrainer(Trainer):
                     saved = json.load(f)
                 self.sam_perturbations_skipped = int(saved.get("perturbations_skipped", 0))
                 self.sam_nonfinite_skipped = int(saved.get("nonfinite_skipped", 0))
+                self.sam_climb_steps = int(saved.get("climb_steps", 0))
+            self._load_looksam_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *a, **kw)
+
+    def save_looksam_state(self, folder: str) -> None:
+        """Write LookSAM's g_v into a checkpoint folder, so a resumed run reuses it exactly."""
+        if self._looksam_v is not None:
+            torch.save([v.cpu() if v is not None else None for v in self._looksam_v], os.path.join(folder, LOOKSAM_STATE_FILE))
+
+    def _load_looksam_state(self, checkpoint: str) -> None:
+        """Read g_v back (without it, LookSAM's next step is a SAM step that computes it afresh)."""
+        path = os.path.join(checkpoint, LOOKSAM_STATE_FILE)
+        self._looksam_v = None
+        if self.sam_variant.name != "looksam" or not os.path.isfile(path):
+            return
+        params = F.trainable_parameters(self.model)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if len(saved) == len(params):
+            self._looksam_v = [v.to(p.device) if v is not None else None for v, p in zip(saved, params, strict=True)]
 
     def _reload_weights(self, checkpoint: str) -> None:
         """Load a checkpoint's weights through `from_pretrained`, which maps renamed parameters.
@@ -342,6 +470,7 @@ class SAMTrainer(Trainer):
             if self._sam_norm_count:
                 logs["sam_ascent_grad_norm"] = self._sam_norm_sum / self._sam_norm_count
             logs["sam_perturbations_skipped"] = self.sam_perturbations_skipped
+            logs["sam_climb_steps"] = self.sam_climb_steps
             if self.sam_nonfinite_skipped:
                 logs["sam_nonfinite_skipped"] = self.sam_nonfinite_skipped
             self._sam_norm_sum, self._sam_norm_count = 0.0, 0
@@ -360,6 +489,7 @@ class _SAMStateSaver(TrainerCallback):
             if os.path.isdir(folder):
                 with open(os.path.join(folder, SAM_STATE_FILE), "w", encoding="utf-8") as f:
                     json.dump(self.trainer.sam_state(), f, indent=2)
+                self.trainer.save_looksam_state(folder)
 
 
 class _StepSkipper(TrainerCallback):

@@ -1,5 +1,8 @@
 """Run by test_ddp.py under torchrun (2 CPU processes, gloo): SAMTrainer with GA=2, recording its inputs.
 
+The second argument picks the step: "sam" (exact) or "looksam" (k=2, whose SAM steps average the
+plain gradient over the processes, one extra all-reduce).
+
 Each rank saves its final weights and the micro-batches it trained on, so the test can compare the
 ranks with each other and with a single-process reference.
 """
@@ -26,7 +29,8 @@ class RecordingSAMTrainer(SAMTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def main(out: Path) -> None:
+def main(out: Path, variant: str) -> None:
+    looksam = dict(sam_variant="looksam", looksam_k=2, looksam_alpha=0.7) if variant == "looksam" else {}
     args = SAMArguments(
         output_dir=str(out / "run"),
         use_cpu=True,
@@ -43,6 +47,7 @@ def main(out: Path) -> None:
         disable_tqdm=True,
         rho=0.05,
         ddp_backend="gloo",
+        **looksam,
     )
     trainer = RecordingSAMTrainer(model=tiny_bert(), args=args, train_dataset=ListDataset(text_rows(24)))
     trainer.seen, trainer.syncs = [], []
@@ -54,4 +59,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "sam")

@@ -43,7 +43,7 @@ def _check_card(run_dir, task):
     assert by_metric["f1"] == pytest.approx(metrics["eval_f1"], abs=1e-4)
     assert all(r.task_type == task for r in results)
     text = card.text
-    assert "| rho | 0.07 |" in text and "| adaptive (ASAM) | True |" in text and "| variant | ASAM |" in text
+    assert "| rho | 0.07 |" in text and "| adaptive (ASAM) | True |" in text and "| variant | ASAM, exact SAM (every step) |" in text
     assert "| seed | 3 |" in text and "| precision | fp32 |" in text
     assert f"{metrics['eval_accuracy']:.4f}" in text
     assert "![Training curves](training_curves.png)" in text

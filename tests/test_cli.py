@@ -121,7 +121,7 @@ def test_overrides_and_flag_precedence(tmp_path, text_model_dir, text_csv):
     )  # fmt: skip
     _ok(result)
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["sam"] == {"rho": 0.2, "adaptive": True}
+    assert config["sam"] == {"rho": 0.2, "adaptive": True, "variant": "sam"}
     assert config["training"]["max_steps"] == 3  # the flag beats the override
     assert config["training"]["learning_rate"] == 5e-3  # '5e-3' read as a number
     metrics = _load_metrics(out)
@@ -129,6 +129,20 @@ def test_overrides_and_flag_precedence(tmp_path, text_model_dir, text_csv):
     state = json.loads((out / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if "sam_rho" in h]
     assert logged and all(h["sam_rho"] == 0.2 for h in logged)
+
+
+def test_variant_flag_runs_a_cheaper_sam_and_the_card_says_which(tmp_path, text_model_dir, text_csv):
+    out = tmp_path / "run"
+    result = cli("train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out, "--max-steps", "4",
+                 "--variant", "every_k", "sam.every_k=2", "data.max_train_samples=40")  # fmt: skip
+    _ok(result)
+    metrics = _load_metrics(out)
+    assert metrics["sam_variant"] == "every_k"
+    assert metrics["sam_climb_steps"] == 2  # steps 0 and 2 of 4
+    assert "SAM every 2 steps" in (out / "README.md").read_text()
+    saved = yaml.safe_load((out / "config.yaml").read_text())["sam"]
+    assert saved == {"rho": 0.05, "adaptive": False, "variant": "every_k", "every_k": 2}
+    _ok(cli("validate", out / "config.yaml", "--schema-only"))  # the saved recipe loads back
 
 
 def test_builtin_recipe_with_overrides(tmp_path, text_model_dir, text_csv):

@@ -80,3 +80,13 @@ def test_loading_a_recipe_imports_nothing_heavy():
     code = "import sys, samtune.recipe; print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_variant_settings_need_their_variant():
+    recipe = build_recipe({"sam": {"variant": "looksam", "looksam_k": 4}}, ["sam.looksam_alpha=0.5"])
+    assert (recipe.sam.variant, recipe.sam.looksam_k, recipe.sam.looksam_alpha) == ("looksam", 4, 0.5)
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"sam": {"every_k": 4}})  # forgot sam.variant: would silently train exact SAM
+    assert any("sam.every_k only applies to sam.variant=every_k" in p for p in err.value.problems)
+    with pytest.raises(RecipeError, match="sam.variant"):
+        build_recipe({"sam": {"variant": "esam"}})

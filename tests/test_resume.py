@@ -156,7 +156,10 @@ def test_checkpoints_carry_samtunes_state(tmp_path, text_model_dir):
     recipe = _recipe(tmp_path, text_model_dir, 1)
     assert _samtune(["train", recipe, "--output-dir", tmp_path / "run"], interrupt="kill").returncode == -9
     state = json.loads((tmp_path / "run" / "checkpoint-6" / "samtune_state.json").read_text())
-    assert state == {"rho": 0.05, "adaptive": False, "perturbations_skipped": 0, "nonfinite_skipped": 0}
+    assert state == {
+        "rho": 0.05, "adaptive": False, "variant": "sam", "climb_steps": 6,
+        "perturbations_skipped": 0, "nonfinite_skipped": 0,
+    }  # fmt: skip
 
 
 def test_a_diverging_run_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, text_model_dir, text_csv):

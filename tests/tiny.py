@@ -96,16 +96,22 @@ def max_abs_diff(a: nn.Module, b: nn.Module) -> float:
 
 
 def reference_sam_gradient(
-    model: nn.Module, batch: dict[str, torch.Tensor], rho: float, adaptive: bool = False
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    rho: float,
+    adaptive: bool = False,
+    ascent_batch: dict[str, torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """The gradient at w + e(w) of one batch's mean loss, by the paper's formula, leaving w as it was.
 
     e(w) = rho * g / ||g||            (SAM)
     e(w) = rho * w^2 * g / ||w g||    (ASAM)
-    with a 1e-12 guard on the norm, as davda54/sam and samtune use.
+    with a 1e-12 guard on the norm, as davda54/sam and samtune use. g is the gradient of
+    `ascent_batch` (default: the batch itself).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
+    ascent_batch = batch if ascent_batch is None else ascent_batch
+    grads = torch.autograd.grad(model(**ascent_batch).loss, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
     if adaptive:
         norm = torch.sqrt(sum(((p.detach().abs() * g) ** 2).sum() for p, g in zip(params, grads)))
@@ -142,4 +148,77 @@ def reference_sam_sgd(
         with torch.no_grad():
             for p, t in zip(params, total):
                 p.sub_(lr * t)
+    return model
+
+
+# ---- the efficient variants, each from its paper's update rule --------------------------------
+
+
+def _mean_gradient(model: nn.Module, step: list[dict[str, torch.Tensor]], rho: float, **kw) -> list[torch.Tensor]:
+    """The mean over a step's micro-batches of each one's SAM gradient (rho = 0: the plain gradient)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for batch in step:
+        for t, g in zip(total, reference_sam_gradient(model, batch, rho, **kw)):
+            t.add_(g / len(step))
+    return total
+
+
+def _sgd_(model: nn.Module, update: list[torch.Tensor], lr: float) -> None:
+    with torch.no_grad():
+        for p, u in zip([p for p in model.parameters() if p.requires_grad], update):
+            p.sub_(lr * u)
+
+
+def reference_scheduled_sam_sgd(
+    model: nn.Module, steps: list[list[dict[str, torch.Tensor]]], rho: float, lr: float, sam_on: list[bool]
+) -> nn.Module:
+    """SAM every k steps (Composer) and RST (Zhao et al.): step t is a SAM step if sam_on[t], else a plain one."""
+    model = copy.deepcopy(model)
+    model.train()
+    for step, on in zip(steps, sam_on, strict=True):
+        _sgd_(model, _mean_gradient(model, step, rho if on else 0.0), lr)
+    return model
+
+
+def reference_ascent_fraction_sgd(
+    model: nn.Module, steps: list[list[dict[str, torch.Tensor]]], rho: float, lr: float, rows: int
+) -> nn.Module:
+    """Bahri et al. (ACL 2022): each micro-batch climbs along the gradient of its first `rows` examples."""
+    model = copy.deepcopy(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in steps:
+        total = [torch.zeros_like(p) for p in params]
+        for batch in step:
+            head = {k: v[:rows] for k, v in batch.items()}
+            for t, g in zip(total, reference_sam_gradient(model, batch, rho, ascent_batch=head)):
+                t.add_(g / len(step))
+        _sgd_(model, total, lr)
+    return model
+
+
+def reference_looksam_sgd(
+    model: nn.Module, steps: list[list[dict[str, torch.Tensor]]], rho: float, lr: float, k: int, alpha: float
+) -> nn.Module:
+    """LookSAM (Liu et al., CVPR 2022, Algorithm 1) with plain SGD as the base optimizer.
+
+    Every k steps: g_s = SAM gradient, g_v = g_s - ||g_s|| cos(theta) g / ||g||. In between:
+    g_s = g + alpha * ||g|| / ||g_v|| * g_v, from the plain gradient g alone.
+    """
+    model = copy.deepcopy(model)
+    model.train()
+    g_v: list[torch.Tensor] = []
+    for t, step in enumerate(steps):
+        g = _mean_gradient(model, step, 0.0)
+        norm_g = torch.sqrt(sum((a**2).sum() for a in g))
+        if t % k == 0:
+            g_s = _mean_gradient(model, step, rho)
+            norm_s = torch.sqrt(sum((b**2).sum() for b in g_s))
+            cos = sum((a * b).sum() for a, b in zip(g, g_s)) / (norm_g * norm_s)
+            g_v = [b - norm_s * cos * a / norm_g for a, b in zip(g, g_s)]
+        else:
+            norm_v = torch.sqrt(sum((v**2).sum() for v in g_v))
+            g_s = [a + alpha * norm_g / norm_v * v for a, v in zip(g, g_v)]
+        _sgd_(model, g_s, lr)
     return model

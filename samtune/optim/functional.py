@@ -26,6 +26,30 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 NORM_EPS = 1e-12
 
 
+# save_and_climb_ and ASAM's temporaries work on chunks of about this share of the parameter bytes.
+CHUNK_SHARE = 1 / 16
+
+
+def _chunks(tensors: Sequence[torch.Tensor | None], share: float = CHUNK_SHARE) -> Iterator[list[int]]:
+    """Consecutive index groups of `tensors`, each holding about `share` of their bytes (at least one tensor).
+
+    Ops on one chunk at a time bound the temporaries to a chunk's size; a tensor larger than the
+    share is a chunk of its own.
+    """
+    sizes = [t.numel() * t.element_size() if t is not None else 0 for t in tensors]
+    budget = max(1, int(sum(sizes) * share))
+    chunk: list[int] = []
+    used = 0
+    for i, size in enumerate(sizes):
+        if chunk and used + size > budget:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(i)
+        used += size
+    if chunk:
+        yield chunk
+
+
 def _present(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]):
     """Pairs (grads, params) with the parameters that received no gradient left out."""
     pairs = [(g, p) for g, p in zip(grads, params, strict=True) if g is not None]
@@ -54,11 +78,12 @@ def ascent_norm(
     norms: list[torch.Tensor] = []
     if plain:
         norms += torch._foreach_norm(plain, 2, dtype=torch.float32)
-    if scaled:
-        weighted = torch._foreach_mul(
-            torch._foreach_abs([p.detach() for _, p in scaled]), [g for g, _ in scaled]
-        )
+    # || |w| * g || chunk by chunk: the product is a temporary the size of its inputs.
+    for chunk in _chunks([g for g, _ in scaled]):
+        weighted = torch._foreach_abs([scaled[i][1].detach() for i in chunk])
+        torch._foreach_mul_(weighted, [scaled[i][0] for i in chunk])
         norms += torch._foreach_norm(weighted, 2, dtype=torch.float32)
+        del weighted
     if not norms:
         return torch.zeros((), dtype=torch.float32)
     device = norms[0].device
@@ -80,14 +105,32 @@ def perturbation_(
     if not grads:
         return grads
     if adaptive:
-        weights = [p.detach() for p in params]
-        torch._foreach_mul_(grads, torch._foreach_mul(weights, weights))
+        for chunk in _chunks(grads):  # w^2 is a temporary: one chunk at a time
+            weights = [params[i].detach() for i in chunk]
+            torch._foreach_mul_([grads[i] for i in chunk], torch._foreach_mul(weights, weights))
     if isinstance(scale, torch.Tensor):
         devices = {g.device for g in grads}
         # One device: keep the scale on it (no host sync); a model split across devices: a number.
         scale = scale.to(grads[0].device) if len(devices) == 1 else float(scale)
     torch._foreach_mul_(grads, scale)
     return grads
+
+
+def save_and_climb_(params: Sequence[torch.Tensor], e: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """Save w exactly and climb to w + e(w), chunk by chunk; returns the saved copy of w.
+
+    Each chunk's e(w) is dropped from the list as soon as it is applied, so the copy of w grows
+    while e(w) shrinks: the peak is one copy of the parameters plus one chunk, rather than two
+    copies (the caller must hold no other reference to the tensors in `e`).
+    """
+    saved: list[torch.Tensor] = []
+    for chunk in _chunks(e):
+        ps = [params[i] for i in chunk]
+        saved += save_weights(ps)
+        climb_(ps, [e[i] for i in chunk])  # climb to the local maximum "w + e(w)"
+        for i in chunk:
+            e[i] = None
+    return saved
 
 
 def save_weights(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

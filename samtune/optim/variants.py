@@ -1,0 +1,169 @@
+"""Cheaper SAM: published variants that pay for SAM's second pass on fewer steps or fewer examples.
+
+Exact SAM takes two forward/backward passes per step, so it costs about 2x plain training. Each
+variant here trades some of SAM's effect for less of that extra pass:
+
+``every_k``          SAM on one optimizer step in k, plain steps in between (Composer's SAM
+                     ``interval``, MosaicML). Extra cost 1/k of a pass. Between SAM steps nothing
+                     of the sharpness direction is kept.
+``looksam``          LookSAM (Liu et al., "Towards Efficient and Scalable Sharpness-Aware
+                     Minimization", CVPR 2022). Every k steps an exact SAM step, which also
+                     records g_v, the part of the SAM gradient g_s orthogonal to the plain
+                     gradient g:  g_v = g_s - (<g, g_s> / ||g||^2) g.  The k-1 steps in between
+                     take one pass and reuse it:  g_s = g + alpha * (||g|| / ||g_v||) * g_v.
+                     Extra cost about 1/k of a pass (plus vector ops); the reused direction goes
+                     stale as the weights move.
+``ascent_fraction``  The ascent gradient from a fraction of each micro-batch (Bahri, Mobahi and
+                     Tay, "Sharpness-Aware Minimization Improves Language Model Generalization",
+                     ACL 2022: 25% of the batch kept most of the gain). Extra cost about the
+                     fraction of a pass on models whose cost scales with the batch; the climb
+                     direction is noisier.
+``rst``              Randomized Sharpness-Aware Training (Zhao, Zhang and Hu, 2022): each step is
+                     a SAM step with probability p, a plain step otherwise. Extra cost p of a pass.
+
+Every decision is a function of the optimizer step (and the seed), never of the micro-batch or the
+process, so all micro-batches of an accumulated step and all DDP ranks agree, and a resumed run
+makes the same choices. The functions below are pure PyTorch; the Trainer applies them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+VariantName = Literal["sam", "every_k", "looksam", "ascent_fraction", "rst"]
+VARIANTS: tuple[str, ...] = ("sam", "every_k", "looksam", "ascent_fraction", "rst")
+
+
+@dataclass(frozen=True)
+class SAMVariant:
+    """Which SAM step to take, and when: `name` with its own parameters."""
+
+    name: VariantName = "sam"
+    every_k: int = 2
+    looksam_k: int = 5
+    looksam_alpha: float = 0.7
+    ascent_fraction: float = 0.25
+    rst_probability: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in VARIANTS:
+            raise ValueError(f"unknown SAM variant {self.name!r}: choose one of {', '.join(VARIANTS)}")
+        if not (isinstance(self.every_k, int) and self.every_k >= 1):
+            raise ValueError(f"every_k must be a whole number >= 1 (got {self.every_k!r}): SAM runs on one step in k")
+        if not (isinstance(self.looksam_k, int) and self.looksam_k >= 1):
+            raise ValueError(f"looksam_k must be a whole number >= 1 (got {self.looksam_k!r})")
+        if not (math.isfinite(self.looksam_alpha) and self.looksam_alpha >= 0):
+            raise ValueError(f"looksam_alpha must be a finite number >= 0 (got {self.looksam_alpha!r})")
+        if not (0 < self.ascent_fraction <= 1):
+            raise ValueError(f"ascent_fraction must be in (0, 1] (got {self.ascent_fraction!r})")
+        if not (0 <= self.rst_probability <= 1):
+            raise ValueError(f"rst_probability must be in [0, 1] (got {self.rst_probability!r})")
+
+    def climbs_on(self, step: int) -> bool:
+        """Whether optimizer step `step` (0-based) takes SAM's two passes (LookSAM: refreshes g_v)."""
+        if self.name == "every_k":
+            return step % self.every_k == 0
+        if self.name == "looksam":
+            return step % self.looksam_k == 0
+        if self.name == "rst":
+            return rst_draw(step, self.rst_probability, self.seed)
+        return True
+
+    @property
+    def extra_pass_share(self) -> float:
+        """The expected share of steps (or of the batch) that pays for an extra pass: 1.0 for SAM."""
+        return {
+            "sam": 1.0,
+            "every_k": 1 / self.every_k,
+            "looksam": 1 / self.looksam_k,
+            "ascent_fraction": self.ascent_fraction,
+            "rst": self.rst_probability,
+        }[self.name]
+
+    def describe(self) -> str:
+        """A short human description, e.g. 'LookSAM (k=5, alpha=0.7)'."""
+        return {
+            "sam": "exact SAM (every step)",
+            "every_k": f"SAM every {self.every_k} steps",
+            "looksam": f"LookSAM (k={self.looksam_k}, alpha={self.looksam_alpha})",
+            "ascent_fraction": f"ascent on {self.ascent_fraction:.0%} of each batch",
+            "rst": f"RST (SAM with probability {self.rst_probability})",
+        }[self.name]
+
+
+def rst_draw(step: int, probability: float, seed: int) -> bool:
+    """RST's coin for optimizer step `step`: True with `probability`, the same on every process and resume."""
+    if probability >= 1:
+        return True
+    if probability <= 0:
+        return False
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+    return bool(torch.rand((), generator=generator) < probability)
+
+
+def ascent_rows(batch_size: int, fraction: float) -> int:
+    """How many examples of a micro-batch the ascent uses: ceil(fraction * batch), at least one."""
+    return max(1, min(batch_size, math.ceil(fraction * batch_size - 1e-9)))
+
+
+def batch_size_of(inputs: Mapping[str, Any]) -> int | None:
+    """The micro-batch size: the leading dimension of the labels (or of the first tensor)."""
+    labels = inputs.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.dim() > 0:
+        return labels.shape[0]
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return None
+
+
+def first_rows(inputs: Mapping[str, Any], rows: int) -> dict[str, Any]:
+    """The first `rows` examples of a micro-batch: every tensor with the batch's leading size is sliced."""
+    size = batch_size_of(inputs)
+    return {
+        k: v[:rows] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
+        for k, v in inputs.items()
+    }
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """<a, b> over lists of tensors, accumulated in float32."""
+    parts = [torch.vdot(x.reshape(-1).float(), y.reshape(-1).float()) for x, y in zip(a, b, strict=True)]
+    return torch.stack(parts).sum() if parts else torch.zeros(())
+
+
+def _norm(a: Sequence[torch.Tensor]) -> torch.Tensor:
+    """||a|| over a list of tensors, in float32."""
+    if not a:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(a), 2, dtype=torch.float32)), 2)
+
+
+def looksam_direction(g: Sequence[torch.Tensor], g_s: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """LookSAM's g_v: the part of the SAM gradient g_s orthogonal to the plain gradient g (float32).
+
+    g_v = g_s - ||g_s|| cos(theta) g / ||g||  with  cos(theta) = <g, g_s> / (||g|| ||g_s||),
+    that is  g_v = g_s - (<g, g_s> / ||g||^2) g.
+    """
+    g32 = [x.float() for x in g]
+    coeff = _dot(g32, g_s) / _norm(g32).pow(2).clamp_min(1e-30)
+    g_v = [y.float().clone() for y in g_s]
+    if g_v:
+        torch._foreach_add_(g_v, torch._foreach_mul(g32, coeff.to(g_v[0].device)), alpha=-1.0)
+    return g_v
+
+
+@torch.no_grad()
+def looksam_gradient_(grads: Sequence[torch.Tensor], g_v: Sequence[torch.Tensor], alpha: float) -> None:
+    """LookSAM's reuse step, in place: g <- g + alpha * (||g|| / ||g_v||) * g_v."""
+    grads = list(grads)
+    if not grads:
+        return
+    scale = alpha * _norm(grads) / _norm(g_v).clamp_min(1e-30)
+    torch._foreach_add_(grads, [(v * scale.to(v.device)).to(x.dtype) for v, x in zip(g_v, grads, strict=True)])

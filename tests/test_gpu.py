@@ -1,0 +1,95 @@
+"""What only a CUDA GPU shows: the fp16 GradScaler path, bf16 autocast and the variants on the device.
+
+These run where a GPU is present (`pytest tests/test_gpu.py` on a GPU machine) and are skipped on
+CPU-only machines such as CI; the CPU suite covers the same logic with a simulated GradScaler.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_trainer import SGD_PLAIN, _args, _steps
+from tiny import (
+    ListDataset,
+    max_abs_diff,
+    reference_ascent_fraction_sgd,
+    reference_looksam_sgd,
+    reference_sam_sgd,
+    text_rows,
+    tiny_bert,
+)
+
+from samtune import SAMTrainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+RHO, LR = 0.05, 0.5
+
+
+def _gpu_args(tmp_path, **kw):
+    return _args(tmp_path, **{"use_cpu": False, "per_device_train_batch_size": 8, "learning_rate": LR, **SGD_PLAIN, **kw})
+
+
+def _train(model, rows, args) -> SAMTrainer:
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows))
+    trainer.train()
+    return trainer
+
+
+def _cpu(model):
+    return copy.deepcopy(model).to("cpu")
+
+
+def test_fp16_sam_uses_the_grad_scaler_and_follows_fp32_sam(tmp_path):
+    rows, model = text_rows(8 * 4), tiny_bert()
+    fp16 = _train(copy.deepcopy(model), rows, _gpu_args(tmp_path / "fp16", fp16=True, rho=RHO, max_steps=4))
+    assert fp16.accelerator.scaler is not None
+    assert fp16.sam_perturbations_skipped == 0 and fp16.sam_climb_steps == 4
+    fp32 = _train(copy.deepcopy(model), rows, _gpu_args(tmp_path / "fp32", rho=RHO, max_steps=4))
+    plain = _train(copy.deepcopy(model), rows, _gpu_args(tmp_path / "plain", rho=0.0, max_steps=4))
+    assert all(torch.isfinite(p).all() for p in fp16.model.parameters())
+    # fp16 rounding moves the weights far less than SAM's own effect does.
+    assert max_abs_diff(_cpu(fp16.model), _cpu(fp32.model)) < 0.2 * max_abs_diff(_cpu(fp32.model), _cpu(plain.model))
+
+
+def test_fp16_overflow_skips_the_climb_and_the_step(tmp_path):
+    """A loss scale of 2^60 overflows fp16 gradients: no climb, no update, and the scale halves each step."""
+    rows, model = text_rows(8 * 3), tiny_bert()
+    args = _gpu_args(tmp_path, fp16=True, rho=RHO, max_steps=3, max_grad_norm=1.0)
+    trainer = SAMTrainer(model=copy.deepcopy(model), args=args, train_dataset=ListDataset(rows))
+    trainer.accelerator.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**60)
+    trainer.train()
+    assert trainer.sam_perturbations_skipped == 3
+    assert trainer.accelerator.scaler.get_scale() == 2.0**57
+    assert max_abs_diff(_cpu(trainer.model), model) == 0.0
+
+
+def test_bf16_zero_learning_rate_leaves_weights_exactly(tmp_path):
+    rows, model = text_rows(8 * 3), tiny_bert()
+    trainer = _train(copy.deepcopy(model), rows, _gpu_args(tmp_path, bf16=True, rho=RHO, max_steps=3, learning_rate=0.0))
+    assert trainer.sam_climb_steps == 3
+    assert max_abs_diff(_cpu(trainer.model), model) == 0.0
+
+
+@pytest.mark.parametrize("variant", ["sam", "looksam", "ascent_fraction"])
+def test_fp32_on_the_gpu_matches_the_hand_written_reference(tmp_path, variant):
+    rows, model, n_steps = text_rows(8 * 4), tiny_bert(), 4
+    steps = [[{k: v.cuda() for k, v in b.items()} for b in s] for s in _steps(rows, 4, 2, n_steps)]
+    on_gpu = copy.deepcopy(model).cuda()
+    settings = {
+        "sam": ({}, lambda: reference_sam_sgd(on_gpu, steps, RHO, LR)),
+        "looksam": (
+            dict(sam_variant="looksam", looksam_k=2, looksam_alpha=0.7),
+            lambda: reference_looksam_sgd(on_gpu, steps, RHO, LR, 2, 0.7),
+        ),
+        "ascent_fraction": (
+            dict(sam_variant="ascent_fraction", ascent_fraction=0.5),
+            lambda: reference_ascent_fraction_sgd(on_gpu, steps, RHO, LR, 2),
+        ),
+    }
+    kw, reference = settings[variant]
+    args = _gpu_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, rho=RHO, max_steps=n_steps, **kw)
+    trainer = _train(copy.deepcopy(model), rows, args)
+    assert max_abs_diff(_cpu(trainer.model), _cpu(reference())) <= 1e-5

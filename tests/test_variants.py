@@ -1,0 +1,191 @@
+"""The efficient SAM variants against hand-written references of their published update rules."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from test_trainer import SGD_PLAIN, _args, _steps, _train
+from tiny import (
+    ListDataset,
+    max_abs_diff,
+    reference_ascent_fraction_sgd,
+    reference_looksam_sgd,
+    reference_sam_sgd,
+    reference_scheduled_sam_sgd,
+    text_rows,
+    tiny_bert,
+    tiny_resnet,
+    image_rows,
+)
+
+from samtune import SAMArguments, SAMTrainer
+from samtune.optim.variants import SAMVariant, ascent_rows, looksam_direction, looksam_gradient_, rst_draw
+from samtune.trainer import LOOKSAM_STATE_FILE
+
+RHO, LR, N_STEPS = 0.05, 0.5, 5
+GA = pytest.mark.parametrize(("batch_size", "accumulation"), [(8, 1), (4, 2)], ids=["ga1", "ga2"])
+
+
+def _run(tmp_path, model, rows, batch_size, accumulation, **variant):
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=N_STEPS,
+        learning_rate=LR,
+        rho=RHO,
+        **SGD_PLAIN,
+        **variant,
+    )
+    return _train(copy.deepcopy(model), rows, args)
+
+
+def _far(a, b) -> bool:
+    """Two runs that a test tells apart: more than 1e-4 apart in some weight (parity is 1e-6)."""
+    return max_abs_diff(a, b) > 1e-4
+
+
+@GA
+def test_every_k_matches_sam_on_every_kth_step_only(tmp_path, batch_size, accumulation):
+    rows, model, k = text_rows(8 * N_STEPS), tiny_bert(), 2
+    steps = _steps(rows, batch_size, accumulation, N_STEPS)
+    reference = reference_scheduled_sam_sgd(model, steps, RHO, LR, [t % k == 0 for t in range(N_STEPS)])
+    trainer = _run(tmp_path, model, rows, batch_size, accumulation, sam_variant="every_k", every_k=k)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert trainer.sam_climb_steps == 3  # steps 0, 2 and 4 of 5
+    assert _far(reference, reference_sam_sgd(model, steps, RHO, LR))  # not exact SAM
+    assert _far(reference, reference_sam_sgd(model, steps, 0.0, LR))  # not plain SGD
+
+
+@GA
+def test_rst_matches_sam_on_its_random_steps_only(tmp_path, batch_size, accumulation):
+    rows, model, p = text_rows(8 * N_STEPS), tiny_bert(), 0.5
+    steps = _steps(rows, batch_size, accumulation, N_STEPS)
+    trainer = _run(tmp_path, model, rows, batch_size, accumulation, sam_variant="rst", rst_probability=p)
+    schedule = [rst_draw(t, p, seed=trainer.args.seed) for t in range(N_STEPS)]
+    assert 0 < sum(schedule) < N_STEPS  # both kinds of step happen in this run
+    assert trainer.sam_climb_steps == sum(schedule)
+    reference = reference_scheduled_sam_sgd(model, steps, RHO, LR, schedule)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    flipped = reference_scheduled_sam_sgd(model, steps, RHO, LR, [not s for s in schedule])
+    assert _far(reference, flipped)
+
+
+def test_rst_coin_is_fair_deterministic_and_seeded():
+    draws = [rst_draw(t, 0.3, seed=7) for t in range(4000)]
+    assert draws == [rst_draw(t, 0.3, seed=7) for t in range(4000)]  # the same on every process and resume
+    # Binomial(4000, 0.3): standard deviation sqrt(4000 * 0.3 * 0.7) = 29 draws; allow 4 of them.
+    assert abs(sum(draws) - 1200) < 4 * 29
+    assert draws != [rst_draw(t, 0.3, seed=8) for t in range(4000)]
+    assert all(rst_draw(t, 1.0, 0) for t in range(50)) and not any(rst_draw(t, 0.0, 0) for t in range(50))
+
+
+@GA
+def test_ascent_fraction_climbs_along_the_head_of_each_micro_batch(tmp_path, batch_size, accumulation):
+    rows, model, fraction = text_rows(8 * N_STEPS), tiny_bert(), 0.25
+    steps = _steps(rows, batch_size, accumulation, N_STEPS)
+    head = ascent_rows(batch_size, fraction)
+    assert head == (2 if batch_size == 8 else 1)
+    reference = reference_ascent_fraction_sgd(model, steps, RHO, LR, head)
+    trainer = _run(tmp_path, model, rows, batch_size, accumulation, sam_variant="ascent_fraction", ascent_fraction=fraction)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert _far(reference, reference_sam_sgd(model, steps, RHO, LR))
+
+
+def test_ascent_rows_rounds_up_and_keeps_one():
+    assert [ascent_rows(n, 0.25) for n in (1, 3, 4, 5, 8, 32)] == [1, 1, 1, 2, 2, 8]
+    assert ascent_rows(10, 1.0) == 10 and ascent_rows(10, 0.3) == 3
+
+
+@GA
+@pytest.mark.parametrize("k", [2, 3])
+def test_looksam_matches_its_algorithm(tmp_path, batch_size, accumulation, k):
+    rows, model, alpha = text_rows(8 * N_STEPS), tiny_bert(), 0.7
+    steps = _steps(rows, batch_size, accumulation, N_STEPS)
+    reference = reference_looksam_sgd(model, steps, RHO, LR, k, alpha)
+    trainer = _run(
+        tmp_path, model, rows, batch_size, accumulation, sam_variant="looksam", looksam_k=k, looksam_alpha=alpha
+    )
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert trainer.sam_climb_steps == len(range(0, N_STEPS, k))
+    # Reusing g_v is neither SAM every k steps (plain steps in between) nor exact SAM.
+    every_k = reference_scheduled_sam_sgd(model, steps, RHO, LR, [t % k == 0 for t in range(N_STEPS)])
+    assert _far(reference, every_k)
+    assert _far(reference, reference_sam_sgd(model, steps, RHO, LR))
+
+
+def test_looksam_direction_is_orthogonal_to_g_and_reuse_follows_the_formula():
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(3, 4, generator=gen), torch.randn(5, generator=gen)]
+    g_s = [torch.randn(3, 4, generator=gen), torch.randn(5, generator=gen)]
+    g_v = looksam_direction(g, g_s)
+    dot = sum((a.double() * v.double()).sum() for a, v in zip(g, g_v))
+    assert abs(dot.item()) < 1e-5  # <g, g_v> = 0
+    # g_s = g_v + c g: what is removed is parallel to g.
+    c = sum((a * b).sum() for a, b in zip(g, g_s)) / sum((a * a).sum() for a in g)
+    for a, b, v in zip(g, g_s, g_v):
+        torch.testing.assert_close(v, b - c * a)
+    new = [a.clone() for a in g]
+    looksam_gradient_(new, g_v, alpha=0.5)
+    norm = lambda xs: torch.sqrt(sum((x**2).sum() for x in xs))  # noqa: E731
+    for a, v, n in zip(g, g_v, new):
+        torch.testing.assert_close(n, a + 0.5 * norm(g) / norm(g_v) * v)
+
+
+def test_looksam_resumes_with_its_sharpness_direction(tmp_path):
+    """A checkpoint carries g_v: a run stopped between LookSAM's SAM steps resumes to the same weights."""
+    rows, model = text_rows(8 * N_STEPS), tiny_bert()
+    variant = dict(sam_variant="looksam", looksam_k=3, looksam_alpha=0.7)
+    whole = _run(tmp_path / "whole", model, rows, 8, 1, **variant)
+
+    common = dict(per_device_train_batch_size=8, learning_rate=LR, rho=RHO, **SGD_PLAIN, **variant)
+    first = _args(tmp_path / "first", max_steps=N_STEPS, save_strategy="steps", save_steps=2, **common)
+    # Train 2 steps (SAM step 0, reuse step 1), save, then resume in a fresh trainer.
+    partial = _args(tmp_path / "first", max_steps=2, save_strategy="steps", save_steps=2, **common)
+    SAMTrainer(model=copy.deepcopy(model), args=partial, train_dataset=ListDataset(rows)).train()
+    checkpoint = tmp_path / "first" / "out" / "checkpoint-2"
+    assert (checkpoint / LOOKSAM_STATE_FILE).is_file()
+    assert json.loads((checkpoint / "samtune_state.json").read_text())["variant"] == "looksam"
+    resumed = SAMTrainer(model=copy.deepcopy(model), args=first, train_dataset=ListDataset(rows))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert max_abs_diff(resumed.model, whole.model) <= 1e-6
+
+
+def test_variants_keep_batchnorm_statistics_of_one_forward(tmp_path):
+    """On the steps a variant climbs, BatchNorm's running statistics still move once per batch."""
+    rows = image_rows(8, size=16)
+    for variant in ("every_k", "looksam", "ascent_fraction", "rst"):
+        model = tiny_resnet()
+        args = _args(tmp_path / variant, per_device_train_batch_size=8, max_steps=1, rho=RHO, sam_variant=variant,
+                     rst_probability=1.0, **SGD_PLAIN)  # fmt: skip
+        trainer = _train(copy.deepcopy(model), rows, args)
+        assert trainer.sam_climb_steps == 1
+        tracked = [m.num_batches_tracked.item() for m in trainer.model.modules() if hasattr(m, "num_batches_tracked")]
+        assert tracked and all(n == 1 for n in tracked), (variant, tracked)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("sam_variant", "esam", "unknown SAM variant"),
+        ("every_k", 0, "every_k"),
+        ("looksam_k", 0, "looksam_k"),
+        ("looksam_alpha", -1.0, "looksam_alpha"),
+        ("ascent_fraction", 0.0, "ascent_fraction"),
+        ("ascent_fraction", 1.5, "ascent_fraction"),
+        ("rst_probability", 2.0, "rst_probability"),
+    ],
+)
+def test_bad_variant_settings_are_refused(tmp_path, field, value, says):
+    with pytest.raises(ValueError, match=says):
+        SAMArguments(output_dir=str(tmp_path), report_to="none", **{field: value})
+
+
+def test_variant_extra_cost_shares():
+    assert SAMVariant("sam").extra_pass_share == 1.0
+    assert SAMVariant("every_k", every_k=4).extra_pass_share == 0.25
+    assert SAMVariant("looksam", looksam_k=5).extra_pass_share == 0.2
+    assert SAMVariant("rst", rst_probability=0.3).extra_pass_share == 0.3
