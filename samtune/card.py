@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,12 @@ from samtune.optim.variants import SAMVariant
 from samtune.recipe import Recipe
 
 CURVES_FILE = "training_curves.png"
+# What `samtune sharpness` writes into a run directory; the card shows it when present.
+SHARPNESS_FILE = "sharpness.json"
+LANDSCAPE_1D_FILE = "landscape_1d.png"
+LANDSCAPE_2D_FILE = "landscape_2d.png"
+SHARPNESS_START = "<!-- samtune:sharpness -->"
+SHARPNESS_END = "<!-- /samtune:sharpness -->"
 TAGS = ["samtune", "sam", "sharpness-aware-minimization"]
 
 
@@ -166,7 +173,7 @@ def _results_table(facts: CardFacts) -> str:
     return "\n".join(rows)
 
 
-def build_model_card(facts: CardFacts, curves: str | None = None) -> ModelCard:
+def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str = "") -> ModelCard:
     """A Hub-valid card: metadata (base model, datasets, tags, model-index), SAM's settings, results."""
     r = facts.recipe
     data = ModelCardData(
@@ -201,7 +208,7 @@ Labels ({len(facts.labels)}): {", ".join(facts.labels)}. Evaluated on {facts.eva
 
 {_results_table(facts)}
 {f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
-{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}
+{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{f"{chr(10)}{sharpness}" if sharpness else ""}
 ## How to use
 
 ```python
@@ -241,5 +248,76 @@ def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
         (run_dir / CURVES_FILE).unlink(missing_ok=True)
     path = run_dir / "README.md"
     with atomic_path(path) as tmp:
-        build_model_card(facts, CURVES_FILE if curves else None).save(tmp)
+        build_model_card(facts, CURVES_FILE if curves else None, sharpness_section(run_dir)).save(tmp)
+    return path
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}g}"  # null in sharpness.json: not finite
+
+
+def sharpness_section(run_dir: Path) -> str:
+    """The card's "Sharpness" section from the run's sharpness.json and figures; "" when there are none."""
+    run_dir = Path(run_dir)
+    try:
+        s = json.loads((run_dir / SHARPNESS_FILE).read_text(encoding="utf-8"))
+        runs = [s, *([s["against"]] if s.get("against") else [])]
+        settings = s.get("settings", {})
+        rows = [
+            "| measure | " + " | ".join(_cell(r["name"]) for r in runs) + " |",
+            "|---" * (len(runs) + 1) + "|",
+            "| loss at the trained weights | " + " | ".join(_num(r["loss"]) for r in runs) + " |",
+            "| top Hessian eigenvalue (power iteration) | "
+            + " | ".join(_num(r["hessian_top_eigenvalue"]) for r in runs) + " |",
+            f"| Hessian trace (Hutchinson, {settings.get('trace_samples', '?')} samples) | "
+            + " | ".join(f"{_num(r['hessian_trace'])} ± {_num(r['hessian_trace_stderr'], 2)}" for r in runs) + " |",
+        ]
+        for i, point in enumerate(s["sam_sharpness"]):
+            rows.append(
+                f"| SAM sharpness L(w + e) - L(w), rho = {point['rho']:g} | "
+                + " | ".join(_num(r["sam_sharpness"][i]["loss_increase"]) for r in runs) + " |"
+            )
+    except (OSError, ValueError, KeyError, IndexError, TypeError):  # absent or not ours: no section
+        return ""
+    where = f"{settings.get('examples', '?')} examples of `{settings.get('dataset', '?')}` [{settings.get('split', '?')}]"
+    figures = [
+        f"![{title}]({name})"
+        for name, title in ((LANDSCAPE_1D_FILE, "1-D loss landscape"), (LANDSCAPE_2D_FILE, "2-D loss landscape"))
+        if (run_dir / name).is_file()
+    ]
+    return f"""{SHARPNESS_START}
+## Sharpness
+
+Measured with `samtune sharpness` on {where}, in eval mode (dropout off), seed {settings.get("seed", "?")}.
+The landscapes follow filter-normalised random directions (Li et al., NeurIPS 2018); a flat,
+wide basin around 0 is what SAM seeks.
+
+{chr(10).join(rows)}
+
+{chr(10).join(figures)}
+{SHARPNESS_END}
+"""
+
+
+def update_card_sharpness(run_dir: Path) -> Path | None:
+    """Put the current sharpness section into the run's existing card (replacing an older one); None without a card."""
+    from samtune.files import write_text_atomic
+
+    path = Path(run_dir) / "README.md"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    section = sharpness_section(run_dir)
+    start, end = text.find(SHARPNESS_START), text.find(SHARPNESS_END)
+    if start != -1 and end > start:
+        rest = text[end + len(SHARPNESS_END) :]
+        text = text[:start] + section + (rest[1:] if rest.startswith("\n") else rest)
+    elif section:
+        anchor = text.find("\n## How to use")
+        text = text[: anchor + 1] + section + "\n" + text[anchor + 1 :] if anchor != -1 else text + "\n" + section
+    write_text_atomic(path, text)
     return path

@@ -437,6 +437,76 @@ def eval_command(
     _guarded(body, debug)
 
 
+MEASURE_PANEL = "Measurement"
+
+
+@app.command("sharpness")
+def sharpness_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by samtune train.")],
+    dataset: Annotated[
+        Optional[str], typer.Option(help="Hub id, local file or folder (default: the run's own eval split).")
+    ] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split to measure on (default: validation/test).")] = None,
+    batches: Annotated[int, typer.Option(min=1, help="Batches the loss is averaged over.", rich_help_panel=MEASURE_PANEL)] = 4,
+    batch_size: Annotated[
+        Optional[int], typer.Option(min=1, help="Default: the run's eval batch size.", rich_help_panel=MEASURE_PANEL)
+    ] = None,
+    against: Annotated[
+        Optional[Path],
+        typer.Option("--against", metavar="RUN_DIR2", help="A second run of the same model, measured beside it."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Examples, random directions and vectors.", rich_help_panel=MEASURE_PANEL)] = 0,
+    grid: Annotated[int, typer.Option(min=3, help="Landscape points per axis.", rich_help_panel=MEASURE_PANEL)] = 21,
+    span: Annotated[
+        float, typer.Option(min=0.0, help="Landscapes from -span to span.", rich_help_panel=MEASURE_PANEL)
+    ] = 1.0,
+    rho: Annotated[
+        Optional[list[float]],
+        typer.Option(help="SAM sharpness radius; repeat for several (default 0.01 0.05 0.1 0.2).",
+                     rich_help_panel=MEASURE_PANEL),
+    ] = None,  # fmt: skip
+    samples: Annotated[
+        int, typer.Option(min=2, help="Hutchinson samples for the Hessian trace.", rich_help_panel=MEASURE_PANEL)
+    ] = 32,
+    debug: DebugOpt = False,
+) -> None:
+    """Measure how sharp a run's minimum is: Hessian top eigenvalue and trace, SAM sharpness, loss landscapes."""
+
+    def body() -> None:
+        from samtune.analysis.report import DEFAULT_RHOS, measure_sharpness
+
+        report = measure_sharpness(
+            run_dir, dataset, split, batches=batches, batch_size=batch_size, against=against, seed=seed,
+            grid_points=grid, span=span, rhos=rho or DEFAULT_RHOS, trace_samples=samples, console=err_console,
+        )  # fmt: skip
+        _sharpness_table(report)
+
+    _guarded(body, debug)
+
+
+def _sharpness_table(report: dict[str, Any]) -> None:
+    s = report["settings"]
+    runs = [report, *([report["against"]] if "against" in report else [])]
+    table = Table(title=escape(f"sharpness on {s['examples']} examples of {s['dataset']} [{s['split']}]"))
+    table.add_column("measure")
+    for r in runs:
+        table.add_column(escape(r["name"]), justify="right")
+
+    def fmt(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.4g}"  # null in the JSON: not finite
+
+    table.add_row("loss", *[fmt(r["loss"]) for r in runs])
+    table.add_row("top Hessian eigenvalue",
+                  *[fmt(r["hessian_top_eigenvalue"]) + ("" if r["power_converged"] else " (not converged)") for r in runs])
+    table.add_row(f"Hessian trace (± s.e., {s['trace_samples']} samples)",
+                  *[f"{fmt(r['hessian_trace'])} ± {fmt(r['hessian_trace_stderr'])}" for r in runs])  # fmt: skip
+    for i, point in enumerate(report["sam_sharpness"]):
+        table.add_row(f"SAM sharpness, rho={point['rho']:g}", *[fmt(r["sam_sharpness"][i]["loss_increase"]) for r in runs])
+    console.print(table)
+    console.print(f"wrote sharpness.json, {report['figures']['landscape_1d']} and "
+                  f"{report['figures']['landscape_2d']} in {report['run_dir']}", markup=False)  # fmt: skip
+
+
 @app.command("push")
 def push_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by samtune train.")],

@@ -215,3 +215,9 @@ def test_step_without_closure_or_first_step_says_what_to_do():
         opt.second_step()
     with pytest.raises(ValueError, match="rho"):
         SAM(_mlp().parameters(), torch.optim.SGD, rho=-1.0, lr=0.1)
+
+
+def test_float64_weights_take_a_float64_norm():
+    g = [torch.tensor([3.0, 4.0], dtype=torch.float64), torch.tensor([12.0], dtype=torch.float64)]
+    norm = ascent_norm(g, [torch.ones(2, dtype=torch.float64), torch.ones(1, dtype=torch.float64)], adaptive=True)
+    assert norm.dtype == torch.float64 and norm.item() == 13.0

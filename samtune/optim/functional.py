@@ -61,7 +61,7 @@ def ascent_norm(
     params: Sequence[torch.Tensor] | None = None,
     adaptive: bool | Sequence[bool] = False,
 ) -> torch.Tensor:
-    """The global L2 norm that SAM divides by: ||g||, or || |w| * g || for ASAM (float32 scalar).
+    """The global L2 norm that SAM divides by: ||g||, or || |w| * g || for ASAM (a float32 scalar, float64 for float64).
 
     `adaptive` may be one flag per tensor (the standalone optimizer allows ASAM per param group).
     """
@@ -75,14 +75,16 @@ def ascent_norm(
     scaled = [
         (g, p) for g, p, a in zip(grads, params, adaptive, strict=True) if g is not None and a
     ]
+    # float32 accumulation (float64 for float64 weights: torch does not narrow in a norm).
+    dtype = torch.float64 if any(g is not None and g.dtype == torch.float64 for g in grads) else torch.float32
     norms: list[torch.Tensor] = []
     if plain:
-        norms += torch._foreach_norm(plain, 2, dtype=torch.float32)
+        norms += torch._foreach_norm(plain, 2, dtype=dtype)
     # || |w| * g || chunk by chunk: the product is a temporary the size of its inputs.
     for chunk in _chunks([g for g, _ in scaled]):
         weighted = torch._foreach_abs([scaled[i][1].detach() for i in chunk])
         torch._foreach_mul_(weighted, [scaled[i][0] for i in chunk])
-        norms += torch._foreach_norm(weighted, 2, dtype=torch.float32)
+        norms += torch._foreach_norm(weighted, 2, dtype=dtype)
         del weighted
     if not norms:
         return torch.zeros((), dtype=torch.float32)

@@ -139,10 +139,11 @@ def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _norm(a: Sequence[torch.Tensor]) -> torch.Tensor:
-    """||a|| over a list of tensors, in float32."""
+    """||a|| over a list of tensors, in float32 or wider."""
     if not a:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(a), 2, dtype=torch.float32)), 2)
+    dtype = torch.promote_types(a[0].dtype, torch.float32)  # float32, float64 for float64 (no narrowing)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(a), 2, dtype=dtype)), 2)
 
 
 def looksam_direction(g: Sequence[torch.Tensor], g_s: Sequence[torch.Tensor]) -> list[torch.Tensor]:
