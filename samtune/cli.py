@@ -507,6 +507,58 @@ def _sharpness_table(report: dict[str, Any]) -> None:
                   f"{report['figures']['landscape_2d']} in {report['run_dir']}", markup=False)  # fmt: skip
 
 
+COMPARE_PANEL = "Comparison"
+
+
+@app.command("compare")
+def compare_command(
+    recipe: RecipeArg = None,
+    overrides: OverridesArg = None,
+    arms: Annotated[
+        str,
+        typer.Option(help="Comma-separated: adamw (the baseline, always run), sam, asam, every_k, looksam, "
+                     "ascent_fraction, rst.", rich_help_panel=COMPARE_PANEL),
+    ] = "adamw,sam",  # fmt: skip
+    seeds: Annotated[
+        int, typer.Option(min=1, help="Seeds per arm: training.seed, +1, ...", rich_help_panel=COMPARE_PANEL)
+    ] = 3,
+    output_dir: Annotated[
+        Optional[Path], typer.Option(help="Default: runs/<recipe name>-compare.", rich_help_panel=RUN_PANEL)
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier comparison there.", rich_help_panel=RUN_PANEL)
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Keep its finished runs, continue an interrupted one, train the rest "
+                     "(also adds arms or seeds).", rich_help_panel=RUN_PANEL),
+    ] = False,  # fmt: skip
+    debug: DebugOpt = False,
+) -> None:
+    """Train the baseline (rho=0) and SAM arms on the same seeds; compare them (comparison.json, learning curves)."""
+    ref, items = _split_recipe_args(recipe, overrides)
+
+    def body() -> None:
+        from samtune.analysis.compare import compare
+        from samtune.analysis.comparison import COMPARISON_FILE, CURVES_FILE, comparison_table, cost_table
+        from samtune.modeling import quiet_transformers
+        from samtune.progress import ProgressCallback
+
+        quiet_transformers()
+        again = shlex.join(["samtune", *_without(sys.argv[1:], {"--overwrite", "--resume"}, set()), "--resume"])
+        report = compare(
+            ref, items, arms=arms, seeds=seeds, output_dir=output_dir, overwrite=overwrite, resume=resume,
+            callbacks=[ProgressCallback(console)], resume_command=again,
+            notify=lambda text: console.print(text, markup=False),
+        )  # fmt: skip
+        console.print(comparison_table(report))
+        console.print(cost_table(report))
+        out = report["settings"]["output_dir"]
+        console.print(f"wrote {COMPARISON_FILE} and {CURVES_FILE} in {out}; each run in {out}/<arm>/seed-<n>", markup=False)
+
+    _guarded(body, debug)
+
+
 @app.command("push")
 def push_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by samtune train.")],

@@ -93,7 +93,7 @@ class DataSection(_Section):
 
 
 # Each variant's own settings in the `sam` section.
-_VARIANT_OF = {
+VARIANT_SETTINGS = {
     "every_k": "every_k",
     "looksam_k": "looksam",
     "looksam_alpha": "looksam",
@@ -126,7 +126,7 @@ class SAMSection(_Section):
 
     @model_validator(mode="after")
     def _parameters_match_the_variant(self) -> SAMSection:
-        owner = _VARIANT_OF
+        owner = VARIANT_SETTINGS
         stray = [k for k in sorted(self.model_fields_set) if k in owner and owner[k] != self.variant]
         if stray:
             raise ValueError(
@@ -242,7 +242,7 @@ class Recipe(_Section):
         """The resolved recipe, as YAML."""
         data = self.model_dump(mode="json")
         # Only the chosen variant's own settings: the others mean nothing and would not load back.
-        data["sam"] = {k: v for k, v in data["sam"].items() if _VARIANT_OF.get(k, self.sam.variant) == self.sam.variant}
+        data["sam"] = {k: v for k, v in data["sam"].items() if VARIANT_SETTINGS.get(k, self.sam.variant) == self.sam.variant}
         return yaml.safe_dump(data, sort_keys=False)
 
 
