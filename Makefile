@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 #   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test quickstart
+.PHONY: install test quickstart bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,3 +28,14 @@ $(VENV)/.quickstart: $(VENV)/.installed
 
 quickstart: $(VENV)/.quickstart
 	HF_HUB_OFFLINE=1 $(VENV)/bin/samtune train quickstart --overwrite
+
+# Benchmarks (never part of the tests): step cost, perturbation overhead, memory, accuracy.
+$(VENV)/.bench: $(VENV)/.quickstart
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.bench
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
+
+bench-quick: $(VENV)/.bench
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py --quick

@@ -382,8 +382,9 @@ class SAMTrainer(Trainer):
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
         """The stock step's rule for whether the loss is already normalised for accumulation."""
-        if self.loss_is_scaled_for_ga is not None:
-            return self.loss_is_scaled_for_ga
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)  # transformers >= 5.20; absent before
+        if scaled is not None:
+            return scaled
         return bool(
             (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
         )

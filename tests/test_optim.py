@@ -221,3 +221,22 @@ def test_float64_weights_take_a_float64_norm():
     g = [torch.tensor([3.0, 4.0], dtype=torch.float64), torch.tensor([12.0], dtype=torch.float64)]
     norm = ascent_norm(g, [torch.ones(2, dtype=torch.float64), torch.ones(1, dtype=torch.float64)], adaptive=True)
     assert norm.dtype == torch.float64 and norm.item() == 13.0
+
+
+@pytest.mark.parametrize("floor", [1, 4 * 2**20], ids=["many-chunks", "one-chunk"])
+def test_save_and_climb_saves_w_exactly_and_frees_e_as_it_goes(monkeypatch, floor):
+    import samtune.optim.functional as F
+
+    monkeypatch.setattr(F, "CHUNK_FLOOR", floor)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(n, generator=gen) for n in (5, 300, 7, 40, 1)]
+    original = [p.clone() for p in params]
+    e = [torch.randn(p.shape, generator=gen) for p in params]
+    expected = [w + x for w, x in zip(original, e)]
+    chunks = list(F._chunks(e))
+    assert sorted(i for c in chunks for i in c) == list(range(5))
+    assert (len(chunks) > 1) == (floor == 1)
+    saved = F.save_and_climb_(params, e)
+    assert all(x is None for x in e)  # each chunk's e(w) was dropped once applied
+    assert all(torch.equal(s, w) for s, w in zip(saved, original))
+    assert all(torch.equal(p, x) for p, x in zip(params, expected))

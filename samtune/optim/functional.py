@@ -26,18 +26,20 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 NORM_EPS = 1e-12
 
 
-# save_and_climb_ and ASAM's temporaries work on chunks of about this share of the parameter bytes.
+# save_and_climb_ and ASAM's norm work on chunks of about this share of the parameter bytes, and no
+# smaller than CHUNK_FLOOR: below that, one more launch costs more than the memory it saves.
 CHUNK_SHARE = 1 / 16
+CHUNK_FLOOR = 4 * 2**20
 
 
 def _chunks(tensors: Sequence[torch.Tensor | None], share: float = CHUNK_SHARE) -> Iterator[list[int]]:
-    """Consecutive index groups of `tensors`, each holding about `share` of their bytes (at least one tensor).
+    """Consecutive index groups of `tensors`, each about `share` of their bytes or CHUNK_FLOOR (at least one tensor).
 
     Ops on one chunk at a time bound the temporaries to a chunk's size; a tensor larger than the
     share is a chunk of its own.
     """
     sizes = [t.numel() * t.element_size() if t is not None else 0 for t in tensors]
-    budget = max(1, int(sum(sizes) * share))
+    budget = max(CHUNK_FLOOR, int(sum(sizes) * share))
     chunk: list[int] = []
     used = 0
     for i, size in enumerate(sizes):
@@ -81,9 +83,8 @@ def ascent_norm(
     if plain:
         norms += torch._foreach_norm(plain, 2, dtype=dtype)
     # || |w| * g || chunk by chunk: the product is a temporary the size of its inputs.
-    for chunk in _chunks([g for g, _ in scaled]):
-        weighted = torch._foreach_abs([scaled[i][1].detach() for i in chunk])
-        torch._foreach_mul_(weighted, [scaled[i][0] for i in chunk])
+    for chunk in _chunks([g for g, _ in scaled]):  # || w g || = || |w| g ||
+        weighted = torch._foreach_mul([scaled[i][1].detach() for i in chunk], [scaled[i][0] for i in chunk])
         norms += torch._foreach_norm(weighted, 2, dtype=dtype)
         del weighted
     if not norms:
@@ -107,9 +108,9 @@ def perturbation_(
     if not grads:
         return grads
     if adaptive:
-        for chunk in _chunks(grads):  # w^2 is a temporary: one chunk at a time
-            weights = [params[i].detach() for i in chunk]
-            torch._foreach_mul_([grads[i] for i in chunk], torch._foreach_mul(weights, weights))
+        weights = [p.detach() for p in params]
+        torch._foreach_mul_(grads, weights)  # w^2 g as (w g) w: in place, no temporary
+        torch._foreach_mul_(grads, weights)
     if isinstance(scale, torch.Tensor):
         devices = {g.device for g in grads}
         # One device: keep the scale on it (no host sync); a model split across devices: a number.
@@ -169,11 +170,18 @@ def sam_perturbation(
     meaningless and must not be applied.
     """
     grads, params = _present(grads, params)
-    norm = ascent_norm(grads, params, adaptive)
-    if not grads:
-        return params, [], norm
-    scale = rho / (norm + NORM_EPS)
-    return params, perturbation_(grads, params, scale, adaptive), norm
+    if not adaptive or not grads:
+        norm = ascent_norm(grads, params)
+        if not grads:
+            return params, [], norm
+        return params, perturbation_(grads, params, rho / (norm + NORM_EPS)), norm
+    # ASAM, in place and without temporaries: g <- w g, whose norm is || |w| g ||; then
+    # e = rho / || |w| g || * (w g) * w = rho * w^2 g / || |w| g ||.
+    weights = [p.detach() for p in params]
+    torch._foreach_mul_(grads, weights)
+    norm = ascent_norm(grads)
+    torch._foreach_mul_(grads, weights)
+    return params, perturbation_(grads, params, rho / (norm + NORM_EPS)), norm
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
