@@ -75,6 +75,10 @@ from typing import Any
 import numpy as np
 import torch
 
+if __package__ in (None, ""):  # run as `python benchmarks/<file>.py`: the root holds the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.arms import make_arms  # noqa: E402
+
 # ---- arms: name -> SAMArguments keyword arguments -------------------------------------------
 
 #: SAM's radius, shared by exact SAM and every efficient variant (tuned on digits-noise: 0.05 was too
@@ -84,16 +88,7 @@ SAM_RHO = 0.15
 ASAM_RHO = 2.0
 
 #: Each arm is the `SAMArguments` keyword arguments that differ from plain training.
-ARMS: dict[str, dict[str, Any]] = {
-    "adamw": {"rho": 0.0},
-    "sam": {"rho": SAM_RHO},
-    "asam": {"rho": ASAM_RHO, "adaptive": True},
-    "every_2": {"rho": SAM_RHO, "sam_variant": "every_k", "every_k": 2},
-    "every_5": {"rho": SAM_RHO, "sam_variant": "every_k", "every_k": 5},
-    "looksam": {"rho": SAM_RHO, "sam_variant": "looksam", "looksam_k": 5, "looksam_alpha": 0.7},
-    "ascent_quarter": {"rho": SAM_RHO, "sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
-    "rst": {"rho": SAM_RHO, "sam_variant": "rst", "rst_probability": 0.5},
-}
+ARMS: dict[str, dict[str, Any]] = make_arms(SAM_RHO, ASAM_RHO)
 #: The arms run when none are named (`--arms all` runs every arm of ARMS).
 DEFAULT_ARMS = ("adamw", "sam", "asam")
 #: The efficient variants (they need `SAMArguments.sam_variant`).

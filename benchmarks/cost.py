@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -46,6 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+if __package__ in (None, ""):  # run as `python benchmarks/<file>.py`: the root holds the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.arms import make_arms  # noqa: E402
 from torch import nn
 
 # ---- arms: name -> SAMArguments keyword arguments ---------------------------------------------
@@ -55,16 +60,7 @@ ASAM_RHO = 0.5
 
 #: Each arm is the `SAMArguments` keyword arguments that differ from plain training (same names
 #: as in benchmarks/accuracy.py). `rho=0` is the stock Trainer step: plain AdamW.
-ARMS: dict[str, dict[str, Any]] = {
-    "adamw": {"rho": 0.0},
-    "sam": {"rho": SAM_RHO},
-    "asam": {"rho": ASAM_RHO, "adaptive": True},
-    "every_2": {"rho": SAM_RHO, "sam_variant": "every_k", "every_k": 2},
-    "every_5": {"rho": SAM_RHO, "sam_variant": "every_k", "every_k": 5},
-    "looksam": {"rho": SAM_RHO, "sam_variant": "looksam", "looksam_k": 5, "looksam_alpha": 0.7},
-    "ascent_quarter": {"rho": SAM_RHO, "sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
-    "rst": {"rho": SAM_RHO, "sam_variant": "rst", "rst_probability": 0.5},
-}
+ARMS: dict[str, dict[str, Any]] = make_arms(SAM_RHO, ASAM_RHO)
 BASELINE = "adamw"
 #: Arms whose trainer is `LoopSAMTrainer` (davda54-style perturbation), with these SAMArguments.
 LOOP_ARMS: dict[str, dict[str, Any]] = {"sam_loop": {"rho": SAM_RHO}}

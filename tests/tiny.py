@@ -154,12 +154,18 @@ def reference_sam_sgd(
 # ---- the efficient variants, each from its paper's update rule --------------------------------
 
 
-def _mean_gradient(model: nn.Module, step: list[dict[str, torch.Tensor]], rho: float, **kw) -> list[torch.Tensor]:
-    """The mean over a step's micro-batches of each one's SAM gradient (rho = 0: the plain gradient)."""
+def _mean_gradient(
+    model: nn.Module, step: list[dict[str, torch.Tensor]], rho: float, ascent_rows: int | None = None
+) -> list[torch.Tensor]:
+    """The mean over a step's micro-batches of each one's SAM gradient (rho = 0: the plain gradient).
+
+    With `ascent_rows`, each micro-batch climbs along the gradient of its first `ascent_rows` examples.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
     for batch in step:
-        for t, g in zip(total, reference_sam_gradient(model, batch, rho, **kw)):
+        head = None if ascent_rows is None else {k: v[:ascent_rows] for k, v in batch.items()}
+        for t, g in zip(total, reference_sam_gradient(model, batch, rho, ascent_batch=head)):
             t.add_(g / len(step))
     return total
 
@@ -187,14 +193,8 @@ def reference_ascent_fraction_sgd(
     """Bahri et al. (ACL 2022): each micro-batch climbs along the gradient of its first `rows` examples."""
     model = copy.deepcopy(model)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
     for step in steps:
-        total = [torch.zeros_like(p) for p in params]
-        for batch in step:
-            head = {k: v[:rows] for k, v in batch.items()}
-            for t, g in zip(total, reference_sam_gradient(model, batch, rho, ascent_batch=head)):
-                t.add_(g / len(step))
-        _sgd_(model, total, lr)
+        _sgd_(model, _mean_gradient(model, step, rho, ascent_rows=rows), lr)
     return model
 
 
