@@ -827,6 +827,11 @@ def _step_tracker() -> Any:
 
 def step_peak_bytes(trainer: Any, micro_batches: Sequence[dict[str, torch.Tensor]], device: str) -> dict[str, Any]:
     """Peak bytes of one optimizer step above the bytes allocated when it starts (and the peak's breakdown)."""
+    # SAMTrainer keeps its copy of w between CPU steps (allocated once, reused); drop it, so the
+    # measured step allocates it again and the copy counts in this step's peak, as it does in the
+    # process's peak memory.
+    if hasattr(trainer, "_saved_weights"):
+        trainer._saved_weights = None
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         gc.collect()

@@ -240,3 +240,16 @@ def test_save_and_climb_saves_w_exactly_and_frees_e_as_it_goes(monkeypatch, floo
     assert all(x is None for x in e)  # each chunk's e(w) was dropped once applied
     assert all(torch.equal(s, w) for s, w in zip(saved, original))
     assert all(torch.equal(p, x) for p, x in zip(params, expected))
+
+
+def test_save_and_climb_reuses_a_matching_copy_and_ignores_a_stale_one():
+    import samtune.optim.functional as F
+
+    params = [torch.tensor([1.0, 2.0]), torch.tensor([3.0])]
+    out = [torch.zeros(2), torch.zeros(1)]
+    saved = F.save_and_climb_(params, [torch.ones(2), torch.ones(1)], out=out)
+    assert saved[0] is out[0] and saved[1] is out[1]  # no new tensor
+    assert saved[0].tolist() == [1.0, 2.0] and params[0].tolist() == [2.0, 3.0]
+    stale = [torch.zeros(3), torch.zeros(1)]  # another shape: a fresh copy instead
+    again = F.save_and_climb_(params, [torch.ones(2), torch.ones(1)], out=stale)
+    assert again[0] is not stale[0] and again[0].tolist() == [2.0, 3.0]

@@ -119,17 +119,28 @@ def perturbation_(
     return grads
 
 
-def save_and_climb_(params: Sequence[torch.Tensor], e: list[torch.Tensor | None]) -> list[torch.Tensor]:
+def save_and_climb_(
+    params: Sequence[torch.Tensor], e: list[torch.Tensor | None], out: Sequence[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
     """Save w exactly and climb to w + e(w), chunk by chunk; returns the saved copy of w.
 
     Each chunk's e(w) is dropped from the list as soon as it is applied, so the copy of w grows
     while e(w) shrinks: the peak is one copy of the parameters plus one chunk, rather than two
-    copies (the caller must hold no other reference to the tensors in `e`).
+    copies (the caller must hold no other reference to the tensors in `e`). `out`, a copy saved
+    by an earlier step, is reused when it matches the parameters (no new allocation).
     """
+    reuse = out is not None and len(out) == len(params) and all(
+        o.shape == p.shape and o.dtype == p.dtype and o.device == p.device for o, p in zip(out, params, strict=True)
+    )
     saved: list[torch.Tensor] = []
     for chunk in _chunks(e):
         ps = [params[i] for i in chunk]
-        saved += save_weights(ps)
+        if reuse:
+            kept = [out[i] for i in chunk]  # type: ignore[index]
+            torch._foreach_copy_(kept, [p.detach() for p in ps])
+            saved += kept
+        else:
+            saved += save_weights(ps)
         climb_(ps, [e[i] for i in chunk])  # climb to the local maximum "w + e(w)"
         for i in chunk:
             e[i] = None
