@@ -102,6 +102,11 @@ VARIANT_SETTINGS = {
 }
 
 
+def settings_for_variant(sam: dict[str, Any], variant: str) -> dict[str, Any]:
+    """A `sam` mapping without the settings of the variants other than `variant` (they would not load)."""
+    return {k: v for k, v in sam.items() if VARIANT_SETTINGS.get(k, variant) == variant}
+
+
 class SAMSection(_Section):
     """Sharpness-Aware Minimization's settings."""
 
@@ -126,12 +131,11 @@ class SAMSection(_Section):
 
     @model_validator(mode="after")
     def _parameters_match_the_variant(self) -> SAMSection:
-        owner = VARIANT_SETTINGS
-        stray = [k for k in sorted(self.model_fields_set) if k in owner and owner[k] != self.variant]
+        stray = [k for k in sorted(self.model_fields_set) if VARIANT_SETTINGS.get(k, self.variant) != self.variant]
         if stray:
             raise ValueError(
-                f"{', '.join('sam.' + k for k in stray)} only applies to sam.variant="
-                f"{owner[stray[0]]} (the variant is {self.variant!r}): set sam.variant={owner[stray[0]]} "
+                f"{', '.join('sam.' + k for k in stray)} only applies to sam.variant={VARIANT_SETTINGS[stray[0]]} "
+                f"(the variant is {self.variant!r}): set sam.variant={VARIANT_SETTINGS[stray[0]]} "
                 f"or remove {'them' if len(stray) > 1 else 'it'}"
             )
         return self
@@ -242,7 +246,7 @@ class Recipe(_Section):
         """The resolved recipe, as YAML."""
         data = self.model_dump(mode="json")
         # Only the chosen variant's own settings: the others mean nothing and would not load back.
-        data["sam"] = {k: v for k, v in data["sam"].items() if VARIANT_SETTINGS.get(k, self.sam.variant) == self.sam.variant}
+        data["sam"] = settings_for_variant(data["sam"], self.sam.variant)
         return yaml.safe_dump(data, sort_keys=False)
 
 

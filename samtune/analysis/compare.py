@@ -43,8 +43,7 @@ import yaml
 from samtune.analysis.comparison import BASELINE, COMPARISON_FILE, CURVES_FILE, RunRef, build_report, json_safe
 from samtune.analysis.comparison import plot_learning_curves, read_curves
 from samtune.errors import Interrupted, RecipeError, SamtuneError, TrainingError, UsageError
-from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides
-from samtune.recipe import VARIANT_SETTINGS as VARIANT_OF_SETTING
+from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides, settings_for_variant
 
 ARMS: dict[str, str] = {
     "adamw": "the base optimizer alone (sam.rho=0)",
@@ -112,8 +111,7 @@ def _for_variant(raw: dict[str, Any], variant: str) -> dict[str, Any]:
     sam = raw.get("sam")
     if not isinstance(sam, dict):
         return raw
-    kept = {k: v for k, v in sam.items() if VARIANT_OF_SETTING.get(k, variant) == variant}
-    return {**raw, "sam": kept}
+    return {**raw, "sam": settings_for_variant(sam, variant)}
 
 
 def _raw_recipe(recipe: Recipe | dict[str, Any] | str | Path | None) -> tuple[dict[str, Any], str]:
