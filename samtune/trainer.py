@@ -29,11 +29,15 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from samtune.files import atomic_path, write_json_atomic
 
 from samtune.optim import functional as F
 from samtune.optim.variants import SAMVariant, VariantName, ascent_rows, batch_size_of, first_rows
@@ -73,7 +77,10 @@ class SAMArguments(TrainingArguments):
     rho: float = field(
         default=0.05,
         metadata={
-            "help": "Radius of the neighbourhood SAM climbs in (0 trains exactly as the stock Trainer). "
+            "help": "Radius of the neighbourhood SAM climbs in (0: no climb, one pass a step). rho=0 is the stock "
+            "Trainer to the bit at gradient_accumulation_steps=1, and for any model whose loss honours "
+            "num_items_in_batch; with accumulation, classification heads that accept but ignore it get their loss "
+            "divided by the accumulation steps (the stock update is N times too large for them). "
             "0.05 is the paper's value for SAM; ASAM's scale-invariant climb wants larger values (0.5-2.0)."
         },
     )
@@ -224,8 +231,7 @@ class SAMTrainer(Trainer):
         self.sam_climb_steps = 0  # optimizer steps that took SAM's two passes (the variants skip some)
         self._looksam_g: list[torch.Tensor | None] | None = None  # plain gradient, summed over micro-batches
         self._looksam_v: list[torch.Tensor | None] | None = None  # LookSAM's g_v, from its last SAM step
-        # First in line, so a checkpoint carries samtune's state before any other callback runs.
-        self.callback_handler.callbacks.insert(0, _SAMStateSaver(self))
+        self._looksam_missed_climb = False  # a micro-batch of this SAM step did not climb (non-finite ||g||)
         if self.args.on_nonfinite == "skip":
             self.add_callback(_StepSkipper(self))
 
@@ -238,12 +244,30 @@ class SAMTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """One SAM step on a micro-batch: ascent at w, descent at w + e(w), back to w."""
-        self._nonfinite_in_step = False
-        loss = self._sam_step(model, inputs, num_items_in_batch)
-        if self._nonfinite_in_step:  # on_nonfinite="skip": no gradient, and this optimizer step is skipped
-            self._skip_optimizer_step = True
+        self._nonfinite_in_step, self._nonfinite_loss = False, float("nan")
+        try:
+            loss = self._sam_step(model, inputs, num_items_in_batch)
+        except BaseException:
+            # The weights are back at w (save_and_climb_ and the restore undo the climb); drop
+            # what this optimizer step had accumulated of its own, so a caller that retries
+            # (auto_find_batch_size, a notebook) starts the step afresh.
+            self._looksam_g, self._looksam_missed_climb = None, False
+            raise
+        # A NaN/inf loss on any process decides for all of them: otherwise one replica would skip
+        # (or raise) while the others step (or wait in the next all-reduce until it times out).
+        if self._on_any_process(self._nonfinite_in_step):
+            if self.args.on_nonfinite == "stop":
+                raise NonFiniteLossError(self.state.global_step + 1, self._nonfinite_loss)
+            self._skip_optimizer_step = True  # no gradient from this micro-batch; the optimizer step is skipped
             return torch.tensor(float("nan"), device=loss.device)  # the Trainer's logs filter NaN out
         return loss
+
+    def _on_any_process(self, flag: bool) -> bool:
+        """Whether `flag` holds on any data-parallel process (one all-reduce of a scalar; none on one process)."""
+        if self.accelerator.num_processes <= 1:
+            return flag
+        votes = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(votes, reduction="sum").item() > 0)
 
     def _sam_step(
         self,
@@ -293,10 +317,14 @@ class SAMTrainer(Trainer):
         # On the CPU every fresh tensor of this size is new pages from the system (about 15 ms for
         # MiniLM's 87 MB): keep the copy for the next step. GPU allocators cache blocks themselves.
         self._saved_weights = saved if saved is not None and climbed and climbed[0].device.type == "cpu" else None
+        if looksam:
+            self._looksam_missed_climb = self._looksam_missed_climb or not finite
         if last_micro_batch:
             self.sam_climb_steps += 1
             if looksam:
-                self._looksam_refresh(params, climbed=finite)
+                # g_v needs the SAM gradient of the whole effective batch: every micro-batch climbed.
+                self._looksam_refresh(params, climbed=not self._looksam_missed_climb)
+                self._looksam_missed_climb = False
         return ascent_loss
 
     # ---- LookSAM -------------------------------------------------------------------------
@@ -313,13 +341,20 @@ class SAMTrainer(Trainer):
             self._looksam_g[i] = g.float() * weight if acc is None else acc.add_(g.float(), alpha=weight)
 
     def _looksam_refresh(self, params: list[nn.Parameter], climbed: bool) -> None:
-        """After LookSAM's SAM step: g_v from the plain gradient g and the SAM gradient g_s now in `.grad`."""
-        plain, self._looksam_g = self._looksam_g or [], None
-        index = [i for i, (p, g) in enumerate(zip(params, plain, strict=False)) if p.grad is not None and g is not None]
-        if not climbed or not index:
-            self._looksam_v = None  # no SAM gradient this step: the next step refreshes again
+        """After LookSAM's SAM step: g_v from the plain gradient g and the SAM gradient g_s now in `.grad`.
+
+        Every process takes the same path, whatever it saw (an fp16 ascent may overflow on one rank
+        only): the plain gradients and whether this process climbed travel in one all-reduce, and
+        g_v is kept only if every process climbed.
+        """
+        plain, self._looksam_g = self._looksam_g or [None] * len(params), None
+        index = [i for i, p in enumerate(params) if p.grad is not None]  # after DDP's all-reduce: alike everywhere
+        g = [plain[i] if plain[i] is not None else torch.zeros_like(params[i].grad, dtype=torch.float32) for i in index]
+        climbed_share = torch.tensor([1.0 if climbed else 0.0], device=self.accelerator.device)
+        *g, climbed_share = self._mean_over_processes([*g, climbed_share])
+        if float(climbed_share) < 1.0 or not index:
+            self._looksam_v = None  # no SAM gradient this step (somewhere): the next step refreshes again
             return
-        g = self._mean_over_processes([plain[i] for i in index])
         g_v = looksam_direction(g, [params[i].grad for i in index])
         size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g_v, 2))))
         if not (math.isfinite(size) and size > 0):  # fp16 overflow (the scaler skips this step) or g_s parallel to g
@@ -375,12 +410,12 @@ class SAMTrainer(Trainer):
             return result
         loss = result[0] if return_outputs else result
         if not bool(torch.isfinite(loss.detach()).all()):
-            if self.args.on_nonfinite == "stop":
-                raise NonFiniteLossError(self.state.global_step + 1, float(loss.detach().float().mean()))
             self._nonfinite_in_step = True
+            self._nonfinite_loss = float(loss.detach().float().mean())
         if self._nonfinite_in_step:
-            # Skip this micro-batch (both passes): a loss whose gradient is zero for every trainable
-            # weight adds nothing to `.grad`, and under DDP every rank still joins the all-reduce.
+            # Take no gradient from this micro-batch (both passes): a loss whose gradient is zero for
+            # every trainable weight adds nothing to `.grad`, and under DDP every rank still joins
+            # the all-reduce. `training_step` then stops or skips the step, on every process alike.
             loss = sum((p.reshape(-1)[:1] * 0.0).sum() for p in model.parameters() if p.requires_grad)
             result = (loss, result[1]) if return_outputs else loss
         return result
@@ -421,7 +456,10 @@ class SAMTrainer(Trainer):
         }
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *a: Any, **kw: Any):
-        """The Trainer's `train`, restoring samtune's counters from the checkpoint it resumes."""
+        """The Trainer's `train`, resuming samtune's state too (a checkpoint path, or True for the newest)."""
+        if resume_from_checkpoint is True:
+            # The Trainer's own rule for True; where there is none, the Trainer raises its own error.
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
         if isinstance(resume_from_checkpoint, str):
             self._reload_weights(resume_from_checkpoint)
             path = os.path.join(resume_from_checkpoint, SAM_STATE_FILE)
@@ -434,10 +472,31 @@ class SAMTrainer(Trainer):
             self._load_looksam_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *a, **kw)
 
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Write samtune's state into the checkpoint, then the Trainer's RNG state.
+
+        The Trainer writes a checkpoint's files in a fixed order and `trainer_state.json` last:
+        it is the mark of a complete checkpoint (`resume auto` takes the newest folder that has
+        it). The RNG state is the last save before it, so samtune's files go in here, and a kill
+        can never leave a "complete" checkpoint without them. (The Trainer skips this save with
+        `save_only_model`, whose checkpoints hold no optimizer state to resume from either.)
+        """
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            write_json_atomic(Path(output_dir) / SAM_STATE_FILE, self.sam_state())
+            self.save_looksam_state(output_dir)
+        super()._save_rng_state(output_dir)
+
+    def _load_best_model(self) -> None:
+        """Load the best checkpoint through `from_pretrained` (see `_reload_weights`); else the Trainer's way."""
+        if not self._reload_weights(self.state.best_model_checkpoint):
+            super()._load_best_model()
+
     def save_looksam_state(self, folder: str) -> None:
         """Write LookSAM's g_v into a checkpoint folder, so a resumed run reuses it exactly."""
         if self._looksam_v is not None:
-            torch.save([v.cpu() if v is not None else None for v in self._looksam_v], os.path.join(folder, LOOKSAM_STATE_FILE))
+            with atomic_path(Path(folder) / LOOKSAM_STATE_FILE) as tmp:
+                torch.save([v.cpu() if v is not None else None for v in self._looksam_v], tmp)
 
     def _load_looksam_state(self, checkpoint: str) -> None:
         """Read g_v back (without it, LookSAM's next step is a SAM step that computes it afresh)."""
@@ -450,22 +509,24 @@ class SAMTrainer(Trainer):
         if len(saved) == len(params):
             self._looksam_v = [v.to(p.device) if v is not None else None for v, p in zip(saved, params, strict=True)]
 
-    def _reload_weights(self, checkpoint: str) -> None:
-        """Load a checkpoint's weights through `from_pretrained`, which maps renamed parameters.
+    def _reload_weights(self, checkpoint: str) -> bool:
+        """Load a checkpoint's weights through `from_pretrained`, which maps renamed parameters; False if it can't.
 
         transformers 5.x saves some models (ViT among them) under their former parameter names and
-        maps them back in `from_pretrained`; the Trainer's own resume loads the file as it is,
-        which silently leaves those parameters at their initial values. Loading here first, strictly,
-        makes the resume exact; the Trainer's own load then rewrites the same values.
+        maps them back in `from_pretrained`; the Trainer's own loads (resume, and the best model at
+        the end) read the file as it is, non-strictly, which silently leaves those parameters where
+        they were. Loading here, strictly, makes both exact; on resume the Trainer's own load then
+        rewrites the same values.
         """
         from transformers import PreTrainedModel
 
         model = self.accelerator.unwrap_model(self.model)
         if not isinstance(model, PreTrainedModel) or not os.path.isfile(os.path.join(checkpoint, "config.json")):
-            return
+            return False
         saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
         model.load_state_dict(saved.state_dict(), strict=True)
         del saved
+        return True
 
     # ---- logging -------------------------------------------------------------------------
 
@@ -481,21 +542,6 @@ class SAMTrainer(Trainer):
                 logs["sam_nonfinite_skipped"] = self.sam_nonfinite_skipped
             self._sam_norm_sum, self._sam_norm_count = 0.0, 0
         super().log(logs, start_time)
-
-
-class _SAMStateSaver(TrainerCallback):
-    """Writes `samtune_state.json` into every checkpoint the Trainer saves (main process)."""
-
-    def __init__(self, trainer: SAMTrainer):
-        self.trainer = trainer
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                with open(os.path.join(folder, SAM_STATE_FILE), "w", encoding="utf-8") as f:
-                    json.dump(self.trainer.sam_state(), f, indent=2)
-                self.trainer.save_looksam_state(folder)
 
 
 class _StepSkipper(TrainerCallback):
@@ -518,6 +564,13 @@ class _StepSkipper(TrainerCallback):
             if trainer._skip_optimizer_step:
                 trainer._skip_optimizer_step = False
                 trainer.sam_nonfinite_skipped += 1
+                scaler = getattr(optimizer, "scaler", None)
+                if scaler is not None:
+                    # fp16: skip through the GradScaler, as its own overflow skip does: the step is
+                    # skipped, the scale backs off and the scaler's per-step state is reset (returning
+                    # here would leave it "unscaled" by the clipping, and the next step would raise).
+                    _record_overflow(scaler, getattr(optimizer, "optimizer", optimizer))
+                    return step(*a, **kw)
                 optimizer._opt_called = True
                 return None
             return step(*a, **kw)
@@ -526,3 +579,21 @@ class _StepSkipper(TrainerCallback):
         skippable_step._wrapped_by_lr_sched = getattr(step, "_wrapped_by_lr_sched", True)  # type: ignore[attr-defined]
         optimizer.step = skippable_step
         optimizer._samtune_skippable = True
+
+
+def _record_overflow(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
+    """Make `scaler` see an inf in this optimizer step, so that its `step` skips and `update` backs off.
+
+    Uses the GradScaler's per-optimizer record (`_per_optimizer_states`, `found_inf_per_device`,
+    unchanged from torch 1.6 to 2.13): after `unscale_` it holds one found-inf flag per device.
+    """
+    from torch.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states[id(optimizer)]
+    if state["stage"] is OptState.READY:  # not unscaled yet (no clipping, no grad-norm log)
+        scaler.unscale_(optimizer)
+    found = state["found_inf_per_device"]
+    if not found:  # no gradients at all: record the overflow on the scale's own device
+        found[scaler._scale.device] = torch.ones((), dtype=torch.float32, device=scaler._scale.device)
+    for flag in found.values():
+        flag.fill_(1.0)

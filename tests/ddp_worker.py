@@ -1,10 +1,17 @@
 """Run by test_ddp.py under torchrun (2 CPU processes, gloo): SAMTrainer with GA=2, recording its inputs.
 
-The second argument picks the step: "sam" (exact) or "looksam" (k=2, whose SAM steps average the
-plain gradient over the processes, one extra all-reduce).
+The second argument picks the scenario:
+- "sam": exact SAM;
+- "looksam": LookSAM k=2, whose SAM steps average the plain gradient over the processes (one extra
+  all-reduce);
+- "nan-skip" / "nan-stop": rank 1's loss is NaN in the first micro-batch of step 2 (rank 0 sees
+  nothing wrong), with on_nonfinite "skip" / "stop";
+- "looksam-overflow-N": LookSAM k=2, and rank 1's N-th ascent norm (1: first micro-batch of step 0,
+  2: its last) is infinite, as an fp16 ascent that overflows on one process only.
 
-Each rank saves its final weights and the micro-batches it trained on, so the test can compare the
-ranks with each other and with a single-process reference.
+Each rank saves its final weights, the micro-batches it trained on, and what it counted (or the
+error it stopped with), so the test can compare the ranks with each other and with a
+single-process reference. A collective that one rank never joins fails within `ddp_timeout`.
 """
 
 import sys
@@ -14,11 +21,14 @@ import torch
 from tiny import ListDataset, text_rows, tiny_bert
 
 from samtune import SAMArguments, SAMTrainer
+from samtune.trainer import NonFiniteLossError
 
 
 class RecordingSAMTrainer(SAMTrainer):
     seen: list
     syncs: list  # DDP's require_backward_grad_sync at each forward pass
+    overflow_ascent: int | None = None  # on rank 1, the ascent (counting from 1) whose norm is made inf
+    ascents = 0
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.syncs.append(model.require_backward_grad_sync)
@@ -28,9 +38,30 @@ class RecordingSAMTrainer(SAMTrainer):
         self.seen.append({k: v.detach().clone() for k, v in inputs.items()})
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def _record_ascent(self, norm):
+        self.ascents += 1
+        if self.args.process_index == 1 and self.ascents == self.overflow_ascent:
+            norm = norm * float("inf")  # the norm of an fp16 ascent gradient that overflowed
+        return super()._record_ascent(norm)
 
-def main(out: Path, variant: str) -> None:
-    looksam = dict(sam_variant="looksam", looksam_k=2, looksam_alpha=0.7) if variant == "looksam" else {}
+
+def _nan_on_rank_1(model, forward_call: int) -> None:
+    """Rank 1's classifier output is NaN at its `forward_call`-th forward pass (so is the loss)."""
+    calls = [0]
+
+    def hook(module, inputs, output):
+        calls[0] += 1
+        return output * float("nan") if calls[0] == forward_call else output
+
+    model.classifier.register_forward_hook(hook)
+
+
+def main(out: Path, scenario: str) -> None:
+    extra: dict = {}
+    if scenario.startswith("looksam"):
+        extra = dict(sam_variant="looksam", looksam_k=2, looksam_alpha=0.7)
+    if scenario.startswith("nan-"):
+        extra = dict(on_nonfinite=scenario.removeprefix("nan-"))
     args = SAMArguments(
         output_dir=str(out / "run"),
         use_cpu=True,
@@ -47,15 +78,36 @@ def main(out: Path, variant: str) -> None:
         disable_tqdm=True,
         rho=0.05,
         ddp_backend="gloo",
-        **looksam,
+        ddp_timeout=60,
+        **extra,
     )
-    trainer = RecordingSAMTrainer(model=tiny_bert(), args=args, train_dataset=ListDataset(text_rows(24)))
+    model = tiny_bert()
+    trainer = RecordingSAMTrainer(model=model, args=args, train_dataset=ListDataset(text_rows(24)))
     trainer.seen, trainer.syncs = [], []
-    trainer.train()
     rank = trainer.args.process_index
+    if scenario.startswith("nan-") and rank == 1:
+        _nan_on_rank_1(model, forward_call=5)  # step 1 is forwards 1-4 (ascent, descent, ascent, descent)
+    if scenario.startswith("looksam-overflow-"):
+        trainer.overflow_ascent = int(scenario.rsplit("-", 1)[1])
+    error = None
+    try:
+        trainer.train()
+    except NonFiniteLossError as e:
+        error = {"type": type(e).__name__, "step": e.step}
     assert trainer.args.world_size == 2, trainer.args.world_size
     assert trainer.accelerator.distributed_type.value == "MULTI_CPU", trainer.accelerator.distributed_type
-    torch.save({"state": trainer.model.state_dict(), "seen": trainer.seen, "syncs": trainer.syncs}, out / f"rank{rank}.pt")
+    torch.save(
+        {
+            "state": trainer.model.state_dict(),
+            "seen": trainer.seen,
+            "syncs": trainer.syncs,
+            "error": error,
+            "nonfinite_skipped": trainer.sam_nonfinite_skipped,
+            "perturbations_skipped": trainer.sam_perturbations_skipped,
+            "climb_steps": trainer.sam_climb_steps,
+        },
+        out / f"rank{rank}.pt",
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tiny import reference_looksam_sgd, reference_sam_sgd, tiny_bert
 
@@ -27,7 +28,9 @@ def _run_workers(tmp_path, variant: str) -> list[dict]:
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         str(HERE / "ddp_worker.py"), str(tmp_path), variant,
     ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # A run takes about 10 s; one whose ranks wait for each other forever (a collective that one rank
+    # never joins: gloo does not always honour ddp_timeout) fails here instead of hanging the suite.
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
@@ -76,3 +79,50 @@ def test_two_process_looksam_matches_reference(tmp_path):
     # Step 1 reuses g_v: only the ascent of the SAM steps 0 and 2 runs, under no_sync.
     #                 step 0: ascent, descent (x2)      step 1: plain (x2)   step 2: as step 0
     assert ranks[0]["syncs"] == [False, False, False, True] + [False, True] + [False, False, False, True]
+
+
+def _weights_equal(ranks: list[dict]) -> bool:
+    s0, s1 = ranks[0]["state"], ranks[1]["state"]
+    return all(torch.equal(s0[k], s1[k]) for k in s0)
+
+
+def _worst(state: dict, reference: dict) -> float:
+    return max((state[k] - reference[k]).abs().max().item() for k in state if state[k].is_floating_point())
+
+
+def _steps_seen(ranks: list[dict], steps: list[int]) -> list[list[dict]]:
+    """Each optimizer step's micro-batches, both ranks' (2 per rank and step)."""
+    seen0, seen1 = ranks[0]["seen"], ranks[1]["seen"]
+    return [seen0[2 * i : 2 * i + 2] + seen1[2 * i : 2 * i + 2] for i in steps]
+
+
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    """on_nonfinite=skip: rank 1 alone sees a NaN loss in step 2; both ranks skip it and stay bit-identical."""
+    ranks = _run_workers(tmp_path, "nan-skip")
+    assert ranks[0]["nonfinite_skipped"] == ranks[1]["nonfinite_skipped"] == 1
+    assert _weights_equal(ranks)
+    # Expected: SAM steps 1 and 3 only (SGD without momentum at a constant rate: a skipped step is no step).
+    reference = reference_sam_sgd(tiny_bert(), _steps_seen(ranks, [0, 2]), rho=0.05, lr=0.5).state_dict()
+    assert _worst(ranks[0]["state"], reference) <= 1e-6
+
+
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
+    """on_nonfinite=stop: both ranks raise NonFiniteLossError at step 2 (none waits for the other), no update."""
+    ranks = _run_workers(tmp_path, "nan-stop")
+    assert ranks[0]["error"] == ranks[1]["error"] == {"type": "NonFiniteLossError", "step": 2}
+    assert _weights_equal(ranks)
+    reference = reference_sam_sgd(tiny_bert(), _steps_seen(ranks, [0]), rho=0.05, lr=0.5).state_dict()
+    assert _worst(ranks[0]["state"], reference) <= 1e-6
+
+
+@pytest.mark.parametrize("micro_batch", [1, 2], ids=["first-micro-batch", "last-micro-batch"])
+def test_looksam_with_an_ascent_overflow_on_one_rank_takes_the_same_path_on_both(tmp_path, micro_batch):
+    """An fp16 ascent overflows on rank 1 only, in LookSAM's SAM step: no deadlock, no g_v on either rank."""
+    ranks = _run_workers(tmp_path, f"looksam-overflow-{micro_batch}")
+    assert [r["perturbations_skipped"] for r in ranks] == [0, 1]
+    assert _weights_equal(ranks)
+    # Step 0 did not climb everywhere, so no g_v is kept: step 1, which would have reused it, is a SAM
+    # step on both ranks (as is step 2, LookSAM's next refresh with k=2).
+    sam_step = [False, False, False, True]
+    assert ranks[0]["syncs"] == ranks[1]["syncs"] == sam_step * 3
+    assert ranks[0]["climb_steps"] == ranks[1]["climb_steps"] == 3

@@ -93,3 +93,37 @@ def test_fp32_on_the_gpu_matches_the_hand_written_reference(tmp_path, variant):
     args = _gpu_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, rho=RHO, max_steps=n_steps, **kw)
     trainer = _train(copy.deepcopy(model), rows, args)
     assert max_abs_diff(_cpu(trainer.model), _cpu(reference())) <= 1e-5
+
+
+def test_fp16_skip_of_a_nonfinite_loss_goes_through_the_scaler_and_training_goes_on(tmp_path):
+    """on_nonfinite=skip under real fp16: the skipped step backs the scale off once, later steps train."""
+    rows, model = text_rows(8 * 4), tiny_bert()
+    calls = [0]
+
+    def nan_on_third_forward(module, inputs, output):  # step 2's ascent (step 1 is forwards 1-2)
+        calls[0] += 1
+        return output * float("nan") if calls[0] == 3 else output
+
+    trained = copy.deepcopy(model)
+    trained.classifier.register_forward_hook(nan_on_third_forward)
+    args = _gpu_args(tmp_path, fp16=True, rho=RHO, max_steps=4, max_grad_norm=1.0, on_nonfinite="skip")
+    trainer = SAMTrainer(model=trained, args=args, train_dataset=ListDataset(rows))
+    scale = 2.0**10
+    trainer.accelerator.scaler = torch.amp.GradScaler("cuda", init_scale=scale, growth_interval=1000)
+    trainer.train()  # before the fix: "unscale_() has already been called on this optimizer" at step 3
+    assert trainer.sam_nonfinite_skipped == 1 and trainer.state.global_step == 4
+    assert trainer.accelerator.scaler.get_scale() == scale / 2
+    assert max_abs_diff(_cpu(trainer.model), model) > 0 and all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_vit_at_micro_batch_one_on_the_gpu_matches_the_reference(tmp_path):
+    """Aliased ascent gradients (ViT, one image per micro-batch) on CUDA kernels: e(w) is scaled once."""
+    from tiny import image_rows, tiny_vit
+
+    rows, model = image_rows(6), tiny_vit()
+    kw = dict(per_device_train_batch_size=1, gradient_accumulation_steps=2, rho=0.1, max_steps=3)
+    fp32 = _train(copy.deepcopy(model), rows, _gpu_args(tmp_path, **kw))
+    reference = reference_sam_sgd(copy.deepcopy(model).cuda(), [
+        [{k: v.cuda() for k, v in b.items()} for b in s] for s in _steps(rows, 1, 2, 3)
+    ], 0.1, LR)  # fmt: skip
+    assert max_abs_diff(_cpu(fp32.model), _cpu(reference)) <= 1e-5

@@ -253,3 +253,48 @@ def test_save_and_climb_reuses_a_matching_copy_and_ignores_a_stale_one():
     stale = [torch.zeros(3), torch.zeros(1)]  # another shape: a fresh copy instead
     again = F.save_and_climb_(params, [torch.ones(2), torch.ones(1)], out=stale)
     assert again[0] is not stale[0] and again[0].tolist() == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh-copy", "kept-copy"])
+def test_save_and_climb_undoes_a_partial_climb_when_a_chunk_fails(monkeypatch, reuse):
+    """An error in chunk 3 (out of memory, Ctrl-C) leaves every weight at w exactly, and is raised."""
+    import samtune.optim.functional as F
+
+    monkeypatch.setattr(F, "CHUNK_FLOOR", 1)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(n, generator=gen) for n in (5, 300, 7, 40, 1)]
+    original = [p.clone() for p in params]
+    e = [torch.randn(p.shape, generator=gen) for p in params]
+    assert len(list(F._chunks(e))) >= 3
+    calls, real = [0], F.climb_
+
+    def climb(ps, xs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        real(ps, xs)
+
+    monkeypatch.setattr(F, "climb_", climb)
+    out = [torch.zeros_like(p) for p in params] if reuse else None
+    with pytest.raises(RuntimeError, match="allocate"):
+        F.save_and_climb_(params, e, out=out)
+    assert calls[0] == 3  # two chunks had climbed
+    assert all(torch.equal(p, w) for p, w in zip(params, original))
+
+
+def test_aliased_gradients_are_scaled_once():
+    """Gradients that share memory (one tensor twice, a view, a stride-0 expansion) give the e(w) of distinct copies."""
+    base = torch.arange(1.0, 13.0).reshape(3, 4)
+    grads = [base, base, base[0], torch.tensor(2.0).expand(4), torch.tensor([5.0, 6.0])]
+    params = [torch.full_like(g, 0.5) + i for i, g in enumerate(grads)]
+    independent = [g.clone() for g in grads]  # what a loop that never writes into the inputs sees
+    for adaptive in (False, True):
+        rho = 0.3
+        shared = [g.clone() for g in grads[:1]]
+        shared = [shared[0], shared[0], shared[0][0], torch.tensor(2.0).expand(4), grads[4].clone()]
+        _, e, norm = sam_perturbation(shared, params, rho, adaptive=adaptive)
+        weight = [p.abs() if adaptive else torch.ones_like(p) for p in params]
+        expected_norm = torch.sqrt(sum(((w * g) ** 2).sum() for w, g in zip(weight, independent)))
+        torch.testing.assert_close(norm, expected_norm)
+        for x, g, w in zip(e, independent, weight):
+            torch.testing.assert_close(x, rho * w * w * g / (expected_norm + 1e-12))

@@ -12,6 +12,7 @@ from tiny import (
     image_rows,
     max_abs_diff,
     micro_batches,
+    reference_sam_adamw,
     reference_sam_gradient,
     reference_sam_sgd,
     text_rows,
@@ -94,6 +95,52 @@ def test_bert_matches_hand_written_sam(tmp_path, batch_size, accumulation):
     assert max_abs_diff(plain, reference) > 1e-4
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["no-dropout", "dropout"])
+def test_adamw_warmup_clipping_weight_decay_and_dropout_match_hand_written_sam(tmp_path, dropout):
+    """SAM as it is used: AdamW, linear warmup and decay, clipping at 1.0, weight decay, and dropout.
+
+    float64 weights, so that AdamW's m / sqrt(v) (which turns a rounding difference in a tiny
+    gradient into a difference of order lr) cannot blur the comparison; 1e-6 is then far above
+    the rounding (about 1e-13 here) and far below any real difference (the arms below differ by
+    more than 1e-4). With dropout, the masks differ between the two passes, as in the Trainer;
+    the reference replays, before each of its forward passes, the RNG state that the Trainer's
+    pass saw, so both draw the same masks.
+    """
+    rows, lr, rho, n_steps = text_rows(4 * 2 * 5), 1e-2, 0.05, 5
+    # initializer_range 0.2: gradient norms near 6, so that clipping at 1.0 acts on every step.
+    kw = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, initializer_range=0.2)
+    model = tiny_bert(**kw).double()
+    steps = _steps(rows, 4, 2, n_steps)
+    settings = dict(lr=lr, warmup_steps=2, weight_decay=0.1, max_grad_norm=1.0)
+    args = _args(
+        tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=n_steps, rho=rho,
+        learning_rate=lr, optim="adamw_torch", lr_scheduler_type="linear", warmup_steps=2, weight_decay=0.1,
+        max_grad_norm=1.0, train_sampling_strategy="sequential",
+    )  # fmt: skip
+    trained = copy.deepcopy(model)
+    states: list[torch.Tensor] = []
+    trained.register_forward_pre_hook(lambda module, inputs: states.append(torch.get_rng_state()))
+    trainer = _train(trained, rows, args)
+    assert len(states) == 2 * 2 * n_steps  # ascent and descent of every micro-batch
+
+    replay = iter(states)
+    reference = reference_sam_adamw(model, steps, rho, before_forward=lambda: torch.set_rng_state(next(replay)),
+                                    **settings)  # fmt: skip
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    # The comparison can fail: without clipping, or with the plain gradient, the weights end elsewhere.
+    replay = iter(states)
+    unclipped = reference_sam_adamw(model, steps, rho, before_forward=lambda: torch.set_rng_state(next(replay)),
+                                    **{**settings, "max_grad_norm": float("inf")})  # fmt: skip
+    assert max_abs_diff(unclipped, reference) > 1e-4
+    replay = iter(states)
+    plain = reference_sam_adamw(model, steps, 0.0, before_forward=lambda: torch.set_rng_state(next(replay)), **settings)
+    assert max_abs_diff(plain, reference) > 1e-4
+    if dropout:  # the two passes drew different masks, and those masks mattered
+        assert not torch.equal(states[0], states[1])
+        fresh = reference_sam_adamw(model, steps, rho, **settings)
+        assert max_abs_diff(fresh, reference) > 1e-4
+
+
 def test_vit_matches_hand_written_sam(tmp_path):
     rows, rho, lr = image_rows(12), 0.1, 0.5
     model = tiny_vit()
@@ -174,8 +221,9 @@ def test_batchnorm_statistics_are_those_of_one_forward_at_w(tmp_path):
     rows = image_rows(4, size=16)
     model = tiny_resnet()
     reference = copy.deepcopy(model).train()
-    with torch.no_grad():
-        reference(**micro_batches(rows, 4)[0])  # one forward at w, in training mode
+    # One forward at w, in training mode and with autograd on, as the Trainer's ascent runs it: the
+    # same kernels, so the statistics can be compared to the bit.
+    reference(**micro_batches(rows, 4)[0])
     args = _args(tmp_path, per_device_train_batch_size=4, max_steps=1, learning_rate=0.1, rho=0.05, **SGD_PLAIN)
     trainer = _train(model, rows, args)
     stats = {k: v for k, v in trainer.model.state_dict().items() if "running_" in k or "num_batches" in k}

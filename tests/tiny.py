@@ -7,7 +7,8 @@ straight from the paper's algorithm: it is what the library is checked against.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -101,16 +102,20 @@ def reference_sam_gradient(
     rho: float,
     adaptive: bool = False,
     ascent_batch: dict[str, torch.Tensor] | None = None,
+    before_forward: Callable[[], None] | None = None,
 ) -> list[torch.Tensor]:
     """The gradient at w + e(w) of one batch's mean loss, by the paper's formula, leaving w as it was.
 
     e(w) = rho * g / ||g||            (SAM)
     e(w) = rho * w^2 * g / ||w g||    (ASAM)
     with a 1e-12 guard on the norm, as davda54/sam and samtune use. g is the gradient of
-    `ascent_batch` (default: the batch itself).
+    `ascent_batch` (default: the batch itself). `before_forward` runs before each of the two
+    forward passes (a test replays the RNG state the trainer's pass saw there, for dropout).
     """
+    before_forward = before_forward or (lambda: None)
     params = [p for p in model.parameters() if p.requires_grad]
     ascent_batch = batch if ascent_batch is None else ascent_batch
+    before_forward()
     grads = torch.autograd.grad(model(**ascent_batch).loss, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
     if adaptive:
@@ -122,6 +127,7 @@ def reference_sam_gradient(
         for p, g in zip(params, grads):
             weight = p * p if adaptive else 1.0
             p.add_(rho * weight * g / (norm + 1e-12))
+    before_forward()
     sam_grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
     with torch.no_grad():
         for p, w in zip(params, originals):
@@ -148,6 +154,62 @@ def reference_sam_sgd(
         with torch.no_grad():
             for p, t in zip(params, total):
                 p.sub_(lr * t)
+    return model
+
+
+def linear_warmup_lr(lr: float, step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup from 0, then linear decay to 0."""
+    if step < warmup_steps:
+        return lr * step / max(1, warmup_steps)
+    return lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def reference_sam_adamw(
+    model: nn.Module,
+    steps: list[list[dict[str, torch.Tensor]]],
+    rho: float,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float,
+    max_grad_norm: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    before_forward: Callable[[], None] | None = None,
+) -> nn.Module:
+    """SAM with AdamW (decoupled weight decay), a linear warmup/decay schedule and clipping, per parameter.
+
+    Per step: the mean of the micro-batches' SAM gradients; clipped to `max_grad_norm` by its
+    global norm (coefficient max_norm / (norm + 1e-6), at most 1); then AdamW (Loshchilov and
+    Hutter): w <- w (1 - lr wd), m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2,
+    w <- w - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps). Biases and LayerNorm weights
+    are not decayed (the usual rule for transformers).
+    """
+    model = copy.deepcopy(model)
+    model.train()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    in_norm = {f"{m}.{n}" if m else n for m, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)
+               for n, _ in mod.named_parameters(recurse=False)}  # fmt: skip
+    decays = [0.0 if "bias" in n or n in in_norm else weight_decay for n in names]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t, step in enumerate(steps):
+        total = [torch.zeros_like(p) for p in params]
+        for batch in step:
+            for acc, g in zip(total, reference_sam_gradient(model, batch, rho, before_forward=before_forward)):
+                acc.add_(g / len(step))
+        norm = math.sqrt(sum(float((g**2).sum()) for g in total))
+        coeff = min(1.0, max_grad_norm / (norm + 1e-6))
+        lr_t = linear_warmup_lr(lr, t, warmup_steps, len(steps))
+        b1, b2 = betas
+        with torch.no_grad():
+            for p, g, m_, v_, wd in zip(params, total, m, v, decays):
+                g = g * coeff
+                p.mul_(1 - lr_t * wd)
+                m_.mul_(b1).add_((1 - b1) * g)
+                v_.mul_(b2).add_((1 - b2) * g * g)
+                denom = (v_ / (1 - b2 ** (t + 1))).sqrt() + eps
+                p.sub_(lr_t / (1 - b1 ** (t + 1)) * m_ / denom)
     return model
 
 

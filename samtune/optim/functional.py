@@ -93,6 +93,29 @@ def ascent_norm(
     return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), 2)
 
 
+def owned(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors, each one safe to write in place: a clone where it shares memory with another.
+
+    `torch.autograd.grad` may return gradients that alias: two parameters added directly get the
+    same tensor, and a parameter broadcast over a batch of one gets a view of another's gradient
+    (a ViT's `cls_token` gradient is then a slice of the `position_embeddings` gradient), or a
+    stride-0 expansion. Scaling such tensors in place scales the shared elements twice. A tensor
+    is kept as it is only if it is contiguous (no element stored twice) and no earlier tensor of
+    the list lives in the same storage; the others are cloned (only the aliasing ones: no cost
+    for the usual distinct gradients).
+    """
+    seen: set[int] = set()
+    out: list[torch.Tensor] = []
+    for g in grads:
+        storage = g.untyped_storage().data_ptr()
+        if storage in seen or not g.is_contiguous():
+            g = g.clone(memory_format=torch.contiguous_format)
+            storage = g.untyped_storage().data_ptr()
+        seen.add(storage)
+        out.append(g)
+    return out
+
+
 def perturbation_(
     grads: Sequence[torch.Tensor],
     params: Sequence[torch.Tensor],
@@ -102,9 +125,10 @@ def perturbation_(
     """Turn g into e(w) in place: e = scale * g, or scale * w^2 * g for ASAM; returns the list.
 
     `scale` is rho / (norm + eps), from `ascent_norm`. The grads are overwritten: they are the
-    ascent gradients, needed for nothing else once e(w) is known.
+    ascent gradients, needed for nothing else once e(w) is known (gradients that share memory
+    are cloned first, see `owned`).
     """
-    grads = list(grads)
+    grads = owned(grads)
     if not grads:
         return grads
     if adaptive:
@@ -133,17 +157,24 @@ def save_and_climb_(
         o.shape == p.shape and o.dtype == p.dtype and o.device == p.device for o, p in zip(out, params, strict=True)
     )
     saved: list[torch.Tensor] = []
-    for chunk in _chunks(e):
-        ps = [params[i] for i in chunk]
-        if reuse:
-            kept = [out[i] for i in chunk]  # type: ignore[index]
-            torch._foreach_copy_(kept, [p.detach() for p in ps])
-            saved += kept
-        else:
-            saved += save_weights(ps)
-        climb_(ps, [e[i] for i in chunk])  # climb to the local maximum "w + e(w)"
-        for i in chunk:
-            e[i] = None
+    try:
+        for chunk in _chunks(e):
+            ps = [params[i] for i in chunk]
+            if reuse:
+                kept = [out[i] for i in chunk]  # type: ignore[index]
+                torch._foreach_copy_(kept, [p.detach() for p in ps])
+                saved += kept
+            else:
+                saved += save_weights(ps)
+            climb_(ps, [e[i] for i in chunk])  # climb to the local maximum "w + e(w)"
+            for i in chunk:
+                e[i] = None
+    except BaseException:
+        # An error part-way (out of memory in chunk k, Ctrl-C) must not leave chunks 1..k at
+        # w + e(w) with nothing saved to come back to: every saved chunk is copied back (a chunk
+        # saved but not yet climbed is copied onto itself, which changes nothing).
+        restore_weights_(params[: len(saved)], saved)
+        raise
     return saved
 
 
@@ -188,6 +219,7 @@ def sam_perturbation(
         return params, perturbation_(grads, params, rho / (norm + NORM_EPS)), norm
     # ASAM, in place and without temporaries: g <- w g, whose norm is || |w| g ||; then
     # e = rho / || |w| g || * (w g) * w = rho * w^2 g / || |w| g ||.
+    grads = owned(grads)
     weights = [p.detach() for p in params]
     torch._foreach_mul_(grads, weights)
     norm = ascent_norm(grads)
