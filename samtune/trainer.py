@@ -15,6 +15,12 @@ Only `training_step` changes. Per micro-batch:
 
 Clipping, the base optimizer's step, the scheduler and zeroing stay the Trainer's own.
 
+At the edges: gradients that autograd returns aliased are cloned before e(w) is computed in
+place (samtune.optim.functional.owned); an exception anywhere in the step leaves the weights at
+w; a NaN/inf loss (`on_nonfinite`) is decided on every process alike (one all-reduce of a flag),
+and under fp16 a skipped step goes through the GradScaler. Checkpoints carry samtune's state,
+written before `trainer_state.json`, and resuming (a path, or True) restores it.
+
 `sam_variant` picks a cheaper step (samtune.optim.variants): `every_k` and `rst` take the stock
 step on some optimizer steps, `ascent_fraction` climbs along part of each micro-batch, and
 `looksam` takes the stock step between its SAM steps and adds its recorded sharpness direction to
