@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from test_trainer import SGD_PLAIN, _args, _poison_rows, _steps, _train
+from test_trainer import SGD_PLAIN, _args, _NaNLoss, _poison_rows, _steps, _train
 from tiny import (
     ListDataset,
     collate,
@@ -52,7 +52,8 @@ def _double(rows: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
 def test_vit_at_micro_batch_one_matches_hand_written_sam(tmp_path, adaptive):
-    """Micro-batches of one image with accumulation: e(w) is that of a loop that never writes into autograd's outputs."""
+    """Micro-batches of one image with accumulation: e(w) is that of a loop that never writes into autograd's
+    outputs."""
     # float64: the bug moves the weights by 0.1-0.6; float32 rounding alone, amplified by three
     # steps at lr 0.5, reaches 1e-6 here, float64 rounding stays near 1e-15.
     rows, rho, lr = _double(image_rows(6)), (1.0 if adaptive else 0.1), 0.5
@@ -160,22 +161,6 @@ def test_auto_find_batch_size_retries_from_w_after_an_out_of_memory_climb(tmp_pa
 # ---- fp16: a skipped step goes through the GradScaler ----------------------------------------
 
 
-class _NaNOnCall(nn.Module):
-    """A linear classifier whose loss is NaN on chosen forward calls."""
-
-    def __init__(self, nan_calls: set[int]):
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = nn.Linear(4, 3)
-        self.nan_calls, self.calls = nan_calls, 0
-
-    def forward(self, x, labels):
-        self.calls += 1
-        logits = self.linear(x)
-        loss = nn.functional.cross_entropy(logits, labels)
-        return SequenceClassifierOutput(loss=loss * float("nan") if self.calls in self.nan_calls else loss, logits=logits)
-
-
 def _as_fp16_on_a_gpu(trainer: SAMTrainer, init_scale: float = 2.0**8) -> torch.amp.GradScaler:
     """Give a CPU run the GradScaler that fp16 on a GPU has, and accelerate's fp16 unscale in clipping."""
     scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
@@ -195,7 +180,7 @@ def _as_fp16_on_a_gpu(trainer: SAMTrainer, init_scale: float = 2.0**8) -> torch.
 @pytest.mark.parametrize("max_grad_norm", [0.0, 1.0], ids=["grad-norm-log", "clipping"])
 def test_fp16_skip_of_a_nonfinite_step_backs_off_the_scale_and_training_goes_on(tmp_path, max_grad_norm):
     rows, _, _ = _poison_rows()
-    model = _NaNOnCall(nan_calls={3})  # step 2's ascent (calls 1-2 are step 1)
+    model = _NaNLoss(nan_calls={3})  # step 2's ascent (calls 1-2 are step 1)
     args = _args(tmp_path, per_device_train_batch_size=4, max_steps=3, learning_rate=0.5, rho=0.05,
                  on_nonfinite="skip", **{**SGD_PLAIN, "max_grad_norm": max_grad_norm})  # fmt: skip
     trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows * 3))
@@ -205,7 +190,7 @@ def test_fp16_skip_of_a_nonfinite_step_backs_off_the_scale_and_training_goes_on(
     assert scaler.get_scale() == 2.0**7  # backed off once, as for the scaler's own overflow
     assert trainer.state.global_step == 3
     # Steps 1 and 3 are SAM steps on the same batch; step 2 did nothing.
-    reference = reference_sam_sgd(_NaNOnCall(set()), [[collate(rows)]] * 2, rho=0.05, lr=0.5)
+    reference = reference_sam_sgd(_NaNLoss(set()), [[collate(rows)]] * 2, rho=0.05, lr=0.5)
     if max_grad_norm == 0.0:
         assert max_abs_diff(model, reference) <= 1e-6
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -237,9 +222,8 @@ def test_samtunes_state_is_written_before_the_checkpoint_is_marked_complete(tmp_
     def save_to_json(self, json_path):
         folder = os.path.dirname(json_path)
         if os.path.basename(folder).startswith("checkpoint-"):
-            present_at_mark.append(
-                (os.path.isfile(os.path.join(folder, SAM_STATE_FILE)), os.path.isfile(os.path.join(folder, LOOKSAM_STATE_FILE)))
-            )
+            files = (SAM_STATE_FILE, LOOKSAM_STATE_FILE)
+            present_at_mark.append(tuple(os.path.isfile(os.path.join(folder, f)) for f in files))
         return real(self, json_path)
 
     monkeypatch.setattr(TrainerState, "save_to_json", save_to_json)
