@@ -10,6 +10,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from samtune.optim.settings import SAMSettings
 from samtune.optim.variants import SAMVariant
 from samtune.recipe import Recipe
 
@@ -135,10 +136,7 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
     if r.sam.rho == 0:
         variant = "none (rho = 0: plain training)"
     else:
-        kind = SAMVariant(
-            r.sam.variant, every_k=r.sam.every_k, looksam_k=r.sam.looksam_k, looksam_alpha=r.sam.looksam_alpha,
-            ascent_fraction=r.sam.ascent_fraction, rst_probability=r.sam.rst_probability,
-        ).describe()  # fmt: skip
+        kind = SAMVariant.from_settings(SAMSettings(**r.sam.arguments())).describe()
         variant = f"ASAM, {kind}" if r.sam.adaptive else kind
     length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"
     return [

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model, field_validator, model_validator
 
 from samtune.errors import RecipeError, SamtuneError, UsageError
+from samtune.optim.settings import setting_specs, settings_for_variant, variant_of
 
 StrictInt = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
@@ -92,53 +93,53 @@ class DataSection(_Section):
     max_eval_samples: PositiveInt | None = None
 
 
-# Each variant's own settings in the `sam` section.
-VARIANT_SETTINGS = {
-    "every_k": "every_k",
-    "looksam_k": "looksam",
-    "looksam_alpha": "looksam",
-    "ascent_fraction": "ascent_fraction",
-    "rst_probability": "rst",
-}
+class _SAMSectionRules(_Section):
+    """The cross-field rule of the `sam` section: a variant's own settings need that variant."""
+
+    @model_validator(mode="after")
+    def _parameters_match_the_variant(self) -> _SAMSectionRules:
+        variant = self.variant  # type: ignore[attr-defined]
+        stray = [k for k in sorted(self.model_fields_set) if variant_of(k) not in (None, variant)]
+        if stray:
+            raise ValueError(
+                f"{', '.join('sam.' + k for k in stray)} only applies to sam.variant={variant_of(stray[0])} "
+                f"(the variant is {variant!r}): set sam.variant={variant_of(stray[0])} "
+                f"or remove {'them' if len(stray) > 1 else 'it'}"
+            )
+        return self
+
+    def arguments(self) -> dict[str, Any]:
+        """These settings as `SAMArguments` keyword arguments."""
+        return {spec.name: getattr(self, spec.recipe_key) for spec in setting_specs()}
 
 
-def settings_for_variant(sam: dict[str, Any], variant: str) -> dict[str, Any]:
-    """A `sam` mapping without the settings of the variants other than `variant` (they would not load)."""
-    return {k: v for k, v in sam.items() if VARIANT_SETTINGS.get(k, variant) == variant}
+def _first_line(text: str) -> str:
+    return text.split(". ")[0].rstrip(".") + "."
 
 
-class SAMSection(_Section):
-    """Sharpness-Aware Minimization's settings."""
+def _sam_section() -> type[_SAMSectionRules]:
+    """The recipe's `sam` section, derived from `samtune.optim.settings.SAMSettings` (defaults, bounds, help)."""
 
-    rho: float = Field(default=0.05, ge=0, description="Neighbourhood radius; 0 trains without SAM.")
-    adaptive: bool = Field(default=False, description="ASAM: scale the climb by |w| (use rho 0.5-2.0).")
-    variant: Literal["sam", "every_k", "looksam", "ascent_fraction", "rst"] = Field(
-        default="sam",
-        description="sam (exact, every step) or a cheaper variant: every_k, looksam, ascent_fraction, rst.",
-    )
-    every_k: PositiveInt = Field(default=2, description="every_k: SAM on one optimizer step in every_k.")
-    looksam_k: PositiveInt = Field(default=5, description="looksam: an exact SAM step every looksam_k steps.")
-    looksam_alpha: float = Field(default=0.7, ge=0, description="looksam: weight of the reused sharpness direction.")
-    ascent_fraction: float = Field(default=0.25, gt=0, le=1, description="ascent_fraction: share of each batch.")
-    rst_probability: float = Field(default=0.5, ge=0, le=1, description="rst: probability of a SAM step.")
-
-    @field_validator("rho", "looksam_alpha")
-    @classmethod
-    def _finite(cls, v: float) -> float:
+    def finite(v: float) -> float:
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
 
-    @model_validator(mode="after")
-    def _parameters_match_the_variant(self) -> SAMSection:
-        stray = [k for k in sorted(self.model_fields_set) if VARIANT_SETTINGS.get(k, self.variant) != self.variant]
-        if stray:
-            raise ValueError(
-                f"{', '.join('sam.' + k for k in stray)} only applies to sam.variant={VARIANT_SETTINGS[stray[0]]} "
-                f"(the variant is {self.variant!r}): set sam.variant={VARIANT_SETTINGS[stray[0]]} "
-                f"or remove {'them' if len(stray) > 1 else 'it'}"
-            )
-        return self
+    specs = setting_specs()
+    fields = {
+        spec.recipe_key: (
+            Annotated[spec.type, Strict()] if spec.type is int else spec.type,
+            Field(default=spec.default, description=_first_line(spec.help), **spec.bounds),
+        )
+        for spec in specs
+    }
+    finite_keys = [spec.recipe_key for spec in specs if spec.finite]
+    validators = {"_finite": field_validator(*finite_keys)(finite)} if finite_keys else {}
+    return create_model("SAMSection", __base__=_SAMSectionRules, __doc__="Sharpness-Aware Minimization's settings.",
+                        __validators__=validators, **fields)  # fmt: skip
+
+
+SAMSection = _sam_section()
 
 
 class TrainingSection(_Section):

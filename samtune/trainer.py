@@ -1,6 +1,11 @@
 """SAMTrainer: the Hugging Face Trainer with SAM's two-pass step, and SAMArguments, its settings.
 
-Only `training_step` changes. Per micro-batch:
+The step lives in `training_step` (with `compute_loss`'s NaN/inf check and `log`'s SAM figures);
+`__init__` refuses setups SAM cannot run exactly, and an optimizer-step wrapper skips a step
+with a NaN/inf loss (`on_nonfinite="skip"`). samtune's state in checkpoints is
+`samtune.sam_checkpoint`; workarounds for given library versions are `samtune.compat`.
+
+Per micro-batch:
 
 1. ascent: the gradient g of the micro-batch loss at w, inside `no_sync` and with
    `torch.autograd.grad`, so neither DDP nor the `.grad` buffers (which hold the earlier
@@ -31,37 +36,29 @@ every micro-batch and every process agrees.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
-from samtune.files import atomic_path, write_json_atomic
-
-from samtune.optim import functional as F
-from samtune.optim.variants import SAMVariant, VariantName, ascent_rows, batch_size_of, first_rows
+from samtune.compat.grad_scaler import keep_scheduler_wrapper_mark, mark_stepped, record_overflow
+from samtune.compat.loss_normalisation import loss_ignores_num_items, loss_is_scaled_for_ga
+from samtune.optim.functional import (
+    frozen_running_stats,
+    restore_weights_,
+    sam_perturbation,
+    save_and_climb_,
+    trainable_parameters,
+)
+from samtune.optim.settings import SAMSettings
+from samtune.optim.variants import SAMVariant, ascent_rows, batch_size_of, first_rows
 from samtune.optim.variants import looksam_direction, looksam_gradient_
+from samtune.sam_checkpoint import SAMCheckpointing
 
 _LOMO = ("lomo", "adalomo")
-# Heads whose loss is a mean over the batch whatever `num_items_in_batch` says (transformers 5.x).
-_MEAN_LOSS_HEADS = (
-    "ForSequenceClassification",
-    "ForImageClassification",
-    "ForAudioClassification",
-    "ForVideoClassification",
-    "ForMultipleChoice",
-)
-
-
-SAM_STATE_FILE = "samtune_state.json"
-LOOKSAM_STATE_FILE = "samtune_looksam.pt"
 
 
 class UnsupportedSetupError(ValueError):
@@ -77,41 +74,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class SAMArguments(TrainingArguments):
-    """`transformers.TrainingArguments` plus SAM's settings."""
+class SAMArguments(SAMSettings, TrainingArguments):
+    """`transformers.TrainingArguments` plus SAM's settings (defined in `samtune.optim.settings.SAMSettings`)."""
 
-    rho: float = field(
-        default=0.05,
-        metadata={
-            "help": "Radius of the neighbourhood SAM climbs in (0: no climb, one pass a step). rho=0 is the stock "
-            "Trainer to the bit at gradient_accumulation_steps=1, and for any model whose loss honours "
-            "num_items_in_batch; with accumulation, classification heads that accept but ignore it get their loss "
-            "divided by the accumulation steps (the stock update is N times too large for them). "
-            "0.05 is the paper's value for SAM; ASAM's scale-invariant climb wants larger values (0.5-2.0)."
-        },
-    )
-    adaptive: bool = field(
-        default=False,
-        metadata={"help": "ASAM (Kwon et al., 2021): scale the climb per weight by |w|."},
-    )
-    sam_variant: VariantName = field(
-        default="sam",
-        metadata={
-            "help": "Which SAM step: 'sam' (exact, every step), or a cheaper variant: 'every_k' (SAM on one step "
-            "in every_k), 'looksam' (LookSAM: SAM every looksam_k steps, its sharpness direction reused in "
-            "between), 'ascent_fraction' (ascent on a fraction of each batch), 'rst' (SAM on a random share "
-            "rst_probability of the steps). See samtune.optim.variants."
-        },
-    )
-    every_k: int = field(default=2, metadata={"help": "every_k: SAM on optimizer steps where step % every_k == 0."})
-    looksam_k: int = field(default=5, metadata={"help": "looksam: an exact SAM step every looksam_k steps."})
-    looksam_alpha: float = field(
-        default=0.7, metadata={"help": "looksam: weight of the reused sharpness direction g_v."}
-    )
-    ascent_fraction: float = field(
-        default=0.25, metadata={"help": "ascent_fraction: share of each micro-batch the ascent gradient uses."}
-    )
-    rst_probability: float = field(default=0.5, metadata={"help": "rst: probability that a step is a SAM step."})
     on_nonfinite: Literal["stop", "skip"] = field(
         default="stop",
         metadata={
@@ -121,36 +86,14 @@ class SAMArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        rho = self.rho
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
-            raise ValueError(
-                f"rho must be a finite number >= 0 (got {rho!r}): it is the radius SAM climbs in; "
-                "use 0.05 for SAM, 0.5-2.0 for ASAM, or 0 to train without SAM."
-            )
-        self.rho = float(rho)
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip' (got {self.on_nonfinite!r})")
-        self.variant()  # validates the variant and its parameters
-        super().__post_init__()
+        super().__post_init__()  # SAMSettings' checks, then TrainingArguments'
+        self.rho = float(self.rho)
 
     def variant(self) -> SAMVariant:
         """The SAM variant these arguments select, with its parameters."""
-        return SAMVariant(
-            name=self.sam_variant,
-            every_k=self.every_k,
-            looksam_k=self.looksam_k,
-            looksam_alpha=float(self.looksam_alpha),
-            ascent_fraction=float(self.ascent_fraction),
-            rst_probability=float(self.rst_probability),
-            seed=self.seed,
-        )
-
-
-def _loss_ignores_num_items(model: nn.Module) -> bool:
-    """Whether a model's loss is a batch mean that ignores `num_items_in_batch` (classification heads)."""
-    inner = getattr(model, "base_model", model) if type(model).__name__.startswith("Peft") else model
-    inner = getattr(inner, "model", inner) if type(inner).__name__.startswith("Lora") else inner
-    return type(inner).__name__.endswith(_MEAN_LOSS_HEADS)
+        return SAMVariant.from_settings(self, seed=self.seed)
 
 
 def _refuse_unsupported_args(args: TrainingArguments) -> None:
@@ -183,7 +126,7 @@ def _refuse_unsupported_args(args: TrainingArguments) -> None:
         )
 
 
-class SAMTrainer(Trainer):
+class SAMTrainer(SAMCheckpointing, Trainer):
     """A `transformers.Trainer` whose step is Sharpness-Aware Minimization (rho=0: the stock step).
 
     Logs, at the Trainer's logging steps: `sam_rho`, `sam_ascent_grad_norm` (mean ||g|| of the
@@ -220,7 +163,7 @@ class SAMTrainer(Trainer):
                 "would be silently wrong under it. Launch with a config that uses plain multi-GPU data "
                 "parallelism (`accelerate config`, distributed_type MULTI_GPU) instead."
             )
-        if self.compute_loss_func is None and _loss_ignores_num_items(self.accelerator.unwrap_model(self.model)):
+        if self.compute_loss_func is None and loss_ignores_num_items(self.accelerator.unwrap_model(self.model)):
             # Classification heads (BERT's in transformers 5.x) accept `num_items_in_batch` but
             # return a batch mean anyway: the stock step would then skip the division by the
             # accumulation steps and make the update N times too large. Divide for them; models
@@ -252,7 +195,7 @@ class SAMTrainer(Trainer):
         """One SAM step on a micro-batch: ascent at w, descent at w + e(w), back to w."""
         self._nonfinite_in_step, self._nonfinite_loss = False, float("nan")
         try:
-            loss = self._sam_step(model, inputs, num_items_in_batch)
+            loss = self._micro_batch_step(model, inputs, num_items_in_batch)
         except BaseException:
             # The weights are back at w (save_and_climb_ and the restore undo the climb); drop
             # what this optimizer step had accumulated of its own, so a caller that retries
@@ -275,26 +218,36 @@ class SAMTrainer(Trainer):
         votes = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(votes, reduction="sum").item() > 0)
 
+    def _micro_batch_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
+        """SAM's two passes, or the stock step where this optimizer step does not climb (rho = 0, a variant)."""
+        if self.args.rho == 0:
+            return super().training_step(model, inputs, num_items_in_batch)
+        looksam = self.sam_variant.name == "looksam"
+        # A function of the optimizer step only: every micro-batch and every process agrees.
+        if self.sam_variant.climbs_on(self.state.global_step) or (looksam and self._looksam_v is None):
+            return self._sam_step(model, inputs, num_items_in_batch)
+        # A plain step (every_k, rst), or LookSAM reusing g_v.
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if looksam and self.accelerator.sync_gradients:
+            self._looksam_reuse(model)
+        return loss
+
     def _sam_step(
         self,
         model: nn.Module,
         inputs: dict[str, torch.Tensor | Any],
         num_items_in_batch: torch.Tensor | int | None,
     ) -> torch.Tensor:
-        if self.args.rho == 0:
-            return super().training_step(model, inputs, num_items_in_batch)
+        """SAM on one micro-batch: ascent at w, climb to w + e(w), the stock descent there, back to w."""
         variant = self.sam_variant
         looksam = variant.name == "looksam"
-        # A function of the optimizer step only: every micro-batch and every process agrees.
-        climbs = variant.climbs_on(self.state.global_step) or (looksam and self._looksam_v is None)
         last_micro_batch = self.accelerator.sync_gradients
-        if not climbs:  # a plain step (every_k, rst), or LookSAM reusing g_v
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if looksam and last_micro_batch:
-                self._looksam_reuse(model)
-            return loss
-
-        params = F.trainable_parameters(model)
+        params = trainable_parameters(model)
         ascent_inputs = copy.copy(inputs)
         if variant.name == "ascent_fraction":
             size = batch_size_of(inputs)
@@ -304,7 +257,7 @@ class SAMTrainer(Trainer):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
         if looksam:
             self._looksam_accumulate(grads, num_items_in_batch)
-        climbed, e, norm = F.sam_perturbation(grads, params, self.args.rho, self.args.adaptive)
+        perturbed, e, norm = sam_perturbation(grads, params, self.args.rho, self.args.adaptive)
         del grads
         finite = not self._nonfinite_in_step and self._record_ascent(norm)
 
@@ -312,17 +265,18 @@ class SAMTrainer(Trainer):
         try:
             if finite:
                 # climb to the local maximum "w + e(w)"
-                saved = F.save_and_climb_(climbed, e, out=self._saved_weights)
+                saved = save_and_climb_(perturbed, e, out=self._saved_weights)
             del e
             # The descent, with the stock machinery; BatchNorm statistics were updated at w.
-            with F.frozen_running_stats(model):
+            with frozen_running_stats(model):
                 super().training_step(model, copy.copy(inputs), num_items_in_batch)
         finally:
             if saved is not None:
-                F.restore_weights_(climbed, saved)  # get back to "w" from "w + e(w)"
+                restore_weights_(perturbed, saved)  # get back to "w" from "w + e(w)"
         # On the CPU every fresh tensor of this size is new pages from the system (about 15 ms for
         # MiniLM's 87 MB): keep the copy for the next step. GPU allocators cache blocks themselves.
-        self._saved_weights = saved if saved is not None and climbed and climbed[0].device.type == "cpu" else None
+        on_cpu = bool(perturbed) and perturbed[0].device.type == "cpu"
+        self._saved_weights = saved if saved is not None and on_cpu else None
         if looksam:
             self._looksam_missed_climb = self._looksam_missed_climb or not finite
         if last_micro_batch:
@@ -337,7 +291,8 @@ class SAMTrainer(Trainer):
 
     def _looksam_accumulate(self, grads: tuple[torch.Tensor | None, ...], num_items_in_batch: Any) -> None:
         """Add this micro-batch's plain gradient at w to the effective batch's, normalised as the descent is."""
-        weight = 1.0 if self._loss_is_scaled_for_ga(num_items_in_batch) else 1.0 / self.current_gradient_accumulation_steps
+        scaled = loss_is_scaled_for_ga(self, num_items_in_batch)
+        weight = 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
         if self._looksam_g is None:
             self._looksam_g = [None] * len(grads)
         for i, g in enumerate(grads):
@@ -372,7 +327,7 @@ class SAMTrainer(Trainer):
 
     def _looksam_reuse(self, model: nn.Module) -> None:
         """LookSAM between its SAM steps: .grad <- g + alpha * (||g|| / ||g_v||) * g_v, one pass only."""
-        params = F.trainable_parameters(model)
+        params = trainable_parameters(model)
         pairs = [(p.grad, v) for p, v in zip(params, self._looksam_v or [], strict=False) if p.grad is not None and v is not None]
         looksam_gradient_([g for g, _ in pairs], [v for _, v in pairs], self.sam_variant.looksam_alpha)
 
@@ -405,7 +360,7 @@ class SAMTrainer(Trainer):
         scaler = self.accelerator.scaler
         target = scaler.scale(loss) if scaler is not None else loss
         grads = torch.autograd.grad(target, params, allow_unused=True)
-        if not self._loss_is_scaled_for_ga(num_items_in_batch):
+        if not loss_is_scaled_for_ga(self, num_items_in_batch):
             loss = loss / self.current_gradient_accumulation_steps
         return loss.detach(), grads
 
@@ -426,15 +381,6 @@ class SAMTrainer(Trainer):
             result = (loss, result[1]) if return_outputs else loss
         return result
 
-    def _loss_is_scaled_for_ga(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
-        """The stock step's rule for whether the loss is already normalised for accumulation."""
-        scaled = getattr(self, "loss_is_scaled_for_ga", None)  # transformers >= 5.20; absent before
-        if scaled is not None:
-            return scaled
-        return bool(
-            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
-        )
-
     def _record_ascent(self, norm: torch.Tensor) -> bool:
         """Count the ascent norm (unscaled) for the logs; False when it is not finite."""
         value = float(norm)
@@ -446,92 +392,6 @@ class SAMTrainer(Trainer):
             return False
         self._sam_norm_sum += value
         self._sam_norm_count += 1
-        return True
-
-    # ---- samtune's own state in checkpoints -----------------------------------------------
-
-    def sam_state(self) -> dict[str, Any]:
-        """What a checkpoint must carry beyond the Trainer's own state."""
-        return {
-            "rho": self.args.rho,
-            "adaptive": self.args.adaptive,
-            "variant": self.sam_variant.name,
-            "climb_steps": self.sam_climb_steps,
-            "perturbations_skipped": self.sam_perturbations_skipped,
-            "nonfinite_skipped": self.sam_nonfinite_skipped,
-        }
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *a: Any, **kw: Any):
-        """The Trainer's `train`, resuming samtune's state too (a checkpoint path, or True for the newest)."""
-        if resume_from_checkpoint is True:
-            # The Trainer's own rule for True; where there is none, the Trainer raises its own error.
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
-        if isinstance(resume_from_checkpoint, str):
-            self._reload_weights(resume_from_checkpoint)
-            path = os.path.join(resume_from_checkpoint, SAM_STATE_FILE)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    saved = json.load(f)
-                self.sam_perturbations_skipped = int(saved.get("perturbations_skipped", 0))
-                self.sam_nonfinite_skipped = int(saved.get("nonfinite_skipped", 0))
-                self.sam_climb_steps = int(saved.get("climb_steps", 0))
-            self._load_looksam_state(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *a, **kw)
-
-    def _save_rng_state(self, output_dir: str) -> None:
-        """Write samtune's state into the checkpoint, then the Trainer's RNG state.
-
-        The Trainer writes a checkpoint's files in a fixed order and `trainer_state.json` last:
-        it is the mark of a complete checkpoint (`resume auto` takes the newest folder that has
-        it). The RNG state is the last save before it, so samtune's files go in here, and a kill
-        can never leave a "complete" checkpoint without them. (The Trainer skips this save with
-        `save_only_model`, whose checkpoints hold no optimizer state to resume from either.)
-        """
-        if self.args.should_save:
-            os.makedirs(output_dir, exist_ok=True)
-            write_json_atomic(Path(output_dir) / SAM_STATE_FILE, self.sam_state())
-            self.save_looksam_state(output_dir)
-        super()._save_rng_state(output_dir)
-
-    def _load_best_model(self) -> None:
-        """Load the best checkpoint through `from_pretrained` (see `_reload_weights`); else the Trainer's way."""
-        if not self._reload_weights(self.state.best_model_checkpoint):
-            super()._load_best_model()
-
-    def save_looksam_state(self, folder: str) -> None:
-        """Write LookSAM's g_v into a checkpoint folder, so a resumed run reuses it exactly."""
-        if self._looksam_v is not None:
-            with atomic_path(Path(folder) / LOOKSAM_STATE_FILE) as tmp:
-                torch.save([v.cpu() if v is not None else None for v in self._looksam_v], tmp)
-
-    def _load_looksam_state(self, checkpoint: str) -> None:
-        """Read g_v back (without it, LookSAM's next step is a SAM step that computes it afresh)."""
-        path = os.path.join(checkpoint, LOOKSAM_STATE_FILE)
-        self._looksam_v = None
-        if self.sam_variant.name != "looksam" or not os.path.isfile(path):
-            return
-        params = F.trainable_parameters(self.model)
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if len(saved) == len(params):
-            self._looksam_v = [v.to(p.device) if v is not None else None for v, p in zip(saved, params, strict=True)]
-
-    def _reload_weights(self, checkpoint: str) -> bool:
-        """Load a checkpoint's weights through `from_pretrained`, which maps renamed parameters; False if it can't.
-
-        transformers 5.x saves some models (ViT among them) under their former parameter names and
-        maps them back in `from_pretrained`; the Trainer's own loads (resume, and the best model at
-        the end) read the file as it is, non-strictly, which silently leaves those parameters where
-        they were. Loading here, strictly, makes both exact; on resume the Trainer's own load then
-        rewrites the same values.
-        """
-        from transformers import PreTrainedModel
-
-        model = self.accelerator.unwrap_model(self.model)
-        if not isinstance(model, PreTrainedModel) or not os.path.isfile(os.path.join(checkpoint, "config.json")):
-            return False
-        saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
-        model.load_state_dict(saved.state_dict(), strict=True)
-        del saved
         return True
 
     # ---- logging -------------------------------------------------------------------------
@@ -575,31 +435,13 @@ class _StepSkipper(TrainerCallback):
                     # fp16: skip through the GradScaler, as its own overflow skip does: the step is
                     # skipped, the scale backs off and the scaler's per-step state is reset (returning
                     # here would leave it "unscaled" by the clipping, and the next step would raise).
-                    _record_overflow(scaler, getattr(optimizer, "optimizer", optimizer))
+                    record_overflow(scaler, getattr(optimizer, "optimizer", optimizer))
                     return step(*a, **kw)
-                optimizer._opt_called = True
+                mark_stepped(optimizer)
                 return None
             return step(*a, **kw)
 
         # Keep the LR scheduler's bookkeeping: it wrapped `step` already and checks for that mark.
-        skippable_step._wrapped_by_lr_sched = getattr(step, "_wrapped_by_lr_sched", True)  # type: ignore[attr-defined]
+        keep_scheduler_wrapper_mark(skippable_step, step)
         optimizer.step = skippable_step
         optimizer._samtune_skippable = True
-
-
-def _record_overflow(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
-    """Make `scaler` see an inf in this optimizer step, so that its `step` skips and `update` backs off.
-
-    Uses the GradScaler's per-optimizer record (`_per_optimizer_states`, `found_inf_per_device`,
-    unchanged from torch 1.6 to 2.13): after `unscale_` it holds one found-inf flag per device.
-    """
-    from torch.amp.grad_scaler import OptState
-
-    state = scaler._per_optimizer_states[id(optimizer)]
-    if state["stage"] is OptState.READY:  # not unscaled yet (no clipping, no grad-norm log)
-        scaler.unscale_(optimizer)
-    found = state["found_inf_per_device"]
-    if not found:  # no gradients at all: record the overflow on the scale's own device
-        found[scaler._scale.device] = torch.ones((), dtype=torch.float32, device=scaler._scale.device)
-    for flag in found.values():
-        flag.fill_(1.0)

@@ -31,7 +31,7 @@ from transformers.trainer_callback import TrainerState
 
 from samtune import SAMTrainer
 from samtune.optim import functional
-from samtune.trainer import LOOKSAM_STATE_FILE, SAM_STATE_FILE
+from samtune.sam_checkpoint import LOOKSAM_STATE_FILE, SAM_STATE_FILE
 
 # ---- aliased ascent gradients ---------------------------------------------------------------
 

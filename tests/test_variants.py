@@ -23,7 +23,7 @@ from tiny import (
 
 from samtune import SAMArguments, SAMTrainer
 from samtune.optim.variants import SAMVariant, ascent_rows, looksam_direction, looksam_gradient_, rst_draw
-from samtune.trainer import LOOKSAM_STATE_FILE
+from samtune.sam_checkpoint import LOOKSAM_STATE_FILE
 
 RHO, LR, N_STEPS = 0.05, 0.5, 5
 GA = pytest.mark.parametrize(("batch_size", "accumulation"), [(8, 1), (4, 2)], ids=["ga1", "ga2"])

@@ -1,25 +1,44 @@
-"""SAM maths in pure PyTorch (no transformers import): the functions and a standalone optimizer."""
+"""SAM maths in pure PyTorch (no transformers import): the functions, the settings and a standalone optimizer.
 
-from samtune.optim.functional import (
-    ascent_norm,
-    climb_,
-    frozen_running_stats,
-    perturbation_,
-    restore_weights_,
-    sam_perturbation,
-    save_weights,
-    trainable_parameters,
-)
-from samtune.optim.sam import SAM
+The names below load on first use (PEP 562), so that `samtune.optim.settings`, which the recipe
+schema reads, does not import torch: validating a recipe stays a matter of milliseconds.
+"""
 
-__all__ = [
-    "SAM",
-    "ascent_norm",
-    "climb_",
-    "frozen_running_stats",
-    "perturbation_",
-    "restore_weights_",
-    "sam_perturbation",
-    "save_weights",
-    "trainable_parameters",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from samtune.optim.functional import (
+        ascent_norm,
+        climb_,
+        frozen_running_stats,
+        perturbation_,
+        restore_weights_,
+        sam_perturbation,
+        save_weights,
+        trainable_parameters,
+    )
+    from samtune.optim.sam import SAM
+    from samtune.optim.settings import SAMSettings
+
+_WHERE = {
+    "SAM": "sam",
+    "SAMSettings": "settings",
+    **{
+        name: "functional"
+        for name in (
+            "ascent_norm", "climb_", "frozen_running_stats", "perturbation_", "restore_weights_",
+            "sam_perturbation", "save_weights", "trainable_parameters",
+        )  # fmt: skip
+    },
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"samtune.optim.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'samtune.optim' has no attribute {name!r}")

@@ -33,39 +33,39 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-VariantName = Literal["sam", "every_k", "looksam", "ascent_fraction", "rst"]
-VARIANTS: tuple[str, ...] = ("sam", "every_k", "looksam", "ascent_fraction", "rst")
+from samtune.optim.settings import VARIANTS, SAMSettings, VariantName, default_of, sam_setting_problems
+
+__all__ = ["VARIANTS", "SAMVariant", "VariantName"]
 
 
 @dataclass(frozen=True)
 class SAMVariant:
-    """Which SAM step to take, and when: `name` with its own parameters."""
+    """Which SAM step to take, and when: `name` with its own parameters (defaults and bounds: SAMSettings)."""
 
-    name: VariantName = "sam"
-    every_k: int = 2
-    looksam_k: int = 5
-    looksam_alpha: float = 0.7
-    ascent_fraction: float = 0.25
-    rst_probability: float = 0.5
+    name: VariantName = default_of("sam_variant")
+    every_k: int = default_of("every_k")
+    looksam_k: int = default_of("looksam_k")
+    looksam_alpha: float = default_of("looksam_alpha")
+    ascent_fraction: float = default_of("ascent_fraction")
+    rst_probability: float = default_of("rst_probability")
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.name not in VARIANTS:
-            raise ValueError(f"unknown SAM variant {self.name!r}: choose one of {', '.join(VARIANTS)}")
-        if not (isinstance(self.every_k, int) and self.every_k >= 1):
-            raise ValueError(f"every_k must be a whole number >= 1 (got {self.every_k!r}): SAM runs on one step in k")
-        if not (isinstance(self.looksam_k, int) and self.looksam_k >= 1):
-            raise ValueError(f"looksam_k must be a whole number >= 1 (got {self.looksam_k!r})")
-        if not (math.isfinite(self.looksam_alpha) and self.looksam_alpha >= 0):
-            raise ValueError(f"looksam_alpha must be a finite number >= 0 (got {self.looksam_alpha!r})")
-        if not (0 < self.ascent_fraction <= 1):
-            raise ValueError(f"ascent_fraction must be in (0, 1] (got {self.ascent_fraction!r})")
-        if not (0 <= self.rst_probability <= 1):
-            raise ValueError(f"rst_probability must be in [0, 1] (got {self.rst_probability!r})")
+        values = {"sam_variant": self.name, **{k: getattr(self, k) for k in self._PARAMETERS}}
+        problems = sam_setting_problems(values)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    _PARAMETERS = ("every_k", "looksam_k", "looksam_alpha", "ascent_fraction", "rst_probability")
+
+    @classmethod
+    def from_settings(cls, settings: SAMSettings, seed: int = 0) -> SAMVariant:
+        """The variant that SAM settings select, with its parameters."""
+        return cls(settings.sam_variant, *(getattr(settings, k) for k in cls._PARAMETERS), seed=seed)
 
     def climbs_on(self, step: int) -> bool:
         """Whether optimizer step `step` (0-based) takes SAM's two passes (LookSAM: refreshes g_v)."""

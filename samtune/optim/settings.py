@@ -1,0 +1,181 @@
+"""SAM's settings, defined once: name, default, bound, help, the variant each belongs to, whether it defines a run.
+
+`SAMSettings` is the single definition. Everything else is derived from it:
+
+- `samtune.SAMArguments` (the Trainer's arguments) inherits its fields, help texts included;
+- the recipe's `sam` section (`samtune.recipe`) is built from `setting_specs()`: the same
+  defaults, the same bounds (as pydantic constraints), the same help;
+- `samtune.optim.variants.SAMVariant` takes its defaults and its checks from here;
+- the run-change check on resume and the model card's table list `setting_specs()`.
+
+A new setting is one `setting(...)` field below, plus its use in the step. Pure Python: nothing
+here imports transformers (or even torch).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal
+
+VariantName = Literal["sam", "every_k", "looksam", "ascent_fraction", "rst"]
+VARIANTS: tuple[str, ...] = typing.get_args(VariantName)
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    finite: bool = False,
+    variant: str | None = None,
+    recipe_key: str | None = None,
+    defines_run: bool = True,
+    why: str = "",
+) -> Any:
+    """One SAM setting: a dataclass field whose metadata carries its bound, help and role.
+
+    `variant`: the SAM variant the setting belongs to (None: every variant). `recipe_key`: its
+    key in the recipe's `sam` section when it differs from the field name. `defines_run`: a
+    resume that changes it trains another run (samtune warns). `why`: appended to the error
+    message of a value out of bounds.
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    # transformers' HfArgumentParser hands a field's whole metadata to argparse, so only `help`
+    # can live there; the rest is kept beside it, keyed by the field object (which dataclasses
+    # and their subclasses share).
+    declared = field(default=default, metadata={"help": help})
+    _DECLARED[id(declared)] = dict(bounds=bounds, finite=finite, variant=variant, recipe_key=recipe_key,
+                                   defines_run=defines_run, why=why)  # fmt: skip
+    return declared
+
+
+_DECLARED: dict[int, dict[str, Any]] = {}
+
+
+@dataclass
+class SAMSettings:
+    """Sharpness-Aware Minimization's settings (the paper's, ASAM's and the cheaper variants')."""
+
+    rho: float = setting(
+        0.05,
+        "Radius of the neighbourhood SAM climbs in (0: no climb, one pass a step). rho=0 is the stock "
+        "Trainer to the bit at gradient_accumulation_steps=1, and for any model whose loss honours "
+        "num_items_in_batch; with accumulation, classification heads that accept but ignore it get their loss "
+        "divided by the accumulation steps (the stock update is N times too large for them). "
+        "0.05 is the paper's value for SAM; ASAM's scale-invariant climb wants larger values (0.5-2.0).",
+        ge=0, finite=True,
+        why="it is the radius SAM climbs in; use 0.05 for SAM, 0.5-2.0 for ASAM, or 0 to train without SAM.",
+    )  # fmt: skip
+    adaptive: bool = setting(False, "ASAM (Kwon et al., 2021): scale the climb per weight by |w|.")
+    sam_variant: VariantName = setting(
+        "sam",
+        "Which SAM step: 'sam' (exact, every step), or a cheaper variant: 'every_k' (SAM on one step "
+        "in every_k), 'looksam' (LookSAM: SAM every looksam_k steps, its sharpness direction reused in "
+        "between), 'ascent_fraction' (ascent on a fraction of each batch), 'rst' (SAM on a random share "
+        "rst_probability of the steps). See samtune.optim.variants.",
+        recipe_key="variant",
+    )
+    every_k: int = setting(2, "every_k: SAM on optimizer steps where step % every_k == 0.", ge=1, variant="every_k",
+                           why="SAM runs on one step in k.")  # fmt: skip
+    looksam_k: int = setting(5, "looksam: an exact SAM step every looksam_k steps.", ge=1, variant="looksam")
+    looksam_alpha: float = setting(0.7, "looksam: weight of the reused sharpness direction g_v.", ge=0, finite=True,
+                                   variant="looksam")  # fmt: skip
+    ascent_fraction: float = setting(0.25, "ascent_fraction: share of each micro-batch the ascent gradient uses.",
+                                     gt=0, le=1, variant="ascent_fraction")  # fmt: skip
+    rst_probability: float = setting(0.5, "rst: probability that a step is a SAM step.", ge=0, le=1, variant="rst")
+
+    def __post_init__(self) -> None:
+        problems = sam_setting_problems({s.name: getattr(self, s.name) for s in setting_specs()})
+        if problems:
+            raise ValueError("; ".join(problems))
+        parent = getattr(super(), "__post_init__", None)  # TrainingArguments', in SAMArguments
+        if parent is not None:
+            parent()
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """What `setting(...)` declared about one field of SAMSettings, in a form the other layers read."""
+
+    name: str
+    recipe_key: str
+    type: Any
+    default: Any
+    help: str
+    bounds: dict[str, float]
+    finite: bool
+    variant: str | None
+    defines_run: bool
+    why: str
+
+
+@functools.cache
+def setting_specs() -> tuple[SettingSpec, ...]:
+    """Every SAM setting, in declaration order."""
+    hints = typing.get_type_hints(SAMSettings)
+    out = []
+    for f in fields(SAMSettings):
+        m = _DECLARED[id(f)]
+        out.append(
+            SettingSpec(
+                name=f.name, recipe_key=m["recipe_key"] or f.name, type=hints[f.name],
+                default=None if f.default is MISSING else f.default, help=f.metadata["help"], bounds=m["bounds"],
+                finite=m["finite"], variant=m["variant"], defines_run=m["defines_run"], why=m["why"],
+            )  # fmt: skip
+        )
+    return tuple(out)
+
+
+def default_of(name: str) -> Any:
+    """The default of one setting."""
+    return next(s.default for s in setting_specs() if s.name == name)
+
+
+_WORDS = {"ge": ">=", "gt": ">", "le": "<="}
+
+
+def _kind(spec: SettingSpec) -> str:
+    return "a whole number" if spec.type is int else "a finite number" if spec.finite else "a number"
+
+
+def sam_setting_problems(values: dict[str, Any]) -> list[str]:
+    """Every problem with these values (by field name), each naming the setting, its bound and the value."""
+    problems = []
+    for spec in setting_specs():
+        if spec.name not in values:
+            continue
+        value = values[spec.name]
+        if spec.name == "sam_variant":
+            if value not in VARIANTS:
+                problems.append(f"unknown SAM variant {value!r}: choose one of {', '.join(VARIANTS)}")
+            continue
+        if spec.type not in (int, float):
+            continue
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = numeric and (spec.type is not int or float(value).is_integer())
+        ok = ok and (not spec.finite or math.isfinite(value)) and not (isinstance(value, float) and math.isnan(value))
+        ok = ok and all(_holds(value, op, bound) for op, bound in spec.bounds.items())
+        if not ok:
+            bound = " and ".join(f"{_WORDS[op]} {b:g}" for op, b in spec.bounds.items())
+            problems.append(f"{spec.name} must be {_kind(spec)}{' ' + bound if bound else ''} (got {value!r})"
+                            + (f": {spec.why}" if spec.why else ""))  # fmt: skip
+    return problems
+
+
+def _holds(value: float, op: str, bound: float) -> bool:
+    return {"ge": value >= bound, "gt": value > bound, "le": value <= bound}[op]
+
+
+def variant_of(recipe_key: str) -> str | None:
+    """The variant a setting (by its recipe key) belongs to; None if it belongs to every variant."""
+    return next((s.variant for s in setting_specs() if s.recipe_key == recipe_key), None)
+
+
+def settings_for_variant(sam: dict[str, Any], variant: str) -> dict[str, Any]:
+    """A recipe `sam` mapping without the settings of the variants other than `variant` (they would not load)."""
+    return {k: v for k, v in sam.items() if variant_of(k) in (None, variant)}
