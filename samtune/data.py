@@ -387,79 +387,24 @@ def _has_labels(ds: Dataset, column: str) -> bool:
 def load_data(data: DataSection, seed: int = 42, task: str = "auto") -> PreparedData:
     """Load, detect columns, encode labels, choose or carve the eval split, apply the caps."""
     raw, from_hub = load_raw(data)
-    available = list(raw.keys())
-    if data.train_split not in raw:
-        raise DataError(
-            f"unknown split '{data.train_split}' (the dataset has: {', '.join(available)})",
-            "Set data.train_split to one of them.",
-        )
-    for key in ("eval_split", "test_split"):
-        split = getattr(data, key)
-        if split is not None and split not in raw:
-            raise DataError(
-                f"unknown split '{split}' for data.{key} (the dataset has: {', '.join(available)})",
-                f"Set data.{key} to one of them.",
-            )
+    _check_split_names(raw, data)
     train = raw[data.train_split]
     if len(train) == 0:
         raise DataError(f"the '{data.train_split}' split is empty", "Check the data.")
-    columns = list(train.column_names)
-    cols = detect_columns(columns, train.features, data, task)
-
-    eval_name = data.eval_split
-    if eval_name is None:
-        eval_name = next(
-            (s for s in EVAL_SPLITS if s in raw and s != data.train_split and s != data.test_split
-             and _has_labels(raw[s], cols["label"])),
-            None,
-        )  # fmt: skip
-    test_name = data.test_split
-    if test_name is None and "test" in raw and data.eval_split != "test" and _has_labels(raw["test"], cols["label"]):
-        test_name = "test"  # scored at the end, never used to pick the checkpoint
+    cols = detect_columns(list(train.column_names), train.features, data, task)
+    eval_name, test_name = _eval_and_test_names(raw, data, cols["label"])
     splits = {"train": train}
     if eval_name is not None:
         splits["eval"] = raw[eval_name]
     if test_name is not None:
         splits["test"] = raw[test_name]
-    for name, ds in splits.items():
-        missing = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c and c not in ds.column_names]
-        if missing:
-            raise DataError(f"the {name} split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
-
-    keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
-    splits = {k: v.select_columns(keep) for k, v in splits.items()}
-    if cols["text"]:
-        text_cols = [c for c in (cols["text"], cols["pair"]) if c]
-        splits = {k: v.filter(lambda *t: all(x is not None for x in t), input_columns=text_cols) for k, v in splits.items()}
-    if data.labels:
-        splits = {k: _as_names(v, cols["label"]) for k, v in splits.items()}
-        wanted = set(data.labels)
-        present = set(splits["train"].unique(cols["label"]))
-        absent = [label for label in data.labels if label not in present]
-        if absent:
-            raise DataError(
-                f"data.labels lists {', '.join(absent)}, not found in the train split's '{cols['label']}' column",
-                f"Labels present: {', '.join(sorted(present)[:20])}.",
-            )
-        splits = {k: v.filter(lambda v: v in wanted, input_columns=cols["label"]) for k, v in splits.items()}
+    splits = _keep_usable_rows(splits, cols, data)
     splits, names = encode_labels(splits, cols["label"], names=data.labels)
     notes: list[str] = []
-
     if "eval" in splits:
         eval_source = f"the '{eval_name}' split"
     else:
-        try:
-            parts = splits["train"].train_test_split(
-                test_size=data.validation_fraction, stratify_by_column=LABELS, seed=seed
-            )
-            how = "stratified"
-        except ValueError:
-            parts = splits["train"].train_test_split(test_size=data.validation_fraction, seed=seed)
-            how = "random (a class was too small to stratify)"
-            notes.append(f"validation split carved at random: {how}")
-        splits["train"], splits["eval"] = parts["train"], parts["test"]
-        eval_source = f"{data.validation_fraction:.0%} of '{data.train_split}', {how.split(' ')[0]}"
-
+        eval_source = _carve_validation(splits, data, seed, notes)
     if data.max_train_samples:
         splits["train"] = _stratified_subset(splits["train"], data.max_train_samples, seed)
     if data.max_eval_samples:
@@ -485,3 +430,73 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto") -> Prepared
         notes=notes,
         is_hub_dataset=from_hub,
     )
+
+
+def _check_split_names(raw: Any, data: DataSection) -> None:
+    """Every split the recipe names exists in the dataset."""
+    available = list(raw.keys())
+    if data.train_split not in raw:
+        raise DataError(
+            f"unknown split '{data.train_split}' (the dataset has: {', '.join(available)})",
+            "Set data.train_split to one of them.",
+        )
+    for key in ("eval_split", "test_split"):
+        split = getattr(data, key)
+        if split is not None and split not in raw:
+            raise DataError(
+                f"unknown split '{split}' for data.{key} (the dataset has: {', '.join(available)})",
+                f"Set data.{key} to one of them.",
+            )
+
+
+def _eval_and_test_names(raw: Any, data: DataSection, label: str) -> tuple[str | None, str | None]:
+    """The evaluation split (named, or the first labelled one of EVAL_SPLITS) and the test split, if any."""
+    eval_name = data.eval_split
+    if eval_name is None:
+        eval_name = next(
+            (s for s in EVAL_SPLITS if s in raw and s != data.train_split and s != data.test_split
+             and _has_labels(raw[s], label)),
+            None,
+        )  # fmt: skip
+    test_name = data.test_split
+    if test_name is None and "test" in raw and data.eval_split != "test" and _has_labels(raw["test"], label):
+        test_name = "test"  # scored at the end, never used to pick the checkpoint
+    return eval_name, test_name
+
+
+def _keep_usable_rows(splits: dict[str, Any], cols: dict[str, Any], data: DataSection) -> dict[str, Any]:
+    """The used columns only, rows with text, and (with data.labels) the listed labels only."""
+    for name, ds in splits.items():
+        missing = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c and c not in ds.column_names]
+        if missing:
+            raise DataError(f"the {name} split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
+    keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
+    splits = {k: v.select_columns(keep) for k, v in splits.items()}
+    if cols["text"]:
+        text_cols = [c for c in (cols["text"], cols["pair"]) if c]
+        splits = {k: v.filter(lambda *t: all(x is not None for x in t), input_columns=text_cols) for k, v in splits.items()}
+    if data.labels:
+        splits = {k: _as_names(v, cols["label"]) for k, v in splits.items()}
+        wanted = set(data.labels)
+        present = set(splits["train"].unique(cols["label"]))
+        absent = [label for label in data.labels if label not in present]
+        if absent:
+            raise DataError(
+                f"data.labels lists {', '.join(absent)}, not found in the train split's '{cols['label']}' column",
+                f"Labels present: {', '.join(sorted(present)[:20])}.",
+            )
+        splits = {k: v.filter(lambda v: v in wanted, input_columns=cols["label"]) for k, v in splits.items()}
+    return splits
+
+
+def _carve_validation(splits: dict[str, Any], data: DataSection, seed: int, notes: list[str]) -> str:
+    """Carve the validation split out of train (stratified where every class allows it); returns its source."""
+    try:
+        parts = splits["train"].train_test_split(test_size=data.validation_fraction, stratify_by_column=LABELS, seed=seed)
+        how = "stratified"
+    except ValueError:
+        parts = splits["train"].train_test_split(test_size=data.validation_fraction, seed=seed)
+        how = "random (a class was too small to stratify)"
+        notes.append(f"validation split carved at random: {how}")
+    splits["train"], splits["eval"] = parts["train"], parts["test"]
+    return f"{data.validation_fraction:.0%} of '{data.train_split}', {how.split(' ')[0]}"
