@@ -134,15 +134,17 @@ def _eval_results(facts: CardFacts) -> list[EvalResult]:
 def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
     r, t = facts.recipe, facts.recipe.training
     if r.sam.rho == 0:
-        variant = "none (rho = 0: plain training)"
+        variant, share = "none (rho = 0: plain training)", 0.0
     else:
-        kind = SAMVariant.from_settings(SAMSettings(**r.sam.arguments())).describe()
-        variant = f"ASAM, {kind}" if r.sam.adaptive else kind
+        chosen = SAMVariant.from_settings(SAMSettings(**r.sam.arguments()))
+        variant = f"ASAM, {chosen.describe()}" if r.sam.adaptive else chosen.describe()
+        share = chosen.extra_pass_share
     length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"
     return [
         ("rho", r.sam.rho),
         ("adaptive (ASAM)", r.sam.adaptive),
         ("variant", variant),
+        ("expected compute per step", f"about {1 + share:.3g}x a plain step's (the variant's share of a second pass)"),
         ("base optimizer", t.optimizer),
         ("learning rate", t.learning_rate),
         ("schedule", f"{t.scheduler}, warmup {t.warmup:g}"),
