@@ -24,6 +24,7 @@ from rich.table import Table
 
 from samtune import __version__
 from samtune.errors import EXIT_INTERRUPTED, EXIT_TRAINING, SamtuneError, UsageError
+from samtune.processes import is_main_process, process_rank
 
 app = typer.Typer(
     name="samtune",
@@ -49,13 +50,9 @@ EXIT_FILE = "SAMTUNE_EXIT_FILE"  # where a re-launched process leaves its exit c
 NPROC_ENV = "SAMTUNE_NPROC"  # how many processes --nproc started (for the resume command)
 
 
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _exit(code: int) -> None:
     exit_file = os.environ.get(EXIT_FILE)
-    if exit_file and (_is_main() or not Path(exit_file).exists()):
+    if exit_file and (is_main_process() or not Path(exit_file).exists()):
         with contextlib.suppress(OSError):  # the parent may be gone
             Path(exit_file).write_text(str(code))
     raise typer.Exit(code)
@@ -68,9 +65,9 @@ def _fail(e: SamtuneError, debug: bool) -> None:
 
     # Most errors meet every process alike: one message is enough. A training failure may be one
     # process's own (a NaN on its batch), so each says it, naming itself.
-    if _is_main() or isinstance(e, TrainingError):
-        if not _is_main():
-            e.message = f"[process {os.environ.get('RANK')}] {e.message}"
+    if is_main_process() or isinstance(e, TrainingError):
+        if not is_main_process():
+            e.message = f"[process {process_rank()}] {e.message}"
         hint_lines = (e.hint or "").splitlines()
         commands = [line.strip() for line in hint_lines if line.startswith("  samtune ")]
         hint = "\n".join(line for line in hint_lines if not line.startswith("  samtune "))
@@ -233,7 +230,7 @@ def train(
 
         quiet_transformers()
         if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:
-            from samtune.runner import check_output_dir
+            from samtune.rundir import check_output_dir
 
             check_output_dir(resolved.output_dir(), overwrite, resume)
             if resolved.hub.repo_id:
@@ -333,7 +330,7 @@ def _resume_command() -> str:
 
 def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> None:
     from samtune.progress import ProgressCallback
-    from samtune.runner import is_main_process, train
+    from samtune.runner import train
 
     main = is_main_process()
     if main:
@@ -575,10 +572,10 @@ def push_command(
 
     def body() -> None:
         from samtune.errors import PushError
-        from samtune.files import lock_is_held
         from samtune.hub import preflight, push_run
         from samtune.recipe import build_recipe, read_recipe_file
-        from samtune.runner import CONFIG_FILE, push_target
+        from samtune.rundir import CONFIG_FILE, refuse_if_in_use
+        from samtune.runner import push_target
 
         # The run's own hub block, with the options on top (the usual precedence and validation).
         config = run_dir / CONFIG_FILE
@@ -588,9 +585,7 @@ def push_command(
         if not recipe.hub.repo_id:
             raise UsageError("no repo to push to", "Pass --repo-id namespace/name.")
         target = push_target(recipe)
-        holder = lock_is_held(run_dir)
-        if holder:
-            raise UsageError(f"{run_dir} is in use by a samtune run (process {holder})", "Push it once that run ends.")
+        refuse_if_in_use(run_dir, "Push it once that run ends.")
         preflight(target, unreachable=PushError)
         console.print(f"pushing {run_dir} to {target.repo_id} ...")
         console.print(f"[green]pushed[/green]: {push_run(run_dir, target)}")

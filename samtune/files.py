@@ -1,4 +1,4 @@
-"""Files a run writes: atomically (temporary file + rename), and a lock on the run directory."""
+"""Files written atomically (temporary file + rename), and exclusive OS locks on files."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from samtune.errors import UsageError
-
-LOCK_FILE = ".samtune.lock"
-RUN_MARK = ".samtune-run"  # written into every run directory: what --overwrite may delete
 
 
 def _umask() -> int:
@@ -52,77 +47,56 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-class RunLock:
-    """An exclusive lock on a run directory, held by one live process (an OS lock: it dies with its owner).
+class Locked(Exception):
+    """Another live process holds the lock; `owner` is what it wrote into the lock file."""
 
-    Creates the directory if needed; on release, removes the directory too if the run left nothing
-    in it (a failure before training leaves no partial run directory behind).
+    def __init__(self, owner: str):
+        super().__init__(owner)
+        self.owner = owner
+
+
+def _owner(fd: int) -> str:
+    return os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+
+
+def lock_exclusively(path: Path) -> int:
+    """Open (or create) `path` and hold an exclusive OS lock on it, naming this process in it; the descriptor.
+
+    An OS lock dies with its owner, so a crashed process never leaves a stale lock. Raises OSError
+    if the file cannot be opened, `Locked` if another process holds the lock.
     """
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
-        self.created_dir = False
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        """Take the lock, or raise UsageError (exit 2) naming the process that holds it."""
-        self.created_dir = not self.run_dir.exists()
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-        except OSError as e:
-            self._cleanup_dir()
-            raise UsageError(
-                f"the output directory {self.run_dir} is not writable: {e.strerror or e}",
-                "Choose a writable --output-dir.",
-            ) from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise UsageError(
-                f"another samtune run (process {owner}) is using {self.run_dir}",
-                "Wait for it to finish, or choose another --output-dir.",
-            ) from None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = _owner(fd)
+        os.close(fd)
+        raise Locked(owner) from None
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
-        self._fd = fd
-        return self
-
-    def _cleanup_dir(self) -> None:
-        if self.created_dir and self.run_dir.is_dir():
-            if [p.name for p in self.run_dir.iterdir()] in ([], [LOCK_FILE]):
-                with contextlib.suppress(OSError):
-                    self.path.unlink(missing_ok=True)
-                    self.run_dir.rmdir()
-
-    def release(self) -> None:
-        """Drop the lock (and the directory, if this run created it and left nothing else in it)."""
-        if self._fd is not None:
-            self._cleanup_dir()
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+    except OSError:
+        unlock(fd)
+        raise
+    return fd
 
 
-def lock_is_held(run_dir: Path) -> str | None:
-    """Who holds a run directory's lock right now, or None."""
-    path = Path(run_dir) / LOCK_FILE
+def unlock(fd: int) -> None:
+    """Drop a lock `lock_exclusively` took and close its descriptor."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the OS lock on `path` right now (what it wrote there), or None."""
+    path = Path(path)
     if not path.is_file():
         return None
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
-        return os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+        return _owner(fd)
     finally:
         os.close(fd)
     return None

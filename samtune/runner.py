@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,10 +14,18 @@ from typing import Any
 import numpy as np
 
 from samtune.errors import DataError, TrainingError, UsageError
+from samtune.processes import is_main_process
 from samtune.recipe import Recipe
-
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
+from samtune.rundir import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RunLock,
+    check_output_dir,
+    clear_output_dir,
+    find_checkpoint,
+    last_complete_checkpoint,
+    mark_as_run,
+)
 
 
 @dataclass
@@ -47,88 +53,6 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
         "accuracy": float(accuracy_score(labels, preds)),
         "f1": float(f1_score(labels, preds, average="macro")),
     }
-
-
-def is_main_process() -> bool:
-    """True outside multi-process runs, and on rank 0 inside them."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _entries(path: Path) -> list[Path]:
-    from samtune.files import LOCK_FILE
-
-    return [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
-
-
-def check_output_dir(path: Path, overwrite: bool, resume: str | None = None) -> None:
-    """Refuse a non-empty run directory unless overwriting or resuming; refuse one that cannot be written."""
-    if overwrite and resume:
-        raise UsageError("--overwrite and --resume contradict each other", "Resume a run, or replace it: not both.")
-    blocker = next((p for p in [path, *path.parents] if p.exists()), Path("."))
-    if not blocker.is_dir():
-        raise UsageError(f"output directory {path} cannot be created: {blocker} is a file", "Choose another --output-dir.")
-    if not os.access(blocker, os.W_OK):
-        raise UsageError(f"output directory {path} is not writable", "Choose a writable --output-dir.")
-    if resume:
-        if resume != "auto" and Path(resume).resolve().parent != path.resolve():
-            raise UsageError(
-                f"checkpoint {resume} belongs to {Path(resume).parent}, not to the output directory {path}",
-                f"Resume in its own run directory: --output-dir {Path(resume).parent}.",
-            )
-        return
-    if _entries(path):
-        if not overwrite:
-            raise UsageError(
-                f"output directory {path} exists and is not empty",
-                "Pass --overwrite to replace it, --resume auto to continue it, or choose another --output-dir.",
-            )
-        if not looks_like_a_run(path):
-            raise UsageError(
-                f"output directory {path} is not a samtune run directory, so --overwrite will not delete it",
-                "Choose an empty or new --output-dir.",
-            )
-
-
-def looks_like_a_run(path: Path) -> bool:
-    """Whether a folder was written by samtune train (the only kind --overwrite may delete)."""
-    from samtune.files import RUN_MARK
-
-    return (path / RUN_MARK).is_file()
-
-
-def _clear_output_dir(path: Path) -> None:
-    """Remove a previous run's files (not the lock this run holds)."""
-    for entry in _entries(path):
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-
-
-def find_checkpoint(run_dir: Path, resume: str) -> str:
-    """The checkpoint `--resume` names: the newest in the run directory for 'auto', else the path given."""
-    if resume == "auto":
-        found = last_complete_checkpoint(run_dir)
-        if found is None:
-            raise UsageError(
-                f"no checkpoint to resume in {run_dir}",
-                "Start the run without --resume, or give a checkpoint folder: --resume PATH.",
-            )
-        return found
-    path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise UsageError(f"{resume} is not a checkpoint (no trainer_state.json)", "Give a checkpoint-N folder, or auto.")
-    return str(path)
-
-
-def last_complete_checkpoint(run_dir: Path) -> str | None:
-    """The newest checkpoint whose save finished (trainer_state.json is written last); None if none."""
-    import re
-
-    if not run_dir.is_dir():
-        return None
-    numbered = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    for _, path in sorted(numbered, reverse=True):
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-    return None
 
 
 # What changes a run if it differs between a checkpoint's recipe and the one resuming it.
@@ -275,8 +199,6 @@ def train(
     SIGINT/SIGTERM save a checkpoint and raise `Interrupted`; nothing is written on failure but
     the checkpoints already saved.
     """
-    from samtune.files import RunLock
-
     run_dir = recipe.output_dir()
     check_output_dir(run_dir, overwrite, resume)
     lock = RunLock(run_dir) if is_main_process() else None
@@ -296,7 +218,7 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
     from samtune.card import CardFacts, base_model_license, write_model_card
     from samtune.data import is_local
     from samtune.errors import Interrupted
-    from samtune.files import RUN_MARK, write_json_atomic, write_text_atomic
+    from samtune.files import write_json_atomic, write_text_atomic
     from samtune.recipe import build_recipe, read_recipe_file
     from samtune.stopping import GracefulStop
     from samtune.trainer import NonFiniteLossError, SAMTrainer, UnsupportedSetupError
@@ -344,10 +266,10 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
 
     if is_main_process():  # everything loaded: from here on, the directory is this run's
         if overwrite:
-            _clear_output_dir(run_dir)
+            clear_output_dir(run_dir)
         saved = recipe.model_copy(update={"name": recipe.run_name()})
         write_text_atomic(run_dir / CONFIG_FILE, saved.to_yaml())
-        (run_dir / RUN_MARK).write_text("written by samtune train; --overwrite may replace this folder\n")
+        mark_as_run(run_dir)
     stopper.install()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -443,40 +365,31 @@ def evaluate_run(
     from transformers import PrinterCallback
 
     from samtune import modeling
-    from samtune.data import detect_columns, encode_labels, load_raw, pick_eval_split
-    from samtune.recipe import ModelSection, build_recipe, read_recipe_file
+    from samtune.recipe import build_recipe, read_recipe_file
+    from samtune.rundir import require_model
+    from samtune.saved import load_model, model_inputs, read_run, split_examples
     from samtune.trainer import SAMArguments, SAMTrainer
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"{run_dir} is not a samtune run directory (no config.json)", "Give the folder `samtune train` wrote.")
+    require_model(run_dir)
     recipe = build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
-    section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
-    raw, _ = load_raw(section)
-    split_name = pick_eval_split(raw, split)
-    ds = raw[split_name]
     modeling.quiet_transformers()
-    model_section = ModelSection(name=str(run_dir), max_length=recipe.model.max_length)
-    model_config = modeling.load_config(model_section)
-    task = modeling.model_task(model_config) or recipe.task
-    cols = detect_columns(list(ds.column_names), ds.features, section, task)
-    names = [model_config.id2label[i] for i in range(len(model_config.id2label))]
-    keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
-    encoded, _ = encode_labels({"eval": ds.select_columns(keep)}, cols["label"], names=names)
-    processor = modeling.load_processor(model_section, task)
-    inputs = modeling.eval_inputs(encoded["eval"], task, processor, cols, recipe.model.max_length)
-    model = modeling.load_model(model_section, task, names)
+    run = read_run(run_dir, recipe)
+    section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
+    examples = split_examples(run, section, split)
+    processor, inputs = model_inputs(run, examples)
+    model = load_model(run)
     with tempfile.TemporaryDirectory(prefix="samtune-eval-") as scratch:
         args = SAMArguments(
             output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True, rho=0.0,
-            remove_unused_columns=task != modeling.IMAGE, use_cpu=not torch.cuda.is_available(),
+            remove_unused_columns=run.task != modeling.IMAGE, use_cpu=not torch.cuda.is_available(),
         )  # fmt: skip
         trainer = SAMTrainer(
             model=model, args=args, processing_class=processor, compute_metrics=compute_metrics,
-            data_collator=modeling.collator(task, processor),
+            data_collator=modeling.collator(run.task, processor),
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)
         metrics = trainer.evaluate(inputs, metric_key_prefix="eval")
     metrics["eval_samples"] = len(inputs)
-    metrics["eval_split"] = split_name
+    metrics["eval_split"] = examples.split
     return metrics

@@ -177,7 +177,7 @@ def test_a_token_in_a_recipe_is_refused(tmp_path):
 
 
 def test_push_command_refuses_a_run_in_use(tmp_path, text_model_dir, text_csv, fake_hub):
-    from samtune.files import RunLock
+    from samtune.rundir import RunLock
 
     out = tmp_path / "run"
     assert _train(text_model_dir, text_csv, out).exit_code == 0

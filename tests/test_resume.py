@@ -114,7 +114,7 @@ def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterr
     resumed = _samtune(["train", recipe, "--output-dir", run, "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(run, reference)
-    from samtune.files import lock_is_held
+    from samtune.rundir import lock_is_held
 
     assert lock_is_held(run) is None
 
@@ -255,7 +255,7 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp
 
 
 def test_resume_auto_skips_a_checkpoint_whose_save_did_not_finish(tmp_path):
-    from samtune.runner import find_checkpoint
+    from samtune.rundir import find_checkpoint
 
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
@@ -267,7 +267,7 @@ def test_resume_auto_skips_a_checkpoint_whose_save_did_not_finish(tmp_path):
 def test_the_lock_is_the_operating_systems(tmp_path):
     """A lock file left by a dead process (even one with this very pid) does not block; a live holder does."""
     from samtune.errors import UsageError
-    from samtune.files import LOCK_FILE, RunLock
+    from samtune.rundir import LOCK_FILE, RunLock
 
     (tmp_path / LOCK_FILE).write_text(f"{os.getpid()} on this-host\n")  # stale: nobody holds it
     with RunLock(tmp_path):
@@ -296,7 +296,7 @@ def test_ctrl_c_under_nproc_saves_once_and_exits_130(tmp_path, text_model_dir):
     out, err = parent.communicate(timeout=120)
     assert parent.returncode == 130, err[-3000:]
     assert "--nproc 2 --resume auto" in err
-    from samtune.runner import last_complete_checkpoint
+    from samtune.rundir import last_complete_checkpoint
 
     step = int(Path(last_complete_checkpoint(run)).name.split("-")[1])
     assert f"a checkpoint at step {step}" in err

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -200,7 +199,7 @@ def check_compare_dir(path: Path, overwrite: bool, resume: bool) -> None:
 
 def _holds_files(path: Path) -> bool:
     """Whether a folder holds any file but a lock or the comparison's mark (empty folders do not count)."""
-    from samtune.files import LOCK_FILE
+    from samtune.rundir import LOCK_FILE
 
     return path.is_dir() and any(p.name not in (LOCK_FILE, COMPARE_MARK) and not p.is_dir() for p in path.rglob("*"))
 
@@ -217,7 +216,7 @@ def _tidy_if_empty(out: Path) -> None:
 
 def _saved_differences(run: ArmRun) -> list[str]:
     """'key: saved -> now' for every setting where the run directory's config.yaml differs from the run's recipe."""
-    from samtune.runner import CONFIG_FILE
+    from samtune.rundir import CONFIG_FILE
 
     saved = yaml.safe_load((run.run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     now = yaml.safe_load(run.recipe.model_copy(update={"name": run.recipe.run_name()}).to_yaml())
@@ -233,8 +232,8 @@ def _saved_differences(run: ArmRun) -> list[str]:
 def _run_one(run: ArmRun, index: int, total: int, resume: bool, callbacks: list[Any] | None, notify: Notify,
              again: str) -> None:  # fmt: skip
     """Train one arm on one seed, or keep it if it finished earlier (resume); errors name the arm and seed."""
-    from samtune.files import LOCK_FILE
-    from samtune.runner import CONFIG_FILE, METRICS_FILE, last_complete_checkpoint, train
+    from samtune.rundir import CONFIG_FILE, METRICS_FILE, contents, last_complete_checkpoint
+    from samtune.runner import train
 
     run_dir = run.run_dir
     if resume and (run_dir / CONFIG_FILE).is_file():
@@ -248,7 +247,7 @@ def _run_one(run: ArmRun, index: int, total: int, resume: bool, callbacks: list[
         notify(f"[{index}/{total}] {run.label}: finished earlier, kept ({run_dir})")
         return
     checkpoint = last_complete_checkpoint(run_dir) if resume else None
-    started = run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+    started = bool(contents(run_dir))
     notify(f"[{index}/{total}] {run.label}{' (continued from its checkpoint)' if checkpoint else ''} -> {run_dir}")
     done = f"{index - 1} run{'s' if index != 2 else ''} finished before it"
     kept = f"{done} and {'are' if index != 2 else 'is'} kept; continue the comparison with:\n  {again}"
@@ -291,7 +290,8 @@ def compare(
     strings for every arm. Raises UsageError before training if an arm, the recipe or the output
     directory is wrong; a failed run raises its own error, named by its arm and seed.
     """
-    from samtune.files import LOCK_FILE, RunLock, write_json_atomic
+    from samtune.files import write_json_atomic
+    from samtune.rundir import RunLock, clear_output_dir
 
     plan = plan_runs(recipe, overrides, arms, seeds, output_dir)
     out, runs = plan.output_dir, plan.runs
@@ -300,8 +300,7 @@ def compare(
     started = time.perf_counter()
     with RunLock(out):
         if overwrite:
-            for entry in [p for p in out.iterdir() if p.name != LOCK_FILE]:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            clear_output_dir(out)
         (out / COMPARE_MARK).write_text("written by samtune compare; --overwrite may replace this folder\n")
         try:
             for index, run in enumerate(runs, 1):

@@ -66,7 +66,7 @@ def build_report(runs: Sequence[RunRef], settings: Mapping[str, Any] | None = No
     Every arm must have run on the same seeds, the baseline among the arms. A metric is summarised
     when every run reports it.
     """
-    from samtune.runner import METRICS_FILE
+    from samtune.rundir import METRICS_FILE
 
     arms = list(dict.fromkeys(r.arm for r in runs))
     seeds = list(dict.fromkeys(r.seed for r in runs))
@@ -118,7 +118,9 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
     At a step logged twice (the end of training re-evaluates the model it keeps), the first value
     counts: the evaluation made while training.
     """
-    path = Path(run_dir) / "trainer_state.json"
+    from samtune.rundir import TRAINER_STATE_FILE
+
+    path = Path(run_dir) / TRAINER_STATE_FILE
     history = json.loads(path.read_text(encoding="utf-8")).get("log_history", []) if path.is_file() else []
     series: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
     for entry in history:

@@ -21,10 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from samtune.analysis.landscape import filter_normalize, grid, loss_curve, loss_surface, random_directions
 from samtune.analysis.objective import Objective, Vector
 from samtune.analysis.plots import Landscape, plot_curves, plot_surfaces
-from samtune.analysis.runs import SavedRun, load_batches, load_examples, open_run, pick_rows
+from samtune.analysis.runs import load_batches, load_examples, open_run, pick_rows
 from samtune.analysis.sharpness import hessian_top_eigenvalue, hessian_trace, sam_sharpness
 from samtune.card import LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE, SHARPNESS_FILE
 from samtune.errors import DataError, TrainingError, UsageError
+from samtune.saved import SavedRun
 
 DEFAULT_RHOS = (0.01, 0.05, 0.1, 0.2)
 MODE = "eval mode: dropout off, BatchNorm normalises with its running statistics (left unchanged)"

@@ -1,0 +1,197 @@
+"""The layout of a run directory: its file names, its mark, its lock and its checkpoints.
+
+What `samtune train` writes into a run directory (the model and processor beside them):
+
+    config.yaml         the resolved recipe (CONFIG_FILE)
+    metrics.json        flat final metrics (METRICS_FILE)
+    config.json         the model's config, saved with the model at the end (MODEL_CONFIG_FILE)
+    trainer_state.json  the Trainer's state and log history (TRAINER_STATE_FILE)
+    checkpoint-N/       checkpoints; complete once their trainer_state.json is written (it is last)
+    .samtune-run        the mark: only a folder that carries it may be replaced by --overwrite
+    .samtune.lock       held (an OS lock) by the one live process writing the directory
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from samtune.errors import UsageError
+from samtune.files import Locked, lock_exclusively, lock_holder, unlock
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+MODEL_CONFIG_FILE = "config.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
+RUN_MARK = ".samtune-run"  # written into every run directory: what --overwrite may delete
+LOCK_FILE = ".samtune.lock"
+
+
+def contents(path: Path) -> list[Path]:
+    """What a directory holds besides its lock ([] if it is not a directory)."""
+    return [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
+
+
+def check_output_dir(path: Path, overwrite: bool, resume: str | None = None) -> None:
+    """Refuse a non-empty run directory unless overwriting or resuming; refuse one that cannot be written."""
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other", "Resume a run, or replace it: not both.")
+    blocker = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not blocker.is_dir():
+        raise UsageError(
+            f"output directory {path} cannot be created: {blocker} is a file", "Choose another --output-dir."
+        )
+    if not os.access(blocker, os.W_OK):
+        raise UsageError(f"output directory {path} is not writable", "Choose a writable --output-dir.")
+    if resume:
+        if resume != "auto" and Path(resume).resolve().parent != path.resolve():
+            raise UsageError(
+                f"checkpoint {resume} belongs to {Path(resume).parent}, not to the output directory {path}",
+                f"Resume in its own run directory: --output-dir {Path(resume).parent}.",
+            )
+        return
+    if contents(path):
+        if not overwrite:
+            raise UsageError(
+                f"output directory {path} exists and is not empty",
+                "Pass --overwrite to replace it, --resume auto to continue it, or choose another --output-dir.",
+            )
+        if not looks_like_a_run(path):
+            raise UsageError(
+                f"output directory {path} is not a samtune run directory, so --overwrite will not delete it",
+                "Choose an empty or new --output-dir.",
+            )
+
+
+def looks_like_a_run(path: Path) -> bool:
+    """Whether a folder was written by samtune train (the only kind --overwrite may delete)."""
+    return (path / RUN_MARK).is_file()
+
+
+def mark_as_run(path: Path) -> None:
+    """Mark a folder as samtune train's, so that a later --overwrite may replace it."""
+    (path / RUN_MARK).write_text("written by samtune train; --overwrite may replace this folder\n")
+
+
+def clear_output_dir(path: Path) -> None:
+    """Remove a previous run's files (not the lock this run holds)."""
+    for entry in contents(path):
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def holds_model(run_dir: Path) -> bool:
+    """Whether a run directory holds a saved model (what a finished run leaves)."""
+    return (Path(run_dir) / MODEL_CONFIG_FILE).is_file()
+
+
+def require_model(run_dir: Path) -> None:
+    """Refuse a folder without a saved model: a UsageError (exit 2)."""
+    if not holds_model(run_dir):
+        raise UsageError(
+            f"{run_dir} is not a samtune run directory (no {MODEL_CONFIG_FILE})",
+            "Give the folder `samtune train` wrote.",
+        )
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    # The Trainer writes a checkpoint's trainer_state.json last: without it the save did not finish.
+    return (checkpoint / TRAINER_STATE_FILE).is_file()
+
+
+def find_checkpoint(run_dir: Path, resume: str) -> str:
+    """The checkpoint `--resume` names: the newest in the run directory for 'auto', else the path given."""
+    if resume == "auto":
+        found = last_complete_checkpoint(run_dir)
+        if found is None:
+            raise UsageError(
+                f"no checkpoint to resume in {run_dir}",
+                "Start the run without --resume, or give a checkpoint folder: --resume PATH.",
+            )
+        return found
+    path = Path(resume)
+    if not _is_complete(path):
+        raise UsageError(
+            f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})", f"Give a {CHECKPOINT_PREFIX}N folder, or auto."
+        )
+    return str(path)
+
+
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint whose save finished (trainer_state.json is written last); None if none."""
+    if not run_dir.is_dir():
+        return None
+    pattern = re.escape(CHECKPOINT_PREFIX) + r"(\d+)"
+    numbered = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := re.fullmatch(pattern, p.name))]
+    for _, path in sorted(numbered, reverse=True):
+        if _is_complete(path):
+            return str(path)
+    return None
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by one live process (an OS lock: it dies with its owner).
+
+    Creates the directory if needed; on release, removes the directory too if the run left nothing
+    in it (a failure before training leaves no partial run directory behind).
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.created_dir = False
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock, or raise UsageError (exit 2) naming the process that holds it."""
+        self.created_dir = not self.run_dir.exists()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = lock_exclusively(self.path)
+        except Locked as e:
+            raise UsageError(
+                f"another samtune run (process {e.owner}) is using {self.run_dir}",
+                "Wait for it to finish, or choose another --output-dir.",
+            ) from None
+        except OSError as e:
+            self._cleanup_dir()
+            raise UsageError(
+                f"the output directory {self.run_dir} is not writable: {e.strerror or e}",
+                "Choose a writable --output-dir.",
+            ) from e
+        return self
+
+    def _cleanup_dir(self) -> None:
+        if self.created_dir and self.run_dir.is_dir() and not contents(self.run_dir):
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+                self.run_dir.rmdir()
+
+    def release(self) -> None:
+        """Drop the lock (and the directory, if this run created it and left nothing else in it)."""
+        if self._fd is not None:
+            self._cleanup_dir()
+            unlock(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock_is_held(run_dir: Path) -> str | None:
+    """Who holds a run directory's lock right now, or None."""
+    return lock_holder(Path(run_dir) / LOCK_FILE)
+
+
+def refuse_if_in_use(run_dir: Path, hint: str) -> None:
+    """A UsageError (exit 2) if a samtune run holds the directory's lock; `hint` says when to try again."""
+    holder = lock_is_held(run_dir)
+    if holder:
+        raise UsageError(f"{run_dir} is in use by a samtune run (process {holder})", hint)
