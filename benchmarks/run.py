@@ -4,11 +4,11 @@
     python benchmarks/run.py --only cost,perturbation,memory --quick
     python benchmarks/run.py --device cuda --precision bf16 --only cost,memory
 
-Suites: `cost` (time per optimizer step / AdamW's), `perturbation` (samtune's foreach perturbation
-vs a per-parameter loop), `memory` (SAM's extra peak memory / parameter bytes) from
-`benchmarks/cost.py`, and `accuracy` from `benchmarks/accuracy.py`. Each suite writes
-`<out>/<suite>-<device>[-bf16]-<date>.json` and `.md`; the markdown is printed as well.
-See benchmarks/README.md for what each number means.
+Suites: `cost` (time per optimizer step / AdamW's, `benchmarks/cost.py`), `perturbation`
+(samtune's foreach perturbation vs a per-parameter loop, `benchmarks/perturbation.py`), `memory`
+(SAM's extra peak memory / parameter bytes, `benchmarks/memory.py`), and `accuracy` from
+`benchmarks/accuracy.py`. Each suite writes `<out>/<suite>-<device>[-bf16]-<date>.json` and
+`.md`; the markdown is printed as well. See benchmarks/README.md for what each number means.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def run_suite(name: str, args: argparse.Namespace, date: str) -> tuple[dict[str,
             device="cpu" if args.device == "cpu" else "auto",
             log=_log,
         )
-        from benchmarks.cost import machine_info, machine_line
+        from benchmarks.machine import machine_info, machine_line
 
         results["machine"] = machine_info(args.device)
         text = (
@@ -76,7 +76,7 @@ def run_suite(name: str, args: argparse.Namespace, date: str) -> tuple[dict[str,
         )
         return results, text
 
-    from benchmarks import cost
+    from benchmarks import cost, memory, perturbation
 
     common: dict[str, Any] = dict(device=args.device, precision=args.precision, quick=args.quick, log=_log)
     if args.models:
@@ -85,11 +85,11 @@ def run_suite(name: str, args: argparse.Namespace, date: str) -> tuple[dict[str,
         results = cost.run_cost(arms=args.arms, **common)
         text = cost.cost_markdown(results, date)
     elif name == "perturbation":
-        results = cost.run_perturbation(**common)
-        text = cost.perturbation_markdown(results, date)
+        results = perturbation.run_perturbation(**common)
+        text = perturbation.perturbation_markdown(results, date)
     else:
-        results = cost.run_memory(**common)
-        text = cost.memory_markdown(results, date)
+        results = memory.run_memory(**common)
+        text = memory.memory_markdown(results, date)
     results["date"] = date
     results["torch_threads"] = torch.get_num_threads()
     return results, text

@@ -10,7 +10,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from samtune.optim.settings import SAMSettings
+from samtune.optim.settings import SAMSettings, setting_specs
 from samtune.optim.variants import SAMVariant
 from samtune.recipe import Recipe
 
@@ -140,10 +140,14 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
         variant = f"ASAM, {chosen.describe()}" if r.sam.adaptive else chosen.describe()
         share = chosen.extra_pass_share
     length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"
+    # Every other setting of every variant, from SAM's one definition (a variant's own are in its description).
+    others = [(s.recipe_key, getattr(r.sam, s.recipe_key)) for s in setting_specs()
+              if s.variant is None and s.recipe_key not in ("rho", "adaptive", "variant")]  # fmt: skip
     return [
         ("rho", r.sam.rho),
         ("adaptive (ASAM)", r.sam.adaptive),
         ("variant", variant),
+        *others,
         ("expected compute per step", f"about {1 + share:.3g}x a plain step's (the variant's share of a second pass)"),
         ("base optimizer", t.optimizer),
         ("learning rate", t.learning_rate),

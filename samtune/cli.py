@@ -6,11 +6,9 @@ Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error;
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -24,6 +22,7 @@ from rich.table import Table
 
 from samtune import __version__
 from samtune.errors import EXIT_INTERRUPTED, EXIT_TRAINING, SamtuneError, UsageError
+from samtune.launch import launched, relaunch, report_exit, resume_command, without
 from samtune.processes import is_main_process, process_rank
 
 app = typer.Typer(
@@ -46,15 +45,8 @@ RUN_PANEL = "Run"
 HUB_PANEL = "Hugging Face Hub"
 
 
-EXIT_FILE = "SAMTUNE_EXIT_FILE"  # where a re-launched process leaves its exit code for --nproc's parent
-NPROC_ENV = "SAMTUNE_NPROC"  # how many processes --nproc started (for the resume command)
-
-
 def _exit(code: int) -> None:
-    exit_file = os.environ.get(EXIT_FILE)
-    if exit_file and (is_main_process() or not Path(exit_file).exists()):
-        with contextlib.suppress(OSError):  # the parent may be gone
-            Path(exit_file).write_text(str(code))
+    report_exit(code)
     raise typer.Exit(code)
 
 
@@ -229,103 +221,28 @@ def train(
         from samtune.modeling import quiet_transformers
 
         quiet_transformers()
-        if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:
-            from samtune.rundir import check_output_dir
-
-            check_output_dir(resolved.output_dir(), overwrite, resume)
-            if resolved.hub.repo_id:
-                from samtune.hub import preflight
-                from samtune.runner import push_target
-
-                preflight(push_target(resolved))
-            from samtune.modeling import load_config
-
-            load_config(resolved.model)  # a missing model fails here, once, not in every process
-            raise typer.Exit(_relaunch(nproc, debug))
+        if nproc and nproc > 1 and not launched():
+            _check_before_launch(resolved, overwrite, resume)
+            argv = without(sys.argv[1:], set(), {"--nproc"})
+            say, warn = console.print, lambda text: err_console.print(f"[red]{escape(text)}[/red]")
+            raise typer.Exit(relaunch(argv, nproc, debug, say, warn))
         _train(resolved, overwrite, resume, debug)
 
     _guarded(body, debug)
 
 
-def _relaunch(nproc: int, debug: bool = False) -> int:
-    """Run this same command on `nproc` local processes with Accelerate's launcher; its exit code.
+def _check_before_launch(recipe: Any, overwrite: bool, resume: str | None) -> None:
+    """What fails the same in every process fails here, once: the output directory, the Hub, the model."""
+    from samtune.modeling import load_config
+    from samtune.rundir import check_output_dir
 
-    The processes report samtune's exit code through a file (the launcher itself only says 1), and
-    the launcher's own traceback about a failed child is left out unless --debug.
-    """
-    import tempfile
+    check_output_dir(recipe.output_dir(), overwrite, resume)
+    if recipe.hub.repo_id:
+        from samtune.hub import preflight
+        from samtune.runner import push_target
 
-    import torch
-
-    argv = _without(sys.argv[1:], set(), {"--nproc"})
-    # --multi_gpu selects torchrun; without CUDA the processes meet over gloo on the CPU.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc)]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(_free_port()), "-m", "samtune", *argv]
-    env = dict(os.environ)
-    env[NPROC_ENV] = str(nproc)
-    if not torch.cuda.is_available():
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    console.print(f"launching {nproc} processes: {shlex.join(['samtune', *argv])}")
-    import signal
-
-    with tempfile.TemporaryDirectory(prefix="samtune-") as tmp:
-        exit_file = Path(tmp) / "exit"
-        env[EXIT_FILE] = str(exit_file)
-        # The launcher gets its own session: a Ctrl-C (or a SIGTERM to this process) reaches it
-        # once, through us, and we keep reading its output until its processes have saved and ended.
-        proc = subprocess.Popen(
-            launch, env=env, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True
-        )
-        forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            assert proc.stderr is not None
-            hiding = False
-            for line in proc.stderr:
-                hiding = hiding or (not debug and line.startswith("Traceback (most recent call last)"))
-                if not hiding or line.startswith("samtune "):  # a resume command always comes through
-                    sys.stderr.write(line)
-            code = proc.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if exit_file.is_file():
-            return int(exit_file.read_text() or code)
-        if code != 0 and hiding:
-            err_console.print(f"[red]the {nproc} processes failed (exit {code})[/red]; --debug shows the launcher's report")
-        return code
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _without(args: list[str], flags: set[str], valued: set[str]) -> list[str]:
-    """`args` without the given flags (and the values of those that take one)."""
-    out, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in valued:
-            skip = True
-        elif arg in flags or arg.split("=", 1)[0] in valued:
-            pass
-        else:
-            out.append(arg)
-    return out
-
-
-def _resume_command() -> str:
-    """This command as it would continue from its newest checkpoint."""
-    args = _without(sys.argv[1:], {"--overwrite"}, {"--resume", "--nproc"})
-    if os.environ.get(NPROC_ENV):
-        args += ["--nproc", os.environ[NPROC_ENV]]
-    return shlex.join(["samtune", *args, "--resume", "auto"])
+        preflight(push_target(recipe))
+    load_config(recipe.model)  # a missing model fails here, once, not in every process
 
 
 def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> None:
@@ -346,7 +263,7 @@ def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> Non
         resume=resume,
         callbacks=[ProgressCallback(console)],
         command=command,
-        resume_command=_resume_command(),
+        resume_command=resume_command(sys.argv[1:]),
         notify=lambda text: err_console.print(f"[yellow]{text}[/yellow]"),
     )
     if main:
@@ -542,7 +459,7 @@ def compare_command(
         from samtune.progress import ProgressCallback
 
         quiet_transformers()
-        again = shlex.join(["samtune", *_without(sys.argv[1:], {"--overwrite", "--resume"}, set()), "--resume"])
+        again = shlex.join(["samtune", *without(sys.argv[1:], {"--overwrite", "--resume"}, set()), "--resume"])
         report = compare(
             ref, items, arms=arms, seeds=seeds, output_dir=output_dir, overwrite=overwrite, resume=resume,
             callbacks=[ProgressCallback(console)], resume_command=again,

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from samtune.errors import PushError, UsageError
+from samtune.rundir import CHECKPOINT_PREFIX, require_model
 
 # Never uploaded: checkpoints (optimizer state, large), the pickled TrainingArguments (it can
 # hold a hub token), hidden files, lock files and caches.
 IGNORE_PATTERNS = [
-    "checkpoint-*",
-    "checkpoint-*/**",
+    f"{CHECKPOINT_PREFIX}*",
+    f"{CHECKPOINT_PREFIX}*/**",
     "training_args.bin",
     ".*",
     "**/.*",
@@ -118,8 +119,7 @@ def push_run(run_dir: Path, target: PushTarget) -> str:
     from huggingface_hub.utils import enable_progress_bars
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"{run_dir} is not a samtune run directory (no config.json)", "Give the folder `samtune train` wrote.")
+    require_model(run_dir)
     if offline():
         raise PushError(
             f"cannot push to {target.repo_id}: HF_HUB_OFFLINE=1 is set",

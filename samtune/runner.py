@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from samtune.errors import DataError, TrainingError, UsageError
+from samtune.files import write_json_atomic, write_text_atomic
+from samtune.optim.settings import setting_specs
 from samtune.processes import is_main_process
 from samtune.recipe import Recipe
 from samtune.rundir import (
@@ -56,10 +58,11 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
 
 
 # What changes a run if it differs between a checkpoint's recipe and the one resuming it.
+# SAM's own come from its one definition (samtune.optim.settings: `defines_run`).
 RUN_DEFINING = (
     "model.name", "training.seed", "training.batch_size", "training.gradient_accumulation_steps",
-    "training.learning_rate", "training.optimizer", "training.scheduler", "sam.rho", "sam.adaptive",
-    "sam.variant", "sam.every_k", "sam.looksam_k", "sam.looksam_alpha", "sam.ascent_fraction", "sam.rst_probability",
+    "training.learning_rate", "training.optimizer", "training.scheduler",
+    *(f"sam.{spec.recipe_key}" for spec in setting_specs() if spec.defines_run),
 )  # fmt: skip
 
 
@@ -97,14 +100,7 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, s
     evaluating = t.eval_strategy != "no"
     args = SAMArguments(
         output_dir=str(run_dir),
-        rho=recipe.sam.rho,
-        adaptive=recipe.sam.adaptive,
-        sam_variant=recipe.sam.variant,
-        every_k=recipe.sam.every_k,
-        looksam_k=recipe.sam.looksam_k,
-        looksam_alpha=recipe.sam.looksam_alpha,
-        ascent_fraction=recipe.sam.ascent_fraction,
-        rst_probability=recipe.sam.rst_probability,
+        **recipe.sam.arguments(),
         on_nonfinite=t.on_nonfinite,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -205,32 +201,38 @@ def train(
     if lock is not None:
         lock.acquire()  # a second run on this directory is refused while this one lives
     try:
-        return _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume_command, notify)
+        options = _RunOptions(recipe, run_dir, overwrite, resume, callbacks or [], command, resume_command, notify)
+        return _train_locked(options)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume_command, notify) -> RunResult:
-    from transformers import PrinterCallback, set_seed
+@dataclass
+class _RunOptions:
+    """What `train` was asked to do, for the steps of one run."""
+
+    recipe: Recipe
+    run_dir: Path
+    overwrite: bool
+    resume: str | None
+    callbacks: list[Any]
+    command: str | None
+    resume_command: str | None
+    notify: Any
+
+
+def _train_locked(o: _RunOptions) -> RunResult:
+    """One run, its directory locked: check, load, train, evaluate, save."""
+    from transformers import set_seed
 
     from samtune import modeling
-    from samtune.card import CardFacts, base_model_license, write_model_card
-    from samtune.data import is_local
-    from samtune.errors import Interrupted
-    from samtune.files import write_json_atomic, write_text_atomic
-    from samtune.recipe import build_recipe, read_recipe_file
     from samtune.stopping import GracefulStop
-    from samtune.trainer import NonFiniteLossError, SAMTrainer, UnsupportedSetupError
 
-    checkpoint = find_checkpoint(run_dir, resume) if resume else None
+    recipe, run_dir = o.recipe, o.run_dir
+    checkpoint = find_checkpoint(run_dir, o.resume) if o.resume else None
     if checkpoint and (run_dir / CONFIG_FILE).is_file() and is_main_process():
-        changes = recipe_changes(build_recipe(read_recipe_file(run_dir / CONFIG_FILE)), recipe)
-        if changes:
-            notify(
-                f"warning: resuming {checkpoint} with a recipe that differs from the one it was trained with "
-                f"({'; '.join(changes)}); the recipe's values win from here on"
-            )
+        _warn_if_the_recipe_changed(checkpoint, recipe, run_dir, o.notify)
     if recipe.hub.repo_id and is_main_process():
         from samtune.hub import preflight
 
@@ -243,6 +245,52 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
     if recipe.model.init_from:
         _check_init_from(recipe, data.labels)
     args, precision = training_arguments(recipe, run_dir, task)
+    trainer = _build_trainer(args, data, processor, model, task, o.callbacks)
+    notify = o.notify if is_main_process() else (lambda _: None)  # one voice in multi-process runs
+    stopper = GracefulStop(announce=notify)
+    trainer.add_callback(stopper)
+
+    if is_main_process():  # everything loaded: from here on, the directory is this run's
+        if o.overwrite:
+            clear_output_dir(run_dir)
+        saved = recipe.model_copy(update={"name": recipe.run_name()})
+        write_text_atomic(run_dir / CONFIG_FILE, saved.to_yaml())
+        mark_as_run(run_dir)
+    output = _fit(trainer, checkpoint, stopper, run_dir, o.resume_command)
+    metrics = _final_metrics(trainer, output, data, recipe, started)
+    if trainer.is_world_process_zero():
+        _save_results(trainer, o, metrics, data, task, precision)
+    return RunResult(
+        run_dir=run_dir,
+        metrics=metrics,
+        recipe=recipe,
+        task=task,
+        labels=data.labels,
+        wall_time=metrics["wall_time"],
+        steps=trainer.state.global_step,
+        trainer=trainer,
+    )
+
+
+def _warn_if_the_recipe_changed(checkpoint: str, recipe: Recipe, run_dir: Path, notify: Any) -> None:
+    """Say which run-defining settings differ from the recipe the checkpoint was trained with."""
+    from samtune.recipe import build_recipe, read_recipe_file
+
+    changes = recipe_changes(build_recipe(read_recipe_file(run_dir / CONFIG_FILE)), recipe)
+    if changes:
+        notify(
+            f"warning: resuming {checkpoint} with a recipe that differs from the one it was trained with "
+            f"({'; '.join(changes)}); the recipe's values win from here on"
+        )
+
+
+def _build_trainer(args: Any, data: Any, processor: Any, model: Any, task: str, callbacks: list[Any]) -> Any:
+    """The SAMTrainer of a run (setups SAM cannot run exactly become usage errors)."""
+    from transformers import PrinterCallback
+
+    from samtune import modeling
+    from samtune.trainer import SAMTrainer, UnsupportedSetupError
+
     try:
         trainer = SAMTrainer(
             model=model,
@@ -252,24 +300,21 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
             processing_class=processor,
             data_collator=modeling.collator(task, processor),
             compute_metrics=compute_metrics,
-            callbacks=callbacks or [],
+            callbacks=callbacks,
         )
     except UnsupportedSetupError as e:
         raise UsageError(str(e)) from e
     trainer.remove_callback(PrinterCallback)
     if data.augment is not None:
         trainer.add_callback(modeling.augmentation_epoch_callback(data.augment))
-    if not is_main_process():
-        notify = lambda _: None  # noqa: E731 - one voice in multi-process runs
-    stopper = GracefulStop(announce=notify)
-    trainer.add_callback(stopper)
+    return trainer
 
-    if is_main_process():  # everything loaded: from here on, the directory is this run's
-        if overwrite:
-            clear_output_dir(run_dir)
-        saved = recipe.model_copy(update={"name": recipe.run_name()})
-        write_text_atomic(run_dir / CONFIG_FILE, saved.to_yaml())
-        mark_as_run(run_dir)
+
+def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resume_command: str | None) -> Any:
+    """`trainer.train`, with a NaN/inf loss, a training error and a requested stop turned into samtune's errors."""
+    from samtune.errors import Interrupted
+    from samtune.trainer import NonFiniteLossError
+
     stopper.install()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -289,7 +334,11 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
         where = f"a checkpoint at step {trainer.state.global_step} is in {run_dir}"
         again = resume_command or "samtune.train(recipe, resume='auto')"
         raise Interrupted(f"training stopped: {where}", f"Continue it with:\n  {again}", stopper.exit_code)
+    return output
 
+
+def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started: float) -> dict[str, Any]:
+    """The flat metrics of a finished run: training, evaluation (and test), SAM's counters, wall time."""
     metrics: dict[str, Any] = dict(output.metrics)
     metrics.update(trainer.evaluate(data.eval, metric_key_prefix="eval"))
     if data.test is not None:
@@ -308,38 +357,36 @@ def _train_locked(recipe, run_dir, overwrite, resume, callbacks, command, resume
     )
     if data.test is not None:
         metrics["test_samples"] = len(data.test)
+    return metrics
 
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(run_dir))  # the model and its processor, loadable with from_pretrained
-        trainer.save_state()
-        write_json_atomic(run_dir / METRICS_FILE, metrics)
-        write_model_card(
-            run_dir,
-            CardFacts(
-                recipe=recipe,
-                metrics=metrics,
-                task=task,
-                labels=data.labels,
-                base_model_is_hub_id=not is_local(recipe.model.name or ""),
-                dataset_is_hub_id=data.is_hub_dataset,
-                eval_source=data.eval_source,
-                eval_split=data.eval_split,
-                test_split=data.test_split,
-                precision=precision,
-                command=command,
-                license=recipe.hub.license or base_model_license(modeling.model_path(recipe.model)),
-                log_history=trainer.state.log_history,
-            ),
-        )
-    return RunResult(
-        run_dir=run_dir,
-        metrics=metrics,
-        recipe=recipe,
-        task=task,
-        labels=data.labels,
-        wall_time=metrics["wall_time"],
-        steps=trainer.state.global_step,
-        trainer=trainer,
+
+def _save_results(trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str) -> None:
+    """The model and processor (loadable with from_pretrained), the Trainer's state, metrics.json and the card."""
+    from samtune import modeling
+    from samtune.card import CardFacts, base_model_license, write_model_card
+    from samtune.data import is_local
+
+    recipe = o.recipe
+    trainer.save_model(str(o.run_dir))
+    trainer.save_state()
+    write_json_atomic(o.run_dir / METRICS_FILE, metrics)
+    write_model_card(
+        o.run_dir,
+        CardFacts(
+            recipe=recipe,
+            metrics=metrics,
+            task=task,
+            labels=data.labels,
+            base_model_is_hub_id=not is_local(recipe.model.name or ""),
+            dataset_is_hub_id=data.is_hub_dataset,
+            eval_source=data.eval_source,
+            eval_split=data.eval_split,
+            test_split=data.test_split,
+            precision=precision,
+            command=o.command,
+            license=recipe.hub.license or base_model_license(modeling.model_path(recipe.model)),
+            log_history=trainer.state.log_history,
+        ),
     )
 
 

@@ -159,20 +159,9 @@ def measure_sharpness(
     and returns what sharpness.json holds.
     """
     from samtune import __version__
-    from samtune.card import update_card_sharpness
-    from samtune.files import atomic_path, write_json_atomic
     from samtune.modeling import quiet_transformers
 
-    problems = [
-        *(["--batches must be at least 1"] if batches < 1 else []),
-        *(["--batch-size must be at least 1"] if batch_size is not None and batch_size < 1 else []),
-        *(["--grid must be at least 3"] if grid_points < 3 else []),
-        *(["--span must be a positive number"] if not (math.isfinite(span) and span > 0) else []),
-        *(["--samples must be at least 2"] if trace_samples < 2 else []),
-        *(["--rho must be positive numbers"] if not rhos or any(not (math.isfinite(r) and r > 0) for r in rhos) else []),
-    ]
-    if problems:
-        raise UsageError("; ".join(problems), "Fix the options above.")
+    _check_options(batches, batch_size, grid_points, span, trace_samples, rhos)
     quiet_transformers()
     run = open_run(Path(run_dir))
     other = open_run(Path(against), "--against") if against is not None else None
@@ -206,6 +195,30 @@ def measure_sharpness(
             "(parameter shapes differ)",
             "Compare two runs of the same model, so that they share the random directions.",
         )
+    results = _measure_each(runs, loaded, settings, seed, device, console)
+    return _write_report(run.run_dir, results, settings)
+
+
+def _check_options(
+    batches: int, batch_size: int | None, grid_points: int, span: float, trace_samples: int, rhos: Sequence[float]
+) -> None:
+    """Every problem with the command's options at once, as one UsageError."""
+    problems = [
+        *(["--batches must be at least 1"] if batches < 1 else []),
+        *(["--batch-size must be at least 1"] if batch_size is not None and batch_size < 1 else []),
+        *(["--grid must be at least 3"] if grid_points < 3 else []),
+        *(["--span must be a positive number"] if not (math.isfinite(span) and span > 0) else []),
+        *(["--samples must be at least 2"] if trace_samples < 2 else []),
+        *(["--rho must be positive numbers"] if not rhos or any(not (math.isfinite(r) and r > 0) for r in rhos) else []),
+    ]
+    if problems:
+        raise UsageError("; ".join(problems), "Fix the options above.")
+
+
+def _measure_each(
+    runs: list[Any], loaded: list[Any], settings: dict[str, Any], seed: int, device: str, console: Console | None
+) -> list[dict[str, Any]]:
+    """Each run's measures, one model on the device at a time, along the same raw random directions."""
     results: list[dict[str, Any]] = []
     raw: list[Vector] | None = None
     with _Steps(console) as steps:
@@ -222,8 +235,14 @@ def measure_sharpness(
             finally:
                 model.to("cpu")
             del objective, on_device
+    return results
 
-    out_dir = run.run_dir
+
+def _write_report(out_dir: Path, results: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """The landscape figures, sharpness.json and the card's Sharpness section, in the run directory."""
+    from samtune.card import update_card_sharpness
+    from samtune.files import atomic_path, write_json_atomic
+
     alphas = settings["alphas"]
     lands = [Landscape(r["name"], alphas, r["landscape"]["loss_1d"], alphas, r["landscape"]["loss_2d"]) for r in results]
     for name, plot in ((LANDSCAPE_1D_FILE, plot_curves), (LANDSCAPE_2D_FILE, plot_surfaces)):

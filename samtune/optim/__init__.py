@@ -23,22 +23,22 @@ if TYPE_CHECKING:
     from samtune.optim.sam import SAM
     from samtune.optim.settings import SAMSettings
 
-_WHERE = {
-    "SAM": "sam",
-    "SAMSettings": "settings",
-    **{
-        name: "functional"
-        for name in (
-            "ascent_norm", "climb_", "frozen_running_stats", "perturbation_", "restore_weights_",
-            "sam_perturbation", "save_weights", "trainable_parameters",
-        )  # fmt: skip
-    },
-}
-
-__all__ = sorted(_WHERE)
+__all__ = [
+    "SAM",
+    "SAMSettings",
+    "ascent_norm",
+    "climb_",
+    "frozen_running_stats",
+    "perturbation_",
+    "restore_weights_",
+    "sam_perturbation",
+    "save_weights",
+    "trainable_parameters",
+]
+_WHERE = {"SAM": "sam", "SAMSettings": "settings"}  # the others are in functional
 
 
 def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"samtune.optim.{_WHERE[name]}"), name)
+    if name in __all__:
+        return getattr(importlib.import_module(f"samtune.optim.{_WHERE.get(name, 'functional')}"), name)
     raise AttributeError(f"module 'samtune.optim' has no attribute {name!r}")
