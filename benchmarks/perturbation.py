@@ -38,17 +38,17 @@ def samtune_perturbation(params: list[nn.Parameter], grads: list[torch.Tensor], 
 
     Consumes `grads` (e(w) is computed in them, in place), as the Trainer does with its ascent gradient.
     """
-    from samtune.optim import functional as F
+    from samtune.optim import functional as sam_functional  # by module: older versions lack save_and_climb_
 
-    climbed, e, _norm = F.sam_perturbation(grads, params, rho, adaptive)
+    perturbed, e, _norm = sam_functional.sam_perturbation(grads, params, rho, adaptive)
     del grads
-    if hasattr(F, "save_and_climb_"):
-        saved = F.save_and_climb_(climbed, e)
+    if hasattr(sam_functional, "save_and_climb_"):
+        saved = sam_functional.save_and_climb_(perturbed, e)
     else:  # before the chunked save-and-climb existed
-        saved = F.save_weights(climbed)
-        F.climb_(climbed, e)
+        saved = sam_functional.save_weights(perturbed)
+        sam_functional.climb_(perturbed, e)
     del e
-    F.restore_weights_(climbed, saved)
+    sam_functional.restore_weights_(perturbed, saved)
 
 
 @torch.no_grad()

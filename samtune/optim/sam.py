@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from samtune.optim import functional as F
+from samtune.optim.functional import NORM_EPS, ascent_norm, climb_, perturbation_, restore_weights_, save_weights
 
 
 class SAM(torch.optim.Optimizer):
@@ -53,16 +53,16 @@ class SAM(torch.optim.Optimizer):
         groups = self._with_grad()
         params = [p for _, ps in groups for p in ps]
         adaptive = [bool(g["adaptive"]) for g, ps in groups for _ in ps]
-        norm = F.ascent_norm([p.grad for p in params], params, adaptive)
+        norm = ascent_norm([p.grad for p in params], params, adaptive)
         self._saved = []
         for group, ps in groups:
             if not ps:
                 continue
-            scale = group["rho"] / (norm + F.NORM_EPS)
+            scale = group["rho"] / (norm + NORM_EPS)
             # e(w) from a copy: `.grad` keeps the gradient at w until the caller zeroes it.
-            e = F.perturbation_([p.grad.clone() for p in ps], ps, scale, group["adaptive"])
-            self._saved.append((ps, F.save_weights(ps)))
-            F.climb_(ps, e)
+            e = perturbation_([p.grad.clone() for p in ps], ps, scale, group["adaptive"])
+            self._saved.append((ps, save_weights(ps)))
+            climb_(ps, e)
         if zero_grad:
             self.zero_grad()
         return norm
@@ -73,7 +73,7 @@ class SAM(torch.optim.Optimizer):
         if self._saved is None:
             raise RuntimeError("SAM.second_step() called without first_step(): there is no w to return to")
         for ps, saved in self._saved:
-            F.restore_weights_(ps, saved)
+            restore_weights_(ps, saved)
         self._saved = None
         self.base_optimizer.step()
         if zero_grad:
@@ -99,7 +99,7 @@ class SAM(torch.optim.Optimizer):
     def _restore_on_error(self) -> None:
         with torch.no_grad():
             for ps, saved in self._saved or []:
-                F.restore_weights_(ps, saved)
+                restore_weights_(ps, saved)
         self._saved = None
 
     def state_dict(self) -> dict[str, Any]:
