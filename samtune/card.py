@@ -89,6 +89,9 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     if train:
         ax_loss.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+    sharpness = [(h["epoch"], h["sam_sharpness"]) for h in log_history if "sam_sharpness" in h and "epoch" in h]
+    if sharpness:  # L(w + e) - L(w): the sharpness SAM minimises, on the loss's scale
+        ax_loss.plot(*zip(*sharpness), "--", label="SAM sharpness", color="tab:red", alpha=0.8)
     if evals:
         ax_loss.plot([h["epoch"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="eval loss",
                      color="tab:orange")  # fmt: skip

@@ -55,6 +55,8 @@ class ProgressCallback(TrainerCallback):
             )
             if "sam_ascent_grad_norm" in logs:
                 line += f"  |g| {_fmt(logs['sam_ascent_grad_norm'])}"
+            if "sam_sharpness" in logs:
+                line += f"  sharpness {_fmt(logs['sam_sharpness'])}"
             if logs.get("sam_perturbations_skipped"):
                 line += f"  skipped {logs['sam_perturbations_skipped']}"
         elif "eval_loss" in logs:

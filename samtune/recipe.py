@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model, field_validator, model_validator
 
 from samtune.errors import RecipeError, SamtuneError, UsageError
-from samtune.optim.settings import setting_specs, settings_for_variant, variant_of
+from samtune.optim.settings import setting_specs, settings_for_variant, variant_of, window_problems
 
 StrictInt = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
@@ -94,12 +94,15 @@ class DataSection(_Section):
 
 
 class _SAMSectionRules(_Section):
-    """The cross-field rule of the `sam` section: a variant's own settings need that variant."""
+    """The cross-field rules of the `sam` section: a variant's own settings need that variant; a sound window."""
 
     @model_validator(mode="after")
     def _parameters_match_the_variant(self) -> _SAMSectionRules:
         variant = self.variant  # type: ignore[attr-defined]
         stray = [k for k in sorted(self.model_fields_set) if variant_of(k) not in (None, variant)]
+        window = window_problems(self.start, self.stop)  # type: ignore[attr-defined]
+        if window:
+            raise ValueError("; ".join(window))
         if stray:
             raise ValueError(
                 f"{', '.join('sam.' + k for k in stray)} only applies to sam.variant={variant_of(stray[0])} "
@@ -120,8 +123,8 @@ def _first_line(text: str) -> str:
 def _sam_section() -> type[_SAMSectionRules]:
     """The recipe's `sam` section, derived from `samtune.optim.settings.SAMSettings` (defaults, bounds, help)."""
 
-    def finite(v: float) -> float:
-        if not math.isfinite(v):
+    def finite(v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
 

@@ -53,7 +53,7 @@ from samtune.optim.functional import (
     save_and_climb_,
     trainable_parameters,
 )
-from samtune.optim.settings import SAMSettings
+from samtune.optim.settings import SAMSettings, sam_window
 from samtune.optim.variants import SAMVariant, ascent_rows, batch_size_of, first_rows
 from samtune.optim.variants import looksam_direction, looksam_gradient_
 from samtune.sam_checkpoint import SAMCheckpointing
@@ -129,10 +129,13 @@ def _refuse_unsupported_args(args: TrainingArguments) -> None:
 class SAMTrainer(SAMCheckpointing, Trainer):
     """A `transformers.Trainer` whose step is Sharpness-Aware Minimization (rho=0: the stock step).
 
-    Logs, at the Trainer's logging steps: `sam_rho`, `sam_ascent_grad_norm` (mean ||g|| of the
-    ascent passes since the last log, on this process), `sam_perturbations_skipped` (total
-    climbs skipped because ||g|| was not finite, on this process) and `sam_climb_steps` (optimizer
-    steps that took SAM's two passes: all of them for exact SAM, fewer for the variants).
+    Logs, at the Trainer's logging steps: `sam_rho` (the latest SAM step's radius),
+    `sam_ascent_grad_norm` (mean ||g|| of the ascent passes since the last log, on this process),
+    `sam_sharpness` (mean over the SAM steps since the last log of L(w + e(w)) - L(w), the
+    sharpness SAM minimises, computed from the two passes it takes anyway; with dropout it includes
+    the two passes' different masks), `sam_perturbations_skipped` (total climbs skipped because
+    ||g|| was not finite, on this process) and `sam_climb_steps` (optimizer steps that took SAM's
+    two passes: all of them for exact SAM, fewer for the variants, the window and the schedule).
 
     Notes:
         - Dropout draws different masks in the two passes, as in the reference implementations.
@@ -173,14 +176,20 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         self._sam_norm_count = 0
         self.sam_perturbations_skipped = 0
         self.sam_nonfinite_skipped = 0
-        self._nonfinite_in_step = False
+        self._nonfinite_in_step = False  # this micro-batch's loss was NaN/inf (on this process)
+        self._nonfinite_in_optimizer_step = False  # ... or an earlier micro-batch's of this optimizer step
+        self._nonfinite_loss = float("nan")  # the first such loss of the step, for the error message
         self._skip_optimizer_step = False
         self.sam_variant = self.args.variant()
         self._saved_weights: list[torch.Tensor] | None = None  # the copy of w, reused between CPU steps
         self.sam_climb_steps = 0  # optimizer steps that took SAM's two passes (the variants skip some)
         self._looksam_g: list[torch.Tensor | None] | None = None  # plain gradient, summed over micro-batches
         self._looksam_v: list[torch.Tensor | None] | None = None  # LookSAM's g_v, from its last SAM step
-        self._looksam_missed_climb = False  # a micro-batch of this SAM step did not climb (non-finite ||g||)
+        self._missed_climb = False  # a micro-batch of this SAM step did not climb (non-finite ||g||)
+        self._step_sharpness: torch.Tensor | float = 0.0  # L(w + e) - L(w) over this step's micro-batches
+        self._sharpness_sum: torch.Tensor | float = 0.0  # ... summed over the SAM steps since the last log
+        self._sharpness_count = 0
+        self._last_rho = self.args.rho  # the radius of the latest SAM step (schedule="lr" moves it)
         if self.args.on_nonfinite == "skip":
             self.add_callback(_StepSkipper(self))
 
@@ -193,21 +202,29 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """One SAM step on a micro-batch: ascent at w, descent at w + e(w), back to w."""
-        self._nonfinite_in_step, self._nonfinite_loss = False, float("nan")
+        self._nonfinite_in_step = False
         try:
             loss = self._micro_batch_step(model, inputs, num_items_in_batch)
         except BaseException:
             # The weights are back at w (save_and_climb_ and the restore undo the climb); drop
             # what this optimizer step had accumulated of its own, so a caller that retries
             # (auto_find_batch_size, a notebook) starts the step afresh.
-            self._looksam_g, self._looksam_missed_climb = None, False
+            self._looksam_g, self._missed_climb, self._step_sharpness = None, False, 0.0
+            self._nonfinite_in_optimizer_step = False
             raise
-        # A NaN/inf loss on any process decides for all of them: otherwise one replica would skip
-        # (or raise) while the others step (or wait in the next all-reduce until it times out).
-        if self._on_any_process(self._nonfinite_in_step):
-            if self.args.on_nonfinite == "stop":
-                raise NonFiniteLossError(self.state.global_step + 1, self._nonfinite_loss)
-            self._skip_optimizer_step = True  # no gradient from this micro-batch; the optimizer step is skipped
+        here = self._nonfinite_in_step
+        self._nonfinite_in_optimizer_step = self._nonfinite_in_optimizer_step or here
+        if self.accelerator.sync_gradients:
+            # A NaN/inf loss on any process, in any micro-batch, decides for all of them, once a step
+            # (one all-reduce of a flag): otherwise one replica would skip (or raise) while the
+            # others step (or wait in the next all-reduce until it times out).
+            anywhere = self._on_any_process(self._nonfinite_in_optimizer_step)
+            self._nonfinite_in_optimizer_step = False
+            if anywhere:
+                if self.args.on_nonfinite == "stop":
+                    raise NonFiniteLossError(self.state.global_step + 1, self._nonfinite_loss)
+                self._skip_optimizer_step = True  # the optimizer step is skipped
+        if here or self._skip_optimizer_step:
             return torch.tensor(float("nan"), device=loss.device)  # the Trainer's logs filter NaN out
         return loss
 
@@ -224,24 +241,45 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         inputs: dict[str, torch.Tensor | Any],
         num_items_in_batch: torch.Tensor | int | None,
     ) -> torch.Tensor:
-        """SAM's two passes, or the stock step where this optimizer step does not climb (rho = 0, a variant)."""
-        if self.args.rho == 0:
+        """SAM's two passes, or the stock step where this optimizer step does not climb.
+
+        It does not climb at rho_t = 0 (rho = 0, or the lr schedule at a learning rate of 0), outside
+        the SAM window (`start`/`stop`), and on a variant's plain steps. Every one of these is a
+        function of the optimizer step only: every micro-batch and every process agrees.
+        """
+        rho = self._rho_now()
+        if rho == 0 or not self._in_sam_window():
             return super().training_step(model, inputs, num_items_in_batch)
         looksam = self.sam_variant.name == "looksam"
-        # A function of the optimizer step only: every micro-batch and every process agrees.
         if self.sam_variant.climbs_on(self.state.global_step) or (looksam and self._looksam_v is None):
-            return self._sam_step(model, inputs, num_items_in_batch)
+            return self._sam_step(model, inputs, num_items_in_batch, rho)
         # A plain step (every_k, rst), or LookSAM reusing g_v.
         loss = super().training_step(model, inputs, num_items_in_batch)
         if looksam and self.accelerator.sync_gradients:
             self._looksam_reuse(model)
         return loss
 
+    def _rho_now(self) -> float:
+        """This step's radius: rho, or with `schedule="lr"` rho * lr_t / peak lr (GSAM's rule)."""
+        if self.args.schedule == "constant" or self.args.rho == 0:
+            return self.args.rho
+        peak = self.args.learning_rate
+        lr_t = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else peak
+        return self.args.rho * lr_t / peak if peak > 0 else 0.0
+
+    def _in_sam_window(self) -> bool:
+        """Whether this optimizer step lies in the SAM window (`start`, `stop`; the whole run by default)."""
+        if self.args.start == 0 and self.args.stop is None:
+            return True
+        first, end = sam_window(self.args.start, self.args.stop, self.state.max_steps)
+        return first <= self.state.global_step < end
+
     def _sam_step(
         self,
         model: nn.Module,
         inputs: dict[str, torch.Tensor | Any],
         num_items_in_batch: torch.Tensor | int | None,
+        rho: float,
     ) -> torch.Tensor:
         """SAM on one micro-batch: ascent at w, climb to w + e(w), the stock descent there, back to w."""
         variant = self.sam_variant
@@ -257,7 +295,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
         if looksam:
             self._looksam_accumulate(grads, num_items_in_batch)
-        perturbed, e, norm = sam_perturbation(grads, params, self.args.rho, self.args.adaptive)
+        perturbed, e, norm = sam_perturbation(grads, params, rho, self.args.adaptive)
         del grads
         finite = not self._nonfinite_in_step and self._record_ascent(norm)
 
@@ -269,7 +307,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             del e
             # The descent, with the stock machinery; BatchNorm statistics were updated at w.
             with frozen_running_stats(model):
-                super().training_step(model, copy.copy(inputs), num_items_in_batch)
+                descent_loss = super().training_step(model, copy.copy(inputs), num_items_in_batch)
         finally:
             if saved is not None:
                 restore_weights_(perturbed, saved)  # get back to "w" from "w + e(w)"
@@ -277,14 +315,21 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         # MiniLM's 87 MB): keep the copy for the next step. GPU allocators cache blocks themselves.
         on_cpu = bool(perturbed) and perturbed[0].device.type == "cpu"
         self._saved_weights = saved if saved is not None and on_cpu else None
-        if looksam:
-            self._looksam_missed_climb = self._looksam_missed_climb or not finite
+        self._missed_climb = self._missed_climb or not finite
+        # L(w + e) - L(w), both normalised as the step's loss: summed, the step's sharpness (not with
+        # ascent_fraction, whose ascent loss is that of part of the batch).
+        if finite and variant.name != "ascent_fraction":
+            self._step_sharpness = descent_loss - ascent_loss + self._step_sharpness
         if last_micro_batch:
             self.sam_climb_steps += 1
+            self._last_rho = rho
+            if not self._missed_climb:
+                self._sharpness_sum = self._step_sharpness + self._sharpness_sum
+                self._sharpness_count += 1
             if looksam:
                 # g_v needs the SAM gradient of the whole effective batch: every micro-batch climbed.
-                self._looksam_refresh(params, climbed=not self._looksam_missed_climb)
-                self._looksam_missed_climb = False
+                self._looksam_refresh(params, climbed=not self._missed_climb)
+            self._missed_climb, self._step_sharpness = False, 0.0
         return ascent_loss
 
     # ---- LookSAM -------------------------------------------------------------------------
@@ -371,8 +416,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             return result
         loss = result[0] if return_outputs else result
         if not bool(torch.isfinite(loss.detach()).all()):
+            if not self._nonfinite_in_optimizer_step and not self._nonfinite_in_step:
+                self._nonfinite_loss = float(loss.detach().float().mean())  # the first of the step
             self._nonfinite_in_step = True
-            self._nonfinite_loss = float(loss.detach().float().mean())
         if self._nonfinite_in_step:
             # Take no gradient from this micro-batch (both passes): a loss whose gradient is zero for
             # every trainable weight adds nothing to `.grad`, and under DDP every rank still joins
@@ -399,9 +445,12 @@ class SAMTrainer(SAMCheckpointing, Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add SAM's own figures to the Trainer's training logs."""
         if "loss" in logs:
-            logs["sam_rho"] = self.args.rho
+            logs["sam_rho"] = self._last_rho
             if self._sam_norm_count:
                 logs["sam_ascent_grad_norm"] = self._sam_norm_sum / self._sam_norm_count
+            if self._sharpness_count:
+                logs["sam_sharpness"] = float(self._sharpness_sum) / self._sharpness_count
+            self._sharpness_sum, self._sharpness_count = 0.0, 0
             logs["sam_perturbations_skipped"] = self.sam_perturbations_skipped
             logs["sam_climb_steps"] = self.sam_climb_steps
             if self.sam_nonfinite_skipped:

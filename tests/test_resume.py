@@ -20,14 +20,18 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 
 
-def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | None = None) -> Path:
+# A SAM window across the kill (SAM on steps 4-10 of 12) and a radius that follows the learning rate.
+WINDOW_LR = {"schedule": "lr", "start": 0.25, "stop": 10}
+
+
+def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | None = None, sam: dict | None = None) -> Path:
     """12 optimizer steps, a checkpoint and an evaluation every 3; dropout on (the RNG state matters)."""
     data = data or write_csv(tmp_path / "train.csv", text_examples(96))
     path = tmp_path / f"recipe-ga{accumulation}.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"name": str(model_dir), "max_length": 16},
         "data": {"dataset": str(data)},
-        "sam": {"rho": 0.05},
+        "sam": {"rho": 0.05, **(sam or {})},
         "training": {
             "max_steps": 12, "batch_size": 8 // accumulation, "gradient_accumulation_steps": accumulation,
             "learning_rate": 3e-3, "eval_strategy": "steps", "eval_steps": 3, "save_steps": 3,
@@ -76,8 +80,8 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir):
     def get(accumulation: int, task: str = "text") -> tuple[Path, Path]:
         if (task, accumulation) not in made:
             root = tmp_path_factory.mktemp(f"reference-{task}-ga{accumulation}")
-            if task == "text":
-                recipe = _recipe(root, text_model_dir, accumulation)
+            if task in ("text", "text-window-lr"):
+                recipe = _recipe(root, text_model_dir, accumulation, sam=WINDOW_LR if task != "text" else None)
             else:
                 recipe = _recipe(root, image_model_dir, accumulation, _image_folder(root))
             done = _samtune(["train", recipe, "--output-dir", root / "run"])
@@ -100,8 +104,8 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
     assert m["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6) and m["train_steps"] == ref["train_steps"] == 12
 
 
-@pytest.mark.parametrize(("task", "accumulation"), [("text", 1), ("text", 2), ("image", 1)],
-                         ids=["text-ga1", "text-ga2", "image-ga1"])  # fmt: skip
+@pytest.mark.parametrize(("task", "accumulation"), [("text", 1), ("text", 2), ("image", 1), ("text-window-lr", 2)],
+                         ids=["text-ga1", "text-ga2", "image-ga1", "text-window-lr-ga2"])  # fmt: skip
 def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, task, accumulation):
     """The image run checks the augmentation too: random crops and flips resume where they were."""
     recipe, reference = uninterrupted(accumulation, task)
@@ -114,6 +118,8 @@ def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterr
     resumed = _samtune(["train", recipe, "--output-dir", run, "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(run, reference)
+    if task == "text-window-lr":  # SAM ran on steps 4-10 only, across the kill
+        assert json.loads((run / "metrics.json").read_text())["sam_climb_steps"] == 7
     from samtune.rundir import lock_is_held
 
     assert lock_is_held(run) is None

@@ -213,6 +213,24 @@ def reference_sam_adamw(
     return model
 
 
+def reference_sam_sgd_per_step(
+    model: nn.Module, steps: list[list[dict[str, torch.Tensor]]], rhos: list[float], lrs: list[float]
+) -> nn.Module:
+    """SGD where step t has its own radius rhos[t] (0: a plain step) and learning rate lrs[t]."""
+    model = copy.deepcopy(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step, rho, lr in zip(steps, rhos, lrs, strict=True):
+        total = [torch.zeros_like(p) for p in params]
+        for batch in step:
+            for acc, g in zip(total, reference_sam_gradient(model, batch, rho)):
+                acc.add_(g / len(step))
+        with torch.no_grad():
+            for p, g in zip(params, total):
+                p.sub_(lr * g)
+    return model
+
+
 # ---- the efficient variants, each from its paper's update rule --------------------------------
 
 

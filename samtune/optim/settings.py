@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 VariantName = Literal["sam", "every_k", "looksam", "ascent_fraction", "rst"]
 VARIANTS: tuple[str, ...] = typing.get_args(VariantName)
+ScheduleName = Literal["constant", "lr"]
 
 
 def setting(
@@ -88,6 +89,23 @@ class SAMSettings:
     ascent_fraction: float = setting(0.25, "ascent_fraction: share of each micro-batch the ascent gradient uses.",
                                      gt=0, le=1, variant="ascent_fraction")  # fmt: skip
     rst_probability: float = setting(0.5, "rst: probability that a step is a SAM step.", ge=0, le=1, variant="rst")
+    schedule: ScheduleName = setting(
+        "constant",
+        "How the radius moves: 'constant', or 'lr': rho_t = rho * lr_t / peak lr (GSAM's rule, Zhuang et al. "
+        "2022: the radius ramps up with the warmup and decays with the learning rate).",
+    )
+    start: float = setting(
+        0.0,
+        "Where SAM starts: a fraction of the optimizer steps (below 1: 0.1 = after the first 10%) or a step "
+        "number (from 1: SAM from that step on); plain steps, exactly the stock ones, before it.",
+        ge=0, finite=True,
+    )  # fmt: skip
+    stop: float | None = setting(
+        None,
+        "Where SAM stops: a fraction of the optimizer steps (below 1) or the last SAM step's number (from 1); "
+        "plain steps after it. None: to the end.",
+        ge=0, finite=True,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         problems = sam_setting_problems({s.name: getattr(self, s.name) for s in setting_specs()})
@@ -154,7 +172,13 @@ def sam_setting_problems(values: dict[str, Any]) -> list[str]:
             if value not in VARIANTS:
                 problems.append(f"unknown SAM variant {value!r}: choose one of {', '.join(VARIANTS)}")
             continue
-        if spec.type not in (int, float):
+        if typing.get_origin(spec.type) is Literal:
+            if value not in typing.get_args(spec.type):
+                problems.append(f"{spec.name} must be one of {', '.join(typing.get_args(spec.type))} (got {value!r})")
+            continue
+        if value is None and type(None) in typing.get_args(spec.type):
+            continue
+        if spec.type not in (int, float, float | None):
             continue
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = numeric and (spec.type is not int or float(value).is_integer())
@@ -164,7 +188,30 @@ def sam_setting_problems(values: dict[str, Any]) -> list[str]:
             bound = " and ".join(f"{_WORDS[op]} {b:g}" for op, b in spec.bounds.items())
             problems.append(f"{spec.name} must be {_kind(spec)}{' ' + bound if bound else ''} (got {value!r})"
                             + (f": {spec.why}" if spec.why else ""))  # fmt: skip
+    return problems + window_problems(values.get("start"), values.get("stop"))
+
+
+def window_problems(start: Any, stop: Any) -> list[str]:
+    """A step number is whole, and the window ends after it starts (where both are of one kind)."""
+    problems = []
+    for name, value in (("start", start), ("stop", stop)):
+        if isinstance(value, (int, float)) and value >= 1 and not float(value).is_integer():
+            problems.append(f"{name} must be a fraction below 1 or a whole step number (got {value!r})")
+    both_numbers = isinstance(start, (int, float)) and isinstance(stop, (int, float))
+    if both_numbers and (start < 1) == (stop < 1) and stop <= start and not (start >= 1 and stop >= start):
+        problems.append(f"stop ({stop!r}) must come after start ({start!r})")
     return problems
+
+
+def sam_window(start: float, stop: float | None, total_steps: int) -> tuple[int, int]:
+    """The 0-based optimizer steps [first, end) on which SAM runs, for a run of `total_steps` steps.
+
+    A value below 1 is a fraction of the steps (start 0.1 of 188: from step index 19); one from 1 is
+    a step number counted from 1 (start 19: from the 19th step; stop 100: through the 100th).
+    """
+    first = math.ceil(start * total_steps - 1e-9) if start < 1 else int(start) - 1
+    end = total_steps if stop is None else (math.ceil(stop * total_steps - 1e-9) if stop < 1 else int(stop))
+    return first, end
 
 
 def _holds(value: float, op: str, bound: float) -> bool:

@@ -1,0 +1,114 @@
+"""SAM's radius schedule, its window and the sharpness it logs, each against a hand-written loop."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from test_trainer import SGD_PLAIN, _args, _steps, _train
+from tiny import (
+    linear_warmup_lr,
+    max_abs_diff,
+    micro_batches,
+    reference_sam_sgd,
+    reference_sam_sgd_per_step,
+    text_rows,
+    tiny_bert,
+)
+from transformers import Trainer, TrainingArguments
+
+from samtune import SAMArguments
+from samtune.errors import RecipeError
+from samtune.optim.settings import sam_window
+from samtune.recipe import build_recipe
+
+N_STEPS, RHO, LR = 5, 0.1, 0.5
+GA = pytest.mark.parametrize(("batch_size", "accumulation"), [(4, 1), (2, 2)], ids=["ga1", "ga2"])
+
+
+@GA
+def test_lr_schedule_scales_rho_with_the_learning_rate(tmp_path, batch_size, accumulation):
+    """schedule=lr under linear warmup (2 steps) and decay: rho_t = rho * lr_t / lr, 0 (a plain step) at lr 0."""
+    rows, model = text_rows(4 * N_STEPS), tiny_bert()
+    lrs = [linear_warmup_lr(LR, t, 2, N_STEPS) for t in range(N_STEPS)]  # 0, .25, .5, .33, .17
+    rhos = [RHO * lr / LR for lr in lrs]
+    steps = _steps(rows, batch_size, accumulation, N_STEPS)
+    reference = reference_sam_sgd_per_step(model, steps, rhos, lrs)
+    args = _args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                 max_steps=N_STEPS, learning_rate=LR, rho=RHO, schedule="lr",
+                 **{**SGD_PLAIN, "lr_scheduler_type": "linear", "warmup_steps": 2})  # fmt: skip
+    trainer = _train(copy.deepcopy(model), rows, args)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert trainer.sam_climb_steps == N_STEPS - 1  # the warmup's first step has lr 0: no climb
+    constant = reference_sam_sgd_per_step(model, steps, [0.0] + [RHO] * (N_STEPS - 1), lrs)
+    assert max_abs_diff(constant, reference) > 1e-5  # the schedule changed the run
+
+
+@GA
+@pytest.mark.parametrize(("start", "stop", "sam_steps"), [(0.4, 0.8, {2, 3}), (2, 4, {1, 2, 3})],
+                         ids=["fractions", "step-numbers"])  # fmt: skip
+def test_window_takes_sam_steps_inside_and_plain_steps_outside(tmp_path, batch_size, accumulation, start, stop, sam_steps):
+    rows, model = text_rows(4 * N_STEPS), tiny_bert()
+    assert set(range(*sam_window(start, stop, N_STEPS))) == sam_steps
+    steps = _steps(rows, batch_size, accumulation, N_STEPS)
+    rhos = [RHO if t in sam_steps else 0.0 for t in range(N_STEPS)]
+    reference = reference_sam_sgd_per_step(model, steps, rhos, [LR] * N_STEPS)
+    args = _args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                 max_steps=N_STEPS, learning_rate=LR, rho=RHO, start=start, stop=stop, **SGD_PLAIN)  # fmt: skip
+    trainer = _train(copy.deepcopy(model), rows, args)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert trainer.sam_climb_steps == len(sam_steps)
+    everywhere = reference_sam_sgd(model, steps, RHO, LR)
+    assert max_abs_diff(everywhere, reference) > 1e-5
+
+
+def test_steps_outside_the_window_are_the_stock_step_to_the_bit(tmp_path):
+    rows = text_rows(8)
+    common = dict(per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3)
+    stock = _train(tiny_bert(), rows, _args(tmp_path, TrainingArguments, **common), Trainer)
+    late = _train(tiny_bert(), rows, _args(tmp_path, rho=RHO, start=3, **common))  # SAM from step 3 of 2
+    s1, s2 = stock.model.state_dict(), late.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert late.sam_climb_steps == 0
+
+
+@pytest.mark.parametrize("accumulation", [1, 2], ids=["ga1", "ga2"])
+def test_logged_sharpness_is_the_loss_rise_at_w_plus_e(tmp_path, accumulation):
+    """sam_sharpness = L(w + e(w)) - L(w) of the step's mean loss, from the two passes SAM takes anyway."""
+    rows, model = text_rows(4), tiny_bert()
+    by_hand = 0.0
+    for batch in micro_batches(rows, 4 // accumulation):
+        probe = copy.deepcopy(model).train()
+        params = [p for p in probe.parameters() if p.requires_grad]
+        loss = probe(**batch).loss
+        grads = torch.autograd.grad(loss, params)
+        norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(RHO * g / (norm + 1e-12))
+            by_hand += (float(probe(**batch).loss) - float(loss)) / accumulation
+    args = _args(tmp_path, per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation,
+                 max_steps=1, learning_rate=LR, rho=RHO, **SGD_PLAIN)  # fmt: skip
+    trainer = _train(copy.deepcopy(model), rows, args)
+    logged = [h["sam_sharpness"] for h in trainer.state.log_history if "sam_sharpness" in h]
+    assert by_hand > 0 and logged == [pytest.approx(by_hand, abs=1e-6)]
+
+
+def test_window_and_schedule_are_checked_everywhere(tmp_path):
+    for bad, says in (({"start": 1.5}, "whole step number"), ({"start": 0.6, "stop": 0.3}, "must come after"),
+                      ({"schedule": "cosine"}, "schedule"), ({"stop": -1}, "stop")):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            SAMArguments(output_dir=str(tmp_path), report_to="none", **bad)
+        with pytest.raises(RecipeError):
+            build_recipe({"sam": bad})
+    recipe = build_recipe({"sam": {"schedule": "lr", "start": 0.1, "stop": 100}})
+    assert recipe.sam.arguments()["start"] == 0.1 and recipe.sam.arguments()["stop"] == 100
+
+
+def test_window_arithmetic():
+    """Fractions count from the run's length, step numbers from 1; no window is the whole run."""
+    assert sam_window(0.0, None, 7) == (0, 7)
+    assert sam_window(0.1, None, 188) == (19, 188)  # after the first 10% (18.8 steps)
+    assert sam_window(19, 100, 188) == (18, 100)  # the 19th through the 100th step
