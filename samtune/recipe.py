@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model, field_validator, model_validator
 
 from samtune.errors import RecipeError, SamtuneError, UsageError
-from samtune.optim.settings import setting_specs, settings_for_variant, variant_of, window_problems
+from samtune.optim.settings import sam_setting_problems, setting_specs, settings_for_variant, variant_of
 
 StrictInt = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
@@ -94,15 +94,15 @@ class DataSection(_Section):
 
 
 class _SAMSectionRules(_Section):
-    """The cross-field rules of the `sam` section: a variant's own settings need that variant; a sound window."""
+    """The rules across fields of the `sam` section: a variant's own settings need that variant, and SAMSettings'."""
 
     @model_validator(mode="after")
     def _parameters_match_the_variant(self) -> _SAMSectionRules:
         variant = self.variant  # type: ignore[attr-defined]
         stray = [k for k in sorted(self.model_fields_set) if variant_of(k) not in (None, variant)]
-        window = window_problems(self.start, self.stop)  # type: ignore[attr-defined]
-        if window:
-            raise ValueError("; ".join(window))
+        problems = sam_setting_problems(self.arguments())  # the rules across fields (window, params syntax)
+        if problems:
+            raise ValueError("; ".join(problems))
         if stray:
             raise ValueError(
                 f"{', '.join('sam.' + k for k in stray)} only applies to sam.variant={variant_of(stray[0])} "

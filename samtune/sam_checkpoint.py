@@ -24,7 +24,6 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from samtune.compat.renamed_weights import reload_weights
 from samtune.files import atomic_path, write_json_atomic
-from samtune.optim.functional import trainable_parameters
 
 SAM_STATE_FILE = "samtune_state.json"
 LOOKSAM_STATE_FILE = "samtune_looksam.pt"
@@ -94,7 +93,7 @@ class SAMCheckpointing:
         self._looksam_v = None
         if self.sam_variant.name != "looksam" or not os.path.isfile(path):
             return
-        params = trainable_parameters(self.model)
+        params = self.sam_parameters(self.model)
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if len(saved) == len(params):
             self._looksam_v = [v.to(p.device) if v is not None else None for v, p in zip(saved, params, strict=True)]

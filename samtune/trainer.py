@@ -53,6 +53,7 @@ from samtune.optim.functional import (
     save_and_climb_,
     trainable_parameters,
 )
+from samtune.optim.selection import PRESETS, climbing_names
 from samtune.optim.settings import SAMSettings, sam_window
 from samtune.optim.variants import SAMVariant, ascent_rows, batch_size_of, first_rows
 from samtune.optim.variants import looksam_direction, looksam_gradient_
@@ -172,6 +173,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # accumulation steps and make the update N times too large. Divide for them; models
             # whose loss honours `num_items_in_batch` (token-level losses) keep the stock rule.
             self.model_accepts_loss_kwargs = False
+        self._climbing = self._resolve_climbing_parameters()
         self._sam_norm_sum = 0.0
         self._sam_norm_count = 0
         self.sam_perturbations_skipped = 0
@@ -259,6 +261,25 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             self._looksam_reuse(model)
         return loss
 
+    def _resolve_climbing_parameters(self) -> set[int] | None:
+        """The ids of the parameters `params` selects (None: every trainable one); none selected is refused."""
+        if self.args.params == "all":
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        names = set(climbing_names(model, self.args.params))
+        if not names:
+            examples = ", ".join(n for n, p in list(model.named_parameters())[:3] if p.requires_grad)
+            raise UnsupportedSetupError(
+                f"sam.params={self.args.params!r} selects no trainable parameter: use a preset "
+                f"({', '.join(PRESETS)}) or patterns that match names such as {examples}."
+            )
+        return {id(p) for n, p in model.named_parameters() if n in names}
+
+    def sam_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters that climb (`params`), in the model's order; DDP keeps the same parameter objects."""
+        params = trainable_parameters(model)
+        return params if self._climbing is None else [p for p in params if id(p) in self._climbing]
+
     def _rho_now(self) -> float:
         """This step's radius: rho, or with `schedule="lr"` rho * lr_t / peak lr (GSAM's rule)."""
         if self.args.schedule == "constant" or self.args.rho == 0:
@@ -285,7 +306,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         variant = self.sam_variant
         looksam = variant.name == "looksam"
         last_micro_batch = self.accelerator.sync_gradients
-        params = trainable_parameters(model)
+        params = self.sam_parameters(model)
         ascent_inputs = copy.copy(inputs)
         if variant.name == "ascent_fraction":
             size = batch_size_of(inputs)
@@ -372,7 +393,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
 
     def _looksam_reuse(self, model: nn.Module) -> None:
         """LookSAM between its SAM steps: .grad <- g + alpha * (||g|| / ||g_v||) * g_v, one pass only."""
-        params = trainable_parameters(model)
+        params = self.sam_parameters(model)
         pairs = [(p.grad, v) for p, v in zip(params, self._looksam_v or [], strict=False) if p.grad is not None and v is not None]
         looksam_gradient_([g for g, _ in pairs], [v for _, v in pairs], self.sam_variant.looksam_alpha)
 

@@ -6,7 +6,8 @@ The second argument picks the scenario:
   all-reduce);
 - "nan-skip" / "nan-stop": rank 1's loss is NaN in the first micro-batch of step 2 (rank 0 sees
   nothing wrong), with on_nonfinite "skip" / "stop";
-- "window-lr": SAM from the 2nd optimizer step only, rho following a linearly decaying lr;
+- "window-lr": SAM from the 2nd optimizer step only, rho following a linearly decaying lr, biases
+  left at w;
 - "looksam-overflow-N": LookSAM k=2, and rank 1's N-th ascent norm (1: first micro-batch of step 0,
   2: its last) is infinite, as an fp16 ascent that overflows on one process only.
 
@@ -63,8 +64,8 @@ def main(out: Path, scenario: str) -> None:
         extra = dict(sam_variant="looksam", looksam_k=2, looksam_alpha=0.7)
     if scenario.startswith("nan-"):
         extra = dict(on_nonfinite=scenario.removeprefix("nan-"))
-    if scenario == "window-lr":  # SAM from the 2nd step, its radius following a linearly decaying lr
-        extra = dict(start=2, schedule="lr", lr_scheduler_type="linear")
+    if scenario == "window-lr":  # SAM from the 2nd step, rho following a linearly decaying lr, biases at w
+        extra = dict(start=2, schedule="lr", lr_scheduler_type="linear", params="!*.bias")
     args = SAMArguments(**{
         "output_dir": str(out / "run"), "use_cpu": True, "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 2, "max_steps": 3, "learning_rate": 0.5, "optim": "sgd",

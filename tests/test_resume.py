@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 
 
-# A SAM window across the kill (SAM on steps 4-10 of 12) and a radius that follows the learning rate.
-WINDOW_LR = {"schedule": "lr", "start": 0.25, "stop": 10}
+# A SAM window across the kill (SAM on steps 4-10 of 12), a radius that follows the learning rate,
+# and biases left at w.
+WINDOW_LR = {"schedule": "lr", "start": 0.25, "stop": 10, "params": "!*.bias"}
 
 
 def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | None = None, sam: dict | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""SAM's radius schedule, its window and the sharpness it logs, each against a hand-written loop."""
+"""SAM's radius schedule, its window, which parameters climb and the sharpness it logs, against hand-written loops."""
 
 from __future__ import annotations
 
@@ -112,3 +112,51 @@ def test_window_arithmetic():
     assert sam_window(0.0, None, 7) == (0, 7)
     assert sam_window(0.1, None, 188) == (19, 188)  # after the first 10% (18.8 steps)
     assert sam_window(19, 100, 188) == (18, 100)  # the 19th through the 100th step
+
+
+# The climbing sets written out by name for the tiny BERT (2 layers), independently of the presets' code.
+_NORMS = {f"bert.embeddings.LayerNorm.{w}" for w in ("weight", "bias")} | {
+    f"bert.encoder.layer.{i}.{part}.LayerNorm.{w}" for i in (0, 1) for part in ("attention.output", "output")
+    for w in ("weight", "bias")
+}  # fmt: skip
+_HEAD = {"classifier.weight", "classifier.bias"}
+
+
+@GA
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+@pytest.mark.parametrize(
+    ("spec", "climbing"),
+    [
+        ("head", lambda names: _HEAD),
+        ("norms", lambda names: _NORMS),
+        ("!*.bias", lambda names: {n for n in names if not n.endswith(".bias")}),
+        ("weights", lambda names: {n for n in names if not n.endswith(".bias") and n not in _NORMS
+                                   and "embeddings." not in n}),  # fmt: skip
+    ],
+    ids=["head", "norms", "no-biases", "weights"],
+)
+def test_only_the_chosen_parameters_climb(tmp_path, batch_size, accumulation, adaptive, spec, climbing):
+    """The others stay at w in the descent, and ||g|| (or ||w g||) is taken over the climbing ones."""
+    rows, model = text_rows(4 * 2), tiny_bert()
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    chosen = climbing(names)
+    rho = 1.0 if adaptive else RHO
+    steps = _steps(rows, batch_size, accumulation, 2)
+    reference = reference_sam_sgd(model, steps, rho, LR, adaptive=adaptive, climbing=chosen)
+    args = _args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                 max_steps=2, learning_rate=LR, rho=rho, adaptive=adaptive, params=spec, **SGD_PLAIN)  # fmt: skip
+    trainer = _train(copy.deepcopy(model), rows, args)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert max_abs_diff(reference_sam_sgd(model, steps, rho, LR, adaptive=adaptive), reference) > 1e-6
+
+
+def test_params_that_select_nothing_or_do_not_parse_are_refused(tmp_path):
+    from samtune import SAMTrainer
+    from samtune.trainer import UnsupportedSetupError
+
+    with pytest.raises(UnsupportedSetupError, match="selects no trainable parameter"):
+        SAMTrainer(model=tiny_bert(), args=_args(tmp_path, params="decoder.*"))
+    with pytest.raises(ValueError, match="preset"):
+        _args(tmp_path, params="a,,b")
+    with pytest.raises(RecipeError):
+        build_recipe({"sam": {"params": "!"}})

@@ -103,6 +103,7 @@ def reference_sam_gradient(
     adaptive: bool = False,
     ascent_batch: dict[str, torch.Tensor] | None = None,
     before_forward: Callable[[], None] | None = None,
+    climbing: set[str] | None = None,
 ) -> list[torch.Tensor]:
     """The gradient at w + e(w) of one batch's mean loss, by the paper's formula, leaving w as it was.
 
@@ -111,13 +112,17 @@ def reference_sam_gradient(
     with a 1e-12 guard on the norm, as davda54/sam and samtune use. g is the gradient of
     `ascent_batch` (default: the batch itself). `before_forward` runs before each of the two
     forward passes (a test replays the RNG state the trainer's pass saw there, for dropout).
+    With `climbing` (parameter names), only those climb and ||g|| is theirs; the others stay at w.
     """
     before_forward = before_forward or (lambda: None)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     ascent_batch = batch if ascent_batch is None else ascent_batch
     before_forward()
     grads = torch.autograd.grad(model(**ascent_batch).loss, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+    if climbing is not None:
+        grads = [g if n in climbing else torch.zeros_like(g) for (n, _), g in zip(named, grads)]
     if adaptive:
         norm = torch.sqrt(sum(((p.detach().abs() * g) ** 2).sum() for p, g in zip(params, grads)))
     else:
@@ -141,15 +146,16 @@ def reference_sam_sgd(
     rho: float,
     lr: float,
     adaptive: bool = False,
+    climbing: set[str] | None = None,
 ) -> nn.Module:
-    """Plain SGD with SAM: each step averages the SAM gradients of its micro-batches."""
+    """Plain SGD with SAM: each step averages the SAM gradients of its micro-batches (`climbing`: who climbs)."""
     model = copy.deepcopy(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     for step in steps:
         total = [torch.zeros_like(p) for p in params]
         for batch in step:
-            for t, g in zip(total, reference_sam_gradient(model, batch, rho, adaptive)):
+            for t, g in zip(total, reference_sam_gradient(model, batch, rho, adaptive, climbing=climbing)):
                 t.add_(g / len(step))
         with torch.no_grad():
             for p, t in zip(params, total):
@@ -214,7 +220,11 @@ def reference_sam_adamw(
 
 
 def reference_sam_sgd_per_step(
-    model: nn.Module, steps: list[list[dict[str, torch.Tensor]]], rhos: list[float], lrs: list[float]
+    model: nn.Module,
+    steps: list[list[dict[str, torch.Tensor]]],
+    rhos: list[float],
+    lrs: list[float],
+    climbing: set[str] | None = None,
 ) -> nn.Module:
     """SGD where step t has its own radius rhos[t] (0: a plain step) and learning rate lrs[t]."""
     model = copy.deepcopy(model)
@@ -223,7 +233,7 @@ def reference_sam_sgd_per_step(
     for step, rho, lr in zip(steps, rhos, lrs, strict=True):
         total = [torch.zeros_like(p) for p in params]
         for batch in step:
-            for acc, g in zip(total, reference_sam_gradient(model, batch, rho)):
+            for acc, g in zip(total, reference_sam_gradient(model, batch, rho, climbing=climbing)):
                 acc.add_(g / len(step))
         with torch.no_grad():
             for p, g in zip(params, total):

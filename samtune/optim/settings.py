@@ -20,6 +20,8 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
+from samtune.optim.selection import spec_problem
+
 VariantName = Literal["sam", "every_k", "looksam", "ascent_fraction", "rst"]
 VARIANTS: tuple[str, ...] = typing.get_args(VariantName)
 ScheduleName = Literal["constant", "lr"]
@@ -89,6 +91,12 @@ class SAMSettings:
     ascent_fraction: float = setting(0.25, "ascent_fraction: share of each micro-batch the ascent gradient uses.",
                                      gt=0, le=1, variant="ascent_fraction")  # fmt: skip
     rst_probability: float = setting(0.5, "rst: probability that a step is a SAM step.", ge=0, le=1, variant="rst")
+    params: str = setting(
+        "all",
+        "Which parameters climb: a preset (all, weights, norms, head, body; see samtune.optim.selection) or "
+        "comma-separated patterns on parameter names, '!pattern' to leave some out (e.g. '!*.bias'). The others "
+        "stay at w in the descent; ||g|| is taken over the climbing ones.",
+    )
     schedule: ScheduleName = setting(
         "constant",
         "How the radius moves: 'constant', or 'lr': rho_t = rho * lr_t / peak lr (GSAM's rule, Zhuang et al. "
@@ -188,6 +196,8 @@ def sam_setting_problems(values: dict[str, Any]) -> list[str]:
             bound = " and ".join(f"{_WORDS[op]} {b:g}" for op, b in spec.bounds.items())
             problems.append(f"{spec.name} must be {_kind(spec)}{' ' + bound if bound else ''} (got {value!r})"
                             + (f": {spec.why}" if spec.why else ""))  # fmt: skip
+    if isinstance(values.get("params"), str) and (problem := spec_problem(values["params"])):
+        problems.append(problem)
     return problems + window_problems(values.get("start"), values.get("stop"))
 
 

@@ -1,0 +1,84 @@
+"""Which parameters climb: `sam.params`, as a preset or include/exclude patterns on parameter names.
+
+SAM perturbs every trainable parameter by default. Fine-tuning studies perturb fewer: FSAM (Zhong
+et al., EMNLP Findings 2022) never perturbs biases and embeddings, SAM-ON (Mueller et al., 2023)
+only normalisation layers (with a much larger rho), and the official ASAM scales weight tensors
+only. Parameters left out stay at w in the descent pass, and ||g|| is taken over the climbing ones
+only (so their gradient is not even computed in the ascent).
+
+A specification is a preset name, or comma-separated fnmatch patterns on parameter names
+(`model.named_parameters()`), applied in order: a pattern adds the names it matches, `!pattern`
+removes them; a specification that starts with `!` starts from every trainable parameter.
+
+Pure PyTorch: a model's own `base_model_prefix` (Hugging Face models have one) names its body.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+PRESETS: dict[str, str] = {
+    "all": "every trainable parameter (SAM as in the paper)",
+    "weights": "weight matrices only: no biases, no normalisation layers, no embeddings (FSAM, ASAM's official code)",
+    "norms": "normalisation layers only (SAM-ON)",
+    "head": "the task head only: what lies outside the pretrained body (e.g. BERT's classifier)",
+    "body": "the pretrained body only: everything but the task head",
+}
+
+
+def _norm_or_embedding(model: nn.Module) -> tuple[set[str], set[str]]:
+    """Names of the parameters that belong to normalisation layers, and to embeddings."""
+    norms: set[str] = set()
+    embeddings: set[str] = set()
+    for prefix, module in model.named_modules():
+        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm, _NormBase)) or "RMSNorm" in type(module).__name__
+        target = norms if is_norm else embeddings if isinstance(module, nn.Embedding) else None
+        if target is not None:
+            target.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False))
+    return norms, embeddings
+
+
+def _preset(model: nn.Module, name: str) -> Callable[[str], bool]:
+    norms, embeddings = _norm_or_embedding(model)
+    body = getattr(model, "base_model_prefix", "") or ""
+    in_body = (lambda n: n.startswith(body + ".")) if body and any(
+        n.startswith(body + ".") for n, _ in model.named_parameters()
+    ) else (lambda n: True)  # fmt: skip
+    return {
+        "all": lambda n: True,
+        "weights": lambda n: not n.endswith("bias") and n not in norms and n not in embeddings,
+        "norms": lambda n: n in norms,
+        "head": lambda n: not in_body(n),
+        "body": in_body,
+    }[name]
+
+
+def spec_problem(spec: str) -> str | None:
+    """What is wrong with a specification's syntax (None if nothing); matching needs the model."""
+    if spec in PRESETS:
+        return None
+    parts = [p.strip() for p in spec.split(",")]
+    if not spec.strip() or any(not p or p == "!" for p in parts):
+        return (f"params must be a preset ({', '.join(PRESETS)}) or comma-separated name patterns, "
+                f"'!pattern' to leave some out (got {spec!r})")  # fmt: skip
+    return None
+
+
+def climbing_names(model: nn.Module, spec: str) -> list[str]:
+    """The names of the trainable parameters that `spec` selects, in the model's order."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if spec in PRESETS:
+        keep = _preset(model, spec)
+        return [n for n in names if keep(n)]
+    parts = [p.strip() for p in spec.split(",")]
+    chosen = set(names) if parts[0].startswith("!") else set()
+    for part in parts:
+        if part.startswith("!"):
+            chosen -= set(fnmatch.filter(names, part[1:]))
+        else:
+            chosen |= set(fnmatch.filter(names, part))
+    return [n for n in names if n in chosen]
