@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
+if TYPE_CHECKING:  # torch loads only when a model is matched: the recipe checks the syntax without it
+    from torch import nn
 
 PRESETS: dict[str, str] = {
     "all": "every trainable parameter (SAM as in the paper)",
@@ -32,6 +33,9 @@ PRESETS: dict[str, str] = {
 
 def _norm_or_embedding(model: nn.Module) -> tuple[set[str], set[str]]:
     """Names of the parameters that belong to normalisation layers, and to embeddings."""
+    from torch import nn
+    from torch.nn.modules.batchnorm import _NormBase
+
     norms: set[str] = set()
     embeddings: set[str] = set()
     for prefix, module in model.named_modules():
