@@ -162,8 +162,15 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
         ("precision", facts.precision),
         ("seed", t.seed),
         ("optimizer steps that took SAM's two passes", facts.metrics.get("sam_climb_steps", "n/a")),
+        ("sharpness L(w + e) - L(w), first / last logged", _sharpness_trend(facts.log_history)),
         ("perturbations skipped (non-finite)", facts.metrics.get("sam_perturbations_skipped", 0)),
     ]
+
+
+def _sharpness_trend(log_history: list[dict[str, Any]]) -> str:
+    """The sharpness SAM minimised, at its first and last log ("n/a" if no SAM step was logged)."""
+    values = [h["sam_sharpness"] for h in log_history if "sam_sharpness" in h]
+    return f"{values[0]:.4g} / {values[-1]:.4g}" if values else "n/a"
 
 
 def _results_table(facts: CardFacts) -> str:

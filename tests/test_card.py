@@ -45,6 +45,9 @@ def _check_card(run_dir, task):
     text = card.text
     assert "| rho | 0.07 |" in text and "| adaptive (ASAM) | True |" in text and "| variant | ASAM, exact SAM (every step) |" in text
     assert "| seed | 3 |" in text and "| precision | fp32 |" in text
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    sharpness = [h["sam_sharpness"] for h in history if "sam_sharpness" in h]
+    assert sharpness and f"| sharpness L(w + e) - L(w), first / last logged | {sharpness[0]:.4g} / {sharpness[-1]:.4g} |" in text
     assert f"{metrics['eval_accuracy']:.4f}" in text
     assert "![Training curves](training_curves.png)" in text
     assert f'pipeline("{task}"' in text and "config.yaml" in text and "transformers:" in text
