@@ -440,6 +440,11 @@ def _accuracy(preds: torch.Tensor, labels: Any) -> float:
     return int((preds == torch.as_tensor(labels)).sum()) / len(preds)
 
 
+def _top_share(preds: torch.Tensor, num_labels: int) -> float:
+    """Share of the predictions that go to the most predicted class (1.0: one class for everything)."""
+    return int(torch.bincount(preds, minlength=num_labels).max()) / len(preds)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -465,11 +470,13 @@ def _recorder_class() -> type:
             _sync(self.device)
             self.train_time += time.perf_counter() - self._start
             s = self.splits
-            val = _accuracy(predict(model, s.val, s.collate, self.device), s.val["labels"])
-            test = _accuracy(predict(model, s.test, s.collate, self.device), s.test["labels"])
+            val_preds = predict(model, s.val, s.collate, self.device)
+            test_preds = predict(model, s.test, s.collate, self.device)
             self.epochs.append(
-                {"epoch": len(self.epochs) + 1, "train_time": self.train_time, "val_acc": val, "test_acc": test}
-            )
+                {"epoch": len(self.epochs) + 1, "train_time": self.train_time,
+                 "val_acc": _accuracy(val_preds, s.val["labels"]), "test_acc": _accuracy(test_preds, s.test["labels"]),
+                 "test_top_share": _top_share(test_preds, s.num_labels)}
+            )  # fmt: skip
 
     return EpochRecorder
 

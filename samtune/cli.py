@@ -431,7 +431,8 @@ def compare_command(
     arms: Annotated[
         str,
         typer.Option(help="Comma-separated: adamw (the baseline, always run), sam, asam, every_k, looksam, "
-                     "ascent_fraction, rst.", rich_help_panel=COMPARE_PANEL),
+                     "ascent_fraction, rst; each may carry its own SAM settings: sam:rho=0.02,schedule=lr,start=0.1 "
+                     "(a KEY=VALUE after a comma belongs to the arm before it).", rich_help_panel=COMPARE_PANEL),
     ] = "adamw,sam",  # fmt: skip
     seeds: Annotated[
         int, typer.Option(min=1, help="Seeds per arm: training.seed, +1, ...", rich_help_panel=COMPARE_PANEL)
@@ -449,12 +450,13 @@ def compare_command(
     ] = False,  # fmt: skip
     debug: DebugOpt = False,
 ) -> None:
-    """Train the baseline (rho=0) and SAM arms on the same seeds; compare them (comparison.json, learning curves)."""
+    """Train the baseline (rho=0) and SAM arms on the same seeds; rank them on validation, compare (comparison.json)."""
     ref, items = _split_recipe_args(recipe, overrides)
 
     def body() -> None:
         from samtune.analysis.compare import compare
-        from samtune.analysis.comparison import COMPARISON_FILE, CURVES_FILE, comparison_table, cost_table
+        from samtune.analysis.comparison import COMPARISON_FILE, CURVES_FILE, best_arm_line, comparison_table
+        from samtune.analysis.comparison import cost_table, has_test_metrics
         from samtune.modeling import quiet_transformers
         from samtune.progress import ProgressCallback
 
@@ -466,6 +468,9 @@ def compare_command(
             notify=lambda text: console.print(text, markup=False),
         )  # fmt: skip
         console.print(comparison_table(report))
+        console.print(best_arm_line(report), markup=False)
+        if has_test_metrics(report):
+            console.print(comparison_table(report, split="test"))
         console.print(cost_table(report))
         out = report["settings"]["output_dir"]
         console.print(f"wrote {COMPARISON_FILE} and {CURVES_FILE} in {out}; each run in {out}/<arm>/seed-<n>", markup=False)

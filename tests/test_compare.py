@@ -13,11 +13,12 @@ import yaml
 from conftest import text_examples, write_csv
 from typer.testing import CliRunner
 
-from samtune.analysis.compare import arm_sam, parse_arms, plan_runs
-from samtune.analysis.comparison import QUALITY, curves_pixel_size
+from samtune.analysis.compare import arm_sam, parse_arms, plan_runs, rank_arms, read_arms
+from samtune.analysis.comparison import QUALITY, RunRef, best_arm_line, build_report, comparison_table
+from samtune.analysis.comparison import curves_pixel_size
 from samtune.analysis.paired import bootstrap_interval, paired_difference, paired_t_test, summarise
 from samtune.cli import app
-from samtune.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from samtune.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, RecipeError, UsageError
 from samtune.recipe import SAMSection
 
 runner = CliRunner()
@@ -143,7 +144,7 @@ def test_unknown_arm_exits_2_naming_the_valid_arms(tmp_path, text_model_dir):
     recipe = _recipe(tmp_path, text_model_dir, write_csv(tmp_path / "r.csv", text_examples(40)))
     result = cli("compare", recipe, "--arms", "adamw,sharp,asm", "--output-dir", tmp_path / "cmp")
     assert result.exit_code == EXIT_USAGE
-    assert "unknown arms 'sharp', 'asm'" in result.output
+    assert "unknown arm 'sharp'" in result.output and "unknown arm 'asm'" in result.output
     for name in ("adamw", "sam", "asam", "every_k", "looksam", "ascent_fraction", "rst"):
         assert name in result.output
     assert "Traceback" not in result.output and not (tmp_path / "cmp").exists()
@@ -210,6 +211,125 @@ def test_a_variant_setting_reaches_only_its_own_arm(tmp_path):
     assert by_arm["looksam"].looksam_k == 3 and by_arm["looksam"].rho == 0.1
     assert by_arm["sam"].variant == "sam" and "looksam_k" not in by_arm["sam"].model_fields_set
     assert runs[-1].run_dir == out / "looksam" / "seed-8"
+
+
+# ---- arms with their own settings -----------------------------------------------------------
+
+RAW = {"name": "r", "model": {"name": "m"}, "data": {"dataset": "d.csv"}, "sam": {"rho": 0.1, "schedule": "lr"}}
+
+
+def test_arms_with_settings_parse_a_comma_after_an_arm_as_its_setting():
+    arms, problems = read_arms("adamw,sam:rho=0.01,sam:schedule=lr,start=0.1,looksam:looksam_k=3,sam")
+    assert problems == []
+    assert [a.name for a in arms] == ["adamw", "sam:rho=0.01", "sam:schedule=lr,start=0.1", "looksam:looksam_k=3",
+                                      "sam"]  # fmt: skip
+    assert arms[2].values() == {"schedule": "lr", "start": 0.1} and arms[1].folder == "sam-rho=0.01"
+    params, problems = read_arms(["sam:params=encoder.*,!*.bias,rho=0.02", "asam:sam.rho=1"])
+    assert problems == [] and [a.name for a in params] == ["adamw", "sam:params=encoder.*,!*.bias,rho=0.02",
+                                                           "asam:rho=1"]  # fmt: skip
+    assert params[1].values() == {"params": "encoder.*,!*.bias", "rho": 0.02}
+
+
+def test_each_arm_trains_the_recipe_with_its_own_settings_on_top():
+    plan = plan_runs(RAW, ["training.seed=3"], "sam,sam:rho=0.02,start=0.25,sam:schedule=constant,"
+                     "every_k:every_k=4,asam:rho=1.5", seeds=1)  # fmt: skip
+    sam = {r.arm: r.recipe.sam for r in plan.runs}
+    assert list(sam) == ["adamw", "sam", "sam:rho=0.02,start=0.25", "sam:schedule=constant", "every_k:every_k=4",
+                         "asam:rho=1.5"]  # fmt: skip
+    assert sam["adamw"].rho == 0.0
+    assert (sam["sam"].rho, sam["sam"].schedule, sam["sam"].start) == (0.1, "lr", 0.0)  # the recipe's own
+    assert (sam["sam:rho=0.02,start=0.25"].rho, sam["sam:rho=0.02,start=0.25"].start) == (0.02, 0.25)
+    assert sam["sam:rho=0.02,start=0.25"].schedule == "lr"  # not set by the arm: the recipe's
+    assert sam["sam:schedule=constant"].schedule == "constant" and sam["sam:schedule=constant"].rho == 0.1
+    assert (sam["every_k:every_k=4"].variant, sam["every_k:every_k=4"].every_k) == ("every_k", 4)
+    assert (sam["asam:rho=1.5"].adaptive, sam["asam:rho=1.5"].rho) == (True, 1.5)
+    dirs = {r.arm: r.run_dir for r in plan.runs}
+    assert dirs["sam:rho=0.02,start=0.25"] == Path("runs") / "r-compare" / "sam-rho=0.02,start=0.25" / "seed-3"
+    assert len(set(dirs.values())) == len(dirs)
+
+
+def test_every_problem_in_every_arm_is_reported_at_once():
+    arms = ("sharp,sam:rho=-1,sam:looksam_k=3,adamw:rho=0.1,sam:rhoo=1,sam:schedule=cosine,asam:adaptive=false,"
+            "sam:start=0.5,stop=0.2,every_k:every_k=0,sam:variant=rst,sam:rho")
+    with pytest.raises(RecipeError) as caught:
+        plan_runs(RAW, [], arms, seeds=1)
+    problems = caught.value.problems
+    expected = ["unknown arm 'sharp'", "arm 'sam:rho=-1': rho: should be greater than or equal to 0 (got -1)",
+                "'looksam_k' is a setting of the looksam arm", "the adamw arm is the baseline",
+                "unknown SAM setting 'rhoo' in arm 'sam'", "schedule: must be 'constant' or 'lr' (got 'cosine')",
+                "asam arm is adaptive by definition", "arm 'sam:start=0.5,stop=0.2': stop (0.2) must come after start",
+                "every_k: should be greater than or equal to 1 (got 0)", "the arm's name sets its variant",
+                "'rho' is not KEY=VALUE"]  # fmt: skip
+    for text in expected:
+        assert sum(text in p for p in problems) == 1, (text, problems)
+    assert len(problems) == len(expected) and "(did you mean 'rho'?)" in problems[3]
+    assert any(p.startswith("arm 'sam:schedule=cosine': ") for p in problems)  # a value problem names its arm
+
+
+def test_a_bad_arm_exits_2_with_every_problem_and_writes_nothing(tmp_path, text_model_dir):
+    recipe = _recipe(tmp_path, text_model_dir, write_csv(tmp_path / "r.csv", text_examples(40)))
+    result = cli("compare", recipe, "--arms", "adamw,sam:rho=-1,sam:schedul=lr", "--output-dir", tmp_path / "cmp")
+    assert result.exit_code == EXIT_USAGE
+    assert "2 problems in --arms" in result.output and "rho: should be" in result.output and "'schedul'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "cmp").exists()
+
+
+def _fake_runs(root: Path, metrics: dict[str, list[dict[str, float]]]) -> list[RunRef]:
+    """Run folders holding only a metrics.json each: arm -> one metrics mapping per seed."""
+    refs = []
+    for arm, per_seed in metrics.items():
+        for seed, values in enumerate(per_seed):
+            folder = root / arm.replace(":", "-") / f"seed-{seed}"
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({**values, "sam_rho": 0.05}))
+            refs.append(RunRef(arm, seed, folder))
+    return refs
+
+
+def test_arms_are_ranked_on_validation_never_on_test(tmp_path):
+    # sam:rho=0.02 is best on validation, sam:rho=0.1 on test: the ranking follows validation only.
+    evals = {"adamw": [0.70, 0.72, 0.71], "sam": [0.70, 0.72, 0.74], "sam:rho=0.02": [0.74, 0.75, 0.73],
+             "sam:rho=0.1": [0.60, 0.62, 0.61]}  # fmt: skip
+    tests = {"adamw": 0.70, "sam": 0.70, "sam:rho=0.02": 0.65, "sam:rho=0.1": 0.90}
+    metrics = {a: [{"eval_accuracy": v, "eval_loss": 1 - v, "test_accuracy": tests[a] + i / 100}
+                   for i, v in enumerate(vals)] for a, vals in evals.items()}  # fmt: skip
+    report = build_report(_fake_runs(tmp_path, metrics), {"recipe": "r"})
+    ranking = rank_arms(report, "accuracy")
+    assert ranking["order"] == ["sam:rho=0.02", "sam", "adamw", "sam:rho=0.1"]  # means 0.74, 0.72, 0.71, 0.61
+    assert ranking["best"] == "sam:rho=0.02" and ranking["metric"] == "eval_accuracy"
+    assert rank_arms(report, "loss")["order"] == ranking["order"]  # lower loss first: the same order here
+    report["ranking"] = ranking
+    line = best_arm_line(report)
+    assert line.startswith("best on validation: sam:rho=0.02 (eval_accuracy 0.7400 ± 0.0100 over 3 seeds")
+    assert "adamw 0.7100" in line and "paired Δ +0.0300" in line
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(comparison_table(report))
+    valid = console.export_text()
+    console.print(comparison_table(report, split="test"))
+    test = console.export_text()  # what was printed since the first export
+    assert "test_accuracy" not in valid and "eval_accuracy" in valid
+    assert "test_accuracy" in test and "eval_accuracy" not in test and "not used to rank or choose" in test
+    rows = [line for line in valid.splitlines() if "eval_accuracy" in line and line.split()[0].isdigit()]
+    assert [r.split()[1] for r in rows] == ranking["order"]  # printed in rank order, numbered 1..4
+
+
+def test_a_comparison_of_arms_with_settings_trains_each_and_names_the_best(tmp_path, text_model_dir):
+    recipe = _recipe(tmp_path, text_model_dir, write_csv(tmp_path / "r.csv", text_examples(80)))
+    out = tmp_path / "cmp"
+    result = cli("compare", recipe, "--arms", "sam:rho=0.02,schedule=lr,start=0.5", "--seeds", 1, "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "comparison.json").read_text())
+    arm = "sam:rho=0.02,schedule=lr,start=0.5"
+    assert report["settings"]["arms"] == ["adamw", arm]
+    assert (report["arms"][arm]["sam"]["rho"], report["arms"][arm]["sam"]["schedule"]) == (0.02, "lr")
+    saved = yaml.safe_load((out / "sam-rho=0.02,schedule=lr,start=0.5" / "seed-42" / "config.yaml").read_text())
+    assert saved["sam"]["rho"] == 0.02 and saved["sam"]["start"] == 0.5 and saved["sam"]["schedule"] == "lr"
+    metrics = json.loads((out / "sam-rho=0.02,schedule=lr,start=0.5" / "seed-42" / "metrics.json").read_text())
+    assert metrics["sam_climb_steps"] == 2  # SAM on the second half of the 4 steps only
+    assert report["ranking"]["best"] in ("adamw", arm) and set(report["ranking"]["order"]) == {"adamw", arm}
+    assert "best on validation: " + report["ranking"]["best"] in result.output
 
 
 # ---- the statistics, against independent computations -------------------------------------

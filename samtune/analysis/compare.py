@@ -17,8 +17,25 @@ The arms (`--arms`), each the recipe (with the KEY=VALUE overrides) plus its own
                      the cheaper variant with the `sam` arm's rho and adaptive flag, and the recipe's
                      settings for that variant (sam.every_k, sam.looksam_k, ...)
 
+An arm may carry its own SAM settings, on top of the recipe's: `NAME:KEY=VALUE,KEY=VALUE`, where KEY
+is a key of the recipe's `sam` section (rho, schedule, start, stop, params, adaptive, or the arm's
+variant's own, e.g. looksam_k). A `KEY=VALUE` after a comma belongs to the arm before it, so
+
+    --arms adamw,sam:rho=0.01,sam:schedule=lr,start=0.1,looksam:looksam_k=3
+
+is four arms: adamw, `sam:rho=0.01`, `sam:schedule=lr,start=0.1` and `looksam:looksam_k=3`. A
+pattern after `params=` may be followed by more patterns (`sam:params=encoder.*,!*.bias`). The
+arm's name is its text as given (its runs go to `<output>/<name with ':' as '-'>/seed-<n>/`); every
+problem in every arm (an unknown arm or key, a value out of bounds, a setting of another variant)
+is reported at once, before anything trains; an arm given twice runs once.
+
 A variant's own settings given as overrides reach only that variant's arm, so
 `sam.looksam_k=3 --arms adamw,sam,looksam` is fine. The recipe's output.dir is not used.
+
+The arms are ranked by the validation metric the recipe chooses its checkpoint by
+(training.metric_for_best_model on the eval split: mean over seeds), and the first is named the
+best. Test-split numbers, where the data has a test split, are reported apart and never used to
+rank or choose.
 
 After the runs, every number is read back from the runs' own metrics.json and trainer_state.json
 files, and written to `comparison.json` and `learning_curves.png` in the output directory; see
@@ -63,7 +80,7 @@ Notify = Callable[[str], None]
 class ArmRun:
     """One run of the comparison: an arm on a seed, its recipe and its run directory."""
 
-    arm: str
+    arm: str  # the arm's name: 'sam', 'sam:rho=0.01'
     seed: int
     recipe: Recipe
 
@@ -78,20 +95,140 @@ class ArmRun:
         return f"{self.arm}, seed {self.seed}"
 
 
+@dataclass(frozen=True)
+class ArmSpec:
+    """One arm as given: its kind (a name of ARMS) and its own SAM settings (recipe keys, values as text)."""
+
+    kind: str
+    settings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """'sam' or 'sam:rho=0.01,schedule=lr': the arm's name in tables, comparison.json and messages."""
+        return self.kind + (":" + ",".join(f"{k}={v}" for k, v in self.settings) if self.settings else "")
+
+    @property
+    def folder(self) -> str:
+        """The arm's folder in the comparison's output directory."""
+        return self.name.replace(":", "-").replace("/", "_")
+
+    def values(self) -> dict[str, Any]:
+        """Its settings with their values typed as in a recipe (YAML scalars)."""
+        return {k: _typed(v) for k, v in self.settings}
+
+
+def _typed(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+
+
+def _sam_keys() -> dict[str, str | None]:
+    """The keys an arm may set (the recipe's sam section, but the variant: the arm names it) -> their variant."""
+    from samtune.optim.settings import setting_specs
+
+    return {s.recipe_key: s.variant for s in setting_specs() if s.recipe_key != "variant"}
+
+
+def read_arms(spec: str | Sequence[str]) -> tuple[list[ArmSpec], list[str]]:
+    """The arms in `spec` ('adamw,sam:rho=0.01,...' or a list of such strings) and every problem found in them.
+
+    Checks the syntax, the arm names and the keys; the values are checked when the arms' recipes are
+    built (`plan_runs`).
+    """
+    items = [spec] if isinstance(spec, str) else list(spec)
+    tokens = [t.strip() for item in items for t in item.split(",") if t.strip()]
+    keys = _sam_keys()
+    arms: list[list[Any]] = []  # [kind, [(key, text), ...]]
+    problems: list[str] = []
+    for token in tokens:
+        head, colon, rest = token.partition(":")
+        if colon or "=" not in token:
+            name = head.strip()
+            if name not in ARMS:
+                if arms and arms[-1][1] and arms[-1][1][-1][0] == "params" and not colon:
+                    arms[-1][1][-1] = ("params", f"{arms[-1][1][-1][1]},{token}")  # one more params pattern
+                    continue
+                close = difflib.get_close_matches(name, list(ARMS), n=1)
+                problems.append(f"unknown arm '{name}': the arms are {', '.join(ARMS)}"
+                                + (f" (did you mean '{close[0]}'?)" if close else ""))  # fmt: skip
+                arms.append([None, []])
+                continue
+            arms.append([name, []])
+            if not colon:
+                continue
+            if not rest.strip():
+                problems.append(f"arm '{token}': give its settings after the colon (e.g. {name}:rho=0.02) or none")
+                continue
+            token = rest
+        if not arms:
+            problems.append(f"'{token}' comes before any arm: write the arm first, e.g. sam:{token}")
+            continue
+        key, sep, value = token.partition("=")
+        key = key.strip().removeprefix("sam.")
+        kind = arms[-1][0]
+        if not sep or not key:
+            problems.append(f"'{token}' is not KEY=VALUE (arm settings look like sam:rho=0.02,schedule=lr)")
+        elif key == "variant":
+            problems.append(f"'{token}': the arm's name sets its variant (write {value.strip()}:... as an arm)")
+        elif key not in keys:
+            close = difflib.get_close_matches(key, list(keys), n=1)
+            problems.append(f"unknown SAM setting '{key}' in arm '{kind}': the settings are {', '.join(keys)}"
+                            + (f" (did you mean '{close[0]}'?)" if close else ""))  # fmt: skip
+        elif kind is not None and keys[key] not in (None, kind):
+            problems.append(f"'{key}' is a setting of the {keys[key]} arm, not of '{kind}': write {keys[key]}:{key}=...")
+        elif kind == BASELINE:
+            problems.append(f"the {BASELINE} arm is the baseline (rho 0) and takes no SAM settings (got {key})")
+        elif kind == "asam" and key == "adaptive":
+            problems.append("the asam arm is adaptive by definition: for a non-adaptive climb use a sam arm")
+        elif key in dict(arms[-1][1]):
+            problems.append(f"'{key}' is given twice in one arm ({kind})")
+        else:
+            arms[-1][1].append((key, value.strip()))
+    specs = [ArmSpec(kind, tuple(settings)) for kind, settings in arms if kind is not None]
+    if not tokens:
+        problems.append(f"no arms: give them comma-separated, e.g. --arms {BASELINE},sam,sam:rho=0.02")
+    unique = list({a.name: a for a in specs}.values())
+    if not any(a.kind == BASELINE for a in unique):
+        unique.insert(0, ArmSpec(BASELINE))
+    return unique, problems
+
+
 def parse_arms(spec: str | Sequence[str]) -> list[str]:
-    """Arm names from 'adamw,sam' (or a list), in order, without repeats; the baseline first if missing."""
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    arms = list(dict.fromkeys(n.strip() for n in names if n.strip()))
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown or not arms:
-        close = [m for u in unknown for m in difflib.get_close_matches(u, list(ARMS), n=1)]
-        plural = "s" if len(unknown) > 1 else ""
-        what = f"unknown arm{plural} {', '.join(repr(u) for u in unknown)}" if unknown else "no arms"
+    """Arm names from 'adamw,sam' (or a list), in order, without repeats; the baseline first if missing.
+
+    Raises UsageError naming every problem (see `read_arms`).
+    """
+    arms, problems = read_arms(spec)
+    if problems:
         raise UsageError(
-            f"{what}: the arms are {', '.join(ARMS)}",
-            (f"Did you mean '{close[0]}'? " if close else "") + "Give them comma-separated: --arms adamw,sam,asam.",
+            "; ".join(problems) if len(problems) == 1 else f"{len(problems)} problems in --arms:\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            "Arms are comma-separated names with optional settings: --arms adamw,sam,sam:rho=0.02,schedule=lr.",
         )
-    return arms if BASELINE in arms else [BASELINE, *arms]
+    return [a.name for a in arms]
+
+
+def describe_arm(name: str) -> str:
+    """What an arm is: its kind's description, and the settings it sets on top."""
+    kind, _, settings = name.partition(":")
+    return ARMS[kind] + (f"; with {settings.replace(',', ', ')}" if settings else "")
+
+
+def rank_arms(report: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The arms ordered by the mean validation metric over seeds (best first); test numbers play no part."""
+    key = f"eval_{metric}"
+    higher = metric != "loss"
+    scored = [(a, e["metrics"][key]["mean"]) for a, e in report["arms"].items() if key in e["metrics"]]
+    order = sorted(scored, key=lambda x: -x[1] if higher else x[1])
+    return {
+        "metric": key,
+        "greater_is_better": higher,
+        "order": [a for a, _ in order],
+        "best": order[0][0] if order else None,
+        "chosen_on": "the eval (validation) split, mean over seeds; test-split numbers are never used to choose",
+    }
 
 
 def arm_sam(arm: str, recipe_sam: SAMSection) -> dict[str, Any]:
@@ -147,13 +284,13 @@ def plan_runs(
     output_dir: Path | None = None,
 ) -> Plan:
     """The comparison's directory and its runs, seed by seed (each seed's arms together), all validated."""
-    arm_names = parse_arms(arms)
+    arm_specs, problems = read_arms(arms)
     if seeds < 1:
         raise UsageError(f"--seeds must be at least 1 (got {seeds})")
     raw, source = _raw_recipe(recipe)
-    override_map, problems = parse_overrides(list(overrides))
-    if problems:
-        raise RecipeError(problems, source)
+    override_map, override_problems = parse_overrides(list(overrides))
+    if override_problems:
+        raise RecipeError(override_problems, source)
     merged = deep_merge(raw, override_map)
     if isinstance(merged.get("hub"), dict):  # the arms are not pushed anywhere
         merged["hub"] = {k: v for k, v in merged["hub"].items() if k != "repo_id"}
@@ -161,14 +298,25 @@ def plan_runs(
     own = merged.get("sam", {}).get("variant", "sam") if isinstance(merged.get("sam"), dict) else "sam"
     base = build_recipe(_for_variant(merged, str(own)), source=source)
     out = Path(output_dir) if output_dir else Path("runs") / f"{base.run_name()}-compare"
+    arm_recipes: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for arm in arm_specs:  # every arm's settings checked before any problem is raised
+        sam = {**arm_sam(arm.kind, base.sam), **arm.values()}
+        flags = {f"sam.{k}": v for k, v in sam.items()}
+        try:
+            build_recipe(_for_variant(merged, sam["variant"]), flags=flags, source=source)
+        except RecipeError as e:
+            problems += [f"arm '{arm.name}': {p.removeprefix('sam.').removeprefix('sam: ')}" for p in e.problems]
+        arm_recipes[arm.name] = (sam, flags)
+    if problems:
+        raise RecipeError(problems, "--arms", "Arms look like --arms adamw,sam,sam:rho=0.02,schedule=lr,start=0.1 "
+                          "(keys: the recipe's sam section; see samtune compare --help).")  # fmt: skip
     runs = []
     for seed in range(base.training.seed, base.training.seed + seeds):
-        for arm in arm_names:
-            sam = arm_sam(arm, base.sam)
-            flags = {f"sam.{k}": v for k, v in sam.items()}
-            flags.update({"training.seed": seed, "output.dir": str(out / arm / f"seed-{seed}")})
+        for arm in arm_specs:
+            sam, flags = arm_recipes[arm.name]
+            flags = {**flags, "training.seed": seed, "output.dir": str(out / arm.folder / f"seed-{seed}")}
             runs.append(
-                ArmRun(arm, seed, build_recipe(_for_variant(merged, sam["variant"]), flags=flags, source=source))
+                ArmRun(arm.name, seed, build_recipe(_for_variant(merged, sam["variant"]), flags=flags, source=source))
             )
     return Plan(out, runs, source)
 
@@ -312,9 +460,13 @@ def compare(
             "recipe_source": plan.source,
             "overrides": list(overrides),
             "output_dir": str(out),
-            "arm_descriptions": {a: ARMS[a] for a in dict.fromkeys(r.arm for r in runs)},
+            "arm_descriptions": {a: describe_arm(a) for a in dict.fromkeys(r.arm for r in runs)},
         }
         report = build_report([RunRef(r.arm, r.seed, r.run_dir) for r in runs], settings)
+        for arm in report["arms"]:  # every SAM setting the arm trained with, from its recipe
+            first = next(r for r in runs if r.arm == arm)
+            report["arms"][arm]["sam"] = first.recipe.sam.model_dump(mode="json")
+        report["ranking"] = rank_arms(report, runs[0].recipe.training.metric_for_best_model)
         report["settings"]["wall_time"] = time.perf_counter() - started
         curves = {arm: [read_curves(r.run_dir) for r in runs if r.arm == arm] for arm in report["arms"]}
         plot_learning_curves(curves, out / CURVES_FILE)

@@ -184,8 +184,8 @@ def _judgement(metric: str, diff: Mapping[str, Any]) -> str:
 
 
 def _arm_label(arm: str, sam: Mapping[str, Any]) -> str:
-    if arm == BASELINE:
-        return arm
+    if arm == BASELINE or ":" in arm:  # an arm with its own settings names them
+        return escape(arm)
     extra = ("" if sam.get("variant") in (None, "sam") else f" {sam['variant']}") + (
         " ASAM" if sam.get("adaptive") else ""
     )
@@ -199,21 +199,33 @@ def _table(title: str, caption: str, headers: Sequence[str], left: int) -> Table
     return table
 
 
-def comparison_table(report: Mapping[str, Any]) -> Table:
-    """Each arm's metrics (a row per metric): mean ± std over seeds, Δ to the baseline, the paired test."""
+def comparison_table(report: Mapping[str, Any], split: str = "eval") -> Table:
+    """Each arm's metrics on one split (a row per metric): mean ± std over seeds, Δ to the baseline, the paired test.
+
+    split "eval": the validation metrics, the arms in their rank order (best first, `rank_arms`);
+    split "test": the test split's, in the same order, captioned as never used to choose.
+    """
     s = report["settings"]
     n = len(s["seeds"])
+    ranking = report.get("ranking") or {}
+    order = [a for a in ranking.get("order", []) if a in report["arms"]] or list(report["arms"])
+    order += [a for a in report["arms"] if a not in order]
+    what = "validation" if split == "eval" else "test split"
+    ranked = f", ranked by {ranking['metric']}" if split == "eval" and ranking.get("metric") else ""
+    note = " Test numbers are shown for the record: they were not used to rank or choose." if split == "test" else ""
     table = _table(
-        f"{s.get('recipe', 'comparison')}: {len(s['arms'])} arms x {n} seed{'s' if n > 1 else ''} "
-        f"({', '.join(map(str, s['seeds']))})",
+        f"{s.get('recipe', 'comparison')}, {what}: {len(s['arms'])} arms x {n} seed{'s' if n > 1 else ''} "
+        f"({', '.join(map(str, s['seeds']))}){ranked}",
         f"mean ± sample std over seeds. Δ: arm - {BASELINE}, paired by seed, with the 95% percentile bootstrap "
         f"interval of its mean. p: two-sided paired t-test on the per-seed Δ; beyond noise when p < {ALPHA} "
-        "(no test with one seed).",
-        ("arm", "metric", "mean ± std", f"Δ vs {BASELINE}\n[95% CI]", "p", "beyond\nnoise?"),
-        left=2,
-    )
-    shown = [m for m in QUALITY if m in s["metrics"]]
-    for arm, entry in report["arms"].items():
+        f"(no test with one seed).{note}",
+        ("#" if split == "eval" else "", "arm", "metric", "mean ± std", f"Δ vs {BASELINE}\n[95% CI]", "p",
+         "beyond\nnoise?"),
+        left=3,
+    )  # fmt: skip
+    shown = [m for m in QUALITY if m in s["metrics"] and m.startswith(f"{split}_")]
+    for rank, arm in enumerate(order, 1):
+        entry = report["arms"][arm]
         for i, metric in enumerate(shown):
             m = entry["metrics"][metric]
             diff = m.get("vs_baseline")
@@ -225,8 +237,33 @@ def comparison_table(report: Mapping[str, Any]) -> Table:
                 p = "—" if diff["p_value"] is None else f"{diff['p_value']:.3g}"
                 cells += [f"{diff['mean']:+.4f}{escape(ci)}", p, _judgement(metric, diff)]
             label = _arm_label(arm, entry["sam"]) if i == 0 else ""
-            table.add_row(label, metric, *cells, end_section=i == len(shown) - 1)
+            number = str(rank) if i == 0 and split == "eval" else ""
+            table.add_row(number, label, metric, *cells, end_section=i == len(shown) - 1)
     return table
+
+
+def has_test_metrics(report: Mapping[str, Any]) -> bool:
+    """Whether the runs were scored on a test split."""
+    return any(m.startswith("test_") for m in report["settings"]["metrics"])
+
+
+def best_arm_line(report: Mapping[str, Any]) -> str:
+    """'best on validation: sam:rho=0.02 (eval_accuracy 0.8123 ± 0.0100 over 5 seeds; adamw 0.8000)'."""
+    ranking = report.get("ranking") or {}
+    best, key = ranking.get("best"), ranking.get("metric")
+    if best is None:
+        return "no arm could be ranked: no validation metric in every run"
+    m = report["arms"][best]["metrics"][key]
+    base = report["arms"][BASELINE]["metrics"][key]
+    n = len(report["settings"]["seeds"])
+    line = f"best on validation: {best} ({key} {_mean_std(m)} over {n} seed{'s' if n > 1 else ''}"
+    if best != BASELINE:
+        diff = m["vs_baseline"]
+        p = "" if diff["p_value"] is None else f", p = {diff['p_value']:.3g}"
+        line += f"; {BASELINE} {_num(base['mean'])}, paired Δ {diff['mean']:+.4f}{p}"
+        if not diff.get("beyond_noise"):
+            line += ": not beyond seed noise"
+    return line + ")"
 
 
 def cost_table(report: Mapping[str, Any]) -> Table:
