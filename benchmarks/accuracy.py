@@ -123,6 +123,7 @@ class TaskConfig:
     n_val: int | None = None
     n_test: int | None = None
     max_length: int = 48  # rt: tokens per snippet
+    eval_every: int = 1  # evaluate after every eval_every-th epoch, and after the last
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -456,11 +457,12 @@ def _recorder_class() -> type:
     class EpochRecorder(TrainerCallback):
         """Per epoch: cumulative training time (evaluation excluded), validation and test accuracy."""
 
-        def __init__(self, splits: Splits, device: torch.device):
-            self.splits, self.device = splits, device
+        def __init__(self, splits: Splits, device: torch.device, every: int = 1, last: int = 0):
+            self.splits, self.device, self.every, self.last = splits, device, every, last
             self.train_time = 0.0
-            self.epochs: list[dict[str, float]] = []
+            self.epochs: list[dict[str, float]] = []  # the evaluated epochs
             self._start = 0.0
+            self._epoch = 0
 
         def on_epoch_begin(self, args, state, control, **kwargs):
             _sync(self.device)
@@ -469,11 +471,14 @@ def _recorder_class() -> type:
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             _sync(self.device)
             self.train_time += time.perf_counter() - self._start
+            self._epoch += 1
+            if self._epoch % self.every and self._epoch != self.last:
+                return
             s = self.splits
             val_preds = predict(model, s.val, s.collate, self.device)
             test_preds = predict(model, s.test, s.collate, self.device)
             self.epochs.append(
-                {"epoch": len(self.epochs) + 1, "train_time": self.train_time,
+                {"epoch": self._epoch, "train_time": self.train_time,
                  "val_acc": _accuracy(val_preds, s.val["labels"]), "test_acc": _accuracy(test_preds, s.test["labels"]),
                  "test_top_share": _top_share(test_preds, s.num_labels)}
             )  # fmt: skip
@@ -524,14 +529,15 @@ def train_one(task: TaskConfig, arm: dict[str, Any], seed: int, device: str = "c
         trainer = SAMTrainer(model=model, args=args, train_dataset=train_set, data_collator=splits.collate)
         trainer.remove_callback(PrinterCallback)  # the per-epoch log lines; the results hold the losses
         dev = trainer.args.device
-        recorder = _recorder_class()(splits, dev)
+        recorder = _recorder_class()(splits, dev, task.eval_every, task.epochs)
         trainer.add_callback(recorder)
         wall = time.perf_counter()
         output = trainer.train()
         wall = time.perf_counter() - wall
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        for rec, loss in zip(recorder.epochs, losses):
-            rec["train_loss"] = float(loss)
+        for rec in recorder.epochs:
+            if rec["epoch"] <= len(losses):
+                rec["train_loss"] = float(losses[rec["epoch"] - 1])
         result: dict[str, Any] = {
             "seed": seed,
             "epochs": recorder.epochs,
