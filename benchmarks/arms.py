@@ -9,9 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 
+#: The paper's SAM: a constant radius from the first step (samtune's defaults differ: see finetune.py).
+PAPER = {"schedule": "constant", "start": 0.0}
+
+
 def make_arms(sam_rho: float, asam_rho: float) -> dict[str, dict[str, Any]]:
-    """AdamW, exact SAM, ASAM and each efficient variant with its default settings, at these radii."""
-    return {
+    """AdamW, exact SAM, ASAM and each efficient variant with its default settings, at these radii.
+
+    Every SAM arm is the paper's (constant radius, from the first step), and `sam-defaults` is SAM at
+    `sam_rho` with samtune's shipped schedule and window (whatever SAMArguments' defaults are).
+    """
+    arms = {
         "adamw": {"rho": 0.0},
         "sam": {"rho": sam_rho},
         "asam": {"rho": asam_rho, "adaptive": True},
@@ -21,3 +29,6 @@ def make_arms(sam_rho: float, asam_rho: float) -> dict[str, dict[str, Any]]:
         "ascent_quarter": {"rho": sam_rho, "sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
         "rst": {"rho": sam_rho, "sam_variant": "rst", "rst_probability": 0.5},
     }
+    arms = {name: kw if name == "adamw" else {**kw, **PAPER} for name, kw in arms.items()}
+    arms["sam-defaults"] = {"rho": sam_rho}
+    return arms

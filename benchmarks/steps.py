@@ -24,7 +24,7 @@ import torch
 
 if __package__ in (None, ""):  # run as `python benchmarks/<file>.py`: the root holds the package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.arms import make_arms  # noqa: E402
+from benchmarks.arms import PAPER, make_arms  # noqa: E402
 from torch import nn
 
 # ---- arms: name -> SAMArguments keyword arguments ---------------------------------------------
@@ -37,7 +37,7 @@ ASAM_RHO = 0.5
 ARMS: dict[str, dict[str, Any]] = make_arms(SAM_RHO, ASAM_RHO)
 BASELINE = "adamw"
 #: Arms whose trainer is `LoopSAMTrainer` (davda54-style perturbation), with these SAMArguments.
-LOOP_ARMS: dict[str, dict[str, Any]] = {"sam_loop": {"rho": SAM_RHO}}
+LOOP_ARMS: dict[str, dict[str, Any]] = {"sam_loop": {"rho": SAM_RHO, **PAPER}}
 #: RST draws its SAM steps at random: its blocks are this long, and the realised share is reported.
 RST_BLOCK = 10
 

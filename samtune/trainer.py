@@ -130,7 +130,8 @@ def _refuse_unsupported_args(args: TrainingArguments) -> None:
 class SAMTrainer(SAMCheckpointing, Trainer):
     """A `transformers.Trainer` whose step is Sharpness-Aware Minimization (rho=0: the stock step).
 
-    Logs, at the Trainer's logging steps: `sam_rho` (the latest SAM step's radius),
+    Logs, at the Trainer's logging steps: `sam_rho` (the latest SAM step's radius; the configured rho
+    before the first SAM step),
     `sam_ascent_grad_norm` (mean ||g|| of the ascent passes since the last log, on this process),
     `sam_sharpness` (mean over the SAM steps since the last log of L(w + e(w)) - L(w), the
     sharpness SAM minimises, computed from the two passes it takes anyway; with dropout it includes

@@ -70,7 +70,8 @@ def main(out: Path, scenario: str) -> None:
         "output_dir": str(out / "run"), "use_cpu": True, "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 2, "max_steps": 3, "learning_rate": 0.5, "optim": "sgd",
         "lr_scheduler_type": "constant", "max_grad_norm": 0.0, "train_sampling_strategy": "sequential",
-        "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "rho": 0.05, "ddp_backend": "gloo",
+        "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "rho": 0.05, "schedule": "constant",
+        "start": 0.0, "ddp_backend": "gloo",
         "ddp_timeout": 60, **extra,
     })  # fmt: skip
     model = tiny_bert()

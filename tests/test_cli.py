@@ -121,16 +121,18 @@ def test_overrides_and_flag_precedence(tmp_path, text_model_dir, text_csv):
     )  # fmt: skip
     _ok(result)
     config = yaml.safe_load((out / "config.yaml").read_text())
-    # SAM's general settings at their defaults; no other variant's settings
-    assert config["sam"] == {"rho": 0.2, "adaptive": True, "variant": "sam", "params": "all", "schedule": "constant",
-                             "start": 0.0, "stop": None}  # fmt: skip
+    # SAM's general settings at their defaults (the radius follows the lr, from 10% of the steps); no other variant's
+    assert config["sam"] == {"rho": 0.2, "adaptive": True, "variant": "sam", "params": "all", "schedule": "lr",
+                             "start": 0.1, "stop": None}  # fmt: skip
     assert config["training"]["max_steps"] == 3  # the flag beats the override
     assert config["training"]["learning_rate"] == 5e-3  # '5e-3' read as a number
     metrics = _load_metrics(out)
     assert metrics["train_steps"] == 3 and metrics["train_samples"] == 40
     state = json.loads((out / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if "sam_rho" in h]
-    assert logged and all(h["sam_rho"] == 0.2 for h in logged)
+    # 3 steps, linear decay from lr 5e-3 without warmup; SAM from step index ceil(0.1 * 3) = 1 with
+    # rho_t = 0.2 * lr_t / lr. The first log (a plain step, no SAM step yet) shows the configured radius.
+    assert [h["sam_rho"] for h in logged] == pytest.approx([0.2, 0.2 * 2 / 3, 0.2 * 1 / 3])
 
 
 def test_variant_flag_runs_a_cheaper_sam_and_the_card_says_which(tmp_path, text_model_dir, text_csv):
@@ -140,11 +142,11 @@ def test_variant_flag_runs_a_cheaper_sam_and_the_card_says_which(tmp_path, text_
     _ok(result)
     metrics = _load_metrics(out)
     assert metrics["sam_variant"] == "every_k"
-    assert metrics["sam_climb_steps"] == 2  # steps 0 and 2 of 4
+    assert metrics["sam_climb_steps"] == 1  # step 2 of 4: step 0 (every_k's other) lies before the default window
     assert "SAM every 2 steps" in (out / "README.md").read_text()
     saved = yaml.safe_load((out / "config.yaml").read_text())["sam"]
     assert saved == {"rho": 0.05, "adaptive": False, "variant": "every_k", "every_k": 2, "params": "all",
-                     "schedule": "constant", "start": 0.0, "stop": None}  # fmt: skip
+                     "schedule": "lr", "start": 0.1, "stop": None}  # fmt: skip
     _ok(cli("validate", out / "config.yaml", "--schema-only"))  # the saved recipe loads back
 
 

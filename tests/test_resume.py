@@ -17,6 +17,8 @@ import yaml
 from conftest import text_examples, write_csv
 from safetensors.torch import load_file
 
+from samtune.optim.settings import default_of, sam_window
+
 HERE = Path(__file__).parent
 
 
@@ -163,8 +165,10 @@ def test_checkpoints_carry_samtunes_state(tmp_path, text_model_dir):
     recipe = _recipe(tmp_path, text_model_dir, 1)
     assert _samtune(["train", recipe, "--output-dir", tmp_path / "run"], interrupt="kill").returncode == -9
     state = json.loads((tmp_path / "run" / "checkpoint-6" / "samtune_state.json").read_text())
+    first, _ = sam_window(default_of("start"), None, 12)  # the default window: from 10% of the 12 steps
+    assert first == 2
     assert state == {
-        "rho": 0.05, "adaptive": False, "variant": "sam", "climb_steps": 6,
+        "rho": 0.05, "adaptive": False, "variant": "sam", "climb_steps": 6 - first,
         "perturbations_skipped": 0, "nonfinite_skipped": 0,
     }  # fmt: skip
 

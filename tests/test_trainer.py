@@ -36,8 +36,14 @@ SGD_PLAIN = dict(
 )
 
 
+# The paper's SAM: a constant radius from the first step (samtune's defaults ramp it with the learning
+# rate and start after 10% of the steps). The hand-written loops below are the paper's.
+PAPER_SAM = dict(schedule="constant", start=0.0)
+
+
 def _args(tmp_path, cls=SAMArguments, **kw) -> TrainingArguments:
     base = dict(
+        **(PAPER_SAM if issubclass(cls, SAMArguments) else {}),
         output_dir=str(tmp_path / "out"),
         use_cpu=True,
         save_strategy="no",

@@ -98,14 +98,17 @@ class SAMSettings:
         "stay at w in the descent; ||g|| is taken over the climbing ones.",
     )
     schedule: ScheduleName = setting(
-        "constant",
-        "How the radius moves: 'constant', or 'lr': rho_t = rho * lr_t / peak lr (GSAM's rule, Zhuang et al. "
-        "2022: the radius ramps up with the warmup and decays with the learning rate).",
+        "lr",
+        "How the radius moves: 'lr' (default): rho_t = rho * lr_t / peak lr (GSAM's rule, Zhuang et al. "
+        "2022: the radius ramps up with the warmup and decays with the learning rate), or 'constant' (the "
+        "paper's SAM). The default was chosen on samtune's pretrained fine-tune suite (benchmarks/finetune.py).",
     )
     start: float = setting(
-        0.0,
-        "Where SAM starts: a fraction of the optimizer steps (below 1: 0.1 = after the first 10%) or a step "
-        "number (from 1: SAM from that step on); plain steps, exactly the stock ones, before it.",
+        0.1,
+        "Where SAM starts: a fraction of the optimizer steps (below 1: 0.1 = after the first 10%, the default) "
+        "or a step number (from 1: SAM from that step on); plain steps, exactly the stock ones, before it. "
+        "0 is the paper's SAM, from the first step; the default keeps SAM out of a 10% warmup, where it stalled "
+        "fine-tunes of pretrained models (benchmarks/finetune.py).",
         ge=0, finite=True,
     )  # fmt: skip
     stop: float | None = setting(
