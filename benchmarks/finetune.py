@@ -37,13 +37,13 @@ one thread (on 2 cores, about 1.8x the throughput of one run on two threads).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import dataclasses
 import datetime as dt
 import json
 import math
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 from collections.abc import Sequence
@@ -181,19 +181,33 @@ def run(out: Path, tasks: Sequence[str], arms: Sequence[str], seeds: Sequence[in
     if not todo:
         return
     threads = 1 if jobs > 1 else max(1, os.cpu_count() or 1)
-    context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        pending = {
-            pool.submit(_job, dataclasses.asdict(TASKS[t]), a, resolved_settings(ARMS[a][0]), s,
-                        str(run_path(out, t, a, s)), threads): (t, a, s)
-            for t, a, s in todo
-        }  # fmt: skip
-        for done in futures.as_completed(pending):
-            t, a, s = pending[done]
-            record = _stored(Path(done.result()))
-            r = record["result"] if record else {}
-            print(f"[{t}] {a} seed {s}: val {r.get('last_val', float('nan')):.4f} test {r.get('last_test', float('nan')):.4f}"
-                  f" train {r.get('train_time', float('nan')):.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+    jobs_args = [(dataclasses.asdict(TASKS[t]), a, resolved_settings(ARMS[a][0]), s, str(run_path(out, t, a, s)),
+                  threads) for t, a, s in todo]  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the workers too, not just this process
+    pool = multiprocessing.get_context("spawn").Pool(jobs)
+    try:
+        for path in pool.imap_unordered(_job_star, jobs_args):
+            record = _stored(Path(path)) or {}
+            r = record.get("result", {})
+            print(f"[{record.get('task', {}).get('name')}] {record.get('arm')} seed {record.get('seed')}: "
+                  f"val {r.get('last_val', math.nan):.4f} test {r.get('last_test', math.nan):.4f} "
+                  f"train {r.get('train_time', math.nan):.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+        pool.close()
+    except KeyboardInterrupt:
+        pool.terminate()
+        raise SystemExit("stopped: the finished runs are kept; the same command trains the rest") from None
+    finally:
+        pool.terminate()
+        pool.join()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _job_star(args: tuple[Any, ...]) -> str:
+    return _job(*args)
 
 
 # ---- report ---------------------------------------------------------------------------------
