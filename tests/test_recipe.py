@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from samtune.errors import RecipeError, UsageError
-from samtune.recipe import build_recipe, builtin_recipes, load_recipe, resolve_package_path
+from samtune.recipe import SAMSection, build_recipe, builtin_recipes, load_recipe, resolve_package_path
 
 
 def test_precedence_defaults_recipe_overrides_flags():
@@ -59,8 +59,8 @@ def test_builtin_recipes_cover_the_common_tasks():
         assert recipe.model.name and recipe.data.dataset and recipe.name == name
         if recipe.sam.adaptive:
             assert recipe.sam.rho >= 0.5  # ASAM's radius is on another scale
-        else:
-            assert recipe.sam.rho == 0.05
+        else:  # samtune's shipped defaults for a pretrained fine-tune, every setting
+            assert recipe.sam.arguments() == SAMSection().arguments()
 
 
 def test_package_paths_resolve_without_importing(tmp_path):
