@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     if not args.report_only:
         run(args.out, tasks, arms, seeds, args.jobs, args.redo_changed)
-    report = summarise(args.out, tasks)
+    report = summarise(args.out)  # every task on disk, not only the ones this command trained
     date = dt.datetime.now().strftime("%Y%m%d")
     text = f"### Pretrained fine-tune suite ({date})\n\n" + markdown(report)
     (args.out / "summary.json").write_text(json.dumps(report, indent=1))
