@@ -213,14 +213,13 @@ def _job_star(args: tuple[Any, ...]) -> str:
 # ---- report ---------------------------------------------------------------------------------
 
 
-def _ms(values: Sequence[float]) -> dict[str, Any]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "values": list(values)}  # fmt: skip
-
-
 def summarise(out: Path, tasks: Sequence[str] | None = None) -> dict[str, Any]:
     """Every task's arms over the seeds all its arms finished (paired), from the run files on disk."""
     from samtune.analysis.paired import paired_difference
+    from samtune.analysis.paired import summarise as _summary
+
+    def _ms(values: Sequence[float]) -> dict[str, Any]:
+        return _summary(values).to_dict()  # values, mean, sample std (None with one), min, max
 
     report: dict[str, Any] = {"tasks": {}, "machines": set()}
     root = out / "runs"

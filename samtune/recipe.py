@@ -342,12 +342,16 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, Any], list[str]]:
         if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w.]*", key):
             problems.append(f"override '{item}' is not KEY=VALUE (for example training.learning_rate=1e-4)")
             continue
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            parsed = value
-        set_dotted(nested, key, parsed)
+        set_dotted(nested, key, yaml_scalar(value))
     return nested, problems
+
+
+def yaml_scalar(text: str) -> Any:
+    """A command-line value typed as in a recipe: a YAML scalar (None if blank; the text itself if not YAML)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
 
 
 def set_dotted(target: dict[str, Any], key: str, value: Any) -> None:

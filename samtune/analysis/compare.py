@@ -60,6 +60,7 @@ from samtune.analysis.comparison import BASELINE, COMPARISON_FILE, CURVES_FILE, 
 from samtune.analysis.comparison import plot_learning_curves, read_curves
 from samtune.errors import Interrupted, RecipeError, SamtuneError, TrainingError, UsageError
 from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides, settings_for_variant
+from samtune.recipe import yaml_scalar
 
 ARMS: dict[str, str] = {
     "adamw": "the base optimizer alone (sam.rho=0)",
@@ -114,14 +115,7 @@ class ArmSpec:
 
     def values(self) -> dict[str, Any]:
         """Its settings with their values typed as in a recipe (YAML scalars)."""
-        return {k: _typed(v) for k, v in self.settings}
-
-
-def _typed(text: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        return text
+        return {k: yaml_scalar(v) for k, v in self.settings}
 
 
 def _sam_keys() -> dict[str, str | None]:
