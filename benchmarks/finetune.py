@@ -236,33 +236,40 @@ def summarise(out: Path, tasks: Sequence[str] | None = None) -> dict[str, Any]:
             report["machines"].add(rec["machine"]["cpu"])
         if BASELINE not in records:
             continue
-        seeds = sorted(set.intersection(*[set(v) for v in records.values()]))
+        seeds = sorted(records[BASELINE])  # each arm is paired with AdamW on the seeds both finished
         arms = [BASELINE, *sorted((a for a in records if a != BASELINE), key=lambda a: list(ARMS).index(a)
                                   if a in ARMS else len(ARMS))]  # fmt: skip
         base = records[BASELINE]
         entries = {}
         for arm in arms:
-            rs = [records[arm][s]["result"] for s in seeds]
+            arm_seeds = [s for s in seeds if s in records[arm]]
+            rs = [records[arm][s]["result"] for s in arm_seeds]
             if not rs:
                 continue
             e: dict[str, Any] = {
-                "settings": records[arm][seeds[0]]["settings"],
-                "seeds": seeds,
+                "settings": records[arm][arm_seeds[0]]["settings"],
+                "seeds": arm_seeds,
                 "val": _ms([r["last_val"] for r in rs]),
                 "test": _ms([r["last_test"] for r in rs]),
                 "best_val_test": _ms([r["best_test"] for r in rs]),
                 "train_time": _ms([r["train_time"] for r in rs]),
+                "epochs_seen": sorted({len(r["epochs"]) for r in rs}),
                 "top_share": [r["epochs"][-1].get("test_top_share") for r in rs],
                 "first_epoch_test": _ms([r["epochs"][0]["test_acc"] for r in rs]),
             }
-            e["collapsed_seeds"] = [s for s, share in zip(seeds, e["top_share"]) if share is not None and share >= COLLAPSED]
+            # seeds whose first epoch ended predicting (nearly) one class: SAM's slow start, seen per seed
+            e["first_epoch_collapsed_seeds"] = [s for s, r in zip(arm_seeds, rs)
+                                                if (r["epochs"][0].get("test_top_share") or 0) >= COLLAPSED]  # fmt: skip
+            e["collapsed_seeds"] = [s for s, share in zip(arm_seeds, e["top_share"])
+                                    if share is not None and share >= COLLAPSED]  # fmt: skip
             if arm != BASELINE:
-                b = [base[s]["result"] for s in seeds]
+                b = [base[s]["result"] for s in arm_seeds]
                 for key, field in (("val", "last_val"), ("test", "last_test"), ("best_val_test", "best_test")):
                     e[f"vs_{BASELINE}_{key}"] = paired_difference([r[field] for r in rs], [x[field] for x in b]).to_dict()
                 e["time_ratio"] = statistics.fmean(r["train_time"] / x["train_time"] for r, x in zip(rs, b))
             entries[arm] = e
-        ranked = sorted(entries, key=lambda a: -entries[a]["val"]["mean"])
+        # arms measured on every AdamW seed first, then the ones still being measured; each by validation
+        ranked = sorted(entries, key=lambda a: (len(entries[a]["seeds"]) < len(seeds), -entries[a]["val"]["mean"]))
         report["tasks"][task] = {"title": TASK_TITLES.get(task, task), "config": dataclasses.asdict(TASKS[task])
                                  if task in TASKS else None, "seeds": seeds, "arms": entries,
                                  "ranked_by_validation": ranked}  # fmt: skip
@@ -274,6 +281,18 @@ def _pct(m: dict[str, Any] | None) -> str:
     if not m:
         return "-"
     return f"{100 * m['mean']:.1f}" + ("" if m.get("std") is None else f" ± {100 * m['std']:.1f}")
+
+
+def _first_collapsed(e: dict[str, Any]) -> str:
+    n = len(e.get("first_epoch_collapsed_seeds") or [])
+    return f" ({n} of {len(e['seeds'])} at one class)" if n and max(e["epochs_seen"]) > 1 else ""
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    """0-4 for a run of consecutive seeds, else the list."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
 
 
 def _settings_text(s: dict[str, Any]) -> str:
@@ -298,7 +317,8 @@ def _settings_text(s: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """One table per task: arms ranked by validation accuracy; test beside it, with the paired test against AdamW."""
     lines = [
-        "Accuracy in %, mean ± sample std over the seeds (paired: every arm ran on each seed listed). "
+        "Accuracy in %, mean ± sample std over the seeds in the arm's row (paired: Δ and p compare each arm "
+        "with AdamW on the seeds both ran; arms with fewer seeds than AdamW are still being measured). "
         "Arms are ranked by **validation** accuracy after the last epoch (how samtune chooses); test accuracy "
         "is shown beside it and never used to choose. Δ: arm − AdamW per seed, mean; p: two-sided paired "
         "t-test. best-val test: test accuracy at the epoch of highest validation accuracy. collapsed: seeds "
@@ -306,10 +326,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine(s): {'; '.join(report['machines'])}.",
     ]
     for task, t in report["tasks"].items():
-        lines += ["", f"**({task}) {t['title']}**, seeds {', '.join(map(str, t['seeds']))}", "",
-                  "| rank | arm | settings | val | test (last epoch) | Δ test | p | best-val test | Δ | p | "
+        lines += ["", f"**({task}) {t['title']}**, AdamW seeds {', '.join(map(str, t['seeds']))}", "",
+                  "| rank | arm | settings | seeds | val | test (last epoch) | Δ test | p | best-val test | Δ | p | "
                   "first epoch test | collapsed | time × |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for rank, arm in enumerate(t["ranked_by_validation"], 1):
             e = t["arms"][arm]
             d, db = e.get(f"vs_{BASELINE}_test"), e.get(f"vs_{BASELINE}_best_val_test")
@@ -321,8 +341,9 @@ def markdown(report: dict[str, Any]) -> str:
                 return f"{100 * x['mean']:+.1f}", "-" if p is None or not math.isfinite(p) else f"{p:.3f}"
 
             lines.append("| " + " | ".join([
-                str(rank), arm, _settings_text(e["settings"]), _pct(e["val"]), _pct(e["test"]), *delta(d),
-                _pct(e["best_val_test"]), *delta(db), _pct(e["first_epoch_test"]),
+                str(rank), arm, _settings_text(e["settings"]), _seed_text(e["seeds"]), _pct(e["val"]),
+                _pct(e["test"]), *delta(d),
+                _pct(e["best_val_test"]), *delta(db), _pct(e["first_epoch_test"]) + _first_collapsed(e),
                 ", ".join(map(str, e["collapsed_seeds"])) or "none",
                 "" if arm == BASELINE else f"{e['time_ratio']:.2f}",
             ]) + " |")  # fmt: skip
