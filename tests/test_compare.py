@@ -379,3 +379,17 @@ def test_summary_is_the_mean_and_sample_std():
     s = summarise([0.7, 0.8, 0.75])
     assert s.mean == pytest.approx(0.75) and s.std == pytest.approx(statistics.stdev([0.7, 0.8, 0.75]))
     assert summarise([0.7]).std is None
+
+
+def test_an_arm_without_settings_of_its_own_shows_the_recipes_schedule_window_and_params():
+    """`sam` under samtune's defaults is not the paper's SAM: its table label says so (a paper arm shows rho only)."""
+    from samtune.analysis.comparison import _arm_label
+
+    defaults = {"rho": 0.05, "adaptive": False, "variant": "sam", "schedule": "lr", "start": 0.1, "stop": None,
+                "params": "all"}  # fmt: skip
+    assert _arm_label("sam", defaults) == "sam\n[dim]rho=0.05 schedule=lr start=0.1[/dim]"
+    paper = {**defaults, "schedule": "constant", "start": 0.0}
+    assert _arm_label("sam", paper) == "sam\n[dim]rho=0.05[/dim]"
+    body = {**paper, "params": "body", "stop": 0.5}
+    assert _arm_label("asam", {**body, "adaptive": True}) == "asam\n[dim]rho=0.05 ASAM stop=0.5 params=body[/dim]"
+    assert _arm_label("sam:rho=0.02", defaults) == "sam:rho=0.02"  # an arm with settings names them itself

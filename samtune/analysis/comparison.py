@@ -189,6 +189,10 @@ def _arm_label(arm: str, sam: Mapping[str, Any]) -> str:
     extra = ("" if sam.get("variant") in (None, "sam") else f" {sam['variant']}") + (
         " ASAM" if sam.get("adaptive") else ""
     )
+    # the radius schedule, the window and the climbing parameters where they are not the paper's
+    for key, paper in (("schedule", "constant"), ("start", 0), ("stop", None), ("params", "all")):
+        if sam.get(key, paper) != paper:
+            extra += f" {key}={sam[key]}"
     return f"{arm}\n[dim]rho={sam.get('rho')}{extra}[/dim]"
 
 
