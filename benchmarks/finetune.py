@@ -214,7 +214,7 @@ def _job_star(args: tuple[Any, ...]) -> str:
 
 
 def summarise(out: Path, tasks: Sequence[str] | None = None) -> dict[str, Any]:
-    """Every task's arms over the seeds all its arms finished (paired), from the run files on disk."""
+    """Every task's arms, each paired with AdamW on the seeds both finished, from the run files on disk."""
     from samtune.analysis.paired import paired_difference
     from samtune.analysis.paired import summarise as _summary
 
@@ -253,13 +253,12 @@ def summarise(out: Path, tasks: Sequence[str] | None = None) -> dict[str, Any]:
                 "test": _ms([r["last_test"] for r in rs]),
                 "best_val_test": _ms([r["best_test"] for r in rs]),
                 "train_time": _ms([r["train_time"] for r in rs]),
-                "epochs_seen": sorted({len(r["epochs"]) for r in rs}),
                 "top_share": [r["epochs"][-1].get("test_top_share") for r in rs],
                 "first_epoch_test": _ms([r["epochs"][0]["test_acc"] for r in rs]),
             }
-            # seeds whose first epoch ended predicting (nearly) one class: SAM's slow start, seen per seed
-            e["first_epoch_collapsed_seeds"] = [s for s, r in zip(arm_seeds, rs)
-                                                if (r["epochs"][0].get("test_top_share") or 0) >= COLLAPSED]  # fmt: skip
+            # seeds whose first of several evaluations predicted (nearly) one class: SAM's slow start, per seed
+            e["first_epoch_collapsed_seeds"] = [s for s, r in zip(arm_seeds, rs) if len(r["epochs"]) > 1
+                                                and (r["epochs"][0].get("test_top_share") or 0) >= COLLAPSED]  # fmt: skip
             e["collapsed_seeds"] = [s for s, share in zip(arm_seeds, e["top_share"])
                                     if share is not None and share >= COLLAPSED]  # fmt: skip
             if arm != BASELINE:
@@ -285,7 +284,7 @@ def _pct(m: dict[str, Any] | None) -> str:
 
 def _first_collapsed(e: dict[str, Any]) -> str:
     n = len(e.get("first_epoch_collapsed_seeds") or [])
-    return f" ({n} of {len(e['seeds'])} at one class)" if n and max(e["epochs_seen"]) > 1 else ""
+    return f" ({n} of {len(e['seeds'])} at one class)" if n else ""
 
 
 def _seed_text(seeds: Sequence[int]) -> str:
