@@ -41,6 +41,7 @@ class CardFacts:
     command: str | None = None
     license: str | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    adapter: dict[str, Any] | None = None  # a LoRA run: its adapters' settings and parameter counts
 
 
 def base_model_license(model_ref: str | None) -> str | None:
@@ -187,15 +188,44 @@ def _results_table(facts: CardFacts) -> str:
     return "\n".join(rows)
 
 
+def _adapter_section(facts: CardFacts) -> str:
+    """What the run directory holds when only LoRA adapters trained, and how to load them."""
+    a = facts.adapter
+    if not a:
+        return ""
+    targets = a["target_modules"] if isinstance(a["target_modules"], str) else ", ".join(a["target_modules"])
+    share = a["trainable_parameters"] / a["total_parameters"] if a["total_parameters"] else 0.0
+    merged = (f"The base with the adapters merged in is in `{a['merged']}/` (a whole model: `from_pretrained` "
+              "loads it without peft)." if a["merged"] else "No merged model was saved (`model.lora.merge: true` saves one).")
+    auto = "AutoPeftModelForSequenceClassification" if facts.task == "text-classification" else None
+    load = (f"from peft import {auto}\n\nmodel = {auto}.from_pretrained(\"PATH_TO_THIS_FOLDER\")" if auto else
+            "from peft import PeftModel\nfrom transformers import AutoModelForImageClassification\n\n"
+            f"base = AutoModelForImageClassification.from_pretrained(\"{facts.recipe.model.name}\", "
+            "num_labels=..., ignore_mismatched_sizes=True)\nmodel = PeftModel.from_pretrained(base, \"PATH_TO_THIS_FOLDER\")")
+    return f"""
+## LoRA adapters
+
+This folder holds **LoRA adapters** (peft), not a whole model: base model `{facts.recipe.model.name}`,
+rank {a["r"]}, alpha {a["alpha"]:g}, dropout {a["dropout"]:g}, adapted modules: {targets}; trained in full:
+{", ".join(a["modules_to_save"]) or "nothing"}. Trainable parameters: {a["trainable_parameters"]:,} of
+{a["total_parameters"]:,} ({share:.2%}); the base's weights stayed frozen, and SAM's climb moved the
+trainable ones only. {merged}
+
+```python
+{load}
+```
+"""
+
+
 def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str = "") -> ModelCard:
     """A Hub-valid card: metadata (base model, datasets, tags, model-index), SAM's settings, results."""
     r = facts.recipe
     data = ModelCardData(
-        library_name="transformers",
+        library_name="peft" if facts.adapter else "transformers",
         base_model=r.model.name if facts.base_model_is_hub_id else None,
         datasets=[r.data.dataset] if facts.dataset_is_hub_id and r.data.dataset else None,
         license=facts.license,
-        tags=[*TAGS, facts.task],
+        tags=[*TAGS, facts.task, *(["lora"] if facts.adapter else [])],
         pipeline_tag=facts.task,
         model_name=r.run_name(),
         eval_results=_eval_results(facts) or None,
@@ -222,7 +252,7 @@ Labels ({len(facts.labels)}): {", ".join(facts.labels)}. Evaluated on {facts.eva
 
 {_results_table(facts)}
 {f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
-{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{f"{chr(10)}{sharpness}" if sharpness else ""}
+{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}
 ## How to use
 
 ```python

@@ -195,6 +195,13 @@ def train(
             rich_help_panel=MODEL_PANEL,
         ),
     ] = None,
+    lora: Annotated[
+        bool,
+        typer.Option(
+            "--lora", help="Train LoRA adapters (peft) instead of every weight; their settings: model.lora.r=16, ...",
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = False,
     push_to_hub: Annotated[
         Optional[str],
         typer.Option("--push-to-hub", metavar="REPO_ID", help="Push the run to this Hub repo.", rich_help_panel=HUB_PANEL),
@@ -209,6 +216,8 @@ def train(
     from samtune.recipe import load_recipe
 
     ref, items = _split_recipe_args(recipe, overrides)
+    if lora:  # the recipe's own LoRA settings, if any, stay; KEY=VALUE overrides still win
+        items = ["model.lora={}", *items]
     flags = _flags(
         model=model, dataset=dataset, output_dir=str(output_dir) if output_dir else None, rho=rho,
         adaptive=adaptive, variant=variant, epochs=epochs, max_steps=max_steps, batch_size=batch_size,

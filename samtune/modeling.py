@@ -4,10 +4,11 @@ tokenisation for text and the model's own image processing for images."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from samtune.errors import UsageError
-from samtune.recipe import ModelSection, resolve_package_path
+from samtune.recipe import LoraSection, ModelSection, resolve_package_path
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
 TEXT = "text-classification"
 IMAGE = "image-classification"
 INDEX = "__samtune_index"  # each training image's row, for augmentation that resumes exactly
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's: a run directory (or checkpoint) that holds LoRA adapters
+# LoRA's default targets: the attention query and value projections, as in the LoRA paper and peft's
+# own per-architecture table (which names them for transformers' older layouts). Whichever pair a
+# model has is used; a model with none of them gets every linear layer ("all-linear").
+ATTENTION_QUERY_VALUE = (("q_proj", "v_proj"), ("query", "value"), ("q_lin", "v_lin"), ("c_attn",))
 
 
 def _offline() -> bool:
@@ -98,13 +104,25 @@ def load_processor(section: ModelSection, task: str) -> Any:
         ) from e
 
 
+def holds_adapter(path: str) -> bool:
+    """Whether a model folder holds LoRA adapters (peft's files) rather than whole weights."""
+    from pathlib import Path
+
+    return (Path(path).expanduser() / ADAPTER_CONFIG_FILE).is_file()
+
+
 def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTrainedModel:
-    """The pretrained model with a classification head for `labels` (replaced when its size differs)."""
+    """The pretrained model with a classification head for `labels` (replaced when its size differs).
+
+    A folder of LoRA adapters (a LoRA run) loads as its base model with the adapters merged in.
+    """
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     auto = AutoModelForImageClassification if task == IMAGE else AutoModelForSequenceClassification
     name = model_path(section)
+    if holds_adapter(name):
+        return _load_adapter_run(name, section, task, labels)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is the point of fine-tuning
     try:
@@ -129,6 +147,94 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
         raise _not_found(section.name or name, e) from e
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _load_adapter_run(path: str, section: ModelSection, task: str, labels: list[str]) -> PreTrainedModel:
+    """A LoRA run: its base model (from the adapters' config) with the trained adapters and head merged in."""
+    from peft import PeftConfig, PeftModel
+
+    base_name = PeftConfig.from_pretrained(path).base_model_name_or_path
+    if not base_name:
+        raise UsageError(f"the LoRA adapters in {path} do not name their base model", "Re-save them with peft.")
+    base_section = ModelSection(name=base_name, revision=None, trust_remote_code=section.trust_remote_code)
+    try:
+        base = load_model(base_section, task, labels)
+    except UsageError as e:
+        raise UsageError(
+            f"the LoRA adapters in {path} need their base model '{base_name}', which does not load ({e.message})",
+            "Make the base model available there (or in the Hub cache), then try again.",
+        ) from e
+    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+    for p in model.parameters():  # a whole model again, every weight trainable, as from_pretrained gives it
+        p.requires_grad_(True)
+    return model
+
+
+def lora_targets(model: PreTrainedModel, lora: LoraSection) -> list[str] | str:
+    """The modules that get adapters: the recipe's, else peft's per-architecture default, else all-linear."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    if lora.target_modules is not None:
+        return lora.target_modules
+    layers = set(_adaptable_layers(model))
+    for names in (PEFT_TARGETS.get(model.config.model_type), *ATTENTION_QUERY_VALUE):
+        if names and set(names) <= layers:
+            return list(names)
+    return "all-linear"
+
+
+def head_modules(model: PreTrainedModel) -> list[str]:
+    """The task head: the model's top-level modules with weights outside its pretrained body (e.g. `classifier`)."""
+    body = getattr(model, "base_model_prefix", "")
+    return [
+        n for n, m in model.named_children() if n != body and any(True for _ in m.parameters())
+    ]
+
+
+def _adaptable_layers(model: PreTrainedModel) -> list[str]:
+    """The last names of the layers LoRA can adapt (linear, convolution, embedding), for an error message."""
+    from torch import nn
+
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+    seen = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, kinds))
+    return list(seen)
+
+
+def apply_lora(model: PreTrainedModel, lora: LoraSection, task: str) -> Any:
+    """The model wrapped with LoRA adapters (peft): the base frozen, the adapters and `modules_to_save` trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = lora_targets(model, lora)
+    keep = lora.modules_to_save if lora.modules_to_save is not None else head_modules(model)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        modules_to_save=keep or None,
+        task_type=TaskType.SEQ_CLS if task == TEXT else None,
+    )
+    try:
+        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(model, config)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
+        layers = ", ".join(_adaptable_layers(model)[:12])
+        what = ", ".join(targets) if isinstance(targets, list) else targets
+        raise UsageError(
+            f"LoRA: no module of '{model.config.model_type}' matches model.lora.target_modules ({what}): "
+            f"{str(e).splitlines()[0]}",
+            f"Set model.lora.target_modules to names of its layers, e.g. from: {layers}.",
+        ) from e
+
+
+def modules_trained_in_full(model: Any) -> list[str]:
+    """The modules a LoRA model trains whole beside its adapters (peft's `modules_to_save` that exist in it)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)})
 
 
 def tokenize_split(ds: Any, tokenizer: Any, text_column: str, pair_column: str | None, max_length: int) -> Any:

@@ -41,6 +41,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraSection(_Section):
+    """Low-rank adapters (LoRA, with the peft library): only the adapters and the new head train; SAM climbs on them only."""
+
+    r: PositiveInt = Field(default=8, description="The adapters' rank.")
+    alpha: float = Field(default=16.0, gt=0, description="Scaling: the update is alpha / r times the low-rank product.")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        default=None,
+        description="Module names (or suffixes) that get adapters; default: the attention query and value layers "
+        "for the architectures peft knows, else all-linear.",
+    )
+    modules_to_save: list[str] | None = Field(
+        default=None, description="Modules trained in full beside the adapters; default: the new task head."
+    )
+    merge: bool = Field(default=False, description="Also save the base with the adapters merged in, in merged/.")
+
+    @field_validator("target_modules", "modules_to_save")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or any(not isinstance(n, str) or not n.strip() for n in v)):
+            raise ValueError("must be a non-empty list of module names")
+        return v
+
+
 class ModelSection(_Section):
     """What to fine-tune."""
 
@@ -53,6 +77,9 @@ class ModelSection(_Section):
     trust_remote_code: bool = False
     init_from: str | None = Field(
         default=None, description="Start from a finished run's weights (a run directory); a new schedule."
+    )
+    lora: LoraSection | None = Field(
+        default=None, description="Train low-rank adapters instead of every weight (`lora: {}` for the defaults)."
     )
 
 

@@ -29,6 +29,8 @@ from samtune.rundir import (
     mark_as_run,
 )
 
+MERGED_DIR = "merged"  # a LoRA run's base with its adapters merged in (model.lora.merge)
+
 
 @dataclass
 class RunResult:
@@ -60,7 +62,7 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
 # What changes a run if it differs between a checkpoint's recipe and the one resuming it.
 # SAM's own come from its one definition (samtune.optim.settings: `defines_run`).
 RUN_DEFINING = (
-    "model.name", "training.seed", "training.batch_size", "training.gradient_accumulation_steps",
+    "model.name", "model.lora", "training.seed", "training.batch_size", "training.gradient_accumulation_steps",
     "training.learning_rate", "training.optimizer", "training.scheduler",
     *(f"sam.{spec.recipe_key}" for spec in setting_specs() if spec.defines_run),
 )  # fmt: skip
@@ -158,6 +160,8 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
     processor = modeling.load_processor(recipe.model, data.task)
     data = modeling.prepare_inputs(data, processor, recipe.model.max_length, recipe.training.seed)
     model = modeling.load_model(recipe.model, data.task, data.labels)
+    if recipe.model.lora is not None:
+        model = modeling.apply_lora(model, recipe.model.lora, data.task)
     return data, processor, model, data.task
 
 
@@ -368,6 +372,7 @@ def _save_results(trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: A
 
     recipe = o.recipe
     trainer.save_model(str(o.run_dir))
+    adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.lora is not None else None
     trainer.save_state()
     write_json_atomic(o.run_dir / METRICS_FILE, metrics)
     write_model_card(
@@ -386,8 +391,42 @@ def _save_results(trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: A
             command=o.command,
             license=recipe.hub.license or base_model_license(modeling.model_path(recipe.model)),
             log_history=trainer.state.log_history,
+            adapter=adapter,
         ),
     )
+
+
+def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[str, Any]:
+    """Beside the adapters the Trainer saved: the base's config with the labels (what `eval`, `sharpness` and
+    `--init-from` read), the merged model if asked, and what the card says of the adapters."""
+    import copy
+
+    from samtune import modeling
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.get_base_model().config.save_pretrained(run_dir)
+    trainable, total = model.get_nb_trainable_parameters()  # peft's count: the base once, plus the adapters
+    lora = recipe.model.lora
+    peft_config = model.peft_config["default"]
+    if lora.merge:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Writing model shards"
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(run_dir / MERGED_DIR)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(run_dir / MERGED_DIR)
+    return {
+        "r": lora.r,
+        "alpha": lora.alpha,
+        "dropout": lora.dropout,
+        "target_modules": sorted(peft_config.target_modules) if not isinstance(peft_config.target_modules, str)
+        else peft_config.target_modules,
+        "modules_to_save": modeling.modules_trained_in_full(model),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "merged": MERGED_DIR if lora.merge else None,
+    }
 
 
 def push_target(recipe: Recipe) -> Any:

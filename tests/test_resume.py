@@ -27,12 +27,13 @@ HERE = Path(__file__).parent
 WINDOW_LR = {"schedule": "lr", "start": 0.25, "stop": 10, "params": "!*.bias"}
 
 
-def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | None = None, sam: dict | None = None) -> Path:
+def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | None = None, sam: dict | None = None,
+            lora: dict | None = None) -> Path:
     """12 optimizer steps, a checkpoint and an evaluation every 3; dropout on (the RNG state matters)."""
     data = data or write_csv(tmp_path / "train.csv", text_examples(96))
     path = tmp_path / f"recipe-ga{accumulation}.yaml"
     path.write_text(yaml.safe_dump({
-        "model": {"name": str(model_dir), "max_length": 16},
+        "model": {"name": str(model_dir), "max_length": 16, **({"lora": lora} if lora is not None else {})},
         "data": {"dataset": str(data)},
         "sam": {"rho": 0.05, **(sam or {})},
         "training": {
@@ -53,7 +54,8 @@ def _samtune(args: list, interrupt: str = "", at_step: int = 4) -> subprocess.Co
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "model.safetensors")
+    adapters = run_dir / "adapter_model.safetensors"  # a LoRA run saves its adapters and head only
+    return load_file(adapters if adapters.is_file() else run_dir / "model.safetensors")
 
 
 def _evals(run_dir: Path) -> list[tuple]:
@@ -85,6 +87,8 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir):
             root = tmp_path_factory.mktemp(f"reference-{task}-ga{accumulation}")
             if task in ("text", "text-window-lr"):
                 recipe = _recipe(root, text_model_dir, accumulation, sam=WINDOW_LR if task != "text" else None)
+            elif task == "text-lora":  # adapter dropout on: the RNG state across the kill matters
+                recipe = _recipe(root, text_model_dir, accumulation, lora={"r": 4, "dropout": 0.1})
             else:
                 recipe = _recipe(root, image_model_dir, accumulation, _image_folder(root))
             done = _samtune(["train", recipe, "--output-dir", root / "run"])
@@ -107,8 +111,9 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
     assert m["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6) and m["train_steps"] == ref["train_steps"] == 12
 
 
-@pytest.mark.parametrize(("task", "accumulation"), [("text", 1), ("text", 2), ("image", 1), ("text-window-lr", 2)],
-                         ids=["text-ga1", "text-ga2", "image-ga1", "text-window-lr-ga2"])  # fmt: skip
+@pytest.mark.parametrize(("task", "accumulation"),
+                         [("text", 1), ("text", 2), ("image", 1), ("text-window-lr", 2), ("text-lora", 2)],
+                         ids=["text-ga1", "text-ga2", "image-ga1", "text-window-lr-ga2", "text-lora-ga2"])  # fmt: skip
 def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, task, accumulation):
     """The image run checks the augmentation too: random crops and flips resume where they were."""
     recipe, reference = uninterrupted(accumulation, task)

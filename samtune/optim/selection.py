@@ -46,9 +46,19 @@ def _norm_or_embedding(model: nn.Module) -> tuple[set[str], set[str]]:
     return norms, embeddings
 
 
+def _body_prefix(model: nn.Module) -> str:
+    """The qualified name of the model's pretrained body (`bert`; inside a peft wrapper `base_model.model.bert`)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's adapters wrap the model
+    prefix = getattr(inner, "base_model_prefix", "") or ""
+    body = getattr(inner, prefix, None) if prefix else None
+    if body is None:
+        return ""
+    return next((n for n, m in model.named_modules() if m is body), prefix)
+
+
 def _preset(model: nn.Module, name: str) -> Callable[[str], bool]:
     norms, embeddings = _norm_or_embedding(model)
-    body = getattr(model, "base_model_prefix", "") or ""
+    body = _body_prefix(model)
     in_body = (lambda n: n.startswith(body + ".")) if body and any(
         n.startswith(body + ".") for n, _ in model.named_parameters()
     ) else (lambda n: True)  # fmt: skip
