@@ -197,11 +197,6 @@ def _adapter_section(facts: CardFacts) -> str:
     share = a["trainable_parameters"] / a["total_parameters"] if a["total_parameters"] else 0.0
     merged = (f"The base with the adapters merged in is in `{a['merged']}/` (a whole model: `from_pretrained` "
               "loads it without peft)." if a["merged"] else "No merged model was saved (`model.lora.merge: true` saves one).")
-    auto = "AutoPeftModelForSequenceClassification" if facts.task == "text-classification" else None
-    load = (f"from peft import {auto}\n\nmodel = {auto}.from_pretrained(\"PATH_TO_THIS_FOLDER\")" if auto else
-            "from peft import PeftModel\nfrom transformers import AutoModelForImageClassification\n\n"
-            f"base = AutoModelForImageClassification.from_pretrained(\"{facts.recipe.model.name}\", "
-            "num_labels=..., ignore_mismatched_sizes=True)\nmodel = PeftModel.from_pretrained(base, \"PATH_TO_THIS_FOLDER\")")
     return f"""
 ## LoRA adapters
 
@@ -210,11 +205,41 @@ rank {a["r"]}, alpha {a["alpha"]:g}, dropout {a["dropout"]:g}, adapted modules: 
 {", ".join(a["modules_to_save"]) or "nothing"}. Trainable parameters: {a["trainable_parameters"]:,} of
 {a["total_parameters"]:,} ({share:.2%}); the base's weights stayed frozen, and SAM's climb moved the
 trainable ones only. {merged}
-
-```python
-{load}
-```
 """
+
+
+def _usage(facts: CardFacts, example: str) -> str:
+    """How to load the model and classify with it: transformers' pipeline, through peft for adapters."""
+    where = facts.recipe.hub.repo_id or "PATH_TO_THIS_FOLDER"
+    if not facts.adapter:
+        return f"""from transformers import pipeline
+
+classifier = pipeline("{facts.task}", model="{where}")
+print(classifier({example!r}))"""
+    if facts.task == "text-classification":
+        load = f"""from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoConfig, AutoTokenizer, pipeline
+
+labels = AutoConfig.from_pretrained("{where}").id2label  # the run's labels: config.json beside the adapters
+model = AutoPeftModelForSequenceClassification.from_pretrained(
+    "{where}", id2label=labels, label2id={{v: k for k, v in labels.items()}}
+)
+processor = AutoTokenizer.from_pretrained("{where}")"""
+    else:
+        load = f"""from peft import PeftModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+labels = AutoConfig.from_pretrained("{where}").id2label  # the run's labels: config.json beside the adapters
+base = AutoModelForImageClassification.from_pretrained(
+    "{facts.recipe.model.name}", id2label=labels, label2id={{v: k for k, v in labels.items()}},
+    ignore_mismatched_sizes=True,  # the head comes from the adapters' folder
+)
+model = PeftModel.from_pretrained(base, "{where}")
+processor = AutoImageProcessor.from_pretrained("{where}")"""
+    kind = "tokenizer" if facts.task == "text-classification" else "image_processor"
+    return f"""{load}
+classifier = pipeline("{facts.task}", model=model, {kind}=processor)
+print(classifier({example!r}))"""
 
 
 def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str = "") -> ModelCard:
@@ -256,10 +281,7 @@ Labels ({len(facts.labels)}): {", ".join(facts.labels)}. Evaluated on {facts.eva
 ## How to use
 
 ```python
-from transformers import pipeline
-
-classifier = pipeline("{facts.task}", model="{r.hub.repo_id or "PATH_TO_THIS_FOLDER"}")
-print(classifier({example!r}))
+{_usage(facts, example)}
 ```
 
 ## How to reproduce

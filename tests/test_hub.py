@@ -197,3 +197,12 @@ def test_push_command_reports_an_unreachable_hub_as_a_failed_push(tmp_path, text
     fake_hub.whoami = down
     result = runner.invoke(app, ["push", str(out), "--repo-id", "alice/x"])
     assert result.exit_code == EXIT_PUSH and "could not be reached" in result.output
+
+
+def test_a_lora_run_pushes_its_adapters_and_the_merged_model(tmp_path, text_model_dir, text_csv, fake_hub):
+    out = tmp_path / "run"
+    result = _train(text_model_dir, text_csv, out, "--lora", "model.lora.merge=true", "--push-to-hub", "alice/tiny-lora")
+    assert result.exit_code == 0, result.output
+    adapters = {"adapter_config.json", "adapter_model.safetensors"}
+    merged = {"merged/config.json", "merged/model.safetensors", "merged/tokenizer.json", "merged/tokenizer_config.json"}
+    assert fake_hub.uploaded == (RUN_FILES - {"model.safetensors"}) | adapters | merged

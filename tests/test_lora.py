@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import text_examples, write_csv
 from tiny import ListDataset, max_abs_diff, micro_batches, reference_sam_sgd, text_rows, tiny_bert, tiny_vit
+from transformers import AutoConfig
 from typer.testing import CliRunner
 
 from samtune import SAMArguments, SAMTrainer
@@ -104,7 +105,7 @@ def _logits(model, texts: list[str], tokenizer) -> torch.Tensor:
 
 def test_lora_run_end_to_end_saves_adapters_that_peft_reloads_with_the_same_metrics(tmp_path, text_model_dir):
     from peft import AutoPeftModelForSequenceClassification, PeftModel
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     data = write_csv(tmp_path / "reviews.csv", text_examples(80))
     result = runner.invoke(app, ["train", str(_lora_recipe(tmp_path, text_model_dir, data, merge=True))])
@@ -145,7 +146,33 @@ def test_lora_run_end_to_end_saves_adapters_that_peft_reloads_with_the_same_metr
     card = (run / "README.md").read_text()
     assert "library_name: peft" in card and "## LoRA adapters" in card and "query, value" in card
     assert "trained in full:\nclassifier." in card and "merged/" in card
-    assert "AutoPeftModelForSequenceClassification" in card
+    assert "AutoPeftModelForSequenceClassification.from_pretrained(" in card and "id2label=labels" in card
+    _run_the_cards_example(run)
+
+
+def _run_the_cards_example(run: Path, image: Path | None = None) -> None:
+    """The card's "How to use" code, run as a user would (the folder for PATH_TO_THIS_FOLDER)."""
+    card = (run / "README.md").read_text()
+    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0]
+    code = code.replace("PATH_TO_THIS_FOLDER", str(run))
+    if image is not None:
+        code = code.replace("'image.jpg'", repr(str(image)))
+    printed = []
+    exec(code, {"print": printed.append})
+    labels = set(AutoConfig.from_pretrained(run).id2label.values())
+    assert printed and {p["label"] for p in printed[0]} <= labels  # the run's own label names, not LABEL_0
+
+
+def test_image_lora_run_and_its_cards_example(tmp_path, image_model_dir, image_folder):
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", "--model", str(image_model_dir), "--dataset", str(image_folder), "--lora", "--output-dir", str(out),
+        "--max-steps", "2", "training.batch_size=8",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and adapter["modules_to_save"] == ["classifier"]
+    _run_the_cards_example(out, next(image_folder.rglob("*.png")))
 
 
 def _eval_with_peft(model, data: Path, tokenizer) -> float:
@@ -191,3 +218,23 @@ def test_bad_lora_settings_are_recipe_errors(lora, says):
     with pytest.raises(RecipeError) as e:
         build_recipe({"model": {"name": "x", "lora": lora}})
     assert says in str(e.value)
+
+
+def test_init_from_a_lora_run_starts_from_its_merged_weights(tmp_path, text_model_dir, text_csv):
+    from safetensors.torch import load_file
+
+    lora_run, full_run = tmp_path / "lora", tmp_path / "full"
+    common = ["--dataset", str(text_csv), "--max-steps", "2", "model.max_length=16", "training.batch_size=8"]
+    first = runner.invoke(app, ["train", "--model", str(text_model_dir), "--lora", "model.lora.merge=true",
+                                "--output-dir", str(lora_run), "--learning-rate", "5e-2", *common])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    # A full fine-tune from the LoRA run, at a learning rate too small to move anything: it starts at the merge.
+    second = runner.invoke(app, ["train", "--init-from", str(lora_run), "--output-dir", str(full_run),
+                                 "--learning-rate", "1e-12", *common])  # fmt: skip
+    assert second.exit_code == 0, second.output
+    merged, started = load_file(lora_run / "merged" / "model.safetensors"), load_file(full_run / "model.safetensors")
+    assert merged.keys() == started.keys()
+    assert max((merged[k] - started[k]).abs().max().item() for k in merged) <= 1e-6
+    base = load_file(text_model_dir / "model.safetensors")  # and the merge is not the base: the adapters moved
+    assert max((merged[k] - base[k]).abs().max().item() for k in base if "classifier" not in k) > 1e-4
+    assert AutoConfig.from_pretrained(full_run).id2label == AutoConfig.from_pretrained(lora_run).id2label
