@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--accuracy-suite", default="digits-noise", help="accuracy: the suite of benchmarks/accuracy.py")
     p.add_argument("--arms", default=None, help="comma-separated arms (cost, accuracy; default: each suite's own)")
     p.add_argument("--models", default=None, help="comma-separated models for cost/perturbation/memory "
-                   "(tiny-bert, tiny-vit, minilm-l6; default all)")
+                   "(tiny-bert, tiny-vit, minilm-l6, minilm-l6-lora; default all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = p.parse_args(argv)
     suites = [s.strip() for s in args.only.split(",") if s.strip()]
