@@ -238,3 +238,13 @@ def test_init_from_a_lora_run_starts_from_its_merged_weights(tmp_path, text_mode
     base = load_file(text_model_dir / "model.safetensors")  # and the merge is not the base: the adapters moved
     assert max((merged[k] - base[k]).abs().max().item() for k in base if "classifier" not in k) > 1e-4
     assert AutoConfig.from_pretrained(full_run).id2label == AutoConfig.from_pretrained(lora_run).id2label
+
+
+def test_params_presets_find_the_body_and_the_head_inside_peft_wrappers():
+    from samtune.optim.selection import climbing_names
+
+    model = _lora_bert()
+    head, body = climbing_names(model, "head"), climbing_names(model, "body")
+    assert head and all(".classifier.modules_to_save." in n for n in head)
+    assert body and all(".lora_" in n and ".bert." in n for n in body)
+    assert sorted(head + body) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
