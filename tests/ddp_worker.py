@@ -8,6 +8,7 @@ The second argument picks the scenario:
   nothing wrong), with on_nonfinite "skip" / "stop";
 - "window-lr": SAM from the 2nd optimizer step only, rho following a linearly decaying lr, biases
   left at w;
+- "lora": exact SAM on a LoRA model (peft adapters on query/value, the head in full, the base frozen);
 - "looksam-overflow-N": LookSAM k=2, and rank 1's N-th ascent norm (1: first micro-batch of step 0,
   2: its last) is infinite, as an fp16 ascent that overflows on one process only.
 
@@ -58,6 +59,19 @@ def _nan_on_rank_1(model, forward_call: int) -> None:
     model.classifier.register_forward_hook(hook)
 
 
+def lora_bert() -> torch.nn.Module:
+    """tiny_bert with rank-4 LoRA adapters whose B matrices are moved off 0 (so every adapter has a gradient)."""
+    from samtune.modeling import TEXT, apply_lora
+    from samtune.recipe import LoraSection
+
+    model = apply_lora(tiny_bert(), LoraSection(r=4, dropout=0.0), TEXT)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    return model
+
+
 def main(out: Path, scenario: str) -> None:
     extra: dict = {}
     if scenario.startswith("looksam"):
@@ -74,7 +88,7 @@ def main(out: Path, scenario: str) -> None:
         "start": 0.0, "ddp_backend": "gloo",
         "ddp_timeout": 60, **extra,
     })  # fmt: skip
-    model = tiny_bert()
+    model = lora_bert() if scenario == "lora" else tiny_bert()
     trainer = RecordingSAMTrainer(model=model, args=args, train_dataset=ListDataset(text_rows(24)))
     trainer.seen, trainer.syncs = [], []
     rank = trainer.args.process_index

@@ -147,3 +147,22 @@ def test_window_and_lr_schedule_under_ddp_match_the_reference(tmp_path):
     assert ranks[0]["climb_steps"] == ranks[1]["climb_steps"] == 2
     plain, sam = [False, True], [False, False, False, True]
     assert ranks[0]["syncs"] == plain + sam * 2  # step 1 plain (2 micro-batches), steps 2-3 SAM
+
+
+def test_two_process_ddp_with_lora_matches_the_reference_and_keeps_the_base(tmp_path):
+    """DDP over a peft model: only adapters and head are in DDP's buckets; the SAM step is the reference's."""
+    from ddp_worker import lora_bert
+
+    ranks = _run_workers(tmp_path, "lora")
+    s0, s1 = ranks[0]["state"], ranks[1]["state"]
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)
+    seen0, seen1 = ranks[0]["seen"], ranks[1]["seen"]
+    steps = [seen0[2 * i : 2 * i + 2] + seen1[2 * i : 2 * i + 2] for i in range(3)]
+    start = lora_bert()
+    reference = reference_sam_sgd(start, steps, rho=0.05, lr=0.5).state_dict()
+    assert max((s0[k] - reference[k]).abs().max().item() for k in s0 if s0[k].is_floating_point()) <= 1e-6
+    frozen = {n for n, p in start.named_parameters() if not p.requires_grad}
+    initial = start.state_dict()
+    assert frozen and all(torch.equal(s0[n], initial[n]) for n in frozen)  # the base, bit for bit
+    moved = [n for n, p in start.named_parameters() if p.requires_grad]
+    assert all(not torch.equal(s0[n], initial[n]) for n in moved if ".lora_A." in n or ".lora_B." in n)
