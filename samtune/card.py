@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from samtune.optim.settings import SAMSettings, setting_specs
 from samtune.optim.variants import SAMVariant
 from samtune.recipe import Recipe
+from samtune.tasks import METRIC_NAMES, METRICS, REGRESSION, metrics_of, modality, pipeline_tag, problem
 
 CURVES_FILE = "training_curves.png"
 # What `samtune sharpness` writes into a run directory; the card shows it when present.
@@ -96,12 +97,15 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
     if evals:
         ax_loss.plot([h["epoch"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="eval loss",
                      color="tab:orange")  # fmt: skip
-        for key, colour in (("eval_accuracy", "tab:green"), ("eval_f1", "tab:purple")):
+        lowest = 0.0
+        for key, colour in (("eval_accuracy", "tab:green"), ("eval_f1", "tab:purple"),
+                            ("eval_pearson", "tab:green"), ("eval_spearman", "tab:purple")):  # fmt: skip
             points = [(h["epoch"], h[key]) for h in evals if key in h]
             if points:
                 ax_metric.plot(*zip(*points), "o-", label=key.removeprefix("eval_"), color=colour)
+                lowest = min(lowest, *(v for _, v in points))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_metric.set(xlabel="epoch", ylabel="score", title="evaluation", ylim=(0, 1.02))
+    ax_metric.set(xlabel="epoch", ylabel="score", title="evaluation", ylim=(-1.02 if evals and lowest < 0 else 0, 1.02))
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -117,18 +121,18 @@ def _eval_results(facts: CardFacts) -> list[EvalResult]:
     name = r.data.dataset or "local data"
     results = []
     for prefix, split in (("eval", facts.eval_split), ("test", facts.test_split)):
-        for metric in ("accuracy", "f1"):
+        for metric in METRICS[problem(facts.task)]:
             if f"{prefix}_{metric}" not in m or not split:
                 continue
             results.append(
                 EvalResult(
-                    task_type=facts.task,
+                    task_type=pipeline_tag(facts.task),
                     dataset_type=name if facts.dataset_is_hub_id else "local",
                     dataset_name=name if facts.dataset_is_hub_id else Path(name).name,
                     dataset_config=r.data.config if facts.dataset_is_hub_id else None,
                     dataset_split=split,
                     metric_type=metric,
-                    metric_name="macro F1" if metric == "f1" else metric,
+                    metric_name=METRIC_NAMES[metric],
                     metric_value=round(float(m[f"{prefix}_{metric}"]), 4),
                 )
             )
@@ -176,15 +180,15 @@ def _sharpness_trend(log_history: list[dict[str, Any]]) -> str:
 
 def _results_table(facts: CardFacts) -> str:
     m = facts.metrics
-    rows = ["| split | examples | accuracy | macro F1 | loss |", "|---|---|---|---|---|"]
+    names = metrics_of(facts.task)  # the loss last
+    rows = ["| split | examples | " + " | ".join(METRIC_NAMES[k] for k in names) + " |", "|---" * (len(names) + 2) + "|"]
     for prefix, split in (("eval", facts.eval_split), ("test", facts.test_split)):
-        if f"{prefix}_accuracy" in m:
-            rows.append(
-                f"| {split} ({prefix}) | {m.get(f'{prefix}_samples', '')} | {m[f'{prefix}_accuracy']:.4f} | "
-                f"{m.get(f'{prefix}_f1', float('nan')):.4f} | {m.get(f'{prefix}_loss', float('nan')):.4f} |"
-            )
+        if f"{prefix}_loss" in m:
+            values = " | ".join(f"{m.get(f'{prefix}_{k}', float('nan')):.4f}" for k in names)
+            rows.append(f"| {split} ({prefix}) | {m.get(f'{prefix}_samples', '')} | {values} |")
     if "train_loss" in m:
-        rows.append(f"| train | {m.get('train_samples', '')} | | | {m['train_loss']:.4f} (mean over training) |")
+        blanks = " |" * (len(names) - 1)
+        rows.append(f"| train | {m.get('train_samples', '')} |{blanks} {m['train_loss']:.4f} (mean over training) |")
     return "\n".join(rows)
 
 
@@ -211,12 +215,14 @@ trainable ones only. {merged}
 def _usage(facts: CardFacts, example: str) -> str:
     """How to load the model and classify with it: transformers' pipeline, through peft for adapters."""
     where = facts.recipe.hub.repo_id or "PATH_TO_THIS_FOLDER"
+    tag = pipeline_tag(facts.task)
+    raw = ', function_to_apply="none"' if problem(facts.task) == REGRESSION else ""  # the number itself
     if not facts.adapter:
         return f"""from transformers import pipeline
 
-classifier = pipeline("{facts.task}", model="{where}")
+classifier = pipeline("{tag}", model="{where}"{raw})
 print(classifier({example!r}))"""
-    if facts.task == "text-classification":
+    if modality(facts.task) == "text":
         load = f"""from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoConfig, AutoTokenizer, pipeline
 
@@ -236,10 +242,17 @@ base = AutoModelForImageClassification.from_pretrained(
 )
 model = PeftModel.from_pretrained(base, "{where}")
 processor = AutoImageProcessor.from_pretrained("{where}")"""
-    kind = "tokenizer" if facts.task == "text-classification" else "image_processor"
+    kind = "tokenizer" if modality(facts.task) == "text" else "image_processor"
     return f"""{load}
-classifier = pipeline("{facts.task}", model=model, {kind}=processor)
+classifier = pipeline("{tag}", model=model, {kind}=processor{raw})
 print(classifier({example!r}))"""
+
+
+def _labels_line(facts: CardFacts) -> str:
+    if problem(facts.task) == REGRESSION:
+        target = facts.labels[0] if facts.labels else "the label column"
+        return f"Regression: one output, the target `{target}`, trained with a mean squared error loss."
+    return f"Labels ({len(facts.labels)}): {', '.join(facts.labels)}."
 
 
 def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str = "") -> ModelCard:
@@ -251,12 +264,12 @@ def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str
         datasets=[r.data.dataset] if facts.dataset_is_hub_id and r.data.dataset else None,
         license=facts.license,
         tags=[*TAGS, facts.task, *(["lora"] if facts.adapter else [])],
-        pipeline_tag=facts.task,
+        pipeline_tag=pipeline_tag(facts.task),
         model_name=r.run_name(),
         eval_results=_eval_results(facts) or None,
     )
     sam_table = "\n".join(["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in _sam_rows(facts)]])
-    example = "This film was a delight from start to finish." if facts.task == "text-classification" else "image.jpg"
+    example = "This film was a delight from start to finish." if modality(facts.task) == "text" else "image.jpg"
     wall = facts.metrics.get("train_runtime")
     body = f"""
 # {r.run_name()}
@@ -267,7 +280,7 @@ SAM takes each step from the worst point of a
 rho-ball around the weights, which seeks flat minima; it costs about twice the compute of a
 plain step.
 
-Labels ({len(facts.labels)}): {", ".join(facts.labels)}. Evaluated on {facts.eval_source}.
+{_labels_line(facts)} Evaluated on {facts.eval_source}.
 
 ## How SAM was used
 

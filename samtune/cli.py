@@ -289,7 +289,10 @@ def _summary(result: Any) -> None:
     table = Table(title=f"{result.recipe.run_name()}: done", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("value", justify="right")
-    for key in ("eval_accuracy", "eval_f1", "eval_loss", "test_accuracy", "test_f1", "train_loss"):
+    from samtune.tasks import metrics_of
+
+    shown = [f"{split}_{k}" for split in ("eval", "test") for k in metrics_of(result.task)]
+    for key in (*shown, "train_loss"):
         if key in m:
             table.add_row(key, f"{m[key]:.4f}")
     table.add_row("steps", str(result.steps))
@@ -324,7 +327,10 @@ def validate(
         table = Table(title="data pre-flight", show_header=False)
         table.add_row("task", data.task)
         table.add_row("columns", ", ".join(c for c in (data.text_column, data.text_pair_column, data.image_column) if c))
-        table.add_row("labels", f"{len(data.labels)}: {', '.join(data.labels[:10])}{' ...' if len(data.labels) > 10 else ''}")
+        if data.task.endswith("-regression"):
+            table.add_row("target", f"{data.labels[0]} (a number: regression)")
+        else:
+            table.add_row("labels", f"{len(data.labels)}: {', '.join(data.labels[:10])}{' ...' if len(data.labels) > 10 else ''}")
         table.add_row("train / eval", f"{len(data.train)} / {len(data.eval)} (eval: {data.eval_source})")
         console.print(table)
         console.print("[green]data ok[/green]")
@@ -341,7 +347,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     debug: DebugOpt = False,
 ) -> None:
-    """Evaluate a saved run on a dataset: accuracy and macro F1."""
+    """Evaluate a saved run on a dataset: accuracy and macro F1 (regression: MSE, MAE, Pearson, Spearman)."""
 
     def body() -> None:
         from samtune.modeling import quiet_transformers

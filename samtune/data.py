@@ -1,7 +1,8 @@
 """Datasets: hub ids, local files and folders; which columns hold what; labels as classes; splits.
 
 `load_data(recipe.data)` returns the train / eval (/ test) splits with the label column renamed
-`labels` and encoded as a `ClassLabel`, and says which columns hold the text or the image.
+`labels` and encoded as a `ClassLabel` (classification) or as float32 targets (regression), and
+says which columns hold the text or the image.
 Every problem a user can cause ends in a `DataError` (exit 3) that names it and the fix.
 """
 
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from samtune.errors import DataError
+from samtune.errors import DataError, UsageError
 from samtune.recipe import DataSection, resolve_package_path
+from samtune.tasks import CLASSIFICATION, REGRESSION, modality, problem, task_of
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -34,10 +36,10 @@ LABELS = "labels"
 class PreparedData:
     """The splits to train and evaluate on, and what their columns hold."""
 
-    task: str  # "text-classification" or "image-classification"
+    task: str  # a task of samtune.tasks: text-/image- classification or regression
     train: Dataset
     eval: Dataset
-    labels: list[str]
+    labels: list[str]  # the class names; for regression, the target's name alone
     test: Dataset | None = None
     text_column: str | None = None
     text_pair_column: str | None = None
@@ -234,11 +236,12 @@ def detect_columns(columns: list[str], features: Any, data: DataSection, task: s
             f"no label column found (columns: {', '.join(columns)})",
             "Name it with data.label_column=COLUMN (samtune looks for 'label' or 'labels').",
         )
+    want = None if task == "auto" else modality(task)
     image_candidates = tuple(c for c in columns if isinstance(features.get(c), Image)) or IMAGE_COLUMNS
     image = None
-    if task != "text-classification":
+    if want != "text":
         image = _pick(columns, data.image_column, image_candidates, "images", "data.image_column")
-    if image is not None or task == "image-classification":
+    if image is not None or want == "image":
         if image is None:
             raise DataError(
                 f"no image column found (columns: {', '.join(columns)})",
@@ -315,8 +318,8 @@ def encode_labels(
             sample = ", ".join(repr(v) for v in train.unique(column)[:5])
             raise DataError(
                 f"the labels in column '{column}' are not classes (values such as {sample})",
-                "samtune fine-tunes classifiers: labels must be strings or whole numbers. "
-                "Pick another column with data.label_column=COLUMN.",
+                "A classifier's labels are strings or whole numbers: pick another column with "
+                "data.label_column=COLUMN, or for a numeric target set task to text-regression or image-regression.",
             )
         if len(names) > max(100, len(train) // 2):
             raise DataError(
@@ -353,6 +356,53 @@ def encode_labels(
     return encoded, names
 
 
+def _number(v: Any) -> float | None:
+    """A regression target as a float (numbers, and text that reads as one); None if it is not a number."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _is_fractional_numbers(ds: Dataset, column: str) -> bool:
+    """Whether a label column holds numbers, some with a fractional part (so: a regression target)."""
+    values = [v for v in ds.unique(column) if v is not None]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return bool(values) and len(numbers) == len(values) and any(not float(v).is_integer() for v in numbers)
+
+
+def encode_targets(splits: dict[str, Dataset], column: str) -> dict[str, Dataset]:
+    """Each split's regression target as `labels`, float32; rows without a target dropped, any other value refused."""
+    import math
+
+    from datasets import Value
+
+    encoded: dict[str, Dataset] = {}
+    for split, ds in splits.items():
+        ds = ds.filter(lambda v: v is not None and not (isinstance(v, float) and math.isnan(v)), input_columns=column)
+        bad = [v for v in ds.unique(column) if _number(v) is None or not math.isfinite(_number(v))]
+        if bad:
+            raise DataError(
+                f"the '{split}' split's column '{column}' holds values that are not numbers, such as "
+                f"{', '.join(repr(v) for v in bad[:5])}: a regression target must be a finite number",
+                "Fix or drop those rows, pick the target with data.label_column=COLUMN, or set task to a "
+                "-classification task if the values are classes.",
+            )
+        ds = ds.map(lambda v: {column: _number(v)}, input_columns=column).cast_column(column, Value("float32"))
+        if column != LABELS:
+            if LABELS in ds.column_names:
+                ds = ds.remove_columns(LABELS)
+            ds = ds.rename_column(column, LABELS)
+        encoded[split] = ds
+    return encoded
+
+
 def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
     """The split to evaluate: the one named, else validation-like, else the only one."""
     if split is not None:
@@ -371,8 +421,12 @@ def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
 
 
 def _stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
+    from datasets import ClassLabel
+
     if n >= len(ds):
         return ds
+    if not isinstance(ds.features[LABELS], ClassLabel):  # regression targets: a random subset
+        return ds.shuffle(seed=seed).select(range(n))
     try:
         return ds.train_test_split(train_size=n, stratify_by_column=LABELS, seed=seed)["train"]
     except ValueError:  # a class too small to stratify
@@ -380,26 +434,46 @@ def _stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
 
 
 def _has_labels(ds: Dataset, column: str) -> bool:
+    """Whether a split holds labels: not only None, negative class ids, or -1 throughout (GLUE's unlabelled test sets)."""
     values = ds.unique(column)
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == -1 for v in values):
+        return False
     return any(v is not None and not (isinstance(v, int) and v < 0) for v in values)
 
 
-def load_data(data: DataSection, seed: int = 42, task: str = "auto") -> PreparedData:
-    """Load, detect columns, encode labels, choose or carve the eval split, apply the caps."""
+def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task: str | None = None) -> PreparedData:
+    """Load, detect columns, encode labels, choose or carve the eval split, apply the caps.
+
+    `task` is the recipe's (auto: the modality from `model_task`, the model's own, else from the
+    columns; the problem from the model if it was fine-tuned for regression, else from the labels:
+    numbers with fractions are a regression target, anything else classes).
+    """
     raw, from_hub = load_raw(data)
     _check_split_names(raw, data)
     train = raw[data.train_split]
     if len(train) == 0:
         raise DataError(f"the '{data.train_split}' split is empty", "Check the data.")
-    cols = detect_columns(list(train.column_names), train.features, data, task)
+    cols = detect_columns(list(train.column_names), train.features, data, task if task != "auto" else model_task or "auto")
     eval_name, test_name = _eval_and_test_names(raw, data, cols["label"])
     splits = {"train": train}
     if eval_name is not None:
         splits["eval"] = raw[eval_name]
     if test_name is not None:
         splits["test"] = raw[test_name]
+    if task != "auto":
+        kind = problem(task)
+    elif model_task is not None and problem(model_task) == REGRESSION:
+        kind = REGRESSION
+    else:
+        kind = REGRESSION if _is_fractional_numbers(train, cols["label"]) else CLASSIFICATION
+    if kind == REGRESSION and data.labels:
+        raise UsageError("data.labels keeps some classes, but this is a regression run: it has none",
+                         "Remove data.labels, or set task to a -classification task.")  # fmt: skip
     splits = _keep_usable_rows(splits, cols, data)
-    splits, names = encode_labels(splits, cols["label"], names=data.labels)
+    if kind == REGRESSION:
+        splits, names = encode_targets(splits, cols["label"]), [cols["label"]]
+    else:
+        splits, names = encode_labels(splits, cols["label"], names=data.labels)
     notes: list[str] = []
     if "eval" in splits:
         eval_source = f"the '{eval_name}' split"
@@ -416,7 +490,7 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto") -> Prepared
                 "Check the label and text columns (data.label_column, data.text_column).",
             )
     return PreparedData(
-        task="image-classification" if cols["image"] else "text-classification",
+        task=task_of("image" if cols["image"] else "text", kind),
         train=splits["train"],
         eval=splits["eval"],
         test=splits.get("test"),
@@ -491,6 +565,12 @@ def _keep_usable_rows(splits: dict[str, Any], cols: dict[str, Any], data: DataSe
 
 def _carve_validation(splits: dict[str, Any], data: DataSection, seed: int, notes: list[str]) -> str:
     """Carve the validation split out of train (stratified where every class allows it); returns its source."""
+    from datasets import ClassLabel
+
+    if not isinstance(splits["train"].features[LABELS], ClassLabel):  # regression targets: at random
+        parts = splits["train"].train_test_split(test_size=data.validation_fraction, seed=seed)
+        splits["train"], splits["eval"] = parts["train"], parts["test"]
+        return f"{data.validation_fraction:.0%} of '{data.train_split}', random"
     try:
         parts = splits["train"].train_test_split(test_size=data.validation_fraction, stratify_by_column=LABELS, seed=seed)
         how = "stratified"

@@ -136,7 +136,8 @@ class _Transform:
         if self.label_column is not None:
             if self.label_column not in batch:
                 raise KeyError(f"label column {self.label_column!r} not in batch (columns: {sorted(batch)})")
-            out["labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)
+            labels = torch.as_tensor(batch[self.label_column])  # class ids, or float targets (regression)
+            out["labels"] = labels.float() if labels.is_floating_point() else labels.long()
         return out
 
 

@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from samtune.errors import UsageError
 from samtune.recipe import LoraSection, ModelSection, resolve_package_path
+from samtune.tasks import IMAGE_CLASSIFICATION, REGRESSION, TEXT_CLASSIFICATION, modality, problem, task_of
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
     from samtune.data import PreparedData
 
-TEXT = "text-classification"
-IMAGE = "image-classification"
+TEXT = TEXT_CLASSIFICATION
+IMAGE = IMAGE_CLASSIFICATION
 INDEX = "__samtune_index"  # each training image's row, for augmentation that resumes exactly
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's: a run directory (or checkpoint) that holds LoRA adapters
 # LoRA's default targets: the attention query and value projections, as in the LoRA paper and peft's
@@ -70,7 +71,7 @@ def load_config(section: ModelSection) -> PretrainedConfig:
 
 
 def model_task(config: PretrainedConfig) -> str | None:
-    """The classification task a model's architecture does, or None if it could do either/neither."""
+    """The task a model's architecture (and, once fine-tuned, its config) does; None if it could do either/neither."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
@@ -78,18 +79,18 @@ def model_task(config: PretrainedConfig) -> str | None:
 
     image = config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
     text = config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-    if image and not text:
-        return IMAGE
-    if text and not image:
-        return TEXT
-    return None
+    kind = "image" if image and not text else "text" if text and not image else None
+    if kind is None:
+        return None
+    # A model fine-tuned for regression says so in its config; a pretrained body says nothing (classification).
+    return task_of(kind, REGRESSION) if getattr(config, "problem_type", None) == "regression" else task_of(kind, "classification")
 
 
 def load_processor(section: ModelSection, task: str) -> Any:
     """The tokenizer (text) or image processor (images) saved with the model."""
     name = model_path(section)
     try:
-        if task == IMAGE:
+        if modality(task) == "image":
             from samtune.imaging import load_image_processor
 
             return load_image_processor(name, revision=section.revision)
@@ -98,7 +99,7 @@ def load_processor(section: ModelSection, task: str) -> Any:
         return AutoTokenizer.from_pretrained(name, revision=section.revision, trust_remote_code=section.trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(
-            f"cannot load the {'image processor' if task == IMAGE else 'tokenizer'} of '{section.name}': "
+            f"cannot load the {'image processor' if modality(task) == 'image' else 'tokenizer'} of '{section.name}': "
             f"{str(e).splitlines()[0]}",
             "The model folder must hold its processor files (save them with processor.save_pretrained).",
         ) from e
@@ -119,10 +120,15 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    auto = AutoModelForImageClassification if task == IMAGE else AutoModelForSequenceClassification
+    auto = AutoModelForImageClassification if modality(task) == "image" else AutoModelForSequenceClassification
     name = model_path(section)
     if holds_adapter(name):
         return _load_adapter_run(name, section, task, labels)
+    if problem(task) == REGRESSION:  # one output and an MSE loss; `labels` names the target
+        head = dict(num_labels=1, problem_type="regression", id2label={0: labels[0] if labels else "value"})
+    else:
+        head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                    label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is the point of fine-tuning
     try:
@@ -130,14 +136,12 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
             name,
             revision=section.revision,
             trust_remote_code=section.trust_remote_code,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
+            **head,
             ignore_mismatched_sizes=True,
         )
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
-            kind = "image" if task == IMAGE else "text"
+            kind = modality(task)
             raise UsageError(
                 f"model '{section.name}' has no {kind}-classification head in transformers",
                 f"Choose a model made for {kind} classification, or check that the data matches the model.",
@@ -214,7 +218,7 @@ def apply_lora(model: PreTrainedModel, lora: LoraSection, task: str) -> Any:
         lora_dropout=lora.dropout,
         target_modules=targets,
         modules_to_save=keep or None,
-        task_type=TaskType.SEQ_CLS if task == TEXT else None,
+        task_type=TaskType.SEQ_CLS if modality(task) == "text" else None,
     )
     try:
         with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
@@ -250,7 +254,7 @@ def tokenize_split(ds: Any, tokenizer: Any, text_column: str, pair_column: str |
 
 def eval_inputs(ds: Any, task: str, processor: Any, columns: dict[str, str | None], max_length: int) -> Any:
     """A split ready to evaluate: tokenized text, or images resized by the model's own processor."""
-    if task == IMAGE:
+    if modality(task) == "image":
         from samtune.imaging import EvalTransform
 
         return ds.with_transform(EvalTransform(processor, image_column=columns["image"], label_column="labels"))
@@ -260,7 +264,7 @@ def eval_inputs(ds: Any, task: str, processor: Any, columns: dict[str, str | Non
 def prepare_inputs(data: PreparedData, processor: Any, max_length: int, seed: int) -> PreparedData:
     """Every split as model inputs; training images are augmented (seeded per epoch and example)."""
     columns = {"text": data.text_column, "pair": data.text_pair_column, "image": data.image_column}
-    if data.task == IMAGE:
+    if modality(data.task) == "image":
         from samtune.imaging import TrainTransform
 
         augment = TrainTransform(
@@ -280,7 +284,7 @@ def collator(task: str, processor: Any) -> Any:
     """Dynamic padding for text; the default stacking for images."""
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(processor) if task == TEXT else None
+    return DataCollatorWithPadding(processor) if modality(task) == "text" else None
 
 
 def augmentation_epoch_callback(augment: Any) -> Any:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, crea
 
 from samtune.errors import RecipeError, SamtuneError, UsageError
 from samtune.optim.settings import sam_setting_problems, setting_specs, settings_for_variant, variant_of
+from samtune.tasks import ALL_METRICS, TASKS, metric_problem
 
 StrictInt = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
@@ -202,7 +203,11 @@ class TrainingSection(_Section):
         default="stop", description="A NaN/inf loss: stop (exit 1, last good checkpoint kept) or skip the batch."
     )
     load_best_model_at_end: bool = True
-    metric_for_best_model: Literal["accuracy", "f1", "loss"] = "accuracy"
+    metric_for_best_model: Literal[ALL_METRICS] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="What picks the best checkpoint: accuracy, f1 or loss (classification), mse, mae, pearson, "
+        "spearman or loss (regression); default: accuracy / mse.",
+    )
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
@@ -254,13 +259,24 @@ class Recipe(_Section):
 
     name: str | None = Field(default=None, description="Short name; names the default run directory.")
     description: str | None = None
-    task: Literal["auto", "text-classification", "image-classification"] = "auto"
+    task: Literal[("auto", *TASKS)] = Field(  # type: ignore[valid-type]
+        default="auto",
+        description="auto: from the model and the data (labels with fractions: regression); or one of "
+        + ", ".join(TASKS) + ".",
+    )
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     sam: SAMSection = SAMSection()
     training: TrainingSection = TrainingSection()
     output: OutputSection = OutputSection()
     hub: HubSection = HubSection()
+
+    @model_validator(mode="after")
+    def _metric_fits_the_task(self) -> Recipe:
+        metric = self.training.metric_for_best_model
+        if self.task != "auto" and metric is not None and (problem := metric_problem(self.task, metric)):
+            raise ValueError(problem)
+        return self
 
     def run_name(self) -> str:
         """The recipe's name, or one made from the model and dataset."""

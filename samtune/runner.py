@@ -18,6 +18,7 @@ from samtune.files import write_json_atomic, write_text_atomic
 from samtune.optim.settings import setting_specs
 from samtune.processes import is_main_process
 from samtune.recipe import Recipe
+from samtune.tasks import GREATER_IS_BETTER, REGRESSION, default_metric, metric_problem, metrics_of, modality, problem
 from samtune.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -59,6 +60,38 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
     }
 
 
+def compute_regression_metrics(eval_pred: Any) -> dict[str, float]:
+    """MSE and MAE (scikit-learn), Pearson and Spearman correlations (SciPy) of the single output.
+
+    A correlation is undefined when the predictions (or targets) are all equal: it is reported as 0.0,
+    no linear or rank relation, so that a collapsed model never ranks above one that learned something.
+    """
+    import warnings
+
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    out = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    preds = np.asarray(out, dtype=np.float64).reshape(-1)
+    targets = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
+    constant = np.ptp(preds) == 0 or np.ptp(targets) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pearson = 0.0 if constant else float(pearsonr(preds, targets)[0])
+        spearman = 0.0 if constant else float(spearmanr(preds, targets)[0])
+    return {
+        "mse": float(mean_squared_error(targets, preds)),
+        "mae": float(mean_absolute_error(targets, preds)),
+        "pearson": pearson,
+        "spearman": spearman,
+    }
+
+
+def metrics_function(task: str) -> Any:
+    """The `compute_metrics` of a task."""
+    return compute_regression_metrics if problem(task) == REGRESSION else compute_metrics
+
+
 # What changes a run if it differs between a checkpoint's recipe and the one resuming it.
 # SAM's own come from its one definition (samtune.optim.settings: `defines_run`).
 RUN_DEFINING = (
@@ -77,6 +110,11 @@ def recipe_changes(saved: Recipe, current: Recipe) -> list[str]:
         if old != new:
             changes.append(f"{key}: {old} -> {new}")
     return changes
+
+
+def best_metric(recipe: Recipe, task: str) -> str:
+    """The metric that picks the best checkpoint: the recipe's, else the task's default."""
+    return recipe.training.metric_for_best_model or default_metric(task)
 
 
 def precision_flags(precision: str) -> tuple[dict[str, bool], str]:
@@ -122,13 +160,13 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, s
         save_steps=t.save_steps or t.eval_steps or 500,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=t.load_best_model_at_end and evaluating,
-        metric_for_best_model=t.metric_for_best_model,
-        greater_is_better=t.metric_for_best_model != "loss",
+        metric_for_best_model=best_metric(recipe, task),
+        greater_is_better=GREATER_IS_BETTER[best_metric(recipe, task)],
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         label_smoothing_factor=t.label_smoothing,
         dataloader_num_workers=t.num_workers,
-        remove_unused_columns=task != "image-classification",
+        remove_unused_columns=modality(task) != "image",
         report_to="none",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
@@ -144,19 +182,24 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
 
     config = modeling.load_config(recipe.model)
     model_task = modeling.model_task(config)
-    task = recipe.task if recipe.task != "auto" else (model_task or "auto")
-    if recipe.task != "auto" and model_task and model_task != recipe.task:
+    if recipe.task != "auto" and model_task and modality(model_task) != modality(recipe.task):
         raise UsageError(
-            f"task is {recipe.task}, but '{recipe.model.name}' is a {model_task} model",
+            f"task is {recipe.task}, but '{recipe.model.name}' is a {modality(model_task)} model",
             "Choose a model for the task, or set task: auto.",
         )
-    data = load_data(recipe.data, recipe.training.seed, task)
-    if model_task and data.task != model_task:
+    data = load_data(recipe.data, recipe.training.seed, recipe.task, model_task)
+    if model_task and modality(data.task) != modality(model_task):
         raise DataError(
-            f"'{recipe.model.name}' is a {model_task} model, but the data looks like {data.task} "
+            f"'{recipe.model.name}' is a {modality(model_task)} model, but the data looks like {data.task} "
             f"(columns: {', '.join(data.train.column_names)})",
             "Choose a model that matches the data, or name the columns with data.text_column / data.image_column.",
         )
+    metric = recipe.training.metric_for_best_model
+    if metric is not None and (wrong := metric_problem(data.task, metric)):
+        raise UsageError(wrong, f"Choose one of {', '.join(metrics_of(data.task))}, or leave it out.")
+    if problem(data.task) == REGRESSION and recipe.training.label_smoothing > 0:
+        raise UsageError("training.label_smoothing smooths class labels; this is a regression run",
+                         "Set training.label_smoothing=0.")  # fmt: skip
     processor = modeling.load_processor(recipe.model, data.task)
     data = modeling.prepare_inputs(data, processor, recipe.model.max_length, recipe.training.seed)
     model = modeling.load_model(recipe.model, data.task, data.labels)
@@ -303,7 +346,7 @@ def _build_trainer(args: Any, data: Any, processor: Any, model: Any, task: str, 
             eval_dataset=data.eval,
             processing_class=processor,
             data_collator=modeling.collator(task, processor),
-            compute_metrics=compute_metrics,
+            compute_metrics=metrics_function(task),
             callbacks=callbacks,
         )
     except UnsupportedSetupError as e:
@@ -468,10 +511,10 @@ def evaluate_run(
     with tempfile.TemporaryDirectory(prefix="samtune-eval-") as scratch:
         args = SAMArguments(
             output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True, rho=0.0,
-            remove_unused_columns=run.task != modeling.IMAGE, use_cpu=not torch.cuda.is_available(),
+            remove_unused_columns=modality(run.task) != "image", use_cpu=not torch.cuda.is_available(),
         )  # fmt: skip
         trainer = SAMTrainer(
-            model=model, args=args, processing_class=processor, compute_metrics=compute_metrics,
+            model=model, args=args, processing_class=processor, compute_metrics=metrics_function(run.task),
             data_collator=modeling.collator(run.task, processor),
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)

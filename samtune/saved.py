@@ -50,15 +50,20 @@ def read_run(run_dir: Path, recipe: Recipe) -> SavedRun:
 
 
 def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examples:
-    """`split` of the dataset `data` names (default: the validation-like one), its labels matched to the run's by name."""
-    from samtune.data import detect_columns, encode_labels, load_raw, pick_eval_split
+    """`split` of the dataset `data` names (default: the validation-like one), its labels matched to the run's by name
+    (a regression run's targets read as numbers)."""
+    from samtune.data import detect_columns, encode_labels, encode_targets, load_raw, pick_eval_split
+    from samtune.tasks import REGRESSION, problem
 
     raw, _ = load_raw(data)
     split_name = pick_eval_split(raw, split)
     ds = raw[split_name]
     cols = detect_columns(list(ds.column_names), ds.features, data, run.task)
     keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
-    encoded, _ = encode_labels({"eval": ds.select_columns(keep)}, cols["label"], names=run.labels)
+    if problem(run.task) == REGRESSION:
+        encoded = encode_targets({"eval": ds.select_columns(keep)}, cols["label"])
+    else:
+        encoded, _ = encode_labels({"eval": ds.select_columns(keep)}, cols["label"], names=run.labels)
     columns = {"text": cols["text"], "pair": cols["pair"], "image": cols["image"]}
     return Examples(encoded["eval"], columns, data.dataset or "", split_name)
 

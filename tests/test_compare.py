@@ -81,7 +81,9 @@ def test_comparison_numbers_come_from_each_runs_metrics_json(compared):
         assert record["metrics"] == _metrics(out, record["arm"], record["seed"])
         assert Path(record["run_dir"]) == out / record["arm"] / f"seed-{record['seed']}"
     for arm in ARMS:
-        for metric in (*[m for m in QUALITY if m.startswith("eval_")], "train_loss", "train_runtime", "wall_time"):
+        computed = [m for m in QUALITY if m.startswith("eval_") and m in report["arms"][arm]["metrics"]]
+        assert computed == ["eval_accuracy", "eval_f1", "eval_loss"]  # a classification run's
+        for metric in (*computed, "train_loss", "train_runtime", "wall_time"):
             values = [_metrics(out, arm, seed)[metric] for seed in SEEDS]
             summary = report["arms"][arm]["metrics"][metric]
             assert summary["values"] == values

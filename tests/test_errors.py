@@ -124,9 +124,11 @@ def test_unknown_split(train_args):
 
 
 def test_labels_that_are_not_classes(text_model_dir, tmp_path):
+    """Fractions are a regression target unless the recipe says classification: then they are not classes."""
     rows = [{"text": r["text"], "label": i / 7} for i, r in enumerate(text_examples(20))]
-    _fails(["train", "--model", text_model_dir, "--dataset", write_csv(tmp_path / "f.csv", rows)], EXIT_DATA,
-           "not classes")  # fmt: skip
+    _fails(["train", "--model", text_model_dir, "--dataset", write_csv(tmp_path / "f.csv", rows),
+            "--output-dir", tmp_path / "run", "task=text-classification"], EXIT_DATA,
+           "not classes", "set task to text-regression")  # fmt: skip
 
 
 def test_a_single_class(text_model_dir, tmp_path):

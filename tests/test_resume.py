@@ -28,13 +28,13 @@ WINDOW_LR = {"schedule": "lr", "start": 0.25, "stop": 10, "params": "!*.bias"}
 
 
 def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | None = None, sam: dict | None = None,
-            lora: dict | None = None) -> Path:
+            lora: dict | None = None, label_column: str | None = None) -> Path:
     """12 optimizer steps, a checkpoint and an evaluation every 3; dropout on (the RNG state matters)."""
     data = data or write_csv(tmp_path / "train.csv", text_examples(96))
     path = tmp_path / f"recipe-ga{accumulation}.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"name": str(model_dir), "max_length": 16, **({"lora": lora} if lora is not None else {})},
-        "data": {"dataset": str(data)},
+        "data": {"dataset": str(data), **({"label_column": label_column} if label_column else {})},
         "sam": {"rho": 0.05, **(sam or {})},
         "training": {
             "max_steps": 12, "batch_size": 8 // accumulation, "gradient_accumulation_steps": accumulation,
@@ -60,7 +60,8 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def _evals(run_dir: Path) -> list[tuple]:
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    return [(h["step"], h["eval_loss"], h["eval_accuracy"]) for h in history if "eval_loss" in h]
+    score = "eval_accuracy" if any("eval_accuracy" in h for h in history) else "eval_mse"  # regression: MSE
+    return [(h["step"], h["eval_loss"], h[score]) for h in history if "eval_loss" in h]
 
 
 def _image_folder(root: Path) -> Path:
@@ -89,6 +90,11 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir):
                 recipe = _recipe(root, text_model_dir, accumulation, sam=WINDOW_LR if task != "text" else None)
             elif task == "text-lora":  # adapter dropout on: the RNG state across the kill matters
                 recipe = _recipe(root, text_model_dir, accumulation, lora={"r": 4, "dropout": 0.1})
+            elif task == "text-regression":
+                from test_regression import score_examples
+
+                scores = write_csv(root / "scores.csv", score_examples(96))
+                recipe = _recipe(root, text_model_dir, accumulation, scores, label_column="score")
             else:
                 recipe = _recipe(root, image_model_dir, accumulation, _image_folder(root))
             done = _samtune(["train", recipe, "--output-dir", root / "run"])
@@ -106,14 +112,16 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
     ours_evals, ref_evals = _evals(ours), _evals(reference)
     assert [e[0] for e in ours_evals] == [e[0] for e in ref_evals]
     for (_, loss, acc), (_, ref_loss, ref_acc) in zip(ours_evals, ref_evals):
-        assert loss == pytest.approx(ref_loss, abs=1e-6) and acc == ref_acc
+        assert loss == pytest.approx(ref_loss, abs=1e-6) and acc == pytest.approx(ref_acc, abs=1e-6)
     m, ref = json.loads((ours / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
     assert m["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6) and m["train_steps"] == ref["train_steps"] == 12
 
 
 @pytest.mark.parametrize(("task", "accumulation"),
-                         [("text", 1), ("text", 2), ("image", 1), ("text-window-lr", 2), ("text-lora", 2)],
-                         ids=["text-ga1", "text-ga2", "image-ga1", "text-window-lr-ga2", "text-lora-ga2"])  # fmt: skip
+                         [("text", 1), ("text", 2), ("image", 1), ("text-window-lr", 2), ("text-lora", 2),
+                          ("text-regression", 2)],
+                         ids=["text-ga1", "text-ga2", "image-ga1", "text-window-lr-ga2", "text-lora-ga2",
+                              "text-regression-ga2"])  # fmt: skip
 def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, task, accumulation):
     """The image run checks the augmentation too: random crops and flips resume where they were."""
     recipe, reference = uninterrupted(accumulation, task)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ import yaml
 
 from samtune.analysis.comparison import BASELINE, COMPARISON_FILE, CURVES_FILE, RunRef, build_report, json_safe
 from samtune.analysis.comparison import plot_learning_curves, read_curves
+from samtune.tasks import GREATER_IS_BETTER
 from samtune.errors import Interrupted, RecipeError, SamtuneError, TrainingError, UsageError
 from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides, settings_for_variant
 from samtune.recipe import yaml_scalar
@@ -213,7 +215,7 @@ def describe_arm(name: str) -> str:
 def rank_arms(report: dict[str, Any], metric: str) -> dict[str, Any]:
     """The arms ordered by the mean validation metric over seeds (best first); test numbers play no part."""
     key = f"eval_{metric}"
-    higher = metric != "loss"
+    higher = GREATER_IS_BETTER[metric]
     scored = [(a, e["metrics"][key]["mean"]) for a, e in report["arms"].items() if key in e["metrics"]]
     order = sorted(scored, key=lambda x: -x[1] if higher else x[1])
     return {
@@ -223,6 +225,16 @@ def rank_arms(report: dict[str, Any], metric: str) -> dict[str, Any]:
         "best": order[0][0] if order else None,
         "chosen_on": "the eval (validation) split, mean over seeds; test-split numbers are never used to choose",
     }
+
+
+def _ranking_metric(run: Any) -> str:
+    """The metric that ranks the arms: the recipe's metric_for_best_model, else the default of the task it trained."""
+    from samtune.rundir import METRICS_FILE
+
+    if run.recipe.training.metric_for_best_model:
+        return run.recipe.training.metric_for_best_model
+    metrics = json.loads((Path(run.run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    return "mse" if "eval_mse" in metrics else "accuracy"  # the defaults of samtune.tasks, by what the run computed
 
 
 def arm_sam(arm: str, recipe_sam: SAMSection) -> dict[str, Any]:
@@ -460,7 +472,7 @@ def compare(
         for arm in report["arms"]:  # every SAM setting the arm trained with, from its recipe
             first = next(r for r in runs if r.arm == arm)
             report["arms"][arm]["sam"] = first.recipe.sam.model_dump(mode="json")
-        report["ranking"] = rank_arms(report, runs[0].recipe.training.metric_for_best_model)
+        report["ranking"] = rank_arms(report, _ranking_metric(runs[0]))
         report["settings"]["wall_time"] = time.perf_counter() - started
         curves = {arm: [read_curves(r.run_dir) for r in runs if r.arm == arm] for arm in report["arms"]}
         plot_learning_curves(curves, out / CURVES_FILE)

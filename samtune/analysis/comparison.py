@@ -26,11 +26,13 @@ BASELINE = "adamw"
 COMPARISON_FILE = "comparison.json"
 CURVES_FILE = "learning_curves.png"
 # Summarised when every run has them; the table shows QUALITY, and TIME in its cost columns.
-METRICS = ("eval_accuracy", "eval_f1", "eval_loss", "test_accuracy", "test_f1", "test_loss", "train_loss",
-           "train_runtime", "wall_time")  # fmt: skip
-QUALITY = ("eval_accuracy", "eval_f1", "eval_loss", "test_accuracy", "test_f1", "test_loss")
+QUALITY = tuple(f"{split}_{m}" for split in ("eval", "test") for m in ("accuracy", "f1", "mse", "mae", "pearson",
+                                                                       "spearman", "loss"))  # fmt: skip
+METRICS = (*QUALITY, "train_loss", "train_runtime", "wall_time")
 TIME = "train_runtime"  # the training loop's wall-clock time (no loading, no final evaluation): the cost's measure
 CURVES = (("loss", "training loss"), ("eval_loss", "eval loss"), ("eval_accuracy", "eval accuracy"))
+# A regression run has no accuracy: its third panel is the correlation of predictions and targets.
+CURVE_STANDINS = {"eval_accuracy": ("eval_pearson", "eval Pearson r")}
 DPI = 100
 CURVES_SIZE = (13.5, 3.8)  # inches: 1350 x 380 pixels
 
@@ -123,6 +125,7 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
     path = Path(run_dir) / TRAINER_STATE_FILE
     history = json.loads(path.read_text(encoding="utf-8")).get("log_history", []) if path.is_file() else []
     series: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
+    series.update({standin: {} for standin, _ in CURVE_STANDINS.values()})
     for entry in history:
         for key in series:
             if isinstance(entry.get(key), int | float) and "step" in entry:
@@ -140,8 +143,11 @@ def plot_learning_curves(curves: Mapping[str, Sequence[Mapping[str, Mapping[int,
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=CURVES_SIZE, dpi=DPI)
     for ax, (key, title) in zip(axes, CURVES):
+        standin = CURVE_STANDINS.get(key)
+        if standin and not any(r.get(key) for runs in curves.values() for r in runs):
+            key, title = standin  # nothing logged under the key: the task's own measure
         for i, (arm, runs) in enumerate(curves.items()):
-            steps = sorted(set.intersection(*[set(r[key]) for r in runs])) if runs else []
+            steps = sorted(set.intersection(*[set(r.get(key, {})) for r in runs])) if runs else []
             if not steps:
                 continue
             values = np.array([[r[key][s] for s in steps] for r in runs])
@@ -179,7 +185,8 @@ def _judgement(metric: str, diff: Mapping[str, Any]) -> str:
         return "—"
     if not beyond:
         return "no"
-    better = (diff["mean"] < 0) if metric.endswith("loss") else (diff["mean"] > 0)
+    lower_is_better = metric.endswith(("loss", "_mse", "_mae"))
+    better = (diff["mean"] < 0) if lower_is_better else (diff["mean"] > 0)
     return "[green]better[/green]" if better else "[red]worse[/red]"
 
 
