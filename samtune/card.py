@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from samtune.optim.settings import SAMSettings, setting_specs
 from samtune.optim.variants import SAMVariant
 from samtune.recipe import Recipe
-from samtune.tasks import METRIC_NAMES, METRICS, REGRESSION, metrics_of, modality, pipeline_tag, problem
+from samtune.tasks import METRIC_NAMES, METRICS, MULTI_LABEL, REGRESSION, metrics_of, modality, pipeline_tag, problem
 
 CURVES_FILE = "training_curves.png"
 # What `samtune sharpness` writes into a run directory; the card shows it when present.
@@ -99,7 +99,8 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
                      color="tab:orange")  # fmt: skip
         lowest = 0.0
         for key, colour in (("eval_accuracy", "tab:green"), ("eval_f1", "tab:purple"),
-                            ("eval_pearson", "tab:green"), ("eval_spearman", "tab:purple")):  # fmt: skip
+                            ("eval_pearson", "tab:green"), ("eval_spearman", "tab:purple"),
+                            ("eval_micro_f1", "tab:green"), ("eval_macro_f1", "tab:purple")):  # fmt: skip
             points = [(h["epoch"], h[key]) for h in evals if key in h]
             if points:
                 ax_metric.plot(*zip(*points), "o-", label=key.removeprefix("eval_"), color=colour)
@@ -216,7 +217,8 @@ def _usage(facts: CardFacts, example: str) -> str:
     """How to load the model and classify with it: transformers' pipeline, through peft for adapters."""
     where = facts.recipe.hub.repo_id or "PATH_TO_THIS_FOLDER"
     tag = pipeline_tag(facts.task)
-    raw = ', function_to_apply="none"' if problem(facts.task) == REGRESSION else ""  # the number itself
+    raw = {REGRESSION: ', function_to_apply="none"',  # the number itself
+           MULTI_LABEL: ', function_to_apply="sigmoid", top_k=None'}.get(problem(facts.task), "")  # every label's own  # fmt: skip
     if not facts.adapter:
         return f"""from transformers import pipeline
 
@@ -252,6 +254,9 @@ def _labels_line(facts: CardFacts) -> str:
     if problem(facts.task) == REGRESSION:
         target = facts.labels[0] if facts.labels else "the label column"
         return f"Regression: one output, the target `{target}`, trained with a mean squared error loss."
+    if problem(facts.task) == MULTI_LABEL:
+        return (f"Labels ({len(facts.labels)}, several per example: multi-label, a sigmoid and a binary cross-entropy "
+                f"per label; predicted from probability {facts.recipe.training.threshold:g}): {', '.join(facts.labels)}.")
     return f"Labels ({len(facts.labels)}): {', '.join(facts.labels)}."
 
 

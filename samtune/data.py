@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from samtune.errors import DataError, UsageError
 from samtune.recipe import DataSection, resolve_package_path
-from samtune.tasks import CLASSIFICATION, REGRESSION, modality, problem, task_of
+from samtune.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION, modality, problem, task_of
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -30,6 +30,7 @@ EVAL_SPLITS = ("validation", "valid", "val", "dev")  # "test" is kept for the fi
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst", ".zip")
 LABELS = "labels"
+COMBINED_LABELS = "__samtune_labels"  # data.label_columns' 0/1 columns as one column of lists of class names
 
 
 @dataclass
@@ -184,7 +185,7 @@ def _load_hub(data: DataSection) -> DatasetDict:
         raise DataError(f"dataset '{data.dataset}' could not be loaded: not a local path, and {text}", hint) from e
 
 
-def load_raw(data: DataSection) -> tuple[DatasetDict, bool]:
+def _load_raw(data: DataSection) -> tuple[DatasetDict, bool]:
     """The dataset's splits as loaded, and whether it came from the Hub."""
     if not data.dataset:
         raise DataError("no dataset given", "Set data.dataset in the recipe, or pass --dataset.")
@@ -205,6 +206,45 @@ def load_raw(data: DataSection) -> tuple[DatasetDict, bool]:
     if is_local(data.dataset) or data.dataset.endswith(tuple(FILE_BUILDERS)):
         raise DataError(f"dataset not found: {data.dataset}", "Check the path (it is relative to where you run).")
     return _load_hub(data), True
+
+
+def load_raw(data: DataSection) -> tuple[DatasetDict, bool]:
+    """The dataset's splits as loaded (data.label_columns combined into one column of lists), and whether it came
+    from the Hub."""
+    raw, from_hub = _load_raw(data)
+    if data.label_columns:
+        raw = _combine_label_columns(raw, data.label_columns)
+    return raw, from_hub
+
+
+def _combine_label_columns(raw: Any, columns: list[str]) -> Any:
+    """One 0/1 column per class -> one column of lists of the classes that are 1 (COMBINED_LABELS)."""
+    import datasets
+
+    out = {}
+    for split, ds in raw.items():
+        missing = [c for c in columns if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"data.label_columns names {', '.join(missing)}, not in the '{split}' split "
+                f"(columns: {', '.join(ds.column_names)})",
+                "List the 0/1 columns that hold the classes.",
+            )
+        for c in columns:
+            bad = [v for v in ds.unique(c) if v is not None and (isinstance(v, str) or v not in (0, 1))]
+            if bad:
+                raise DataError(
+                    f"the '{split}' split's column '{c}' (in data.label_columns) must hold 0 or 1, "
+                    f"found {', '.join(repr(v) for v in bad[:5])}",
+                    "Each class column marks with 1 the rows that have the class; fix those rows.",
+                )
+
+        def combine(*values: Any) -> dict[str, list[str]]:
+            return {COMBINED_LABELS: [c for c, v in zip(columns, values) if v == 1]}
+
+        ds = ds.map(combine, input_columns=columns, features=None).remove_columns(columns)
+        out[split] = ds.cast_column(COMBINED_LABELS, datasets.Sequence(datasets.Value("string")))
+    return datasets.DatasetDict(out)
 
 
 # ---- columns ------------------------------------------------------------------------------
@@ -230,7 +270,8 @@ def detect_columns(columns: list[str], features: Any, data: DataSection, task: s
     """Which columns hold the label, and the text (and its pair) or the image."""
     from datasets import Image
 
-    label = _pick(columns, data.label_column, LABEL_COLUMNS, "labels", "data.label_column")
+    explicit = COMBINED_LABELS if data.label_columns else data.label_column
+    label = _pick(columns, explicit, LABEL_COLUMNS, "labels", "data.label_column")
     if label is None:
         raise DataError(
             f"no label column found (columns: {', '.join(columns)})",
@@ -403,6 +444,70 @@ def encode_targets(splits: dict[str, Dataset], column: str) -> dict[str, Dataset
     return encoded
 
 
+def is_list_column(ds: Dataset, column: str) -> bool:
+    """Whether a label column holds lists (several labels per example)."""
+    return getattr(ds.features[column], "_type", "") in ("Sequence", "List", "LargeList")
+
+
+def _list_item_names(ds: Dataset, column: str) -> tuple[Any, list[str] | None]:
+    """A list column's item feature, and its class names when the items are a ClassLabel."""
+    from datasets import ClassLabel
+
+    item = ds.features[column].feature
+    return item, list(item.names) if isinstance(item, ClassLabel) else None
+
+
+def encode_multi_hot(
+    splits: dict[str, Dataset], column: str, names: list[str] | None = None
+) -> tuple[dict[str, Dataset], list[str]]:
+    """Each split's lists of labels as `labels`, a multi-hot float32 vector over `names` (default: the train split's
+    classes: a ClassLabel's names, else every label seen, sorted); a label outside them is a DataError."""
+    from datasets import ClassLabel, Sequence, Value
+
+    def as_names(ds: Dataset) -> list[list[str]]:
+        item, class_names = _list_item_names(ds, column)
+        rows = []
+        for value in ds[column]:
+            items = value or []
+            if class_names is not None:
+                rows.append([class_names[i] for i in items if i is not None and i >= 0])
+            else:
+                rows.append([str(int(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+                             for v in items if v is not None])  # fmt: skip
+        return rows
+
+    if names is None:
+        train = splits["train"]
+        _, class_names = _list_item_names(train, column)
+        names = class_names if class_names is not None else sorted({n for row in as_names(train) for n in row})
+        if len(names) < 2:
+            raise DataError(
+                f"the train split has {len(names)} label{'s' if len(names) != 1 else ''} in column '{column}'",
+                "A multi-label classifier needs at least two classes; check the data and data.label_column.",
+            )
+    index = {n: i for i, n in enumerate(names)}
+    encoded: dict[str, Dataset] = {}
+    for split, ds in splits.items():
+        if not isinstance(ds.features[column], ClassLabel) and not is_list_column(ds, column):
+            raise DataError(f"the '{split}' split's column '{column}' does not hold lists of labels",
+                            "Every split of a multi-label dataset holds a list of labels per row.")  # fmt: skip
+        ds = ds.filter(lambda v: v is not None, input_columns=column)
+        rows = as_names(ds)
+        unseen = sorted({n for row in rows for n in row} - set(names))
+        if unseen:
+            raise DataError(
+                f"the '{split}' split has labels the model was not trained on: {', '.join(unseen[:10])}",
+                f"Known labels: {', '.join(names[:20])}. Fix the data or drop those rows.",
+            )
+        hot = [[0.0] * len(names) for _ in rows]
+        for vector, row in zip(hot, rows):
+            for n in row:
+                vector[index[n]] = 1.0
+        ds = ds.remove_columns(column).add_column(LABELS, hot)
+        encoded[split] = ds.cast_column(LABELS, Sequence(Value("float32"), length=len(names)))
+    return encoded, names
+
+
 def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
     """The split to evaluate: the one named, else validation-like, else the only one."""
     if split is not None:
@@ -435,6 +540,8 @@ def _stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
 
 def _has_labels(ds: Dataset, column: str) -> bool:
     """Whether a split holds labels: not only None, negative class ids, or -1 throughout (GLUE's unlabelled test sets)."""
+    if is_list_column(ds, column):  # multi-label: an empty list is a row with no class, still labelled
+        return any(v is not None for v in ds[column])
     values = ds.unique(column)
     if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == -1 for v in values):
         return False
@@ -462,16 +569,25 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
         splits["test"] = raw[test_name]
     if task != "auto":
         kind = problem(task)
-    elif model_task is not None and problem(model_task) == REGRESSION:
-        kind = REGRESSION
+    elif is_list_column(train, cols["label"]):
+        kind = MULTI_LABEL
+    elif model_task is not None and problem(model_task) != CLASSIFICATION:
+        kind = problem(model_task)
     else:
         kind = REGRESSION if _is_fractional_numbers(train, cols["label"]) else CLASSIFICATION
-    if kind == REGRESSION and data.labels:
-        raise UsageError("data.labels keeps some classes, but this is a regression run: it has none",
+    if kind != CLASSIFICATION and data.labels:
+        raise UsageError(f"data.labels keeps some classes of a single-label column; this is a {kind} run",
                          "Remove data.labels, or set task to a -classification task.")  # fmt: skip
+    if kind == MULTI_LABEL and not is_list_column(train, cols["label"]):
+        raise DataError(
+            f"a multi-label run needs a list of labels per row, but column '{cols['label']}' holds single values",
+            "Point data.label_column at a column of lists, or name one 0/1 column per class in data.label_columns.",
+        )
     splits = _keep_usable_rows(splits, cols, data)
     if kind == REGRESSION:
         splits, names = encode_targets(splits, cols["label"]), [cols["label"]]
+    elif kind == MULTI_LABEL:
+        splits, names = encode_multi_hot(splits, cols["label"], names=data.label_columns)
     else:
         splits, names = encode_labels(splits, cols["label"], names=data.labels)
     notes: list[str] = []

@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 from samtune.errors import UsageError
 from samtune.recipe import LoraSection, ModelSection, resolve_package_path
-from samtune.tasks import IMAGE_CLASSIFICATION, REGRESSION, TEXT_CLASSIFICATION, modality, problem, task_of
+from samtune.tasks import (
+    IMAGE_CLASSIFICATION,
+    MULTI_LABEL,
+    PROBLEM_TYPES,
+    REGRESSION,
+    TEXT_CLASSIFICATION,
+    from_problem_type,
+    modality,
+    problem,
+    task_of,
+)
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -82,8 +92,8 @@ def model_task(config: PretrainedConfig) -> str | None:
     kind = "image" if image and not text else "text" if text and not image else None
     if kind is None:
         return None
-    # A model fine-tuned for regression says so in its config; a pretrained body says nothing (classification).
-    return task_of(kind, REGRESSION) if getattr(config, "problem_type", None) == "regression" else task_of(kind, "classification")
+    # A model fine-tuned for regression or multi-label says so in its config; a pretrained body says nothing.
+    return task_of(kind, from_problem_type(getattr(config, "problem_type", None)))
 
 
 def load_processor(section: ModelSection, task: str) -> Any:
@@ -129,6 +139,8 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
     else:
         head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                     label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
+        if problem(task) == MULTI_LABEL:  # a sigmoid per class and a binary cross-entropy loss
+            head["problem_type"] = PROBLEM_TYPES[MULTI_LABEL]
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is the point of fine-tuning
     try:

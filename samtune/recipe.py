@@ -103,16 +103,26 @@ class DataSection(_Section):
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
+    label_columns: list[str] | None = Field(
+        default=None,
+        description="Multi-label: several 0/1 columns, one per class (their names become the labels, in this order).",
+    )
     image_column: str | None = None
     labels: list[str] | None = Field(
         default=None, description="Keep only rows with these labels (classes in this order); default: all."
     )
-    @field_validator("labels")
+    @field_validator("labels", "label_columns")
     @classmethod
     def _two_classes(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and (len(set(v)) != len(v) or len(v) < 2):
             raise ValueError("must list at least two different labels (a classifier needs two classes)")
         return v
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_labels(self) -> DataSection:
+        if self.label_columns is not None and self.label_column is not None:
+            raise ValueError("set data.label_column (one column) or data.label_columns (one 0/1 column per class), not both")
+        return self
 
     validation_fraction: float = Field(
         default=0.1, gt=0, lt=1, description="Share of train carved (stratified) as validation when none exists."
@@ -207,6 +217,9 @@ class TrainingSection(_Section):
         default=None,
         description="What picks the best checkpoint: accuracy, f1 or loss (classification), mse, mae, pearson, "
         "spearman or loss (regression); default: accuracy / mse.",
+    )
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Multi-label: a class is predicted when its sigmoid probability reaches this."
     )
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)

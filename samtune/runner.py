@@ -18,7 +18,17 @@ from samtune.files import write_json_atomic, write_text_atomic
 from samtune.optim.settings import setting_specs
 from samtune.processes import is_main_process
 from samtune.recipe import Recipe
-from samtune.tasks import GREATER_IS_BETTER, REGRESSION, default_metric, metric_problem, metrics_of, modality, problem
+from samtune.tasks import (
+    CLASSIFICATION,
+    GREATER_IS_BETTER,
+    MULTI_LABEL,
+    REGRESSION,
+    default_metric,
+    metric_problem,
+    metrics_of,
+    modality,
+    problem,
+)
 from samtune.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -87,8 +97,30 @@ def compute_regression_metrics(eval_pred: Any) -> dict[str, float]:
     }
 
 
-def metrics_function(task: str) -> Any:
+def multi_label_metrics(threshold: float = 0.5) -> Any:
+    """The `compute_metrics` of a multi-label task: a class is predicted where its sigmoid reaches `threshold`;
+    micro and macro F1 and subset accuracy (every class right), by scikit-learn."""
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+        preds = (probs >= threshold).astype(int)
+        targets = (np.asarray(eval_pred.label_ids) >= 0.5).astype(int)
+        return {
+            "micro_f1": float(f1_score(targets, preds, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(targets, preds, average="macro", zero_division=0)),
+            "subset_accuracy": float(accuracy_score(targets, preds)),
+        }
+
+    return compute
+
+
+def metrics_function(task: str, threshold: float = 0.5) -> Any:
     """The `compute_metrics` of a task."""
+    if problem(task) == MULTI_LABEL:
+        return multi_label_metrics(threshold)
     return compute_regression_metrics if problem(task) == REGRESSION else compute_metrics
 
 
@@ -197,8 +229,8 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
     metric = recipe.training.metric_for_best_model
     if metric is not None and (wrong := metric_problem(data.task, metric)):
         raise UsageError(wrong, f"Choose one of {', '.join(metrics_of(data.task))}, or leave it out.")
-    if problem(data.task) == REGRESSION and recipe.training.label_smoothing > 0:
-        raise UsageError("training.label_smoothing smooths class labels; this is a regression run",
+    if problem(data.task) != CLASSIFICATION and recipe.training.label_smoothing > 0:
+        raise UsageError(f"training.label_smoothing smooths single class labels; this is a {problem(data.task)} run",
                          "Set training.label_smoothing=0.")  # fmt: skip
     processor = modeling.load_processor(recipe.model, data.task)
     data = modeling.prepare_inputs(data, processor, recipe.model.max_length, recipe.training.seed)
@@ -292,7 +324,7 @@ def _train_locked(o: _RunOptions) -> RunResult:
     if recipe.model.init_from:
         _check_init_from(recipe, data.labels)
     args, precision = training_arguments(recipe, run_dir, task)
-    trainer = _build_trainer(args, data, processor, model, task, o.callbacks)
+    trainer = _build_trainer(args, data, processor, model, task, o.callbacks, recipe.training.threshold)
     notify = o.notify if is_main_process() else (lambda _: None)  # one voice in multi-process runs
     stopper = GracefulStop(announce=notify)
     trainer.add_callback(stopper)
@@ -331,7 +363,9 @@ def _warn_if_the_recipe_changed(checkpoint: str, recipe: Recipe, run_dir: Path, 
         )
 
 
-def _build_trainer(args: Any, data: Any, processor: Any, model: Any, task: str, callbacks: list[Any]) -> Any:
+def _build_trainer(
+    args: Any, data: Any, processor: Any, model: Any, task: str, callbacks: list[Any], threshold: float = 0.5
+) -> Any:
     """The SAMTrainer of a run (setups SAM cannot run exactly become usage errors)."""
     from transformers import PrinterCallback
 
@@ -346,7 +380,7 @@ def _build_trainer(args: Any, data: Any, processor: Any, model: Any, task: str, 
             eval_dataset=data.eval,
             processing_class=processor,
             data_collator=modeling.collator(task, processor),
-            compute_metrics=metrics_function(task),
+            compute_metrics=metrics_function(task, threshold),
             callbacks=callbacks,
         )
     except UnsupportedSetupError as e:
@@ -514,7 +548,8 @@ def evaluate_run(
             remove_unused_columns=modality(run.task) != "image", use_cpu=not torch.cuda.is_available(),
         )  # fmt: skip
         trainer = SAMTrainer(
-            model=model, args=args, processing_class=processor, compute_metrics=metrics_function(run.task),
+            model=model, args=args, processing_class=processor,
+            compute_metrics=metrics_function(run.task, recipe.training.threshold),
             data_collator=modeling.collator(run.task, processor),
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)

@@ -1,4 +1,4 @@
-"""The tasks samtune fine-tunes, as one table: a modality (text or image) and a problem (classes or a number).
+"""The tasks samtune fine-tunes, as one table: a modality (text or image) and a problem (one class, several, or a number).
 
 A task's name is what the recipe's `task` takes; everything else about it (the metrics, which way
 each is better, the default metric for choosing the best checkpoint) is read from here. Nothing
@@ -11,19 +11,28 @@ TEXT_CLASSIFICATION = "text-classification"
 IMAGE_CLASSIFICATION = "image-classification"
 TEXT_REGRESSION = "text-regression"
 IMAGE_REGRESSION = "image-regression"
-TASKS = (TEXT_CLASSIFICATION, IMAGE_CLASSIFICATION, TEXT_REGRESSION, IMAGE_REGRESSION)
+TEXT_MULTI_LABEL = "text-multi-label"
+IMAGE_MULTI_LABEL = "image-multi-label"
+TASKS = (TEXT_CLASSIFICATION, IMAGE_CLASSIFICATION, TEXT_REGRESSION, IMAGE_REGRESSION, TEXT_MULTI_LABEL,
+         IMAGE_MULTI_LABEL)  # fmt: skip
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+MULTI_LABEL = "multi-label"
+# transformers' config.problem_type for each problem
+PROBLEM_TYPES = {CLASSIFICATION: "single_label_classification", REGRESSION: "regression",
+                 MULTI_LABEL: "multi_label_classification"}  # fmt: skip
 
 # Per problem: the metrics computed at every evaluation (besides the loss), the first the default for
 # choosing the best checkpoint.
-METRICS = {CLASSIFICATION: ("accuracy", "f1"), REGRESSION: ("mse", "mae", "pearson", "spearman")}
+METRICS = {CLASSIFICATION: ("accuracy", "f1"), REGRESSION: ("mse", "mae", "pearson", "spearman"),
+           MULTI_LABEL: ("micro_f1", "macro_f1", "subset_accuracy")}  # fmt: skip
 GREATER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "mse": False, "mae": False, "pearson": True,
-                     "spearman": True}  # fmt: skip
+                     "spearman": True, "micro_f1": True, "macro_f1": True, "subset_accuracy": True}  # fmt: skip
 ALL_METRICS = tuple(GREATER_IS_BETTER)
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "macro F1", "loss": "loss", "mse": "mean squared error",
-                "mae": "mean absolute error", "pearson": "Pearson r", "spearman": "Spearman rho"}  # fmt: skip
+                "mae": "mean absolute error", "pearson": "Pearson r", "spearman": "Spearman rho",
+                "micro_f1": "micro F1", "macro_f1": "macro F1", "subset_accuracy": "subset accuracy"}  # fmt: skip
 
 
 def modality(task: str) -> str:
@@ -32,8 +41,16 @@ def modality(task: str) -> str:
 
 
 def problem(task: str) -> str:
-    """'classification' or 'regression'."""
-    return REGRESSION if task.endswith("-regression") else CLASSIFICATION
+    """'classification', 'regression' or 'multi-label'."""
+    for kind in (REGRESSION, MULTI_LABEL):
+        if task.endswith(f"-{kind}"):
+            return kind
+    return CLASSIFICATION
+
+
+def from_problem_type(problem_type: str | None) -> str:
+    """The problem of a transformers config's problem_type (None, as a pretrained body has: classification)."""
+    return {v: k for k, v in PROBLEM_TYPES.items()}.get(problem_type or "", CLASSIFICATION)
 
 
 def task_of(modality_name: str, problem_name: str) -> str:
@@ -60,5 +77,5 @@ def metric_problem(task: str, metric: str) -> str | None:
 
 
 def pipeline_tag(task: str) -> str:
-    """The Hub pipeline a task's model serves: regression heads are sequence/image classifiers with one output."""
+    """The Hub pipeline a task's model serves: regression and multi-label heads are sequence/image classifiers too."""
     return f"{modality(task)}-classification"

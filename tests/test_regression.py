@@ -102,7 +102,7 @@ def test_numbers_written_as_text_are_read_and_anything_else_is_a_data_error(tmp_
 
 
 def test_class_subsets_make_no_sense_for_regression(scores_csv):
-    with pytest.raises(UsageError, match="data.labels keeps some classes, but this is a regression run"):
+    with pytest.raises(UsageError, match="data.labels keeps some classes of a single-label column; this is a regression run"):
         load_data(DataSection(dataset=str(scores_csv), label_column="score", labels=["0.5", "1.0"]), seed=0,
                   task="text-regression")  # fmt: skip
 

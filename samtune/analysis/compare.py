@@ -234,7 +234,10 @@ def _ranking_metric(run: Any) -> str:
     if run.recipe.training.metric_for_best_model:
         return run.recipe.training.metric_for_best_model
     metrics = json.loads((Path(run.run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
-    return "mse" if "eval_mse" in metrics else "accuracy"  # the defaults of samtune.tasks, by what the run computed
+    for metric in ("mse", "micro_f1"):  # the defaults of samtune.tasks, by what the run computed
+        if f"eval_{metric}" in metrics:
+            return metric
+    return "accuracy"
 
 
 def arm_sam(arm: str, recipe_sam: SAMSection) -> dict[str, Any]:

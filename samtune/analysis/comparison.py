@@ -27,12 +27,12 @@ COMPARISON_FILE = "comparison.json"
 CURVES_FILE = "learning_curves.png"
 # Summarised when every run has them; the table shows QUALITY, and TIME in its cost columns.
 QUALITY = tuple(f"{split}_{m}" for split in ("eval", "test") for m in ("accuracy", "f1", "mse", "mae", "pearson",
-                                                                       "spearman", "loss"))  # fmt: skip
+                "spearman", "micro_f1", "macro_f1", "subset_accuracy", "loss"))  # fmt: skip
 METRICS = (*QUALITY, "train_loss", "train_runtime", "wall_time")
 TIME = "train_runtime"  # the training loop's wall-clock time (no loading, no final evaluation): the cost's measure
 CURVES = (("loss", "training loss"), ("eval_loss", "eval loss"), ("eval_accuracy", "eval accuracy"))
 # A regression run has no accuracy: its third panel is the correlation of predictions and targets.
-CURVE_STANDINS = {"eval_accuracy": ("eval_pearson", "eval Pearson r")}
+CURVE_STANDINS = {"eval_accuracy": (("eval_pearson", "eval Pearson r"), ("eval_micro_f1", "eval micro F1"))}
 DPI = 100
 CURVES_SIZE = (13.5, 3.8)  # inches: 1350 x 380 pixels
 
@@ -125,7 +125,7 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
     path = Path(run_dir) / TRAINER_STATE_FILE
     history = json.loads(path.read_text(encoding="utf-8")).get("log_history", []) if path.is_file() else []
     series: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
-    series.update({standin: {} for standin, _ in CURVE_STANDINS.values()})
+    series.update({standin: {} for options in CURVE_STANDINS.values() for standin, _ in options})
     for entry in history:
         for key in series:
             if isinstance(entry.get(key), int | float) and "step" in entry:
@@ -143,9 +143,11 @@ def plot_learning_curves(curves: Mapping[str, Sequence[Mapping[str, Mapping[int,
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=CURVES_SIZE, dpi=DPI)
     for ax, (key, title) in zip(axes, CURVES):
-        standin = CURVE_STANDINS.get(key)
-        if standin and not any(r.get(key) for runs in curves.values() for r in runs):
-            key, title = standin  # nothing logged under the key: the task's own measure
+        if not any(r.get(key) for runs in curves.values() for r in runs):  # not logged: the task's own measure
+            for standin, standin_title in CURVE_STANDINS.get(key, ()):
+                if any(r.get(standin) for runs in curves.values() for r in runs):
+                    key, title = standin, standin_title
+                    break
         for i, (arm, runs) in enumerate(curves.items()):
             steps = sorted(set.intersection(*[set(r.get(key, {})) for r in runs])) if runs else []
             if not steps:
