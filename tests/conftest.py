@@ -127,3 +127,22 @@ def image_folder(tmp_path) -> Path:
             pixels[..., channel] = rng.integers(170, 255, (20, 20), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
+
+
+def sam_sgd_trainer(tmp_path: Path, model, rows: list, batch_size: int, accumulation: int, n_steps: int, rho: float,
+                    lr: float):  # fmt: skip
+    """A SAMTrainer with the paper's SAM over plain SGD (constant rate, no clipping, no decay, rows in order), trained:
+    the setting tests/tiny.py's reference_sam_sgd follows step for step."""
+    from tiny import ListDataset
+
+    from samtune import SAMArguments, SAMTrainer
+
+    args = SAMArguments(
+        output_dir=str(tmp_path / "out"), use_cpu=True, save_strategy="no", report_to="none", disable_tqdm=True,
+        seed=0, schedule="constant", start=0.0, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, max_steps=n_steps, learning_rate=lr, rho=rho, optim="sgd",
+        lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, train_sampling_strategy="sequential",
+    )  # fmt: skip
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows))
+    trainer.train()
+    return trainer

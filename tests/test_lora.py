@@ -10,20 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import text_examples, write_csv
-from tiny import ListDataset, max_abs_diff, micro_batches, reference_sam_sgd, text_rows, tiny_bert, tiny_vit
+from conftest import sam_sgd_trainer, text_examples, write_csv
+from tiny import max_abs_diff, micro_batches, reference_sam_sgd, text_rows, tiny_bert, tiny_vit
 from transformers import AutoConfig
 from typer.testing import CliRunner
 
-from samtune import SAMArguments, SAMTrainer
 from samtune.cli import app
 from samtune.errors import RecipeError
 from samtune.modeling import IMAGE, TEXT, apply_lora, head_modules, lora_targets
 from samtune.recipe import LoraSection, build_recipe
 
 runner = CliRunner()
-SGD_PLAIN = dict(optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0,
-                 train_sampling_strategy="sequential")  # fmt: skip
 
 
 def _lora_bert(seed: int = 0) -> torch.nn.Module:
@@ -68,13 +65,7 @@ def test_sam_with_lora_matches_the_hand_written_loop_and_never_moves_the_base(tm
         seen_frozen_moved.append(any(not torch.equal(now[n], frozen[n]) for n in frozen))
 
     ours.register_forward_pre_hook(check_frozen, with_kwargs=True)
-    args = SAMArguments(
-        output_dir=str(tmp_path / "out"), use_cpu=True, save_strategy="no", report_to="none", disable_tqdm=True,
-        seed=0, schedule="constant", start=0.0, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation, max_steps=n_steps, learning_rate=lr, rho=rho, **SGD_PLAIN,
-    )  # fmt: skip
-    trainer = SAMTrainer(model=ours, args=args, train_dataset=ListDataset(rows))
-    trainer.train()
+    trainer = sam_sgd_trainer(tmp_path, ours, rows, batch_size, accumulation, n_steps, rho, lr)
     assert len(seen_frozen_moved) == 2 * n_steps * accumulation and not any(seen_frozen_moved)
     assert max_abs_diff(trainer.model, reference) <= 1e-6  # same formula, different code: rounding only
     assert trainer.sam_climb_steps == n_steps

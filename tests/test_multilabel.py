@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE
-from tiny import ListDataset, max_abs_diff, micro_batches, reference_sam_sgd, tiny_bert
+from conftest import FILLER, NEGATIVE, POSITIVE, sam_sgd_trainer
+from tiny import max_abs_diff, micro_batches, reference_sam_sgd, tiny_bert
 from transformers import EvalPrediction
 from typer.testing import CliRunner
 
-from samtune import SAMArguments, SAMTrainer
 from samtune.cli import app
 from samtune.data import load_data
 from samtune.errors import DataError
@@ -99,23 +98,23 @@ def _multi_hot_rows(n: int, seed: int = 4) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long), "labels": targets[i]} for i in range(n)]
 
 
+@pytest.mark.parametrize("head", ["multi-label", "regression"])
 @pytest.mark.parametrize(("batch_size", "accumulation"), [(8, 1), (4, 2)], ids=["ga1", "ga2"])
-def test_sam_on_a_multi_label_head_matches_the_hand_written_loop(tmp_path, batch_size, accumulation):
-    rows, n_steps, rho, lr = _multi_hot_rows(24), 3, 0.05, 0.5
-    model = tiny_bert(num_labels=3, problem_type="multi_label_classification")
+def test_sam_on_multi_label_and_regression_heads_matches_the_hand_written_loop(tmp_path, head, batch_size, accumulation):
+    """BCE over sigmoids, and MSE on one output: the SAM step is the paper's whatever the loss."""
+    from test_regression import regression_rows
+
+    n_steps, rho, lr = 3, 0.05, 0.5
+    if head == "multi-label":
+        rows, model = _multi_hot_rows(24), tiny_bert(num_labels=3, problem_type="multi_label_classification")
+    else:
+        rows, model = regression_rows(24), tiny_bert(num_labels=1, problem_type="regression")
     batches = micro_batches(rows, batch_size)
     steps = [batches[i * accumulation : (i + 1) * accumulation] for i in range(n_steps)]
     reference = reference_sam_sgd(model, steps, rho, lr)
-    args = SAMArguments(
-        output_dir=str(tmp_path / "out"), use_cpu=True, save_strategy="no", report_to="none", disable_tqdm=True,
-        seed=0, schedule="constant", start=0.0, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation, max_steps=n_steps, learning_rate=lr, rho=rho, optim="sgd",
-        lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, train_sampling_strategy="sequential",
-    )  # fmt: skip
-    trainer = SAMTrainer(model=copy.deepcopy(model), args=args, train_dataset=ListDataset(rows))
-    trainer.train()
+    trainer = sam_sgd_trainer(tmp_path, copy.deepcopy(model), rows, batch_size, accumulation, n_steps, rho, lr)
     assert max_abs_diff(trainer.model, reference) <= 1e-6  # same formula, different code: rounding only
-    assert max_abs_diff(reference_sam_sgd(model, steps, 0.0, lr), reference) > 1e-4
+    assert max_abs_diff(reference_sam_sgd(model, steps, 0.0, lr), reference) > 1e-4  # the climb mattered
 
 
 def test_text_multi_label_end_to_end(tmp_path, text_model_dir, topics_jsonl):
