@@ -57,12 +57,16 @@ class RunResult:
     trainer: Any = None  # the SAMTrainer, for callers that want the in-memory model
 
 
+def _outputs(eval_pred: Any) -> Any:
+    """The model's outputs (logits, or the regression value) in an EvalPrediction (the first, if it holds several)."""
+    return eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+
+
 def compute_metrics(eval_pred: Any) -> dict[str, float]:
     """Accuracy and macro F1 (scikit-learn) of the argmax predictions."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    preds = np.asarray(logits).argmax(-1)
+    preds = np.asarray(_outputs(eval_pred)).argmax(-1)
     labels = np.asarray(eval_pred.label_ids)
     return {
         "accuracy": float(accuracy_score(labels, preds)),
@@ -81,8 +85,7 @@ def compute_regression_metrics(eval_pred: Any) -> dict[str, float]:
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import mean_absolute_error, mean_squared_error
 
-    out = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    preds = np.asarray(out, dtype=np.float64).reshape(-1)
+    preds = np.asarray(_outputs(eval_pred), dtype=np.float64).reshape(-1)
     targets = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
     constant = np.ptp(preds) == 0 or np.ptp(targets) == 0
     with warnings.catch_warnings():
@@ -104,8 +107,7 @@ def multi_label_metrics(threshold: float = 0.5) -> Any:
     def compute(eval_pred: Any) -> dict[str, float]:
         from sklearn.metrics import accuracy_score, f1_score
 
-        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+        probs = 1.0 / (1.0 + np.exp(-np.asarray(_outputs(eval_pred), dtype=np.float64)))
         preds = (probs >= threshold).astype(int)
         targets = (np.asarray(eval_pred.label_ids) >= 0.5).astype(int)
         return {

@@ -59,7 +59,7 @@ import yaml
 
 from samtune.analysis.comparison import BASELINE, COMPARISON_FILE, CURVES_FILE, RunRef, build_report, json_safe
 from samtune.analysis.comparison import plot_learning_curves, read_curves
-from samtune.tasks import GREATER_IS_BETTER
+from samtune.tasks import GREATER_IS_BETTER, METRICS
 from samtune.errors import Interrupted, RecipeError, SamtuneError, TrainingError, UsageError
 from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides, settings_for_variant
 from samtune.recipe import yaml_scalar
@@ -234,10 +234,8 @@ def _ranking_metric(run: Any) -> str:
     if run.recipe.training.metric_for_best_model:
         return run.recipe.training.metric_for_best_model
     metrics = json.loads((Path(run.run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
-    for metric in ("mse", "micro_f1"):  # the defaults of samtune.tasks, by what the run computed
-        if f"eval_{metric}" in metrics:
-            return metric
-    return "accuracy"
+    # Each problem's default (its first metric), for the problem whose metrics the run computed.
+    return next((names[0] for names in METRICS.values() if f"eval_{names[0]}" in metrics), "accuracy")
 
 
 def arm_sam(arm: str, recipe_sam: SAMSection) -> dict[str, Any]:
