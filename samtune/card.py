@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from samtune.optim.settings import SAMSettings, setting_specs
 from samtune.optim.variants import SAMVariant
 from samtune.recipe import Recipe
-from samtune.tasks import METRIC_NAMES, METRICS, MULTI_LABEL, REGRESSION, metrics_of, modality, pipeline_tag, problem
+from samtune.tasks import GREATER_IS_BETTER, METRIC_NAMES, METRICS, MULTI_LABEL, REGRESSION, metrics_of, modality, pipeline_tag, problem
 
 CURVES_FILE = "training_curves.png"
 # What `samtune sharpness` writes into a run directory; the card shows it when present.
@@ -98,11 +98,13 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
         ax_loss.plot([h["epoch"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="eval loss",
                      color="tab:orange")  # fmt: skip
         lowest = 0.0
-        for key, colour in (("eval_accuracy", "tab:green"), ("eval_f1", "tab:purple"),
-                            ("eval_pearson", "tab:green"), ("eval_spearman", "tab:purple"),
-                            ("eval_micro_f1", "tab:green"), ("eval_macro_f1", "tab:purple")):  # fmt: skip
+        # Each task's scores (samtune.tasks: the metrics where higher is better, all within [-1, 1]).
+        scores = [(f"eval_{m}", i) for names in METRICS.values() for i, m in enumerate(n for n in names
+                  if GREATER_IS_BETTER[n])]  # fmt: skip
+        for key, i in scores:
             points = [(h["epoch"], h[key]) for h in evals if key in h]
             if points:
+                colour = ("tab:green", "tab:purple", "tab:brown")[i % 3]
                 ax_metric.plot(*zip(*points), "o-", label=key.removeprefix("eval_"), color=colour)
                 lowest = min(lowest, *(v for _, v in points))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
