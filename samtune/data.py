@@ -346,6 +346,15 @@ def _as_names(ds: Dataset, column: str) -> Dataset:
     return as_text.cast_column(column, Value("string"))
 
 
+def _renamed_to_labels(ds: Dataset, column: str) -> Dataset:
+    """The encoded label column under the name the models take, `labels` (any other column of that name dropped)."""
+    if column == LABELS:
+        return ds
+    if LABELS in ds.column_names:
+        ds = ds.remove_columns(LABELS)
+    return ds.rename_column(column, LABELS)
+
+
 def encode_labels(
     splits: dict[str, Dataset], column: str, names: list[str] | None = None
 ) -> tuple[dict[str, Dataset], list[str]]:
@@ -389,11 +398,7 @@ def encode_labels(
                     f"Known labels: {', '.join(names[:20])}. Fix the data or drop those rows.",
                 )
             ds = ds.cast_column(column, target)
-        if column != LABELS:
-            if LABELS in ds.column_names:
-                ds = ds.remove_columns(LABELS)
-            ds = ds.rename_column(column, LABELS)
-        encoded[split] = ds
+        encoded[split] = _renamed_to_labels(ds, column)
     return encoded, names
 
 
@@ -436,11 +441,7 @@ def encode_targets(splits: dict[str, Dataset], column: str) -> dict[str, Dataset
                 "-classification task if the values are classes.",
             )
         ds = ds.map(lambda v: {column: _number(v)}, input_columns=column).cast_column(column, Value("float32"))
-        if column != LABELS:
-            if LABELS in ds.column_names:
-                ds = ds.remove_columns(LABELS)
-            ds = ds.rename_column(column, LABELS)
-        encoded[split] = ds
+        encoded[split] = _renamed_to_labels(ds, column)
     return encoded
 
 
