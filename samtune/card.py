@@ -13,7 +13,18 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from samtune.optim.settings import SAMSettings, setting_specs
 from samtune.optim.variants import SAMVariant
 from samtune.recipe import Recipe
-from samtune.tasks import GREATER_IS_BETTER, METRIC_NAMES, METRICS, MULTI_LABEL, REGRESSION, metrics_of, modality, pipeline_tag, problem
+from samtune.tasks import (
+    GREATER_IS_BETTER,
+    METRIC_NAMES,
+    METRICS,
+    MULTI_LABEL,
+    REGRESSION,
+    TOKENS,
+    metrics_of,
+    modality,
+    pipeline_tag,
+    problem,
+)
 
 CURVES_FILE = "training_curves.png"
 # What `samtune sharpness` writes into a run directory; the card shows it when present.
@@ -220,19 +231,22 @@ def _usage(facts: CardFacts, example: str) -> str:
     where = facts.recipe.hub.repo_id or "PATH_TO_THIS_FOLDER"
     tag = pipeline_tag(facts.task)
     raw = {REGRESSION: ', function_to_apply="none"',  # the number itself
-           MULTI_LABEL: ', function_to_apply="sigmoid", top_k=None'}.get(problem(facts.task), "")  # every label's own  # fmt: skip
+           MULTI_LABEL: ', function_to_apply="sigmoid", top_k=None',  # every label's own
+           TOKENS: ', aggregation_strategy="simple"'}.get(problem(facts.task), "")  # words' tags joined into entities  # fmt: skip
     if not facts.adapter:
         return f"""from transformers import pipeline
 
 classifier = pipeline("{tag}", model="{where}"{raw})
 print(classifier({example!r}))"""
     if modality(facts.task) == "text":
-        load = f"""from peft import AutoPeftModelForSequenceClassification
+        auto = "AutoPeftModelForTokenClassification" if problem(facts.task) == TOKENS else "AutoPeftModelForSequenceClassification"
+        load = f"""from peft import {auto}
 from transformers import AutoConfig, AutoTokenizer, pipeline
 
 labels = AutoConfig.from_pretrained("{where}").id2label  # the run's labels: config.json beside the adapters
-model = AutoPeftModelForSequenceClassification.from_pretrained(
-    "{where}", id2label=labels, label2id={{v: k for k, v in labels.items()}}
+model = {auto}.from_pretrained(
+    "{where}", id2label=labels, label2id={{v: k for k, v in labels.items()}},
+    ignore_mismatched_sizes=True,  # the head comes from the adapters' folder
 )
 processor = AutoTokenizer.from_pretrained("{where}")"""
     else:
@@ -256,6 +270,9 @@ def _labels_line(facts: CardFacts) -> str:
     if problem(facts.task) == REGRESSION:
         target = facts.labels[0] if facts.labels else "the label column"
         return f"Regression: one output, the target `{target}`, trained with a mean squared error loss."
+    if problem(facts.task) == TOKENS:
+        return (f"Token classification: a tag per word, on its first sub-word token; entity-level precision, recall "
+                f"and F1 by seqeval. Tags ({len(facts.labels)}): {', '.join(facts.labels)}.")
     if problem(facts.task) == MULTI_LABEL:
         return (f"Labels ({len(facts.labels)}, several per example: multi-label, a sigmoid and a binary cross-entropy "
                 f"per label; predicted from probability {facts.recipe.training.threshold:g}): {', '.join(facts.labels)}.")

@@ -1,8 +1,9 @@
 """Datasets: hub ids, local files and folders; which columns hold what; labels as classes; splits.
 
 `load_data(recipe.data)` returns the train / eval (/ test) splits with the label column renamed
-`labels` and encoded as a `ClassLabel` (classification) or as float32 targets (regression), and
-says which columns hold the text or the image.
+`labels` and encoded as a `ClassLabel` (classification), float32 targets (regression), a multi-hot
+vector (multi-label) or a list of tag ids, one per word (token classification), and says which
+columns hold the text (or the words) or the image.
 Every problem a user can cause ends in a `DataError` (exit 3) that names it and the fix.
 """
 
@@ -15,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from samtune.errors import DataError, UsageError
 from samtune.recipe import DataSection, resolve_package_path
-from samtune.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION, modality, problem, task_of
+from samtune.tasks import (
+    CLASSIFICATION,
+    MULTI_LABEL,
+    REGRESSION,
+    TOKEN_CLASSIFICATION,
+    TOKENS,
+    modality,
+    problem,
+    task_of,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -25,6 +35,8 @@ log = logging.getLogger(__name__)
 LABEL_COLUMNS = ("label", "labels")
 IMAGE_COLUMNS = ("image", "img")
 TEXT_COLUMNS = ("text", "sentence")
+WORD_COLUMNS = ("tokens", "words")  # token classification: a list of words per row ...
+TAG_COLUMNS = ("ner_tags", "tags", "labels", "label")  # ... and a list of tags, one per word (conll-style names)
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence"))
 EVAL_SPLITS = ("validation", "valid", "val", "dev")  # "test" is kept for the final score
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -37,12 +49,12 @@ COMBINED_LABELS = "__samtune_labels"  # data.label_columns' 0/1 columns as one c
 class PreparedData:
     """The splits to train and evaluate on, and what their columns hold."""
 
-    task: str  # a task of samtune.tasks: text-/image- classification or regression
+    task: str  # a task of samtune.tasks
     train: Dataset
     eval: Dataset
     labels: list[str]  # the class names; for regression, the target's name alone
     test: Dataset | None = None
-    text_column: str | None = None
+    text_column: str | None = None  # token classification: the column of word lists
     text_pair_column: str | None = None
     image_column: str | None = None
     eval_source: str = ""
@@ -267,9 +279,11 @@ def _pick(columns: list[str], explicit: str | None, candidates: tuple[str, ...],
 
 
 def detect_columns(columns: list[str], features: Any, data: DataSection, task: str) -> dict[str, str | None]:
-    """Which columns hold the label, and the text (and its pair) or the image."""
+    """Which columns hold the label, and the text (and its pair) or the image (token classification: the words)."""
     from datasets import Image
 
+    if task == TOKEN_CLASSIFICATION:
+        return _word_columns(columns, data)
     explicit = COMBINED_LABELS if data.label_columns else data.label_column
     label = _pick(columns, explicit, LABEL_COLUMNS, "labels", "data.label_column")
     if label is None:
@@ -305,6 +319,30 @@ def detect_columns(columns: list[str], features: Any, data: DataSection, task: s
             "samtune looks for 'text', 'sentence' and pairs such as sentence1/sentence2.",
         )
     return {"label": label, "image": None, "text": text, "pair": pair}
+
+
+def _word_columns(columns: list[str], data: DataSection) -> dict[str, str | None]:
+    """Token classification: the column of words (data.text_column) and of their tags (data.label_column)."""
+    words = _pick(columns, data.text_column, WORD_COLUMNS, "words", "data.text_column")
+    tags = _pick(columns, data.label_column, TAG_COLUMNS, "tags", "data.label_column")
+    if words is None or tags is None:
+        what, key, looked = ("words", "text_column", WORD_COLUMNS) if words is None else ("tags", "label_column", TAG_COLUMNS)
+        raise DataError(
+            f"token classification: no column of {what} found (columns: {', '.join(columns)})",
+            f"Name it with data.{key}=COLUMN (samtune looks for {', '.join(repr(c) for c in looked)}); "
+            "each row holds a list of words and a list of tags, one per word.",
+        )
+    return {"label": tags, "image": None, "text": words, "pair": None}
+
+
+def holds_word_lists(ds: Dataset, data: DataSection) -> bool:
+    """Whether the data looks like token classification: a words column (data.text_column, else 'tokens' or
+    'words') that holds lists of strings."""
+    column = data.text_column or next((c for c in WORD_COLUMNS if c in ds.column_names), None)
+    if column is None or column not in ds.column_names or not is_list_column(ds, column):
+        return False
+    item = ds.features[column].feature
+    return getattr(item, "dtype", None) in ("string", "large_string")
 
 
 # ---- labels -------------------------------------------------------------------------------
@@ -509,6 +547,69 @@ def encode_multi_hot(
     return encoded, names
 
 
+def _tag_names(ds: Dataset, column: str) -> list[str]:
+    """The tag set of a words-and-tags split: a ClassLabel's names, else every tag seen (whole numbers in
+    numeric order, text sorted)."""
+    _, class_names = _list_item_names(ds, column)
+    if class_names is not None:
+        return class_names
+    seen = {v for row in ds[column] if row is not None for v in row if v is not None}
+    if seen and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen):
+        return [str(int(v)) for v in sorted(seen)]
+    return sorted(str(v) for v in seen)
+
+
+def encode_tags(
+    splits: dict[str, Dataset], words: str, column: str, names: list[str] | None = None
+) -> tuple[dict[str, Dataset], list[str]]:
+    """Each split's tags as `labels`, a list of tag ids over `names` (default: the train split's tag set), one per
+    word; rows whose tags are not a list as long as their words, or hold a tag outside `names`, are a DataError."""
+    from datasets import ClassLabel, Sequence
+
+    for split, ds in splits.items():
+        if not is_list_column(ds, column):
+            raise DataError(
+                f"token classification: the '{split}' split's column '{column}' holds "
+                f"{ds.features[column]}, not a list of tags per row",
+                "Each row needs a list of tags, one per word (data.label_column names the column).",
+            )
+        if not is_list_column(ds, words):
+            raise DataError(
+                f"token classification: the '{split}' split's column '{words}' does not hold a list of words per row",
+                "Each row needs a list of words (data.text_column names the column).",
+            )
+        for i, (tokens, tags) in enumerate(zip(ds[words], ds[column])):
+            if tags is None or len(tags) != len(tokens):
+                raise DataError(
+                    f"token classification: row {i} of the '{split}' split has {len(tokens)} words but "
+                    f"{'no' if tags is None else len(tags)} tags",
+                    f"Give every row one tag per word in '{column}' (or drop the row).",
+                )
+    if names is None:
+        names = _tag_names(splits["train"], column)
+        if len(names) < 2:
+            raise DataError(f"the train split has {len(names)} tag{'s' if len(names) != 1 else ''} in column '{column}'",
+                            "A tagger needs at least two tags; check the data and data.label_column.")  # fmt: skip
+    index = {n: i for i, n in enumerate(names)}
+    encoded: dict[str, Dataset] = {}
+    for split, ds in splits.items():
+        _, class_names = _list_item_names(ds, column)
+        rows, unseen = [], set()
+        for tags in ds[column]:
+            as_names = [class_names[t] if class_names is not None else
+                        str(int(t)) if isinstance(t, (int, float)) and not isinstance(t, bool) else str(t) for t in tags]  # fmt: skip
+            unseen.update(n for n in as_names if n not in index)
+            rows.append([index.get(n, -1) for n in as_names])
+        if unseen:
+            raise DataError(
+                f"the '{split}' split has tags the model was not trained on: {', '.join(sorted(unseen)[:10])}",
+                f"Known tags: {', '.join(names[:20])}. Fix the data or drop those rows.",
+            )
+        ds = ds.remove_columns(column).add_column(LABELS, rows)
+        encoded[split] = ds.cast_column(LABELS, Sequence(ClassLabel(names=names)))
+    return encoded, names
+
+
 def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
     """The split to evaluate: the one named, else validation-like, else the only one."""
     if split is not None:
@@ -561,15 +662,17 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
     train = raw[data.train_split]
     if len(train) == 0:
         raise DataError(f"the '{data.train_split}' split is empty", "Check the data.")
-    cols = detect_columns(list(train.column_names), train.features, data, task if task != "auto" else model_task or "auto")
+    words = task == TOKEN_CLASSIFICATION or (task == "auto" and holds_word_lists(train, data))
+    hint = TOKEN_CLASSIFICATION if words else task if task != "auto" else model_task or "auto"
+    cols = detect_columns(list(train.column_names), train.features, data, hint)
     eval_name, test_name = _eval_and_test_names(raw, data, cols["label"])
     splits = {"train": train}
     if eval_name is not None:
         splits["eval"] = raw[eval_name]
     if test_name is not None:
         splits["test"] = raw[test_name]
-    if task != "auto":
-        kind = problem(task)
+    if task != "auto" or words:
+        kind = problem(hint)
     elif is_list_column(train, cols["label"]):
         kind = MULTI_LABEL
     elif model_task is not None and problem(model_task) != CLASSIFICATION:
@@ -587,6 +690,8 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
     splits = _keep_usable_rows(splits, cols, data)
     if kind == REGRESSION:
         splits, names = encode_targets(splits, cols["label"]), [cols["label"]]
+    elif kind == TOKENS:
+        splits, names = encode_tags(splits, cols["text"], cols["label"])
     elif kind == MULTI_LABEL:
         splits, names = encode_multi_hot(splits, cols["label"], names=data.label_columns)
     else:
@@ -665,7 +770,9 @@ def _keep_usable_rows(splits: dict[str, Any], cols: dict[str, Any], data: DataSe
     splits = {k: v.select_columns(keep) for k, v in splits.items()}
     if cols["text"]:
         text_cols = [c for c in (cols["text"], cols["pair"]) if c]
-        splits = {k: v.filter(lambda *t: all(x is not None for x in t), input_columns=text_cols) for k, v in splits.items()}
+        # (a row of words with no word in it, such as an empty line of a conll file, has nothing to tag)
+        splits = {k: v.filter(lambda *t: all(x is not None and x != [] for x in t), input_columns=text_cols)
+                  for k, v in splits.items()}  # fmt: skip
     if data.labels:
         splits = {k: _as_names(v, cols["label"]) for k, v in splits.items()}
         wanted = set(data.labels)

@@ -1,5 +1,6 @@
 """Models and processors: Auto classes from a hub id or folder, the head fitted to the labels,
-tokenisation for text and the model's own image processing for images."""
+tokenisation for text (word tags aligned to sub-word tokens for token classification) and the
+model's own image processing for images."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from samtune.tasks import (
     PROBLEM_TYPES,
     REGRESSION,
     TEXT_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    TOKENS,
     from_problem_type,
     modality,
     problem,
@@ -87,6 +90,9 @@ def model_task(config: PretrainedConfig) -> str | None:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
+    if any(a.endswith("ForTokenClassification") for a in getattr(config, "architectures", None) or []):
+        return TOKEN_CLASSIFICATION  # a tagger (a samtune token-classification run, or an NER model)
+
     image = config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
     text = config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
     kind = "image" if image and not text else "text" if text and not image else None
@@ -97,7 +103,11 @@ def model_task(config: PretrainedConfig) -> str | None:
 
 
 def load_processor(section: ModelSection, task: str) -> Any:
-    """The tokenizer (text) or image processor (images) saved with the model."""
+    """The tokenizer (text) or image processor (images) saved with the model.
+
+    Token classification takes words already split: byte-level BPE tokenizers (RoBERTa's, GPT-2's) then need
+    `add_prefix_space`, as the transformers NER example sets it, so that each word is tokenised as it is mid-sentence.
+    """
     name = model_path(section)
     try:
         if modality(task) == "image":
@@ -106,7 +116,11 @@ def load_processor(section: ModelSection, task: str) -> Any:
             return load_image_processor(name, revision=section.revision)
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name, revision=section.revision, trust_remote_code=section.trust_remote_code)
+        common = dict(revision=section.revision, trust_remote_code=section.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name, **common)
+        if problem(task) == TOKENS and getattr(tokenizer, "add_prefix_space", None) is False:
+            tokenizer = AutoTokenizer.from_pretrained(name, add_prefix_space=True, **common)
+        return tokenizer
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(
             f"cannot load the {'image processor' if modality(task) == 'image' else 'tokenizer'} of '{section.name}': "
@@ -127,10 +141,17 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
 
     A folder of LoRA adapters (a LoRA run) loads as its base model with the adapters merged in.
     """
-    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
     from transformers.utils import logging as hf_logging
 
-    auto = AutoModelForImageClassification if modality(task) == "image" else AutoModelForSequenceClassification
+    if problem(task) == TOKENS:
+        auto = AutoModelForTokenClassification
+    else:
+        auto = AutoModelForImageClassification if modality(task) == "image" else AutoModelForSequenceClassification
     name = model_path(section)
     if holds_adapter(name):
         return _load_adapter_run(name, section, task, labels)
@@ -153,10 +174,10 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
         )
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
-            kind = modality(task)
+            kind = TOKEN_CLASSIFICATION if problem(task) == TOKENS else f"{modality(task)}-classification"
             raise UsageError(
-                f"model '{section.name}' has no {kind}-classification head in transformers",
-                f"Choose a model made for {kind} classification, or check that the data matches the model.",
+                f"model '{section.name}' has no {kind} head in transformers",
+                f"Choose a model made for {kind.replace('-', ' ')}, or check that the data matches the model.",
             ) from e
         raise _not_found(section.name or name, e) from e
     except OSError as e:
@@ -230,7 +251,7 @@ def apply_lora(model: PreTrainedModel, lora: LoraSection, task: str) -> Any:
         lora_dropout=lora.dropout,
         target_modules=targets,
         modules_to_save=keep or None,
-        task_type=TaskType.SEQ_CLS if modality(task) == "text" else None,
+        task_type=TaskType.TOKEN_CLS if problem(task) == TOKENS else TaskType.SEQ_CLS if modality(task) == "text" else None,
     )
     try:
         with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
@@ -264,8 +285,41 @@ def tokenize_split(ds: Any, tokenizer: Any, text_column: str, pair_column: str |
     return ds.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
 
 
+def tokenize_words(ds: Any, tokenizer: Any, words_column: str, max_length: int) -> Any:
+    """Token classification: each row's words as token ids, its tags aligned to them as the transformers examples
+    do: a word's tag on its first sub-word token, -100 (ignored by the loss and the metrics) on the others and on
+    special tokens. Words cut off by `max_length` are neither trained nor scored."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise UsageError(
+            f"token classification needs a fast tokenizer (to map sub-word tokens to words); "
+            f"'{getattr(tokenizer, 'name_or_path', '')}' has a {type(tokenizer).__name__}",
+            "Choose a model whose tokenizer has a tokenizer.json (a fast, Rust tokenizer).",
+        )
+
+    def encode(batch: dict[str, list]) -> dict[str, Any]:
+        encoded = tokenizer(batch[words_column], is_split_into_words=True, truncation=True, max_length=max_length)
+        aligned = []
+        for row, tags in enumerate(batch["labels"]):
+            previous, labels = None, []
+            for word in encoded.word_ids(row):
+                labels.append(-100 if word is None or word == previous else tags[word])
+                previous = word
+            aligned.append(labels)
+        encoded["labels"] = aligned
+        return encoded
+
+    from datasets import Sequence, Value
+
+    drop = [c for c in ds.column_names if c != "labels"]
+    ds = ds.cast_column("labels", Sequence(Value("int64")))  # tag ids: -100 is not a class
+    return ds.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
+
+
 def eval_inputs(ds: Any, task: str, processor: Any, columns: dict[str, str | None], max_length: int) -> Any:
-    """A split ready to evaluate: tokenized text, or images resized by the model's own processor."""
+    """A split ready to evaluate: tokenized text (or words, tags aligned), or images resized by the model's own
+    processor."""
+    if problem(task) == TOKENS:
+        return tokenize_words(ds, processor, columns["text"], max_length)
     if modality(task) == "image":
         from samtune.imaging import EvalTransform
 
@@ -284,6 +338,8 @@ def prepare_inputs(data: PreparedData, processor: Any, max_length: int, seed: in
         )
         data.train = data.train.add_column(INDEX, list(range(len(data.train)))).with_transform(augment)
         data.augment = augment
+    elif problem(data.task) == TOKENS:
+        data.train = tokenize_words(data.train, processor, data.text_column, max_length)
     else:
         data.train = tokenize_split(data.train, processor, data.text_column, data.text_pair_column, max_length)
     data.eval = eval_inputs(data.eval, data.task, processor, columns, max_length)
@@ -293,9 +349,12 @@ def prepare_inputs(data: PreparedData, processor: Any, max_length: int, seed: in
 
 
 def collator(task: str, processor: Any) -> Any:
-    """Dynamic padding for text; the default stacking for images."""
-    from transformers import DataCollatorWithPadding
+    """Dynamic padding for text (token classification: its tags padded with -100 too); the default stacking for
+    images."""
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
+    if problem(task) == TOKENS:
+        return DataCollatorForTokenClassification(processor)
     return DataCollatorWithPadding(processor) if modality(task) == "text" else None
 
 

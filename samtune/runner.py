@@ -23,6 +23,7 @@ from samtune.tasks import (
     GREATER_IS_BETTER,
     MULTI_LABEL,
     REGRESSION,
+    TOKENS,
     default_metric,
     metric_problem,
     metrics_of,
@@ -119,10 +120,50 @@ def multi_label_metrics(threshold: float = 0.5) -> Any:
     return compute
 
 
-def metrics_function(task: str, threshold: float = 0.5) -> Any:
-    """The `compute_metrics` of a task."""
+def entity_tags(labels: list[str]) -> list[str]:
+    """The tags as seqeval reads them: a tag set in a chunk scheme (B-/I-/E-/S-/L-/U- prefixes, and O) as it is;
+    any other (e.g. part-of-speech tags) with each word its own entity (B-tag; O stays outside), so that the
+    entity scores are then the word-level F1 over the tags other than O."""
+    import re
+
+    scheme = re.compile(r"^[BIESLU]-.")
+    if any(scheme.match(t) for t in labels):
+        return list(labels)
+    return [t if t == "O" else f"B-{t}" for t in labels]
+
+
+def token_classification_metrics(labels: list[str]) -> Any:
+    """The `compute_metrics` of token classification over the tag names `labels`: the argmax tag of each scored
+    word (its first sub-word token; -100 elsewhere), entity-level precision, recall and F1 by seqeval (conlleval's
+    rules, micro-averaged over entity types) and the share of words tagged right."""
+    tags = entity_tags(labels)
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+        preds = np.asarray(_outputs(eval_pred)).argmax(-1)
+        targets = np.asarray(eval_pred.label_ids)
+        truth, predicted = [], []
+        for p_row, t_row in zip(preds, targets):
+            scored = t_row != -100
+            truth.append([tags[i] for i in t_row[scored]])
+            predicted.append([tags[i] for i in p_row[scored]])
+        return {
+            "entity_f1": float(f1_score(truth, predicted, zero_division=0)),
+            "entity_precision": float(precision_score(truth, predicted, zero_division=0)),
+            "entity_recall": float(recall_score(truth, predicted, zero_division=0)),
+            "word_accuracy": float(accuracy_score(truth, predicted)),
+        }
+
+    return compute
+
+
+def metrics_function(task: str, threshold: float = 0.5, labels: list[str] | None = None) -> Any:
+    """The `compute_metrics` of a task (`labels`: the class or tag names, which token classification needs)."""
     if problem(task) == MULTI_LABEL:
         return multi_label_metrics(threshold)
+    if problem(task) == TOKENS:
+        return token_classification_metrics(labels or [])
     return compute_regression_metrics if problem(task) == REGRESSION else compute_metrics
 
 
@@ -231,7 +272,7 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
     metric = recipe.training.metric_for_best_model
     if metric is not None and (wrong := metric_problem(data.task, metric)):
         raise UsageError(wrong, f"Choose one of {', '.join(metrics_of(data.task))}, or leave it out.")
-    if problem(data.task) != CLASSIFICATION and recipe.training.label_smoothing > 0:
+    if problem(data.task) not in (CLASSIFICATION, TOKENS) and recipe.training.label_smoothing > 0:
         raise UsageError(f"training.label_smoothing smooths single class labels; this is a {problem(data.task)} run",
                          "Set training.label_smoothing=0.")  # fmt: skip
     processor = modeling.load_processor(recipe.model, data.task)
@@ -382,7 +423,7 @@ def _build_trainer(
             eval_dataset=data.eval,
             processing_class=processor,
             data_collator=modeling.collator(task, processor),
-            compute_metrics=metrics_function(task, threshold),
+            compute_metrics=metrics_function(task, threshold, data.labels),
             callbacks=callbacks,
         )
     except UnsupportedSetupError as e:
@@ -483,7 +524,9 @@ def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[st
     from samtune import modeling
 
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.get_base_model().config.save_pretrained(run_dir)
+    base = model.get_base_model()
+    base.config.architectures = [type(base).__name__]  # as save_pretrained writes it: the task a run reads back
+    base.config.save_pretrained(run_dir)
     trainable, total = model.get_nb_trainable_parameters()  # peft's count: the base once, plus the adapters
     lora = recipe.model.lora
     peft_config = model.peft_config["default"]
@@ -551,7 +594,7 @@ def evaluate_run(
         )  # fmt: skip
         trainer = SAMTrainer(
             model=model, args=args, processing_class=processor,
-            compute_metrics=metrics_function(run.task, recipe.training.threshold),
+            compute_metrics=metrics_function(run.task, recipe.training.threshold, run.labels),
             data_collator=modeling.collator(run.task, processor),
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)

@@ -52,8 +52,16 @@ def read_run(run_dir: Path, recipe: Recipe) -> SavedRun:
 def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examples:
     """`split` of the dataset `data` names (default: the validation-like one), its labels matched to the run's by name
     (a regression run's targets read as numbers)."""
-    from samtune.data import detect_columns, encode_labels, encode_multi_hot, encode_targets, load_raw, pick_eval_split
-    from samtune.tasks import MULTI_LABEL, REGRESSION, problem
+    from samtune.data import (
+        detect_columns,
+        encode_labels,
+        encode_multi_hot,
+        encode_tags,
+        encode_targets,
+        load_raw,
+        pick_eval_split,
+    )
+    from samtune.tasks import MULTI_LABEL, REGRESSION, TOKENS, problem
 
     raw, _ = load_raw(data)
     split_name = pick_eval_split(raw, split)
@@ -64,6 +72,9 @@ def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examp
         encoded = encode_targets({"eval": ds.select_columns(keep)}, cols["label"])
     elif problem(run.task) == MULTI_LABEL:
         encoded, _ = encode_multi_hot({"eval": ds.select_columns(keep)}, cols["label"], names=run.labels)
+    elif problem(run.task) == TOKENS:
+        rows = ds.select_columns(keep).filter(lambda words: words is not None and words != [], input_columns=cols["text"])
+        encoded, _ = encode_tags({"eval": rows}, cols["text"], cols["label"], names=run.labels)
     else:
         encoded, _ = encode_labels({"eval": ds.select_columns(keep)}, cols["label"], names=run.labels)
     columns = {"text": cols["text"], "pair": cols["pair"], "image": cols["image"]}

@@ -1,4 +1,5 @@
-"""The tasks samtune fine-tunes, as one table: a modality (text or image) and a problem (one class, several, or a number).
+"""The tasks samtune fine-tunes, as one table: a modality (text or image) and a problem (one class, several, a number,
+or a class per word).
 
 A task's name is what the recipe's `task` takes; everything else about it (the metrics, which way
 each is better, the default metric for choosing the best checkpoint) is read from here. Nothing
@@ -13,12 +14,14 @@ TEXT_REGRESSION = "text-regression"
 IMAGE_REGRESSION = "image-regression"
 TEXT_MULTI_LABEL = "text-multi-label"
 IMAGE_MULTI_LABEL = "image-multi-label"
+TOKEN_CLASSIFICATION = "token-classification"  # a class per word (NER-style tags); text only
 TASKS = (TEXT_CLASSIFICATION, IMAGE_CLASSIFICATION, TEXT_REGRESSION, IMAGE_REGRESSION, TEXT_MULTI_LABEL,
-         IMAGE_MULTI_LABEL)  # fmt: skip
+         IMAGE_MULTI_LABEL, TOKEN_CLASSIFICATION)  # fmt: skip
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 MULTI_LABEL = "multi-label"
+TOKENS = "tokens"  # a class per word
 # transformers' config.problem_type for each problem
 PROBLEM_TYPES = {CLASSIFICATION: "single_label_classification", REGRESSION: "regression",
                  MULTI_LABEL: "multi_label_classification"}  # fmt: skip
@@ -26,22 +29,28 @@ PROBLEM_TYPES = {CLASSIFICATION: "single_label_classification", REGRESSION: "reg
 # Per problem: the metrics computed at every evaluation (besides the loss), the first the default for
 # choosing the best checkpoint.
 METRICS = {CLASSIFICATION: ("accuracy", "f1"), REGRESSION: ("mse", "mae", "pearson", "spearman"),
-           MULTI_LABEL: ("micro_f1", "macro_f1", "subset_accuracy")}  # fmt: skip
+           MULTI_LABEL: ("micro_f1", "macro_f1", "subset_accuracy"),
+           TOKENS: ("entity_f1", "entity_precision", "entity_recall", "word_accuracy")}  # fmt: skip
 GREATER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "mse": False, "mae": False, "pearson": True,
-                     "spearman": True, "micro_f1": True, "macro_f1": True, "subset_accuracy": True}  # fmt: skip
+                     "spearman": True, "micro_f1": True, "macro_f1": True, "subset_accuracy": True, "entity_f1": True,
+                     "entity_precision": True, "entity_recall": True, "word_accuracy": True}  # fmt: skip
 ALL_METRICS = tuple(GREATER_IS_BETTER)
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "macro F1", "loss": "loss", "mse": "mean squared error",
                 "mae": "mean absolute error", "pearson": "Pearson r", "spearman": "Spearman rho",
-                "micro_f1": "micro F1", "macro_f1": "macro F1", "subset_accuracy": "subset accuracy"}  # fmt: skip
+                "micro_f1": "micro F1", "macro_f1": "macro F1", "subset_accuracy": "subset accuracy",
+                "entity_f1": "entity F1", "entity_precision": "entity precision", "entity_recall": "entity recall",
+                "word_accuracy": "word accuracy"}  # fmt: skip
 
 
 def modality(task: str) -> str:
     """'text' or 'image'."""
-    return task.split("-", 1)[0]
+    return "text" if task == TOKEN_CLASSIFICATION else task.split("-", 1)[0]
 
 
 def problem(task: str) -> str:
-    """'classification', 'regression' or 'multi-label'."""
+    """'classification', 'regression', 'multi-label' or 'tokens'."""
+    if task == TOKEN_CLASSIFICATION:
+        return TOKENS
     for kind in (REGRESSION, MULTI_LABEL):
         if task.endswith(f"-{kind}"):
             return kind
@@ -55,7 +64,7 @@ def from_problem_type(problem_type: str | None) -> str:
 
 def task_of(modality_name: str, problem_name: str) -> str:
     """The task for a modality and a problem: ('text', 'regression') -> 'text-regression'."""
-    return f"{modality_name}-{problem_name}"
+    return TOKEN_CLASSIFICATION if problem_name == TOKENS else f"{modality_name}-{problem_name}"
 
 
 def metrics_of(task: str) -> tuple[str, ...]:
@@ -78,4 +87,4 @@ def metric_problem(task: str, metric: str) -> str | None:
 
 def pipeline_tag(task: str) -> str:
     """The Hub pipeline a task's model serves: regression and multi-label heads are sequence/image classifiers too."""
-    return f"{modality(task)}-classification"
+    return TOKEN_CLASSIFICATION if task == TOKEN_CLASSIFICATION else f"{modality(task)}-classification"

@@ -60,8 +60,9 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def _evals(run_dir: Path) -> list[tuple]:
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    # Each task's first metric: accuracy, regression's MSE, multi-label's micro F1.
-    score = next(k for k in ("eval_accuracy", "eval_mse", "eval_micro_f1") if any(k in h for h in history))
+    # Each task's first metric: accuracy, regression's MSE, multi-label's micro F1, token classification's entity F1.
+    score = next(k for k in ("eval_accuracy", "eval_mse", "eval_micro_f1", "eval_entity_f1")
+                 if any(k in h for h in history))  # fmt: skip
     return [(h["step"], h["eval_loss"], h[score]) for h in history if "eval_loss" in h]
 
 
@@ -101,6 +102,11 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir):
 
                 topics = write_jsonl(root / "topics.jsonl", topic_examples(96))
                 recipe = _recipe(root, text_model_dir, accumulation, topics, label_column="tags")
+            elif task == "token":
+                from test_token_classification import tagged_examples, write_jsonl
+
+                tagged = write_jsonl(root / "ner.jsonl", tagged_examples(96))
+                recipe = _recipe(root, text_model_dir, accumulation, tagged)
             else:
                 recipe = _recipe(root, image_model_dir, accumulation, _image_folder(root))
             done = _samtune(["train", recipe, "--output-dir", root / "run"])
@@ -125,9 +131,9 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
 
 @pytest.mark.parametrize(("task", "accumulation"),
                          [("text", 1), ("text", 2), ("image", 1), ("text-window-lr", 2), ("text-lora", 2),
-                          ("text-regression", 2), ("text-multi-label", 2)],
+                          ("text-regression", 2), ("text-multi-label", 2), ("token", 2)],
                          ids=["text-ga1", "text-ga2", "image-ga1", "text-window-lr-ga2", "text-lora-ga2",
-                              "text-regression-ga2", "text-multi-label-ga2"])  # fmt: skip
+                              "text-regression-ga2", "text-multi-label-ga2", "token-ga2"])  # fmt: skip
 def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, task, accumulation):
     """The image run checks the augmentation too: random crops and flips resume where they were."""
     recipe, reference = uninterrupted(accumulation, task)

@@ -2,8 +2,8 @@
 
 Upstream behaviour: `Trainer.training_step` divides the loss by the accumulation steps unless it
 believes the model normalised it already (`model_accepts_loss_kwargs` and `num_items_in_batch`
-given). Classification heads (BERT's, ViT's, ...) accept `num_items_in_batch` through `**kwargs`
-but return a batch mean anyway, so with accumulation the stock update is N times too large.
+given). Classification heads (BERT's, ViT's, ...) and token-classification heads accept
+`num_items_in_batch` through `**kwargs` but return a batch mean anyway, so with accumulation the stock update is N times too large.
 Where this is fixed upstream, `loss_ignores_num_items` can go.
 
 transformers 5.20 added `Trainer.loss_is_scaled_for_ga`; `loss_is_scaled_for_ga` below is that
@@ -19,6 +19,7 @@ from torch import nn
 # Heads whose loss is a mean over the batch whatever `num_items_in_batch` says (transformers 5.x).
 MEAN_LOSS_HEADS = (
     "ForSequenceClassification",
+    "ForTokenClassification",  # every 5.24 tagger: a mean over the micro-batch's labelled tokens
     "ForImageClassification",
     "ForAudioClassification",
     "ForVideoClassification",
