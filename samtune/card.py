@@ -16,6 +16,7 @@ from samtune.recipe import Recipe
 from samtune.tasks import (
     GREATER_IS_BETTER,
     METRIC_NAMES,
+    GENERATION,
     METRICS,
     MULTI_LABEL,
     REGRESSION,
@@ -54,6 +55,7 @@ class CardFacts:
     license: str | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     adapter: dict[str, Any] | None = None  # a LoRA run: its adapters' settings and parameter counts
+    response_column: str | None = None  # a causal LM trained on prompts and responses: the responses' column
 
 
 def base_model_license(model_ref: str | None) -> str | None:
@@ -233,6 +235,8 @@ def _usage(facts: CardFacts, example: str) -> str:
     raw = {REGRESSION: ', function_to_apply="none"',  # the number itself
            MULTI_LABEL: ', function_to_apply="sigmoid", top_k=None',  # every label's own
            TOKENS: ', aggregation_strategy="simple"'}.get(problem(facts.task), "")  # words' tags joined into entities  # fmt: skip
+    if problem(facts.task) == GENERATION:
+        return _generation_usage(facts, where, example)
     if not facts.adapter:
         return f"""from transformers import pipeline
 
@@ -266,7 +270,30 @@ classifier = pipeline("{tag}", model=model, {kind}=processor{raw})
 print(classifier({example!r}))"""
 
 
+def _generation_usage(facts: CardFacts, where: str, prompt: str) -> str:
+    """A causal LM: continue a prompt with transformers' text-generation pipeline (adapters loaded through peft)."""
+    if not facts.adapter:
+        load = f"""from transformers import pipeline
+
+generator = pipeline("text-generation", model="{where}")"""
+    else:
+        load = f"""from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer, pipeline
+
+model = AutoPeftModelForCausalLM.from_pretrained("{where}")  # the base named in adapter_config.json, adapters on
+generator = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained("{where}"))"""
+    return f"""{load}
+print(generator({prompt!r}, max_new_tokens=20, do_sample=False)[0]["generated_text"])"""
+
+
 def _labels_line(facts: CardFacts) -> str:
+    if problem(facts.task) == GENERATION:
+        data = facts.recipe.data
+        what = (f"each prompt's response (`{facts.response_column}`; the prompt's tokens carry no loss)"
+                if facts.response_column else "every token of the text")  # fmt: skip
+        packed = f", packed into blocks of {facts.recipe.model.max_length} tokens" if data.packing else ""
+        return (f"Causal language model: trained to predict {what}, each example ended by the end-of-text "
+                f"token{packed}. Perplexity: exp of the mean negative log-likelihood per predicted token.")
     if problem(facts.task) == REGRESSION:
         target = facts.labels[0] if facts.labels else "the label column"
         return f"Regression: one output, the target `{target}`, trained with a mean squared error loss."
@@ -293,7 +320,10 @@ def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str
         eval_results=_eval_results(facts) or None,
     )
     sam_table = "\n".join(["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in _sam_rows(facts)]])
-    example = "This film was a delight from start to finish." if modality(facts.task) == "text" else "image.jpg"
+    if problem(facts.task) == GENERATION:
+        example = "This film was"
+    else:
+        example = "This film was a delight from start to finish." if modality(facts.task) == "text" else "image.jpg"
     wall = facts.metrics.get("train_runtime")
     body = f"""
 # {r.run_name()}

@@ -20,6 +20,7 @@ from samtune.tasks import (
     CLASSIFICATION,
     MULTI_LABEL,
     REGRESSION,
+    TEXT_GENERATION,
     TOKEN_CLASSIFICATION,
     TOKENS,
     modality,
@@ -37,6 +38,8 @@ IMAGE_COLUMNS = ("image", "img")
 TEXT_COLUMNS = ("text", "sentence")
 WORD_COLUMNS = ("tokens", "words")  # token classification: a list of words per row ...
 TAG_COLUMNS = ("ner_tags", "tags", "labels", "label")  # ... and a list of tags, one per word (conll-style names)
+PROMPT_COLUMNS = ("prompt", "instruction")  # causal LM: a prompt (not trained on) ...
+RESPONSE_COLUMNS = ("response", "completion", "output")  # ... and its response (trained on)
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence"))
 EVAL_SPLITS = ("validation", "valid", "val", "dev")  # "test" is kept for the final score
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -57,6 +60,7 @@ class PreparedData:
     text_column: str | None = None  # token classification: the column of word lists
     text_pair_column: str | None = None
     image_column: str | None = None
+    response_column: str | None = None  # causal LM with prompts: text_column holds the prompt, this the response
     eval_source: str = ""
     eval_split: str = "validation"  # the split's name, or "validation" for one carved from train
     test_split: str | None = None
@@ -284,6 +288,8 @@ def detect_columns(columns: list[str], features: Any, data: DataSection, task: s
 
     if task == TOKEN_CLASSIFICATION:
         return _word_columns(columns, data)
+    if task == TEXT_GENERATION:
+        return _generation_columns(columns, data)
     explicit = COMBINED_LABELS if data.label_columns else data.label_column
     label = _pick(columns, explicit, LABEL_COLUMNS, "labels", "data.label_column")
     if label is None:
@@ -333,6 +339,47 @@ def _word_columns(columns: list[str], data: DataSection) -> dict[str, str | None
             "each row holds a list of words and a list of tags, one per word.",
         )
     return {"label": tags, "image": None, "text": words, "pair": None}
+
+
+def _prompt_and_response(columns: list[str], data: DataSection) -> tuple[str | None, str | None]:
+    """Causal LM: the prompt and response columns, named or found (None, None: there are none)."""
+    prompt = _pick(columns, data.prompt_column, PROMPT_COLUMNS, "prompts", "data.prompt_column")
+    response = _pick(columns, data.response_column, RESPONSE_COLUMNS, "responses", "data.response_column")
+    if (prompt is None) != (response is None):
+        missing, key = ("response", "response_column") if response is None else ("prompt", "prompt_column")
+        raise DataError(
+            f"causal LM: a {'prompt' if prompt else 'response'} column but no {missing} column "
+            f"(columns: {', '.join(columns)})",
+            f"Name it with data.{key}=COLUMN, or train on whole texts with data.text_column=COLUMN.",
+        )
+    return prompt, response
+
+
+def _generation_columns(columns: list[str], data: DataSection) -> dict[str, str | None]:
+    """Causal LM: a prompt and its response (the loss on the response only), or one text column (the loss on all)."""
+    if data.text_column is None:
+        prompt, response = _prompt_and_response(columns, data)
+        if prompt is not None:
+            return {"label": None, "image": None, "text": prompt, "pair": None, "response": response}
+    text = _pick(columns, data.text_column, TEXT_COLUMNS, "text", "data.text_column")
+    if text is None:
+        raise DataError(
+            f"causal LM: no text column found (columns: {', '.join(columns)})",
+            "Name it with data.text_column=COLUMN (samtune looks for 'text' or 'sentence'), or give prompts and "
+            "responses (data.prompt_column, data.response_column; found by themselves as prompt/response, "
+            "instruction/output or prompt/completion).",
+        )
+    return {"label": None, "image": None, "text": text, "pair": None, "response": None}
+
+
+def _looks_like_generation(ds: Dataset, data: DataSection, model_task: str | None) -> bool:
+    """With task auto: prompt and response columns, or a causal LM and text with no label column."""
+    columns = list(ds.column_names)
+    if data.label_column is None and not data.label_columns and data.text_column is None:
+        if _prompt_and_response(columns, data)[0] is not None:
+            return True
+    labelled = data.label_column is not None or data.label_columns or any(c in columns for c in LABEL_COLUMNS)
+    return model_task == TEXT_GENERATION and not labelled
 
 
 def holds_word_lists(ds: Dataset, data: DataSection) -> bool:
@@ -663,8 +710,14 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
     if len(train) == 0:
         raise DataError(f"the '{data.train_split}' split is empty", "Check the data.")
     words = task == TOKEN_CLASSIFICATION or (task == "auto" and holds_word_lists(train, data))
-    hint = TOKEN_CLASSIFICATION if words else task if task != "auto" else model_task or "auto"
+    generation = task == TEXT_GENERATION or (task == "auto" and not words and _looks_like_generation(train, data, model_task))
+    if words or generation:
+        hint = TOKEN_CLASSIFICATION if words else TEXT_GENERATION
+    else:
+        hint = task if task != "auto" else model_task if model_task not in (TOKEN_CLASSIFICATION, TEXT_GENERATION) else "auto"
     cols = detect_columns(list(train.column_names), train.features, data, hint)
+    if generation:
+        return _generation_data(raw, data, cols, seed, from_hub)
     eval_name, test_name = _eval_and_test_names(raw, data, cols["label"])
     splits = {"train": train}
     if eval_name is not None:
@@ -675,7 +728,7 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
         kind = problem(hint)
     elif is_list_column(train, cols["label"]):
         kind = MULTI_LABEL
-    elif model_task is not None and problem(model_task) != CLASSIFICATION:
+    elif model_task is not None and problem(model_task) in (REGRESSION, MULTI_LABEL):
         kind = problem(model_task)
     else:
         kind = REGRESSION if _is_fractional_numbers(train, cols["label"]) else CLASSIFICATION
@@ -720,6 +773,64 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
         text_column=cols["text"],
         text_pair_column=cols["pair"],
         image_column=cols["image"],
+        eval_source=eval_source,
+        eval_split=eval_name or "validation",
+        test_split=test_name,
+        notes=notes,
+        is_hub_dataset=from_hub,
+    )
+
+
+def rows_with_text(ds: Dataset, columns: list[str]) -> Dataset:
+    """`columns` of `ds` only, and the rows where each holds some text."""
+    return ds.select_columns(columns).filter(
+        lambda *t: all(isinstance(x, str) and x.strip() for x in t), input_columns=columns
+    )
+
+
+def _generation_data(raw: Any, data: DataSection, cols: dict[str, str | None], seed: int, from_hub: bool) -> PreparedData:
+    """A causal LM's splits: the text (or prompt and response) columns only, rows with text; no labels (the
+    tokens are the targets). The eval split is named or found, else carved from train at random."""
+    if data.labels or data.label_columns:
+        raise UsageError("data.labels / data.label_columns name classes; a causal LM (text-generation) has none",
+                         "Remove them, or set task to a classification task.")  # fmt: skip
+    eval_name = data.eval_split or next(
+        (s for s in EVAL_SPLITS if s in raw and s not in (data.train_split, data.test_split)), None
+    )
+    test_name = data.test_split or ("test" if "test" in raw and data.eval_split != "test" else None)
+    names = {"train": data.train_split, "eval": eval_name, "test": test_name}
+    keep = [c for c in (cols["text"], cols["response"]) if c]
+    splits: dict[str, Any] = {}
+    for key, name in names.items():
+        if name is None:
+            continue
+        ds = raw[name]
+        missing = [c for c in keep if c not in ds.column_names]
+        if missing:
+            raise DataError(f"the '{name}' split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
+        splits[key] = rows_with_text(ds, keep)
+    notes: list[str] = []
+    if "eval" in splits:
+        eval_source = f"the '{eval_name}' split"
+    else:
+        parts = splits["train"].train_test_split(test_size=data.validation_fraction, seed=seed)
+        splits["train"], splits["eval"] = parts["train"], parts["test"]
+        eval_source = f"{data.validation_fraction:.0%} of '{data.train_split}', random"
+    for key, cap in (("train", data.max_train_samples), ("eval", data.max_eval_samples)):
+        if cap and cap < len(splits[key]):
+            splits[key] = splits[key].shuffle(seed=seed).select(range(cap))
+    for key, ds in splits.items():
+        if len(ds) == 0:
+            raise DataError(f"the {key} split has no text after dropping empty rows",
+                            f"Check the column{'s' if len(keep) > 1 else ''} {', '.join(keep)}.")  # fmt: skip
+    return PreparedData(
+        task=TEXT_GENERATION,
+        train=splits["train"],
+        eval=splits["eval"],
+        test=splits.get("test"),
+        labels=[],
+        text_column=cols["text"],
+        response_column=cols["response"],
         eval_source=eval_source,
         eval_split=eval_name or "validation",
         test_split=test_name,

@@ -15,7 +15,9 @@ from samtune.tasks import (
     MULTI_LABEL,
     PROBLEM_TYPES,
     REGRESSION,
+    GENERATION,
     TEXT_CLASSIFICATION,
+    TEXT_GENERATION,
     TOKEN_CLASSIFICATION,
     TOKENS,
     from_problem_type,
@@ -37,6 +39,10 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's: a run directory (or check
 # own per-architecture table (which names them for transformers' older layouts). Whichever pair a
 # model has is used; a model with none of them gets every linear layer ("all-linear").
 ATTENTION_QUERY_VALUE = (("q_proj", "v_proj"), ("query", "value"), ("q_lin", "v_lin"), ("c_attn",))
+# Causal LMs larger than this train LoRA adapters unless the recipe says otherwise (model.lora: false). Full
+# fine-tuning with AdamW holds about 16 bytes per parameter (fp32 weights, gradients, two moments), SAM adds a
+# copy of the weights (4 more): 20 GB at a billion parameters, before activations, more than a 24 GB GPU has left.
+LORA_BY_DEFAULT_ABOVE = 1_000_000_000
 
 
 def _offline() -> bool:
@@ -90,8 +96,11 @@ def model_task(config: PretrainedConfig) -> str | None:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    if any(a.endswith("ForTokenClassification") for a in getattr(config, "architectures", None) or []):
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForTokenClassification") for a in architectures):
         return TOKEN_CLASSIFICATION  # a tagger (a samtune token-classification run, or an NER model)
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return TEXT_GENERATION  # a causal LM (it may still be fine-tuned as a classifier on labelled data)
 
     image = config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
     text = config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
@@ -120,6 +129,10 @@ def load_processor(section: ModelSection, task: str) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(name, **common)
         if problem(task) == TOKENS and getattr(tokenizer, "add_prefix_space", None) is False:
             tokenizer = AutoTokenizer.from_pretrained(name, add_prefix_space=True, **common)
+        if problem(task) == GENERATION:
+            _ready_for_causal_lm(tokenizer, section.name or name)
+        elif tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:  # GPT-2-like, as a classifier
+            tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(
@@ -127,6 +140,19 @@ def load_processor(section: ModelSection, task: str) -> Any:
             f"{str(e).splitlines()[0]}",
             "The model folder must hold its processor files (save them with processor.save_pretrained).",
         ) from e
+
+
+def _ready_for_causal_lm(tokenizer: Any, name: str) -> None:
+    """A causal LM's tokenizer: it must have an end-of-text token (each example ends with it, so the model learns
+    to stop); padding (labels -100, never trained) uses it when the tokenizer has no pad token, on the right."""
+    if tokenizer.eos_token_id is None:
+        raise UsageError(
+            f"the tokenizer of '{name}' has no end-of-text (eos) token, which a causal LM's examples end with",
+            "Choose a causal language model (its tokenizer names an eos_token), or set one in its tokenizer_config.json.",
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
 
 
 def holds_adapter(path: str) -> bool:
@@ -142,22 +168,26 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
     A folder of LoRA adapters (a LoRA run) loads as its base model with the adapters merged in.
     """
     from transformers import (
+        AutoModelForCausalLM,
         AutoModelForImageClassification,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
     )
     from transformers.utils import logging as hf_logging
 
-    if problem(task) == TOKENS:
-        auto = AutoModelForTokenClassification
-    else:
-        auto = AutoModelForImageClassification if modality(task) == "image" else AutoModelForSequenceClassification
     name = model_path(section)
     if holds_adapter(name):
         return _load_adapter_run(name, section, task, labels)
+    head: dict[str, Any] = {}
+    if problem(task) == GENERATION:  # the pretrained language-model head: nothing new
+        auto = AutoModelForCausalLM
+    elif problem(task) == TOKENS:
+        auto = AutoModelForTokenClassification
+    else:
+        auto = AutoModelForImageClassification if modality(task) == "image" else AutoModelForSequenceClassification
     if problem(task) == REGRESSION:  # one output and an MSE loss; `labels` names the target
         head = dict(num_labels=1, problem_type="regression", id2label={0: labels[0] if labels else "value"})
-    else:
+    elif problem(task) != GENERATION:
         head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                     label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
         if problem(task) == MULTI_LABEL:  # a sigmoid per class and a binary cross-entropy loss
@@ -174,9 +204,10 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
         )
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
-            kind = TOKEN_CLASSIFICATION if problem(task) == TOKENS else f"{modality(task)}-classification"
+            kind = task if problem(task) in (TOKENS, GENERATION) else f"{modality(task)}-classification"
+            what = "a causal language-model" if kind == TEXT_GENERATION else f"a {kind}"
             raise UsageError(
-                f"model '{section.name}' has no {kind} head in transformers",
+                f"model '{section.name}' has no {what} head in transformers",
                 f"Choose a model made for {kind.replace('-', ' ')}, or check that the data matches the model.",
             ) from e
         raise _not_found(section.name or name, e) from e
@@ -244,14 +275,19 @@ def apply_lora(model: PreTrainedModel, lora: LoraSection, task: str) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = lora_targets(model, lora)
-    keep = lora.modules_to_save if lora.modules_to_save is not None else head_modules(model)
+    if lora.modules_to_save is not None:
+        keep = lora.modules_to_save
+    else:  # the new task head; a causal LM's language-model head is pretrained (and often tied to the embeddings)
+        keep = [] if problem(task) == GENERATION else head_modules(model)
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=targets,
         modules_to_save=keep or None,
-        task_type=TaskType.TOKEN_CLS if problem(task) == TOKENS else TaskType.SEQ_CLS if modality(task) == "text" else None,
+        task_type={TOKENS: TaskType.TOKEN_CLS, GENERATION: TaskType.CAUSAL_LM}.get(
+            problem(task), TaskType.SEQ_CLS if modality(task) == "text" else None
+        ),
     )
     try:
         with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
@@ -265,6 +301,11 @@ def apply_lora(model: PreTrainedModel, lora: LoraSection, task: str) -> Any:
             f"{str(e).splitlines()[0]}",
             f"Set model.lora.target_modules to names of its layers, e.g. from: {layers}.",
         ) from e
+
+
+def wants_lora_by_default(model: PreTrainedModel, task: str) -> bool:
+    """Whether a recipe that says nothing of LoRA gets it: causal LMs over LORA_BY_DEFAULT_ABOVE parameters."""
+    return problem(task) == GENERATION and model.num_parameters() > LORA_BY_DEFAULT_ABOVE
 
 
 def modules_trained_in_full(model: Any) -> list[str]:
@@ -315,11 +356,52 @@ def tokenize_words(ds: Any, tokenizer: Any, words_column: str, max_length: int) 
     return ds.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
 
 
+def tokenize_causal(
+    ds: Any, tokenizer: Any, text_column: str, response_column: str | None, max_length: int, packing: bool = False
+) -> Any:
+    """A causal LM's examples as token ids with their targets, `labels` (the model shifts them by one).
+
+    A text: every token is a target. A prompt and its response: tokenised apart and joined, the prompt's tokens
+    labelled -100 (no loss), the response's the targets. Each example ends with the end-of-text token (a target:
+    the model learns to stop). Without packing, an example is cut at `max_length` tokens, and one left with no
+    target (a prompt that fills the window) is dropped; with packing, the examples are joined and cut into blocks
+    of `max_length` (the last, shorter block dropped), as the transformers `run_clm` example does.
+    """
+    eos = tokenizer.eos_token_id
+
+    def encode(batch: dict[str, list]) -> dict[str, Any]:
+        ids, targets = [], []
+        if response_column is None:
+            for tokens in tokenizer(batch[text_column])["input_ids"]:
+                ids.append(tokens + [eos])
+                targets.append(tokens + [eos])
+        else:
+            prompts = tokenizer(batch[text_column])["input_ids"]
+            responses = tokenizer(batch[response_column], add_special_tokens=False)["input_ids"]
+            for prompt, response in zip(prompts, responses):
+                ids.append(prompt + response + [eos])
+                targets.append([-100] * len(prompt) + response + [eos])
+        if packing:
+            flat_ids, flat_targets = sum(ids, []), sum(targets, [])
+            blocks = range(0, len(flat_ids) - max_length + 1, max_length)
+            ids = [flat_ids[i : i + max_length] for i in blocks]
+            targets = [flat_targets[i : i + max_length] for i in blocks]
+        else:
+            ids, targets = [x[:max_length] for x in ids], [y[:max_length] for y in targets]
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": targets}
+
+    out = ds.map(encode, batched=True, batch_size=None if packing else 1000, remove_columns=ds.column_names,
+                 desc="Tokenizing")  # fmt: skip
+    return out.filter(lambda labels: any(t != -100 for t in labels[1:]), input_columns="labels")
+
+
 def eval_inputs(ds: Any, task: str, processor: Any, columns: dict[str, str | None], max_length: int) -> Any:
     """A split ready to evaluate: tokenized text (or words, tags aligned), or images resized by the model's own
     processor."""
     if problem(task) == TOKENS:
         return tokenize_words(ds, processor, columns["text"], max_length)
+    if problem(task) == GENERATION:  # evaluation never packs: each example scored whole (up to max_length)
+        return tokenize_causal(ds, processor, columns["text"], columns.get("response"), max_length)
     if modality(task) == "image":
         from samtune.imaging import EvalTransform
 
@@ -327,9 +409,10 @@ def eval_inputs(ds: Any, task: str, processor: Any, columns: dict[str, str | Non
     return tokenize_split(ds, processor, columns["text"], columns["pair"], max_length)
 
 
-def prepare_inputs(data: PreparedData, processor: Any, max_length: int, seed: int) -> PreparedData:
+def prepare_inputs(data: PreparedData, processor: Any, max_length: int, seed: int, packing: bool = False) -> PreparedData:
     """Every split as model inputs; training images are augmented (seeded per epoch and example)."""
-    columns = {"text": data.text_column, "pair": data.text_pair_column, "image": data.image_column}
+    columns = {"text": data.text_column, "pair": data.text_pair_column, "image": data.image_column,
+               "response": data.response_column}  # fmt: skip
     if modality(data.task) == "image":
         from samtune.imaging import TrainTransform
 
@@ -340,6 +423,8 @@ def prepare_inputs(data: PreparedData, processor: Any, max_length: int, seed: in
         data.augment = augment
     elif problem(data.task) == TOKENS:
         data.train = tokenize_words(data.train, processor, data.text_column, max_length)
+    elif problem(data.task) == GENERATION:
+        data.train = tokenize_causal(data.train, processor, data.text_column, data.response_column, max_length, packing)
     else:
         data.train = tokenize_split(data.train, processor, data.text_column, data.text_pair_column, max_length)
     data.eval = eval_inputs(data.eval, data.task, processor, columns, max_length)
@@ -355,6 +440,10 @@ def collator(task: str, processor: Any) -> Any:
 
     if problem(task) == TOKENS:
         return DataCollatorForTokenClassification(processor)
+    if problem(task) == GENERATION:  # input ids padded with the pad token, targets with -100
+        from transformers import DataCollatorForSeq2Seq
+
+        return DataCollatorForSeq2Seq(processor, label_pad_token_id=-100)
     return DataCollatorWithPadding(processor) if modality(task) == "text" else None
 
 

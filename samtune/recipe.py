@@ -79,9 +79,15 @@ class ModelSection(_Section):
     init_from: str | None = Field(
         default=None, description="Start from a finished run's weights (a run directory); a new schedule."
     )
-    lora: LoraSection | None = Field(
-        default=None, description="Train low-rank adapters instead of every weight (`lora: {}` for the defaults)."
+    lora: LoraSection | Literal[False] | None = Field(
+        default=None,
+        description="Train low-rank adapters instead of every weight (`lora: {}` for the defaults). Default: none, "
+        "except for causal LMs of over a billion parameters, which get the defaults; `lora: false` trains every weight.",
     )
+
+    def adapters(self) -> LoraSection | None:
+        """The LoRA settings in force (None: every weight trains)."""
+        return self.lora if isinstance(self.lora, LoraSection) else None
 
 
 class DataSection(_Section):
@@ -108,6 +114,17 @@ class DataSection(_Section):
         description="Multi-label: several 0/1 columns, one per class (their names become the labels, in this order).",
     )
     image_column: str | None = None
+    prompt_column: str | None = Field(
+        default=None, description="Causal LM: the prompt (not trained on); default: 'prompt' or 'instruction'."
+    )
+    response_column: str | None = Field(
+        default=None, description="Causal LM: the response (the loss is on it); default: 'response', 'completion', 'output'."
+    )
+    packing: bool = Field(
+        default=False,
+        description="Causal LM: join the examples (each ended by the end-of-text token) and cut them into blocks of "
+        "model.max_length tokens, with no padding.",
+    )
     labels: list[str] | None = Field(
         default=None, description="Keep only rows with these labels (classes in this order); default: all."
     )

@@ -22,6 +22,7 @@ from samtune.tasks import (
     CLASSIFICATION,
     GREATER_IS_BETTER,
     MULTI_LABEL,
+    GENERATION,
     REGRESSION,
     TOKENS,
     default_metric,
@@ -158,12 +159,35 @@ def token_classification_metrics(labels: list[str]) -> Any:
     return compute
 
 
+def next_token_losses(logits: Any, labels: Any) -> Any:
+    """A causal LM's `preprocess_logits_for_metrics`: per sequence, the summed negative log-likelihood of its
+    targets (each token predicted from those before it: `labels` shifted by one, -100 not scored) and their
+    count, so that evaluation keeps two numbers per sequence rather than a vocabulary's worth per token."""
+    import torch
+
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    targets = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+    )
+    return torch.stack([nll.sum(-1), (targets != -100).sum(-1).to(nll.dtype)], dim=-1)
+
+
+def compute_perplexity(eval_pred: Any) -> dict[str, float]:
+    """Perplexity over every scored token of the split: exp(total negative log-likelihood / tokens). (The Trainer's
+    eval_loss averages its batches' means instead, so batches with fewer tokens weigh more there.)"""
+    sums = np.asarray(_outputs(eval_pred), dtype=np.float64).reshape(-1, 2)
+    return {"perplexity": float(np.exp(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0)))}
+
+
 def metrics_function(task: str, threshold: float = 0.5, labels: list[str] | None = None) -> Any:
     """The `compute_metrics` of a task (`labels`: the class or tag names, which token classification needs)."""
     if problem(task) == MULTI_LABEL:
         return multi_label_metrics(threshold)
     if problem(task) == TOKENS:
         return token_classification_metrics(labels or [])
+    if problem(task) == GENERATION:
+        return compute_perplexity
     return compute_regression_metrics if problem(task) == REGRESSION else compute_metrics
 
 
@@ -272,14 +296,22 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
     metric = recipe.training.metric_for_best_model
     if metric is not None and (wrong := metric_problem(data.task, metric)):
         raise UsageError(wrong, f"Choose one of {', '.join(metrics_of(data.task))}, or leave it out.")
-    if problem(data.task) not in (CLASSIFICATION, TOKENS) and recipe.training.label_smoothing > 0:
+    if problem(data.task) not in (CLASSIFICATION, TOKENS, GENERATION) and recipe.training.label_smoothing > 0:
         raise UsageError(f"training.label_smoothing smooths single class labels; this is a {problem(data.task)} run",
                          "Set training.label_smoothing=0.")  # fmt: skip
     processor = modeling.load_processor(recipe.model, data.task)
-    data = modeling.prepare_inputs(data, processor, recipe.model.max_length, recipe.training.seed)
+    if recipe.data.packing and problem(data.task) != GENERATION:
+        raise UsageError(f"data.packing joins a causal LM's texts; this is a {data.task} run", "Remove data.packing.")
+    data = modeling.prepare_inputs(data, processor, recipe.model.max_length, recipe.training.seed, recipe.data.packing)
     model = modeling.load_model(recipe.model, data.task, data.labels)
-    if recipe.model.lora is not None:
-        model = modeling.apply_lora(model, recipe.model.lora, data.task)
+    if modality(data.task) == "text" and model.config.pad_token_id is None:
+        model.config.pad_token_id = processor.pad_token_id  # a decoder's classifier reads the last non-pad token
+    if recipe.model.lora is None and modeling.wants_lora_by_default(model, data.task):
+        from samtune.recipe import LoraSection
+
+        recipe.model.lora = LoraSection()  # saved so in config.yaml: the run is what its recipe says
+    if recipe.model.adapters() is not None:
+        model = modeling.apply_lora(model, recipe.model.adapters(), data.task)
     return data, processor, model, data.task
 
 
@@ -353,8 +385,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
 
     recipe, run_dir = o.recipe, o.run_dir
     checkpoint = find_checkpoint(run_dir, o.resume) if o.resume else None
-    if checkpoint and (run_dir / CONFIG_FILE).is_file() and is_main_process():
-        _warn_if_the_recipe_changed(checkpoint, recipe, run_dir, o.notify)
     if recipe.hub.repo_id and is_main_process():
         from samtune.hub import preflight
 
@@ -364,7 +394,9 @@ def _train_locked(o: _RunOptions) -> RunResult:
     started = time.perf_counter()
 
     data, processor, model, task = _prepare(recipe)
-    if recipe.model.init_from:
+    if checkpoint and (run_dir / CONFIG_FILE).is_file() and is_main_process():  # (after _prepare: its defaults)
+        _warn_if_the_recipe_changed(checkpoint, recipe, run_dir, o.notify)
+    if recipe.model.init_from and data.labels:
         _check_init_from(recipe, data.labels)
     args, precision = training_arguments(recipe, run_dir, task)
     trainer = _build_trainer(args, data, processor, model, task, o.callbacks, recipe.training.threshold)
@@ -424,6 +456,7 @@ def _build_trainer(
             processing_class=processor,
             data_collator=modeling.collator(task, processor),
             compute_metrics=metrics_function(task, threshold, data.labels),
+            preprocess_logits_for_metrics=next_token_losses if problem(task) == GENERATION else None,
             callbacks=callbacks,
         )
     except UnsupportedSetupError as e:
@@ -492,7 +525,7 @@ def _save_results(trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: A
 
     recipe = o.recipe
     trainer.save_model(str(o.run_dir))
-    adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.lora is not None else None
+    adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.adapters() is not None else None
     trainer.save_state()
     write_json_atomic(o.run_dir / METRICS_FILE, metrics)
     write_model_card(
@@ -512,6 +545,7 @@ def _save_results(trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: A
             license=recipe.hub.license or base_model_license(modeling.model_path(recipe.model)),
             log_history=trainer.state.log_history,
             adapter=adapter,
+            response_column=data.response_column,
         ),
     )
 
@@ -528,7 +562,7 @@ def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[st
     base.config.architectures = [type(base).__name__]  # as save_pretrained writes it: the task a run reads back
     base.config.save_pretrained(run_dir)
     trainable, total = model.get_nb_trainable_parameters()  # peft's count: the base once, plus the adapters
-    lora = recipe.model.lora
+    lora = recipe.model.adapters()
     peft_config = model.peft_config["default"]
     if lora.merge:
         from transformers.utils import logging as hf_logging
@@ -595,6 +629,7 @@ def evaluate_run(
         trainer = SAMTrainer(
             model=model, args=args, processing_class=processor,
             compute_metrics=metrics_function(run.task, recipe.training.threshold, run.labels),
+            preprocess_logits_for_metrics=next_token_losses if problem(run.task) == GENERATION else None,
             data_collator=modeling.collator(run.task, processor),
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)

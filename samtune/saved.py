@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from samtune.recipe import DataSection, ModelSection, Recipe
+from samtune.tasks import TEXT_GENERATION
 
 
 @dataclass
@@ -45,6 +46,8 @@ def read_run(run_dir: Path, recipe: Recipe) -> SavedRun:
 
     model_config = modeling.load_config(ModelSection(name=str(run_dir)))
     task = modeling.model_task(model_config) or recipe.task
+    if task == TEXT_GENERATION:  # a causal LM's config keeps transformers' placeholder labels: it has none
+        return SavedRun(Path(run_dir), recipe, task, [])
     labels = [model_config.id2label[i] for i in range(len(model_config.id2label))]
     return SavedRun(Path(run_dir), recipe, task, labels)
 
@@ -60,6 +63,7 @@ def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examp
         encode_targets,
         load_raw,
         pick_eval_split,
+        rows_with_text,
     )
     from samtune.tasks import MULTI_LABEL, REGRESSION, TOKENS, problem
 
@@ -67,6 +71,10 @@ def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examp
     split_name = pick_eval_split(raw, split)
     ds = raw[split_name]
     cols = detect_columns(list(ds.column_names), ds.features, data, run.task)
+    if run.task == TEXT_GENERATION:  # no labels: the text (or prompt and response) is all
+        keep = [c for c in (cols["text"], cols["response"]) if c]
+        columns = {"text": cols["text"], "response": cols["response"]}
+        return Examples(rows_with_text(ds, keep), columns, data.dataset or "", split_name)
     keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
     if problem(run.task) == REGRESSION:
         encoded = encode_targets({"eval": ds.select_columns(keep)}, cols["label"])

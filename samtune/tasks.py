@@ -1,5 +1,5 @@
 """The tasks samtune fine-tunes, as one table: a modality (text or image) and a problem (one class, several, a number,
-or a class per word).
+a class per word, or the next token).
 
 A task's name is what the recipe's `task` takes; everything else about it (the metrics, which way
 each is better, the default metric for choosing the best checkpoint) is read from here. Nothing
@@ -15,13 +15,15 @@ IMAGE_REGRESSION = "image-regression"
 TEXT_MULTI_LABEL = "text-multi-label"
 IMAGE_MULTI_LABEL = "image-multi-label"
 TOKEN_CLASSIFICATION = "token-classification"  # a class per word (NER-style tags); text only
+TEXT_GENERATION = "text-generation"  # causal language modelling: the next token, on a text or a prompt's response
 TASKS = (TEXT_CLASSIFICATION, IMAGE_CLASSIFICATION, TEXT_REGRESSION, IMAGE_REGRESSION, TEXT_MULTI_LABEL,
-         IMAGE_MULTI_LABEL, TOKEN_CLASSIFICATION)  # fmt: skip
+         IMAGE_MULTI_LABEL, TOKEN_CLASSIFICATION, TEXT_GENERATION)  # fmt: skip
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 MULTI_LABEL = "multi-label"
 TOKENS = "tokens"  # a class per word
+GENERATION = "generation"  # the next token (a causal LM)
 # transformers' config.problem_type for each problem
 PROBLEM_TYPES = {CLASSIFICATION: "single_label_classification", REGRESSION: "regression",
                  MULTI_LABEL: "multi_label_classification"}  # fmt: skip
@@ -30,16 +32,18 @@ PROBLEM_TYPES = {CLASSIFICATION: "single_label_classification", REGRESSION: "reg
 # choosing the best checkpoint.
 METRICS = {CLASSIFICATION: ("accuracy", "f1"), REGRESSION: ("mse", "mae", "pearson", "spearman"),
            MULTI_LABEL: ("micro_f1", "macro_f1", "subset_accuracy"),
-           TOKENS: ("entity_f1", "entity_precision", "entity_recall", "word_accuracy")}  # fmt: skip
+           TOKENS: ("entity_f1", "entity_precision", "entity_recall", "word_accuracy"),
+           GENERATION: ("perplexity",)}  # fmt: skip
 GREATER_IS_BETTER = {"accuracy": True, "f1": True, "loss": False, "mse": False, "mae": False, "pearson": True,
                      "spearman": True, "micro_f1": True, "macro_f1": True, "subset_accuracy": True, "entity_f1": True,
-                     "entity_precision": True, "entity_recall": True, "word_accuracy": True}  # fmt: skip
+                     "entity_precision": True, "entity_recall": True, "word_accuracy": True,
+                     "perplexity": False}  # fmt: skip
 ALL_METRICS = tuple(GREATER_IS_BETTER)
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "macro F1", "loss": "loss", "mse": "mean squared error",
                 "mae": "mean absolute error", "pearson": "Pearson r", "spearman": "Spearman rho",
                 "micro_f1": "micro F1", "macro_f1": "macro F1", "subset_accuracy": "subset accuracy",
                 "entity_f1": "entity F1", "entity_precision": "entity precision", "entity_recall": "entity recall",
-                "word_accuracy": "word accuracy"}  # fmt: skip
+                "word_accuracy": "word accuracy", "perplexity": "perplexity"}  # fmt: skip
 
 
 def modality(task: str) -> str:
@@ -48,10 +52,10 @@ def modality(task: str) -> str:
 
 
 def problem(task: str) -> str:
-    """'classification', 'regression', 'multi-label' or 'tokens'."""
+    """'classification', 'regression', 'multi-label', 'tokens' or 'generation'."""
     if task == TOKEN_CLASSIFICATION:
         return TOKENS
-    for kind in (REGRESSION, MULTI_LABEL):
+    for kind in (REGRESSION, MULTI_LABEL, GENERATION):
         if task.endswith(f"-{kind}"):
             return kind
     return CLASSIFICATION
@@ -87,4 +91,6 @@ def metric_problem(task: str, metric: str) -> str | None:
 
 def pipeline_tag(task: str) -> str:
     """The Hub pipeline a task's model serves: regression and multi-label heads are sequence/image classifiers too."""
-    return TOKEN_CLASSIFICATION if task == TOKEN_CLASSIFICATION else f"{modality(task)}-classification"
+    if task in (TOKEN_CLASSIFICATION, TEXT_GENERATION):
+        return task
+    return f"{modality(task)}-classification"

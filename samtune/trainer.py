@@ -45,7 +45,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from samtune.compat.grad_scaler import keep_scheduler_wrapper_mark, mark_stepped, record_overflow
-from samtune.compat.loss_normalisation import loss_ignores_num_items, loss_is_scaled_for_ga
+from samtune.compat.loss_normalisation import loss_ignores_num_items, loss_is_scaled_for_ga, loss_shifts_labels
 from samtune.optim.functional import (
     frozen_running_stats,
     restore_weights_,
@@ -174,6 +174,10 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # accumulation steps and make the update N times too large. Divide for them; models
             # whose loss honours `num_items_in_batch` (token-level losses) keep the stock rule.
             self.model_accepts_loss_kwargs = False
+        if getattr(self, "_loss_shifts_labels", True) is False and loss_shifts_labels(self.accelerator.unwrap_model(self.model)):
+            # A causal LM whose loss_type transformers leaves unset (GPT-2's): count its step's targets over
+            # labels[..., 1:], as its loss does, so the update is the mean over the targets it predicts.
+            self._loss_shifts_labels = True
         self._climbing = self._resolve_climbing_parameters()
         self._sam_norm_sum = 0.0
         self._sam_norm_count = 0

@@ -78,6 +78,54 @@ def text_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+CAUSAL_WORDS = [*FILLER, *POSITIVE, *NEGATIVE, "review", "sentiment", ":", ".", "positive", "negative"]
+
+
+def causal_tokenizer():
+    """A word-level tokenizer for a causal LM: no template, an end-of-text token that also pads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<|endoftext|>", "[UNK]", *sorted(set(CAUSAL_WORDS))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>")  # fmt: skip
+
+
+def tiny_gpt2(vocab_size: int, seed: int = 0, **kw):
+    """A 2-layer GPT-2 language model small enough to train in seconds."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
+                        eos_token_id=0, **kw)  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+@pytest.fixture(scope="session")
+def causal_model_dir(tmp_path_factory) -> Path:
+    """A tiny GPT-2 and its word-level tokenizer, saved as a model folder."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = causal_tokenizer()
+    tiny_gpt2(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def review_texts(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Short reviews ('the film was good .'), and as prompt/response pairs: the review, then its sentiment."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        review = _sentence(rng, POSITIVE if positive else NEGATIVE) + " ."
+        rows.append({"text": review, "prompt": f"review : {review} sentiment :",
+                     "response": "positive" if positive else "negative"})  # fmt: skip
+    return rows
+
+
 @pytest.fixture(scope="session")
 def image_model_dir(tmp_path_factory) -> Path:
     """A tiny ViT classifier and its torchvision-free image processor, saved as a model folder."""

@@ -60,8 +60,9 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def _evals(run_dir: Path) -> list[tuple]:
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    # Each task's first metric: accuracy, regression's MSE, multi-label's micro F1, token classification's entity F1.
-    score = next(k for k in ("eval_accuracy", "eval_mse", "eval_micro_f1", "eval_entity_f1")
+    # Each task's first metric: accuracy, regression's MSE, multi-label's micro F1, token classification's entity F1,
+    # a causal LM's perplexity.
+    score = next(k for k in ("eval_accuracy", "eval_mse", "eval_micro_f1", "eval_entity_f1", "eval_perplexity")
                  if any(k in h for h in history))  # fmt: skip
     return [(h["step"], h["eval_loss"], h[score]) for h in history if "eval_loss" in h]
 
@@ -81,7 +82,7 @@ def _image_folder(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir):
+def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir, causal_model_dir):
     """Reference runs, one per (task, accumulation), never interrupted."""
     made = {}
 
@@ -107,6 +108,14 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir):
 
                 tagged = write_jsonl(root / "ner.jsonl", tagged_examples(96))
                 recipe = _recipe(root, text_model_dir, accumulation, tagged)
+            elif task == "causal-lm":  # prompts and responses: padding, so micro-batches hold different target counts
+                from conftest import review_texts
+                from test_causal_lm import write_jsonl
+
+                rows = [{"prompt": " ".join(r["prompt"].split()[i % 4 :]), "response": r["response"]}
+                        for i, r in enumerate(review_texts(96))]  # prompts of 7-10 tokens  # fmt: skip
+                prompts = write_jsonl(root / "prompts.jsonl", rows)
+                recipe = _recipe(root, causal_model_dir, accumulation, prompts)
             else:
                 recipe = _recipe(root, image_model_dir, accumulation, _image_folder(root))
             done = _samtune(["train", recipe, "--output-dir", root / "run"])
@@ -131,9 +140,9 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
 
 @pytest.mark.parametrize(("task", "accumulation"),
                          [("text", 1), ("text", 2), ("image", 1), ("text-window-lr", 2), ("text-lora", 2),
-                          ("text-regression", 2), ("text-multi-label", 2), ("token", 2)],
+                          ("text-regression", 2), ("text-multi-label", 2), ("token", 2), ("causal-lm", 2)],
                          ids=["text-ga1", "text-ga2", "image-ga1", "text-window-lr-ga2", "text-lora-ga2",
-                              "text-regression-ga2", "text-multi-label-ga2", "token-ga2"])  # fmt: skip
+                              "text-regression-ga2", "text-multi-label-ga2", "token-ga2", "causal-lm-ga2"])  # fmt: skip
 def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, task, accumulation):
     """The image run checks the augmentation too: random crops and flips resume where they were."""
     recipe, reference = uninterrupted(accumulation, task)

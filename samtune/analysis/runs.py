@@ -56,7 +56,8 @@ def load_examples(run: SavedRun, dataset: str | None = None, split: str | None =
                 f"{', '.join(run.labels[:10])}",
                 "Measure on data with the model's labels: --dataset.",
             )
-        columns = {"text": prepared.text_column, "pair": prepared.text_pair_column, "image": prepared.image_column}
+        columns = {"text": prepared.text_column, "pair": prepared.text_pair_column, "image": prepared.image_column,
+                   "response": prepared.response_column}  # fmt: skip
         return Examples(prepared.eval, columns, data.dataset or "", prepared.eval_split)
     section = data.model_copy(update={"dataset": dataset, "config": None, "eval_file": None}) if dataset else data
     return split_examples(run, section, split)
