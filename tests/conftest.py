@@ -93,20 +93,11 @@ def causal_tokenizer():
                                    bos_token="<|endoftext|>")  # fmt: skip
 
 
-def tiny_gpt2(vocab_size: int, seed: int = 0, **kw):
-    """A 2-layer GPT-2 language model small enough to train in seconds."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
-                        eos_token_id=0, **kw)  # fmt: skip
-    return GPT2LMHeadModel(config)
-
-
 @pytest.fixture(scope="session")
 def causal_model_dir(tmp_path_factory) -> Path:
     """A tiny GPT-2 and its word-level tokenizer, saved as a model folder."""
+    from tiny import tiny_gpt2
+
     path = tmp_path_factory.mktemp("tiny-gpt2")
     tokenizer = causal_tokenizer()
     tiny_gpt2(len(tokenizer)).save_pretrained(path)

@@ -9,6 +9,8 @@ The second argument picks the scenario:
 - "window-lr": SAM from the 2nd optimizer step only, rho following a linearly decaying lr, biases
   left at w;
 - "lora": exact SAM on a LoRA model (peft adapters on query/value, the head in full, the base frozen);
+- "causal-lm": exact SAM on a GPT-2 language model, rows padded so that micro-batches and ranks hold
+  different target counts (the Trainer's num_items_in_batch: the step's targets over both ranks);
 - "looksam-overflow-N": LookSAM k=2, and rank 1's N-th ascent norm (1: first micro-batch of step 0,
   2: its last) is infinite, as an fp16 ascent that overflows on one process only.
 
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from tiny import ListDataset, text_rows, tiny_bert
+from tiny import ListDataset, causal_rows, text_rows, tiny_bert, tiny_gpt2
 
 from samtune import SAMArguments, SAMTrainer
 from samtune.trainer import NonFiniteLossError
@@ -88,8 +90,11 @@ def main(out: Path, scenario: str) -> None:
         "start": 0.0, "ddp_backend": "gloo",
         "ddp_timeout": 60, **extra,
     })  # fmt: skip
-    model = lora_bert() if scenario == "lora" else tiny_bert()
-    trainer = RecordingSAMTrainer(model=model, args=args, train_dataset=ListDataset(text_rows(24)))
+    if scenario == "causal-lm":
+        model, rows = tiny_gpt2(64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0), causal_rows(24, 64)
+    else:
+        model, rows = (lora_bert() if scenario == "lora" else tiny_bert()), text_rows(24)
+    trainer = RecordingSAMTrainer(model=model, args=args, train_dataset=ListDataset(rows))
     trainer.seen, trainer.syncs = [], []
     rank = trainer.args.process_index
     if scenario.startswith("nan-") and rank == 1:

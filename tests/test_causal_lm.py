@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import causal_tokenizer, review_texts, sam_sgd_trainer, tiny_gpt2
-from tiny import max_abs_diff, micro_batches, reference_sam_gradient
+from conftest import causal_tokenizer, review_texts, sam_sgd_trainer
+from tiny import causal_rows, max_abs_diff, micro_batches, reference_token_level_sam_sgd, tiny_gpt2
 from transformers import EvalPrediction
 from typer.testing import CliRunner
 
@@ -83,46 +83,11 @@ def test_perplexity_matches_a_hand_computation():
     assert got["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-6)  # float32 logits vs float64 sums
 
 
-def _padded_rows(n: int, vocab: int, seed: int = 5) -> list[dict[str, torch.Tensor]]:
-    """Rows padded to 10 tokens with 3-10 real ones, some starting with a prompt (-100): micro-batches hold different
-    numbers of targets."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        length = 3 + (i * 3) % 8
-        ids = torch.randint(2, vocab, (10,), generator=g)
-        ids[length:] = 0
-        labels = ids.clone()
-        labels[length:] = -100
-        labels[: i % 3] = -100  # a prompt
-        rows.append({"input_ids": ids, "attention_mask": (torch.arange(10) < length).long(), "labels": labels})
-    return rows
-
-
-def reference_token_level_sam_sgd(model, steps, rho: float, lr: float):
-    """SGD with SAM on the Trainer's causal-LM objective: a step's loss is the sum of its targets' negative
-    log-likelihoods over the step's target count N (labels shifted by one). Each micro-batch climbs on its own
-    gradient of (its sum) / N, takes the gradient there, and the step adds them up."""
-    model = copy.deepcopy(model)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    for step in steps:
-        n = sum((b["labels"][:, 1:] != -100).sum() for b in step)
-        total = [torch.zeros_like(p) for p in params]
-        for batch in step:
-            for t, g in zip(total, reference_sam_gradient(model, {**batch, "num_items_in_batch": n}, rho)):
-                t.add_(g)
-        with torch.no_grad():
-            for p, t in zip(params, total):
-                p.sub_(lr * t)
-    return model
-
-
 @pytest.mark.parametrize(("batch_size", "accumulation"), [(8, 1), (4, 2)], ids=["ga1", "ga2"])
 def test_sam_on_a_causal_lm_matches_the_hand_written_token_level_loop(tmp_path, batch_size, accumulation):
     n_steps, rho, lr = 3, 0.05, 0.5
     model = tiny_gpt2(64, **NO_DROPOUT)
-    rows = _padded_rows(24, 64)
+    rows = causal_rows(24, 64)
     batches = micro_batches(rows, batch_size)
     counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
     assert accumulation == 1 or counts[0] != counts[1]  # padding: micro-batches with different target counts
@@ -164,7 +129,7 @@ def test_rho_zero_is_the_stock_trainer_to_the_bit_on_a_causal_lm(tmp_path):
 
     from samtune import SAMArguments, SAMTrainer
 
-    rows = _padded_rows(16, 64)
+    rows = causal_rows(16, 64)
     stock = _train_plain(tmp_path, Trainer, TrainingArguments, _tiny_llama(), rows)
     ours = _train_plain(tmp_path, SAMTrainer, SAMArguments, _tiny_llama(), rows, rho=0.0)
     a, b = stock.state_dict(), ours.state_dict()
@@ -178,7 +143,7 @@ def test_gpt2_targets_are_counted_as_its_loss_predicts_them(tmp_path):
 
     from samtune import SAMArguments, SAMTrainer
 
-    rows = _padded_rows(16, 64)
+    rows = causal_rows(16, 64)
     ours = _train_plain(tmp_path, SAMTrainer, SAMArguments, tiny_gpt2(64, **NO_DROPOUT), rows, rho=0.0)
     steps = [micro_batches(rows[i : i + 8], 4) for i in (0, 8)]
     by_hand = reference_token_level_sam_sgd(tiny_gpt2(64, **NO_DROPOUT), steps, 0.0, 0.1)

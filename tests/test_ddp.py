@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import reference_looksam_sgd, reference_sam_sgd, reference_sam_sgd_per_step, tiny_bert
+from tiny import (
+    reference_looksam_sgd,
+    reference_sam_sgd,
+    reference_sam_sgd_per_step,
+    reference_token_level_sam_sgd,
+    tiny_bert,
+    tiny_gpt2,
+)
 
 HERE = Path(__file__).parent
 
@@ -166,3 +173,17 @@ def test_two_process_ddp_with_lora_matches_the_reference_and_keeps_the_base(tmp_
     assert frozen and all(torch.equal(s0[n], initial[n]) for n in frozen)  # the base, bit for bit
     moved = [n for n, p in start.named_parameters() if p.requires_grad]
     assert all(not torch.equal(s0[n], initial[n]) for n in moved if ".lora_A." in n or ".lora_B." in n)
+
+
+def test_two_process_ddp_on_a_causal_lm_normalises_by_the_targets_of_both_ranks(tmp_path):
+    """A causal LM's loss is its targets' summed NLL over the step's target count on every rank (transformers'
+    average_tokens_across_devices): the update is the mean over all the step's targets, each micro-batch climbing
+    on its own gradient."""
+    ranks = _run_workers(tmp_path, "causal-lm")
+    assert _weights_equal(ranks)
+    steps = _steps_seen(ranks, [0, 1, 2])
+    counts = [[int((b["labels"][:, 1:] != -100).sum()) for b in step] for step in steps]
+    assert any(len(set(c)) > 1 for c in counts)  # micro-batches (and ranks) with different target counts
+    model = tiny_gpt2(64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    reference = reference_token_level_sam_sgd(model, steps, rho=0.05, lr=0.5).state_dict()
+    assert _worst(ranks[0]["state"], reference) <= 1e-6

@@ -312,3 +312,51 @@ def reference_looksam_sgd(
             g_s = [a + alpha * norm_g / norm_v * v for a, v in zip(g, g_v)]
         _sgd_(model, g_s, lr)
     return model
+
+
+# ---- causal language models ---------------------------------------------------------------------
+
+
+def tiny_gpt2(vocab_size: int = 64, seed: int = 0, **kw):
+    """A 2-layer GPT-2 language model small enough to train in seconds."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
+                        eos_token_id=0, **kw)  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def causal_rows(n: int, vocab: int, seed: int = 5) -> list[dict[str, torch.Tensor]]:
+    """Rows padded to 10 tokens with 3-10 real ones, some starting with a prompt (-100): micro-batches hold different
+    numbers of targets."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = 3 + (i * 3) % 8
+        ids = torch.randint(2, vocab, (10,), generator=g)
+        ids[length:] = 0
+        labels = ids.clone()
+        labels[length:] = -100
+        labels[: i % 3] = -100  # a prompt
+        rows.append({"input_ids": ids, "attention_mask": (torch.arange(10) < length).long(), "labels": labels})
+    return rows
+
+
+def reference_token_level_sam_sgd(model, steps, rho: float, lr: float):
+    """SGD with SAM on the Trainer's causal-LM objective: a step's loss is the sum of its targets' negative
+    log-likelihoods over the step's target count N (labels shifted by one). Each micro-batch climbs on its own
+    gradient of (its sum) / N, takes the gradient there, and the step adds them up."""
+    model = copy.deepcopy(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in steps:
+        n = sum((b["labels"][:, 1:] != -100).sum() for b in step)
+        total = [torch.zeros_like(p) for p in params]
+        for batch in step:
+            for t, g in zip(total, reference_sam_gradient(model, {**batch, "num_items_in_batch": n}, rho)):
+                t.add_(g)
+        with torch.no_grad():
+            for p, t in zip(params, total):
+                p.sub_(lr * t)
+    return model
