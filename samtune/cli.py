@@ -319,16 +319,26 @@ def validate(
         console.print(f"[green]recipe ok[/green]: {resolved.run_name()}")
         if schema_only:
             return
+        from samtune import modeling
         from samtune.data import load_data
-        from samtune.modeling import quiet_transformers
+        from samtune.errors import UsageError
+        from samtune.tasks import GENERATION, REGRESSION, problem
 
-        quiet_transformers()
-        data = load_data(resolved.data, resolved.training.seed, resolved.task)
+        modeling.quiet_transformers()
+        try:  # the model's own task helps detect the data's (a causal LM and plain text); absent offline, say nothing
+            model_task = modeling.model_task(modeling.load_config(resolved.model))
+        except UsageError:
+            model_task = None
+        data = load_data(resolved.data, resolved.training.seed, resolved.task, model_task)
         table = Table(title="data pre-flight", show_header=False)
         table.add_row("task", data.task)
-        table.add_row("columns", ", ".join(c for c in (data.text_column, data.text_pair_column, data.image_column) if c))
-        if data.task.endswith("-regression"):
+        columns = (data.text_column, data.text_pair_column, data.image_column, data.response_column)
+        table.add_row("columns", ", ".join(c for c in columns if c))
+        if problem(data.task) == REGRESSION:
             table.add_row("target", f"{data.labels[0]} (a number: regression)")
+        elif problem(data.task) == GENERATION:
+            what = f"the responses ({data.response_column})" if data.response_column else "every token of the text"
+            table.add_row("targets", f"{what}{', packed' if resolved.data.packing else ''}")
         else:
             table.add_row("labels", f"{len(data.labels)}: {', '.join(data.labels[:10])}{' ...' if len(data.labels) > 10 else ''}")
         table.add_row("train / eval", f"{len(data.train)} / {len(data.eval)} (eval: {data.eval_source})")

@@ -53,7 +53,7 @@ def test_eval_strategy_steps_needs_eval_steps():
 def test_builtin_recipes_cover_the_common_tasks():
     names = set(builtin_recipes())
     assert {"quickstart", "vit-beans", "vit-cifar10", "convnext-food101", "bert-sst2", "distilbert-imdb",
-            "roberta-agnews", "bert-mrpc", "bert-stsb", "roberta-goemotions", "bert-conll2003"} <= names  # fmt: skip
+            "roberta-agnews", "bert-mrpc", "bert-stsb", "roberta-goemotions", "bert-conll2003", "minilm-word-affect", "gpt2-wikitext2", "smollm2-dolly"} <= names  # fmt: skip
     for name in names:
         recipe = load_recipe(name)
         assert recipe.model.name and recipe.data.dataset and recipe.name == name
