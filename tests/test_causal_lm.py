@@ -178,6 +178,11 @@ def test_causal_lm_on_texts_end_to_end(tmp_path, causal_model_dir, texts_jsonl):
     assert evaluate_run(out, str(texts_jsonl), split="train", batch_size=64)["eval_perplexity"] == pytest.approx(
         evaluate_run(out, str(texts_jsonl), split="train", batch_size=5)["eval_perplexity"], rel=1e-5
     )  # float32 logits, summed in other groupings
+    measured = runner.invoke(app, ["sharpness", str(out), "--batches", "2", "--batch-size", "8", "--grid", "3",
+                                   "--samples", "2"])  # fmt: skip
+    assert measured.exit_code == 0, measured.output
+    report = json.loads((out / "sharpness.json").read_text())
+    assert report["loss"] > 0 and report["landscape"]["loss_1d"][1] == pytest.approx(report["loss"], rel=1e-6)
 
 
 def test_prompts_and_responses_train_on_the_response_only(tmp_path, causal_model_dir, prompts_jsonl):
