@@ -373,13 +373,17 @@ def _generation_columns(columns: list[str], data: DataSection) -> dict[str, str 
 
 
 def _looks_like_generation(ds: Dataset, data: DataSection, model_task: str | None) -> bool:
-    """With task auto: prompt and response columns, or a causal LM and text with no label column."""
+    """With task auto and no label column: prompt and response columns, or a causal LM (and text)."""
     columns = list(ds.column_names)
-    if data.label_column is None and not data.label_columns and data.text_column is None:
-        if _prompt_and_response(columns, data)[0] is not None:
-            return True
-    labelled = data.label_column is not None or data.label_columns or any(c in columns for c in LABEL_COLUMNS)
-    return model_task == TEXT_GENERATION and not labelled
+    if data.label_column is not None or data.label_columns or any(c in columns for c in LABEL_COLUMNS):
+        return False
+    if data.text_column is None:
+        try:
+            if _prompt_and_response(columns, data)[0] is not None:
+                return True
+        except DataError:  # one of the two: a causal LM's recipe says which is missing; anything else is not one
+            pass
+    return model_task == TEXT_GENERATION
 
 
 def holds_word_lists(ds: Dataset, data: DataSection) -> bool:
@@ -714,7 +718,7 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
     if words or generation:
         hint = TOKEN_CLASSIFICATION if words else TEXT_GENERATION
     else:
-        hint = task if task != "auto" else model_task if model_task not in (TOKEN_CLASSIFICATION, TEXT_GENERATION) else "auto"
+        hint = task if task != "auto" else model_task if model_task not in (None, TOKEN_CLASSIFICATION, TEXT_GENERATION) else "auto"
     cols = detect_columns(list(train.column_names), train.features, data, hint)
     if generation:
         return _generation_data(raw, data, cols, seed, from_hub)

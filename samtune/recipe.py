@@ -479,6 +479,25 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _branch(part: Any) -> bool:
+    """Whether a part of an error's loc names the branch of a union (`LoraSection`, `literal[False]`), not a key."""
+    return isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-")))
+
+
+def _without_union_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic's errors with the union branches taken out of their locs: `model.lora: false` or a section, so a
+    bad key in the section reads `model.lora.r: ...`, without a second error saying it is not `false` either."""
+    kept = [{**err, "loc": tuple(p for p in err["loc"] if not _branch(p)), "branch": any(map(_branch, err["loc"]))}
+            for err in errors]  # fmt: skip
+    out = []
+    for err in kept:
+        alternatives = [o for o in kept if o is not err and o["loc"][: len(err["loc"])] == err["loc"]]
+        if err["branch"] and err["type"] == "literal_error" and alternatives:
+            continue  # "must be False": another branch says what is wrong with what was given
+        out.append(err)
+    return out
+
+
 def _describe(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(recipe)"
@@ -525,7 +544,7 @@ def build_recipe(
     try:
         recipe = Recipe.model_validate(_float_strings(merged))
     except ValidationError as e:
-        problems += [_describe(err) for err in e.errors()]
+        problems += [_describe(err) for err in _without_union_branches(e.errors())]
         raise RecipeError(problems, source, "Fix the keys above (samtune recipes show NAME prints a full example).")
     if problems:
         raise RecipeError(problems, source)

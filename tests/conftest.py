@@ -43,6 +43,41 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def card_example(run_dir: Path) -> str:
+    """The Python code of a run's card ("How to use"), pointed at the run directory."""
+    card = (Path(run_dir) / "README.md").read_text()
+    return card.split("## How to use")[1].split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(run_dir))
+
+
+def run_card_example(run_dir: Path, **replace: str) -> list:
+    """Run the card's example as a user would (after `replace`: old=new text); what it printed."""
+    code = card_example(run_dir)
+    for old, new in replace.items():
+        code = code.replace(old, new)
+    printed: list = []
+    exec(code, {"print": printed.append})
+    return printed
+
+
+def measure_sharpness(run_dir: Path) -> dict:
+    """`samtune sharpness` on a run, small; its report (the loss at w is the landscape's middle point)."""
+    from typer.testing import CliRunner
+
+    from samtune.cli import app
+
+    measured = CliRunner().invoke(app, ["sharpness", str(run_dir), "--batches", "2", "--batch-size", "8", "--grid",
+                                        "3", "--samples", "2"])  # fmt: skip
+    assert measured.exit_code == 0, measured.output
+    report = json.loads((Path(run_dir) / "sharpness.json").read_text())
+    assert report["loss"] > 0 and report["landscape"]["loss_1d"][1] == pytest.approx(report["loss"], rel=1e-6)
+    return report
+
+
 def _tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import causal_tokenizer, review_texts, sam_sgd_trainer
+from conftest import causal_tokenizer, measure_sharpness, review_texts, run_card_example, sam_sgd_trainer, write_jsonl
 from tiny import causal_rows, max_abs_diff, micro_batches, reference_token_level_sam_sgd, tiny_gpt2
 from transformers import EvalPrediction
 from typer.testing import CliRunner
@@ -22,11 +22,6 @@ from samtune.runner import compute_perplexity, next_token_losses
 
 runner = CliRunner()
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture
@@ -166,10 +161,7 @@ def test_causal_lm_on_texts_end_to_end(tmp_path, causal_model_dir, texts_jsonl):
     assert ppl[-1] < ppl[0] and ppl[-1] < vocab / 4  # learned the reviews' words (uniform guessing: the vocabulary)
     card = (out / "README.md").read_text()
     assert "text-generation" in card and "every token of the text" in card
-    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(out))
-    printed = []
-    exec(code, {"print": printed.append})
-    assert printed[0].startswith("This film was")  # the prompt, continued
+    assert run_card_example(out)[0].startswith("This film was")  # the prompt, continued
     # Perplexity counts every target once, whatever the batching: `eval` (batches of 64) gives training's figure.
     evaluated = runner.invoke(app, ["eval", str(out), "--dataset", str(texts_jsonl), "--split", "train"])
     assert evaluated.exit_code == 0, evaluated.output
@@ -178,11 +170,7 @@ def test_causal_lm_on_texts_end_to_end(tmp_path, causal_model_dir, texts_jsonl):
     assert evaluate_run(out, str(texts_jsonl), split="train", batch_size=64)["eval_perplexity"] == pytest.approx(
         evaluate_run(out, str(texts_jsonl), split="train", batch_size=5)["eval_perplexity"], rel=1e-5
     )  # float32 logits, summed in other groupings
-    measured = runner.invoke(app, ["sharpness", str(out), "--batches", "2", "--batch-size", "8", "--grid", "3",
-                                   "--samples", "2"])  # fmt: skip
-    assert measured.exit_code == 0, measured.output
-    report = json.loads((out / "sharpness.json").read_text())
-    assert report["loss"] > 0 and report["landscape"]["loss_1d"][1] == pytest.approx(report["loss"], rel=1e-6)
+    measure_sharpness(out)
 
 
 def test_prompts_and_responses_train_on_the_response_only(tmp_path, causal_model_dir, prompts_jsonl):
@@ -221,12 +209,7 @@ def test_big_causal_lms_get_lora_unless_the_recipe_says_no(tmp_path, causal_mode
     assert result.exit_code == 0, result.output
     assert (tmp_path / "big" / "adapter_model.safetensors").is_file()
     assert "r: 8" in (tmp_path / "big" / "config.yaml").read_text()  # the recipe saved says what ran
-    card = (tmp_path / "big" / "README.md").read_text()
-    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER",
-                                                                                             str(tmp_path / "big"))  # fmt: skip
-    printed = []
-    exec(code, {"print": printed.append})  # peft's AutoPeftModelForCausalLM
-    assert printed[0].startswith("This film was")
+    assert run_card_example(tmp_path / "big")[0].startswith("This film was")  # through AutoPeftModelForCausalLM
     full = runner.invoke(app, [*args, "--output-dir", str(tmp_path / "full"), "model.lora=false"])
     assert full.exit_code == 0, full.output
     assert (tmp_path / "full" / "model.safetensors").is_file() and not (tmp_path / "full" / "adapter_config.json").exists()

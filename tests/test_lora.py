@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import sam_sgd_trainer, text_examples, write_csv
+from conftest import run_card_example, sam_sgd_trainer, text_examples, write_csv
 from tiny import max_abs_diff, micro_batches, reference_sam_sgd, text_rows, tiny_bert, tiny_vit
 from transformers import AutoConfig
 from typer.testing import CliRunner
@@ -143,13 +143,7 @@ def test_lora_run_end_to_end_saves_adapters_that_peft_reloads_with_the_same_metr
 
 def _run_the_cards_example(run: Path, image: Path | None = None) -> None:
     """The card's "How to use" code, run as a user would (the folder for PATH_TO_THIS_FOLDER)."""
-    card = (run / "README.md").read_text()
-    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0]
-    code = code.replace("PATH_TO_THIS_FOLDER", str(run))
-    if image is not None:
-        code = code.replace("'image.jpg'", repr(str(image)))
-    printed = []
-    exec(code, {"print": printed.append})
+    printed = run_card_example(run, **({"'image.jpg'": repr(str(image))} if image is not None else {}))
     labels = set(AutoConfig.from_pretrained(run).id2label.values())
     assert printed and {p["label"] for p in printed[0]} <= labels  # the run's own label names, not LABEL_0
 

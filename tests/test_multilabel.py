@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, sam_sgd_trainer
+from conftest import FILLER, NEGATIVE, POSITIVE, run_card_example, sam_sgd_trainer, write_jsonl
 from tiny import max_abs_diff, micro_batches, reference_sam_sgd, tiny_bert
 from transformers import EvalPrediction
 from typer.testing import CliRunner
@@ -35,11 +35,6 @@ def topic_examples(n: int, seed: int = 0) -> list[dict]:
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "tags": tags})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture
@@ -134,9 +129,7 @@ def test_text_multi_label_end_to_end(tmp_path, text_model_dir, topics_jsonl):
     assert config.problem_type == "multi_label_classification" and config.id2label == {0: "acting", 1: "music", 2: "plot"}
     card = (out / "README.md").read_text()
     assert "several per example" in card and "micro F1" in card
-    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(out))
-    printed = []
-    exec(code, {"print": printed.append})  # every label with its own sigmoid probability
+    printed = run_card_example(out)  # every label with its own sigmoid probability
     scores = printed[0][0] if isinstance(printed[0][0], list) else printed[0]  # one input: one list of labels
     assert sorted(p["label"] for p in scores) == ["acting", "music", "plot"]
     assert sum(p["score"] for p in scores) != pytest.approx(1.0)  # sigmoids, not a softmax

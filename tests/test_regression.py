@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import FILLER, NEGATIVE, POSITIVE, write_csv
+from conftest import FILLER, NEGATIVE, POSITIVE, run_card_example, write_csv
 from transformers import EvalPrediction
 from typer.testing import CliRunner
 
@@ -147,9 +147,7 @@ def test_text_regression_end_to_end(tmp_path, text_model_dir, scores_csv):
     card = (out / "README.md").read_text()
     assert "Regression: one output, the target `score`" in card and "| mean squared error |" in card
     assert "type: mse" in card and "pipeline_tag: text-classification" in card
-    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(out))
-    printed = []
-    exec(code, {"print": printed.append})  # the card's example: the raw score, not a softmax of one output
+    printed = run_card_example(out)  # the card's example: the raw score, not a softmax of one output
     assert printed[0][0]["label"] == "score" and printed[0][0]["score"] != 1.0
 
     evaluated = runner.invoke(app, ["eval", str(out), "--dataset", str(scores_csv)])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import text_examples, write_csv
+from conftest import text_examples, write_csv, write_jsonl
 from safetensors.torch import load_file
 
 from samtune.optim.settings import default_of, sam_window
@@ -99,18 +99,17 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir, causal_mode
                 scores = write_csv(root / "scores.csv", score_examples(96))
                 recipe = _recipe(root, text_model_dir, accumulation, scores, label_column="score")
             elif task == "text-multi-label":
-                from test_multilabel import topic_examples, write_jsonl
+                from test_multilabel import topic_examples
 
                 topics = write_jsonl(root / "topics.jsonl", topic_examples(96))
                 recipe = _recipe(root, text_model_dir, accumulation, topics, label_column="tags")
             elif task == "token":
-                from test_token_classification import tagged_examples, write_jsonl
+                from test_token_classification import tagged_examples
 
                 tagged = write_jsonl(root / "ner.jsonl", tagged_examples(96))
                 recipe = _recipe(root, text_model_dir, accumulation, tagged)
             elif task == "causal-lm":  # prompts and responses: padding, so micro-batches hold different target counts
                 from conftest import review_texts
-                from test_causal_lm import write_jsonl
 
                 rows = [{"prompt": " ".join(r["prompt"].split()[i % 4 :]), "response": r["response"]}
                         for i, r in enumerate(review_texts(96))]  # prompts of 7-10 tokens  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, sam_sgd_trainer
+from conftest import FILLER, NEGATIVE, POSITIVE, card_example, measure_sharpness, run_card_example, sam_sgd_trainer, write_jsonl
 from tiny import max_abs_diff, micro_batches, reference_sam_sgd
 from transformers import BertConfig, BertForTokenClassification, EvalPrediction
 from typer.testing import CliRunner
@@ -42,11 +42,6 @@ def tagged_examples(n: int, seed: int = 0) -> list[dict]:
                 words.append(rng.choice([w for w in FILLER if w != "really"])), tags.append("O")
         rows.append({"tokens": words, "ner_tags": tags})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture
@@ -232,18 +227,12 @@ def test_token_classification_end_to_end(tmp_path, text_model_dir, tags_jsonl):
     assert state["best_metric"] is not None and "entity" in (out / "README.md").read_text()
     card = (out / "README.md").read_text()
     assert "token-classification" in card and "a tag per word" in card
-    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(out))
-    printed = []
-    exec(code.replace("This film was a delight from start to finish.", "ada was really good"), {"print": printed.append})
+    printed = run_card_example(out, **{"This film was a delight from start to finish.": "ada was really good"})
     assert {e["entity_group"] for e in printed[0]} <= {"PER", "REV"}  # entities, sub-words grouped
     evaluated = runner.invoke(app, ["eval", str(out), "--dataset", str(tags_jsonl), "--split", "train"])
     assert evaluated.exit_code == 0, evaluated.output
     assert "eval_entity_f1" in evaluated.output
-    measured = runner.invoke(app, ["sharpness", str(out), "--batches", "2", "--batch-size", "8", "--grid", "3",
-                                   "--samples", "2"])  # fmt: skip
-    assert measured.exit_code == 0, measured.output
-    report = json.loads((out / "sharpness.json").read_text())
-    assert report["loss"] > 0 and report["landscape"]["loss_1d"][1] == pytest.approx(report["loss"], rel=1e-6)
+    measure_sharpness(out)
 
 
 def test_samtune_eval_reproduces_the_runs_own_scores(tmp_path, text_model_dir, tags_jsonl):
@@ -278,11 +267,8 @@ def test_a_lora_tagger_reloads_with_peft_and_evaluates(tmp_path, text_model_dir,
     assert result.exit_code == 0, result.output
     saved = load_file(out / "adapter_model.safetensors")
     assert any("lora_A" in k for k in saved) and any("classifier" in k for k in saved)  # adapters and the new head
-    card = (out / "README.md").read_text()
-    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(out))
-    assert "AutoPeftModelForTokenClassification" in code
-    printed = []
-    exec(code, {"print": printed.append})
+    assert "AutoPeftModelForTokenClassification" in card_example(out)
+    printed = run_card_example(out)
     assert isinstance(printed[0], list)  # the entities found (maybe none after 6 steps), each a dict
     evaluated = runner.invoke(app, ["eval", str(out), "--dataset", str(tags_jsonl)])
     assert evaluated.exit_code == 0, evaluated.output
