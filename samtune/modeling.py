@@ -367,6 +367,8 @@ def tokenize_causal(
     target (a prompt that fills the window) is dropped; with packing, the examples are joined and cut into blocks
     of `max_length` (the last, shorter block dropped), as the transformers `run_clm` example does.
     """
+    from itertools import chain
+
     eos = tokenizer.eos_token_id
 
     def encode(batch: dict[str, list]) -> dict[str, Any]:
@@ -382,7 +384,7 @@ def tokenize_causal(
                 ids.append(prompt + response + [eos])
                 targets.append([-100] * len(prompt) + response + [eos])
         if packing:
-            flat_ids, flat_targets = sum(ids, []), sum(targets, [])
+            flat_ids, flat_targets = list(chain.from_iterable(ids)), list(chain.from_iterable(targets))
             blocks = range(0, len(flat_ids) - max_length + 1, max_length)
             ids = [flat_ids[i : i + max_length] for i in blocks]
             targets = [flat_targets[i : i + max_length] for i in blocks]
