@@ -543,15 +543,14 @@ def push_command(
 @recipes_app.command("list")
 def recipes_list() -> None:
     """The built-in recipes, with their task, model and dataset."""
-    import yaml
 
-    from samtune.recipe import builtin_recipes
+    from samtune.recipe import builtin_recipes, load_yaml
 
     table = Table(show_header=True, header_style="bold")
     for col in ("name", "task", "model", "dataset", "description"):
         table.add_column(col, overflow="fold")
     for name, path in builtin_recipes().items():
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
         data = raw.get("data", {}) or {}
         dataset = data.get("dataset", "")
         if data.get("config"):

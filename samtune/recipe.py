@@ -379,6 +379,25 @@ def resolve_recipe_path(ref: str) -> Path:
 # ---- loading, overrides, validation -------------------------------------------------------
 
 
+class _RecipeYAML(yaml.SafeLoader):
+    """YAML as a recipe reads it: booleans are true and false only (YAML 1.2), so `save_strategy: no` or an
+    override `training.save_strategy=no` gives the word typed, not False (YAML 1.1 reads no/off/yes/on as
+    booleans). A boolean setting still takes true/false (and yes/no, read by the schema)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_RecipeYAML.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeYAML.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """A recipe's YAML text (or a command-line value) as data; see _RecipeYAML for what differs from yaml.safe_load."""
+    return yaml.load(text, Loader=_RecipeYAML)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_recipe_file(path: Path) -> dict[str, Any]:
     """The raw mapping in a YAML recipe file."""
     try:
@@ -390,7 +409,7 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
             f"cannot read recipe {path}: it is not UTF-8 text (byte {e.start})", "A recipe is a YAML text file."
         )
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -422,7 +441,7 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, Any], list[str]]:
 def yaml_scalar(text: str) -> Any:
     """A command-line value typed as in a recipe: a YAML scalar (None if blank; the text itself if not YAML)."""
     try:
-        return yaml.safe_load(text) if text.strip() else None
+        return load_yaml(text) if text.strip() else None
     except yaml.YAMLError:
         return text
 

@@ -27,6 +27,22 @@ def test_yaml_exponent_without_a_dot_reads_as_a_number(tmp_path):
     assert load_recipe(str(path)).training.learning_rate == pytest.approx(5e-5)
 
 
+def test_words_yaml_1_1_reads_as_booleans_stay_words(tmp_path):
+    """`save_strategy=no` is the word no, in an override and in a file alike; booleans still take true/false."""
+    recipe = build_recipe({}, ["training.save_strategy=no", "training.load_best_model_at_end=false", "description=Off"])
+    assert recipe.training.save_strategy == "no" and recipe.description == "Off"  # the words typed
+    path = tmp_path / "r.yaml"
+    path.write_text("description: yes\ntraining:\n  save_strategy: no\n  load_best_model_at_end: False\n")
+    from_file = load_recipe(str(path))
+    assert from_file.training.save_strategy == "no" and from_file.description == "yes"
+    assert from_file.training.load_best_model_at_end is False
+    assert build_recipe({}, ["model.trust_remote_code=true"]).model.trust_remote_code is True
+    assert build_recipe({}, ["model.trust_remote_code=no"]).model.trust_remote_code is False  # the schema reads it
+    saved = tmp_path / "saved.yaml"  # and the words survive a save and a reload
+    saved.write_text(recipe.to_yaml())
+    assert load_recipe(str(saved)).description == "Off"
+
+
 def test_recipe_named_after_its_file(tmp_path):
     path = tmp_path / "my-run.yaml"
     path.write_text("sam: {rho: 0.1}\n")
