@@ -148,81 +148,108 @@ def _flags(**flags: Any) -> dict[str, Any]:
     return {keys[k]: v for k, v in flags.items() if v is not None}
 
 
+# The options that shape a run, shared by `train` and `validate` (which checks the command as it will run).
+ModelOpt = Annotated[Optional[str], typer.Option(help="Hub id or local folder.", rich_help_panel=MODEL_PANEL)]
+DatasetOpt = Annotated[Optional[str], typer.Option(help="Hub id, local file or folder.", rich_help_panel=MODEL_PANEL)]
+RhoOpt = Annotated[Optional[float], typer.Option(help="SAM radius (0: no SAM).", rich_help_panel=SAM_PANEL)]
+AdaptiveOpt = Annotated[
+    Optional[bool], typer.Option("--adaptive/--no-adaptive", help="ASAM.", rich_help_panel=SAM_PANEL)
+]
+VariantOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="sam (exact) or a cheaper variant: every_k, looksam, ascent_fraction, rst "
+        "(their settings: sam.every_k=4, sam.looksam_k=5, ...).",
+        rich_help_panel=SAM_PANEL,
+    ),
+]
+EpochsOpt = Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)]
+MaxStepsOpt = Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(help="Per device.", rich_help_panel=TRAIN_PANEL)]
+LearningRateOpt = Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)]
+SeedOpt = Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)]
+OutputDirOpt = Annotated[Optional[Path], typer.Option(help="The run directory.", rich_help_panel=RUN_PANEL)]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace a non-empty output directory.", rich_help_panel=RUN_PANEL)
+]
+NprocOpt = Annotated[
+    Optional[int],
+    typer.Option(help="Re-launch on N local processes through Accelerate.", min=1, rich_help_panel=RUN_PANEL),
+]
+ResumeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--resume", metavar="auto|CHECKPOINT", help="Continue from the newest (auto) or a named checkpoint.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+InitFromOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--init-from", metavar="RUN_DIR", help="Start from a finished run's weights, with a new schedule.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+LoraOpt = Annotated[
+    bool,
+    typer.Option(
+        "--lora", help="Train LoRA adapters (peft) instead of every weight; their settings: model.lora.r=16, ...",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+PushToHubOpt = Annotated[
+    Optional[str],
+    typer.Option("--push-to-hub", metavar="REPO_ID", help="Push the run to this Hub repo.", rich_help_panel=HUB_PANEL),
+]
+PrivateOpt = Annotated[
+    Optional[bool],
+    typer.Option("--private/--public", help="Visibility of a new repo (default private).", rich_help_panel=HUB_PANEL),
+]
+
+
+def _run_recipe_args(
+    recipe: str | None, overrides: list[str] | None, lora: bool, **flags: Any
+) -> tuple[str | None, list[str], dict[str, Any]]:
+    """The recipe reference, overrides and flags of a `train` (or `validate`) command line."""
+    ref, items = _split_recipe_args(recipe, overrides)
+    if lora:  # the recipe's own LoRA settings, if any, stay; KEY=VALUE overrides still win
+        items = ["model.lora={}", *items]
+    for key in ("output_dir", "init_from"):
+        flags[key] = str(flags[key]) if flags[key] else None
+    return ref, items, _flags(**flags)
+
+
 @app.command()
 def train(
     recipe: RecipeArg = None,
     overrides: OverridesArg = None,
-    model: Annotated[Optional[str], typer.Option(help="Hub id or local folder.", rich_help_panel=MODEL_PANEL)] = None,
-    dataset: Annotated[
-        Optional[str], typer.Option(help="Hub id, local file or folder.", rich_help_panel=MODEL_PANEL)
-    ] = None,
-    rho: Annotated[Optional[float], typer.Option(help="SAM radius (0: no SAM).", rich_help_panel=SAM_PANEL)] = None,
-    adaptive: Annotated[
-        Optional[bool], typer.Option("--adaptive/--no-adaptive", help="ASAM.", rich_help_panel=SAM_PANEL)
-    ] = None,
-    variant: Annotated[
-        Optional[str],
-        typer.Option(
-            help="sam (exact) or a cheaper variant: every_k, looksam, ascent_fraction, rst "
-            "(their settings: sam.every_k=4, sam.looksam_k=5, ...).",
-            rich_help_panel=SAM_PANEL,
-        ),
-    ] = None,
-    epochs: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Per device.", rich_help_panel=TRAIN_PANEL)] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
-    seed: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
-    output_dir: Annotated[Optional[Path], typer.Option(help="The run directory.", rich_help_panel=RUN_PANEL)] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a non-empty output directory.", rich_help_panel=RUN_PANEL)
-    ] = False,
-    nproc: Annotated[
-        Optional[int],
-        typer.Option(help="Re-launch on N local processes through Accelerate.", min=1, rich_help_panel=RUN_PANEL),
-    ] = None,
-    resume: Annotated[
-        Optional[str],
-        typer.Option(
-            "--resume", metavar="auto|CHECKPOINT", help="Continue from the newest (auto) or a named checkpoint.",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
-    init_from: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--init-from", metavar="RUN_DIR", help="Start from a finished run's weights, with a new schedule.",
-            rich_help_panel=MODEL_PANEL,
-        ),
-    ] = None,
-    lora: Annotated[
-        bool,
-        typer.Option(
-            "--lora", help="Train LoRA adapters (peft) instead of every weight; their settings: model.lora.r=16, ...",
-            rich_help_panel=MODEL_PANEL,
-        ),
-    ] = False,
-    push_to_hub: Annotated[
-        Optional[str],
-        typer.Option("--push-to-hub", metavar="REPO_ID", help="Push the run to this Hub repo.", rich_help_panel=HUB_PANEL),
-    ] = None,
-    private: Annotated[
-        Optional[bool],
-        typer.Option("--private/--public", help="Visibility of a new repo (default private).", rich_help_panel=HUB_PANEL),
-    ] = None,
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    rho: RhoOpt = None,
+    adaptive: AdaptiveOpt = None,
+    variant: VariantOpt = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    seed: SeedOpt = None,
+    output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    nproc: NprocOpt = None,
+    resume: ResumeOpt = None,
+    init_from: InitFromOpt = None,
+    lora: LoraOpt = False,
+    push_to_hub: PushToHubOpt = None,
+    private: PrivateOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Fine-tune a model with SAM and write a run directory (model, config.yaml, metrics.json, card)."""
     from samtune.recipe import load_recipe
 
-    ref, items = _split_recipe_args(recipe, overrides)
-    if lora:  # the recipe's own LoRA settings, if any, stay; KEY=VALUE overrides still win
-        items = ["model.lora={}", *items]
-    flags = _flags(
-        model=model, dataset=dataset, output_dir=str(output_dir) if output_dir else None, rho=rho,
-        adaptive=adaptive, variant=variant, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, seed=seed, push_to_hub=push_to_hub, private=private,
-        init_from=str(init_from) if init_from else None,
+    ref, items, flags = _run_recipe_args(
+        recipe, overrides, lora, model=model, dataset=dataset, output_dir=output_dir, rho=rho, adaptive=adaptive,
+        variant=variant, epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+        seed=seed, push_to_hub=push_to_hub, private=private, init_from=init_from,
     )  # fmt: skip
 
     def body() -> None:
@@ -307,18 +334,43 @@ def validate(
     recipe: RecipeArg = None,
     overrides: OverridesArg = None,
     schema_only: Annotated[bool, typer.Option("--schema-only", help="Check the recipe, not the data.")] = False,
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    rho: RhoOpt = None,
+    adaptive: AdaptiveOpt = None,
+    variant: VariantOpt = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    seed: SeedOpt = None,
+    output_dir: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    nproc: NprocOpt = None,
+    resume: ResumeOpt = None,
+    init_from: InitFromOpt = None,
+    lora: LoraOpt = False,
+    push_to_hub: PushToHubOpt = None,
+    private: PrivateOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Check a recipe (every problem at once) and, unless --schema-only, that its data loads."""
+    """Check a recipe, or a whole `train` command line (the same arguments and flags), every problem at once;
+    unless --schema-only, that the output directory takes the run and that the data loads."""
     from samtune.recipe import load_recipe
+    from samtune.rundir import check_output_dir
 
-    ref, items = _split_recipe_args(recipe, overrides)
+    ref, items, flags = _run_recipe_args(
+        recipe, overrides, lora, model=model, dataset=dataset, output_dir=output_dir, rho=rho, adaptive=adaptive,
+        variant=variant, epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+        seed=seed, push_to_hub=push_to_hub, private=private, init_from=init_from,
+    )  # fmt: skip
 
     def body() -> None:
-        resolved = load_recipe(ref, items)
+        resolved = load_recipe(ref, items, flags)
         console.print(f"[green]recipe ok[/green]: {resolved.run_name()}")
         if schema_only:
             return
+        check_output_dir(resolved.output_dir(), overwrite, resume)  # (--nproc changes nothing to check here)
         from samtune import modeling
         from samtune.data import load_data
         from samtune.errors import UsageError

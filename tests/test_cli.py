@@ -219,6 +219,31 @@ def test_validate_runs_a_data_preflight(text_csv, text_model_dir):
     assert "data ok" in result.output and "neg, pos" in result.output
 
 
+def test_validate_checks_the_train_command_line_as_typed(tmp_path, text_csv, text_model_dir):
+    """`validate` takes train's arguments and flags: the same recipe results, and the output directory is checked."""
+    overrides = ["training.save_strategy=no", "training.load_best_model_at_end=false"]
+    args = ["--model", str(text_model_dir), "--dataset", str(text_csv), "--rho", "0.1", "--epochs", "2", "--lora",
+            "--nproc", "2", *overrides]  # fmt: skip
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("someone's files")
+    refused = cli("validate", *args, "--output-dir", taken)
+    assert refused.exit_code == 2 and "exists and is not empty" in refused.output  # as train would refuse it
+    result = cli("validate", *args, "--output-dir", tmp_path / "new")
+    _ok(result)
+    assert "data ok" in result.output
+    from samtune.cli import _run_recipe_args
+    from samtune.recipe import load_recipe
+
+    ref, items, flags = _run_recipe_args(None, overrides, True, model=str(text_model_dir), dataset=str(text_csv),
+                                         output_dir=None, rho=0.1, adaptive=None, variant=None, epochs=2.0,
+                                         max_steps=None, batch_size=None, learning_rate=None, seed=None,
+                                         push_to_hub=None, private=None, init_from=None)  # fmt: skip
+    recipe = load_recipe(ref, items, flags)
+    assert recipe.sam.rho == 0.1 and recipe.training.epochs == 2 and recipe.model.adapters() is not None
+    assert recipe.training.save_strategy == "no"
+
+
 def test_version_env_and_help():
     from samtune import __version__
 
