@@ -206,3 +206,22 @@ def test_a_lora_run_pushes_its_adapters_and_the_merged_model(tmp_path, text_mode
     adapters = {"adapter_config.json", "adapter_model.safetensors"}
     merged = {"merged/config.json", "merged/model.safetensors", "merged/tokenizer.json", "merged/tokenizer_config.json"}
     assert fake_hub.uploaded == (RUN_FILES - {"model.safetensors"}) | adapters | merged
+
+
+@pytest.mark.parametrize("task", ["token-classification", "text-generation"])
+def test_taggers_and_causal_lms_push_with_their_pipeline_tag(tmp_path, text_model_dir, causal_model_dir, fake_hub,
+                                                              task):  # fmt: skip
+    """The new tasks' runs upload like any other, their card metadata naming the Hub pipeline they serve."""
+    from conftest import review_texts, write_jsonl
+    from huggingface_hub import ModelCard
+    from test_token_classification import tagged_examples
+
+    if task == "token-classification":
+        model, data = text_model_dir, write_jsonl(tmp_path / "ner.jsonl", tagged_examples(32))
+    else:
+        model, data = causal_model_dir, write_jsonl(tmp_path / "t.jsonl", [{"text": r["text"]} for r in review_texts(32)])
+    out = tmp_path / "run"
+    result = _train(model, data, out, "--push-to-hub", "alice/tiny-task")
+    assert result.exit_code == 0, result.output
+    assert "README.md" in fake_hub.uploaded and "model.safetensors" in fake_hub.uploaded
+    assert ModelCard.load(out / "README.md").data.pipeline_tag == task
