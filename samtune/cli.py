@@ -386,6 +386,10 @@ def validate(
         table.add_row("task", data.task)
         columns = (data.text_column, data.text_pair_column, data.image_column, data.response_column)
         table.add_row("columns", ", ".join(c for c in columns if c))
+        if data.picked:
+            from samtune.runner import describe_picked
+
+            table.add_row("picked", describe_picked(data.picked))
         if problem(data.task) == REGRESSION:
             table.add_row("target", f"{data.labels[0]} (a number: regression)")
         elif problem(data.task) == GENERATION:

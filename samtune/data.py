@@ -67,6 +67,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
     is_hub_dataset: bool = False
     augment: Any = None  # the training images' transform, told the epoch by the runner
+    picked: dict[str, str] = field(default_factory=dict)  # "label"/"text" -> the column chosen by its values
 
     @property
     def label_column(self) -> str:
@@ -282,8 +283,14 @@ def _pick(columns: list[str], explicit: str | None, candidates: tuple[str, ...],
     return found[0] if found else None
 
 
-def detect_columns(columns: list[str], features: Any, data: DataSection, task: str) -> dict[str, str | None]:
-    """Which columns hold the label, and the text (and its pair) or the image (token classification: the words)."""
+def detect_columns(
+    columns: list[str], features: Any, data: DataSection, task: str, rows: Dataset | None = None
+) -> dict[str, str | None]:
+    """Which columns hold the label, and the text (and its pair) or the image (token classification: the words).
+
+    Names decide first (the recipe's, then the usual ones: `label`, `text`, ...). Where they do not, and `rows`
+    (the train split) is given, the values do (`_by_content`); the columns so picked are listed under "picked".
+    """
     from datasets import Image
 
     if task == TOKEN_CLASSIFICATION:
@@ -292,25 +299,38 @@ def detect_columns(columns: list[str], features: Any, data: DataSection, task: s
         return _generation_columns(columns, data)
     explicit = COMBINED_LABELS if data.label_columns else data.label_column
     label = _pick(columns, explicit, LABEL_COLUMNS, "labels", "data.label_column")
-    if label is None:
-        raise DataError(
-            f"no label column found (columns: {', '.join(columns)})",
-            "Name it with data.label_column=COLUMN (samtune looks for 'label' or 'labels').",
-        )
     want = None if task == "auto" else modality(task)
     image_candidates = tuple(c for c in columns if isinstance(features.get(c), Image)) or IMAGE_COLUMNS
     image = None
     if want != "text":
         image = _pick(columns, data.image_column, image_candidates, "images", "data.image_column")
+    picked: dict[str, str] = {}  # data.<key>_column -> the column chosen by its values
+    if label is None and rows is not None:
+        text_named = data.text_column or next((c for c in TEXT_COLUMNS if c in columns), None)
+        label = _by_content(rows, columns, "label", exclude=(image, text_named))
+        if label is not None:
+            picked["label"] = label
+    if label is None:
+        raise DataError(
+            f"no label column found (columns: {', '.join(columns)})",
+            "Name it with data.label_column=COLUMN (samtune looks for 'label' or 'labels', then for one column "
+            "whose values repeat: none does here).",
+        )
     if image is not None or want == "image":
         if image is None:
             raise DataError(
                 f"no image column found (columns: {', '.join(columns)})",
                 "Name it with data.image_column=COLUMN (samtune looks for 'image' or 'img').",
             )
-        return {"label": label, "image": image, "text": None, "pair": None}
+        return {"label": label, "image": image, "text": None, "pair": None, "picked": picked}
 
     text = _pick(columns, data.text_column, TEXT_COLUMNS, "text", "data.text_column")
+    if text is None and rows is not None and not data.text_pair_column and not any(
+        all(c in columns for c in pair) for pair in PAIR_COLUMNS
+    ):
+        text = _by_content(rows, columns, "text", exclude=(label,))
+        if text is not None:
+            picked["text"] = text
     pair = data.text_pair_column
     if pair is not None and pair not in columns:
         raise DataError(f"data.text_pair_column is '{pair}', but the data has no such column (columns: {', '.join(columns)})")
@@ -322,9 +342,44 @@ def detect_columns(columns: list[str], features: Any, data: DataSection, task: s
         raise DataError(
             f"no text column found (columns: {', '.join(columns)})",
             "Name it with data.text_column=COLUMN (and data.text_pair_column=COLUMN for sentence pairs); "
-            "samtune looks for 'text', 'sentence' and pairs such as sentence1/sentence2.",
+            "samtune looks for 'text', 'sentence' and pairs such as sentence1/sentence2, then for one column of "
+            "mostly distinct sentences.",
         )
-    return {"label": label, "image": None, "text": text, "pair": pair}
+    return {"label": label, "image": None, "text": text, "pair": pair, "picked": picked}
+
+
+CONTENT_SAMPLE = 5000  # rows read to judge a column by its values
+
+
+def _by_content(rows: Dataset, columns: list[str], what: str, exclude: tuple[str | None, ...] = ()) -> str | None:
+    """The one column whose values look like the `what` ("label" or "text"), where no name said; None if none does.
+
+    A label: strings, whole numbers or booleans that repeat (2 to 100 distinct values, at most a fifth of the
+    rows). A text: strings, mostly distinct (at least half the rows), most with a space in them (sentences, not
+    ids or codes). Two candidates or more is a DataError naming them all: samtune never guesses between columns.
+    """
+    sample = rows.select(range(min(len(rows), CONTENT_SAMPLE)))
+    n, found = len(sample), {}
+    for c in columns:
+        if c in exclude:
+            continue
+        values = [v for v in sample[c] if v is not None]
+        kind = type(values[0]) if values else None
+        if kind not in (str, int, bool) or not all(type(v) is kind for v in values):
+            continue
+        distinct = len(set(values))
+        if what == "label" and 2 <= distinct <= max(2, min(100, n // 5)):
+            found[c] = distinct
+        elif what == "text" and kind is str and distinct >= n / 2 and sum(" " in v.strip() for v in values) >= len(values) / 2:
+            found[c] = distinct
+    if len(found) > 1:
+        described = ", ".join(f"'{c}' ({d} distinct values in {n} rows)" for c, d in found.items())
+        raise DataError(
+            f"more than one column could be the {what}: {described}; samtune does not guess between them",
+            "Say which: " + " or ".join(f"data.{what}_column={c}" for c in found)
+            + (" (and data.text_column=COLUMN for the text)" if what == "label" else "") + ".",
+        )
+    return next(iter(found), None)
 
 
 def _word_columns(columns: list[str], data: DataSection) -> dict[str, str | None]:
@@ -719,7 +774,7 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
         hint = TOKEN_CLASSIFICATION if words else TEXT_GENERATION
     else:
         hint = task if task != "auto" else model_task if model_task not in (None, TOKEN_CLASSIFICATION, TEXT_GENERATION) else "auto"
-    cols = detect_columns(list(train.column_names), train.features, data, hint)
+    cols = detect_columns(list(train.column_names), train.features, data, hint, rows=train)
     if generation:
         return _generation_data(raw, data, cols, seed, from_hub)
     eval_name, test_name = _eval_and_test_names(raw, data, cols["label"])
@@ -782,6 +837,7 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
         test_split=test_name,
         notes=notes,
         is_hub_dataset=from_hub,
+        picked=cols.get("picked", {}),
     )
 
 

@@ -274,7 +274,7 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, s
     return args, precision
 
 
-def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
+def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
     """Data, processor and model for a recipe (the data first: its errors are the commonest)."""
     from samtune import modeling
     from samtune.data import load_data
@@ -287,6 +287,10 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
             "Choose a model for the task, or set task: auto.",
         )
     data = load_data(recipe.data, recipe.training.seed, recipe.task, model_task)
+    if data.picked:  # chosen by their values: written into the recipe, so config.yaml reruns the same run
+        for what, column in data.picked.items():
+            setattr(recipe.data, f"{what}_column", column)
+        notify(describe_picked(data.picked))
     if model_task and modality(data.task) != modality(model_task):
         raise DataError(
             f"'{recipe.model.name}' is a {modality(model_task)} model, but the data looks like {data.task} "
@@ -313,6 +317,13 @@ def _prepare(recipe: Recipe) -> tuple[Any, Any, Any, str]:
     if recipe.model.adapters() is not None:
         model = modeling.apply_lora(model, recipe.model.adapters(), data.task)
     return data, processor, model, data.task
+
+
+def describe_picked(picked: dict[str, str]) -> str:
+    """What column detection by content chose, and how to choose otherwise."""
+    chosen = ", ".join(f"{what} '{column}'" for what, column in picked.items())
+    keys = " ".join(f"data.{what}_column=COLUMN" for what in picked)
+    return f"columns picked by their values: {chosen} (saved in config.yaml; {keys} chooses others)"
 
 
 def _check_init_from(recipe: Recipe, labels: list[str]) -> None:
@@ -393,7 +404,7 @@ def _train_locked(o: _RunOptions) -> RunResult:
     set_seed(recipe.training.seed)
     started = time.perf_counter()
 
-    data, processor, model, task = _prepare(recipe)
+    data, processor, model, task = _prepare(recipe, o.notify if is_main_process() else (lambda _: None))
     if checkpoint and (run_dir / CONFIG_FILE).is_file() and is_main_process():  # (after _prepare: its defaults)
         _warn_if_the_recipe_changed(checkpoint, recipe, run_dir, o.notify)
     if recipe.model.init_from and data.labels:

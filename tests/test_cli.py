@@ -299,7 +299,8 @@ def test_a_learnable_task_is_learned(tmp_path, text_model_dir):
 
 
 def test_two_processes_report_a_data_error_once_with_its_exit_code(tmp_path, text_model_dir):
-    bad = write_csv(tmp_path / "nolabel.csv", [{"text": r["text"], "mood": r["label"]} for r in text_examples(20)])
+    rows = [{"text": r["text"], "note": f"seen on day {i}"} for i, r in enumerate(text_examples(20))]
+    bad = write_csv(tmp_path / "nolabel.csv", rows)  # no label by name, none by content
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(bad),
            "--output-dir", str(tmp_path / "run"), "--nproc", "2"]  # fmt: skip

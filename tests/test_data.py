@@ -120,3 +120,73 @@ def test_a_test_split_is_scored_but_never_picks_the_checkpoint(tmp_path):
     data = _load(tmp_path / "data")
     assert "of 'train'" in data.eval_source and len(data.eval) == 4
     assert data.test_split == "test" and len(data.test) == 10
+
+
+# ---- columns picked by their values (names did not say) -------------------------------------------
+
+
+def _sentences(n: int, seed: int = 0) -> list[str]:
+    import random
+
+    from conftest import FILLER, NEGATIVE, POSITIVE
+
+    rng = random.Random(seed)
+    return [" ".join(rng.sample(FILLER, 5) + [rng.choice(POSITIVE + NEGATIVE)]) + f" {i}" for i in range(n)]
+
+
+def test_review_and_sentiment_are_picked_by_their_values(tmp_path):
+    rows = [{"review": t, "sentiment": "positive" if i % 2 else "negative"} for i, t in enumerate(_sentences(160))]
+    data = _load(write_csv(tmp_path / "reviews.csv", rows))
+    assert data.text_column == "review" and data.picked == {"label": "sentiment", "text": "review"}
+    assert data.labels == ["negative", "positive"]
+
+
+def test_statement_and_party_three_classes_one_rare(tmp_path):
+    parties = ["red"] * 70 + ["blue"] * 80 + ["green"] * 10
+    rows = [{"statement": t, "party": p} for t, p in zip(_sentences(160), parties)]
+    data = _load(write_csv(tmp_path / "statements.csv", rows))
+    assert data.picked == {"label": "party", "text": "statement"} and data.labels == ["blue", "green", "red"]
+
+
+def test_integer_label_ids_beside_a_named_text_column(tmp_path):
+    rows = [{"id": i, "text": t, "label_id": i % 3} for i, t in enumerate(_sentences(90))]
+    data = _load(write_csv(tmp_path / "ids.csv", rows))
+    assert data.picked == {"label": "label_id"} and data.text_column == "text" and data.labels == ["0", "1", "2"]
+
+
+def test_content_and_category_in_jsonl(tmp_path):
+    from conftest import write_jsonl
+
+    rows = [{"content": t, "category": ["film", "music", "books", "games"][i % 4]} for i, t in enumerate(_sentences(120))]
+    data = _load(write_jsonl(tmp_path / "posts.jsonl", rows))
+    assert data.picked == {"label": "category", "text": "content"} and len(data.labels) == 4
+
+
+def test_two_columns_that_could_each_be_the_label_are_a_data_error_naming_both(tmp_path):
+    speakers = ["ann", "bob", "cy", "dee", "eve", "fay"]
+    rows = [{"speaker": speakers[i % 6], "party": "red" if i % 6 < 3 else "blue", "text": t}
+            for i, t in enumerate(_sentences(120))]  # fmt: skip
+    with pytest.raises(DataError) as e:
+        _load(write_csv(tmp_path / "debates.csv", rows))
+    assert "more than one column could be the label" in e.value.message
+    assert "'speaker'" in e.value.message and "'party'" in e.value.message
+    assert "data.label_column=speaker" in e.value.hint and "data.label_column=party" in e.value.hint
+
+
+def test_picked_columns_are_saved_in_config_yaml_and_said(tmp_path, text_model_dir):
+    import yaml
+    from typer.testing import CliRunner
+
+    from samtune.cli import app
+
+    rows = [{"review": t, "sentiment": "pos" if i % 2 else "neg"} for i, t in enumerate(_sentences(80))]
+    path = write_csv(tmp_path / "reviews.csv", rows)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(path), "--output-dir",
+                                      str(out), "--max-steps", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "columns picked by their values: label 'sentiment', text 'review'" in result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert saved["label_column"] == "sentiment" and saved["text_column"] == "review"
+    shown = CliRunner().invoke(app, ["validate", "--model", str(text_model_dir), "--dataset", str(path)])
+    assert shown.exit_code == 0 and "picked" in shown.output

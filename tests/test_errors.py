@@ -106,7 +106,9 @@ def test_unknown_format(text_model_dir, tmp_path):
 
 
 def test_missing_label_column(text_model_dir, tmp_path):
-    f = write_csv(tmp_path / "nolabel.csv", [{"text": r["text"], "sentiment": r["label"]} for r in text_examples(20)])
+    # No column named as a label, and none whose values repeat (a note per row): nothing to pick.
+    rows = [{"text": r["text"], "note": f"seen on day {i}"} for i, r in enumerate(text_examples(20))]
+    f = write_csv(tmp_path / "nolabel.csv", rows)
     _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "no label column", "data.label_column")
 
 
@@ -115,7 +117,9 @@ def test_named_column_that_does_not_exist(train_args):
 
 
 def test_missing_text_column(text_model_dir, tmp_path):
-    f = write_csv(tmp_path / "notext.csv", [{"body": r["text"], "label": r["label"]} for r in text_examples(20)])
+    # No column named as text, and none of sentences (codes without spaces): nothing to pick.
+    rows = [{"code": f"x{i:04d}", "label": r["label"]} for i, r in enumerate(text_examples(20))]
+    f = write_csv(tmp_path / "notext.csv", rows)
     _fails(["train", "--model", text_model_dir, "--dataset", f], EXIT_DATA, "no text column", "data.text_column")
 
 
