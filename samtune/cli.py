@@ -373,7 +373,6 @@ def validate(
         check_output_dir(resolved.output_dir(), overwrite, resume)  # (--nproc changes nothing to check here)
         from samtune import modeling
         from samtune.data import load_data
-        from samtune.errors import UsageError
         from samtune.tasks import GENERATION, REGRESSION, problem
 
         modeling.quiet_transformers()
@@ -428,6 +427,51 @@ def eval_command(
             if k.startswith("eval_") and "per_second" not in k and k != "eval_split":
                 table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
         console.print(table)
+
+    _guarded(body, debug)
+
+
+@app.command("predict")
+def predict_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by samtune train.")],
+    source: Annotated[
+        str, typer.Argument(metavar="INPUT", help="A csv/jsonl/parquet file, a folder of images, or a text to classify.")
+    ],
+    output: Annotated[
+        Optional[Path], typer.Option(help="Write every row with its prediction here (.csv or .jsonl).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip images that do not decode (and say which).")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Predict with a saved run: each input row with its predicted label and every class's probability."""
+
+    def body() -> None:
+        from rich.progress import track
+
+        from samtune.predict import OUTPUT_FORMATS, predict, write_predictions
+
+        if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
+            raise UsageError(f"cannot tell the format of --output {output}", "End it with .csv or .jsonl.")
+        result = predict(run_dir, source, batch_size, skip_bad,
+                         progress=lambda it, total: track(it, total=total, description="predicting",
+                                                          console=err_console, transient=True))  # fmt: skip
+        if result.skipped:
+            err_console.print(f"[yellow]skipped {len(result.skipped)} image(s) that do not decode: "
+                              f"{', '.join(result.skipped[:10])}[/yellow]")  # fmt: skip
+        if output is not None:
+            write_predictions(result, output)
+            console.print(f"[green]wrote[/green] {len(result.table)} predictions to {output}")
+            return
+        shown = result.table.head(20)
+        table = Table(title=f"{run_dir}: {len(result.table)} prediction(s)")
+        for c in shown.columns:
+            table.add_column(str(c), overflow="fold", justify="right" if c.startswith(("prob_", "score")) else "left")
+        for _, row in shown.iterrows():
+            table.add_row(*[f"{v:.4f}" if isinstance(v, float) else escape(str(v))[:80] for v in row])
+        console.print(table)
+        if len(result.table) > len(shown):
+            console.print(f"(the first {len(shown)} rows: --output FILE.csv writes all {len(result.table)})")
 
     _guarded(body, debug)
 

@@ -1,0 +1,174 @@
+"""`samtune predict`: a finished run's predictions on new examples (a file, a folder of images, or a text).
+
+The run's model and processor, its labels and the columns it was trained on (its config.yaml) are read
+back as `samtune eval` reads them (`samtune.saved`); the examples need no labels. Each input row comes
+back with the predicted label and the probability of every class (multi-label: every label's own;
+regression: the predicted number), written as CSV or JSON lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from samtune.errors import DataError, UsageError
+from samtune.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION, modality, problem
+
+OUTPUT_FORMATS = (".csv", ".jsonl", ".json")
+
+
+@dataclass
+class Predictions:
+    """The input rows (without image pixels) with the prediction columns added after them."""
+
+    table: Any  # a pandas DataFrame
+    added: list[str]  # the prediction columns
+    skipped: list[str]  # image files that did not decode (with --skip-bad)
+
+
+def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
+    """Every image file under `folder` (by extension), checked to decode; a DataError names the first that does not,
+    unless `skip_bad`."""
+    import datasets
+    from PIL import Image, UnidentifiedImageError
+
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    good, bad = [], []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+            good.append(p)
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            if not skip_bad:
+                raise DataError(f"cannot read the image {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                                "Remove or replace the file, or pass --skip-bad to predict on the others.") from e  # fmt: skip
+            bad.append(str(p.relative_to(folder)))
+    if not good:
+        raise DataError(f"no image that decodes in {folder}", "Give a folder of images (png, jpg, ...).")
+    rows = datasets.Dataset.from_dict({"file": [str(p.relative_to(folder)) for p in good],
+                                       "image": [str(p) for p in good]})  # fmt: skip
+    return rows.cast_column("image", datasets.Image()), bad
+
+
+def read_inputs(source: str, image_run: bool, skip_bad: bool = False) -> tuple[Any, list[str]]:
+    """The examples to predict on: a data file's rows, a folder's images, or `source` itself as one text."""
+    import datasets
+
+    from samtune.data import _builder_for, _load_files
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not image_run:
+            raise UsageError(f"{path} is a folder; this run classifies text", "Give a csv/jsonl/parquet file, or a text.")
+        return _image_folder(path, skip_bad)
+    if path.is_file() and _builder_for(path) is not None:
+        return _load_files({"train": path})["train"], []
+    if image_run:
+        raise UsageError(f"{source} is not a folder of images or a data file", "Give a folder of images.")
+    return datasets.Dataset.from_dict({"text": [source]}), []
+
+
+def _column(rows: Any, named: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
+    """The input's column of `what`: the one the run was trained on (its name), else a usual name."""
+    for c in ([named] if named else []) + list(candidates):
+        if c in rows.column_names:
+            return c
+    wanted = f"'{named}'" if named else " or ".join(f"'{c}'" for c in candidates)
+    raise DataError(
+        f"the input has no {what} column {wanted} (columns: {', '.join(rows.column_names)})",
+        f"Rename the column to {wanted}, as in the run's training data ({key} in its config.yaml).",
+    )
+
+
+def predict(
+    run_dir: Path, source: str, batch_size: int = 64, skip_bad: bool = False,
+    progress: Callable[[Any, int], Any] = lambda it, total: it,
+) -> Predictions:  # fmt: skip
+    """Predictions of the run in `run_dir` on `source` (see `read_inputs`); `progress` wraps the batch loop."""
+    import torch
+
+    from samtune import modeling
+    from samtune.data import IMAGE_COLUMNS, TEXT_COLUMNS
+    from samtune.recipe import build_recipe, read_recipe_file
+    from samtune.rundir import CONFIG_FILE, require_model
+    from samtune.saved import load_model, read_run
+
+    run_dir = Path(run_dir)
+    require_model(run_dir)
+    recipe = build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
+    modeling.quiet_transformers()
+    run = read_run(run_dir, recipe)
+    if problem(run.task) not in (CLASSIFICATION, MULTI_LABEL, REGRESSION):
+        raise UsageError(f"samtune predict classifies and scores whole examples; {run_dir} is a {run.task} run",
+                         "Use the code in the run's README.md (transformers' pipeline) for taggers and causal LMs.")  # fmt: skip
+    image_run = modality(run.task) == "image"
+    rows, skipped = read_inputs(source, image_run, skip_bad)
+    data = recipe.data
+    if image_run:
+        columns = {"image": _column(rows, data.image_column, IMAGE_COLUMNS, "image", "data.image_column")}
+    else:
+        columns = {"text": _column(rows, data.text_column, TEXT_COLUMNS, "text", "data.text_column")}
+        if data.text_pair_column:
+            columns["pair"] = _column(rows, data.text_pair_column, (), "second text", "data.text_pair_column")
+    processor = modeling.load_processor(run.section, run.task)
+    model = load_model(run)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    outputs = []
+    starts = range(0, len(rows), batch_size)
+    with torch.no_grad():
+        for start in progress(starts, len(starts)):
+            batch = rows[start : start + batch_size]
+            if image_run:
+                from samtune.imaging import to_rgb
+
+                inputs = processor([to_rgb(im) for im in batch[columns["image"]]], return_tensors="pt")
+            else:
+                texts = [str(t) if t is not None else "" for t in batch[columns["text"]]]
+                pair = [[str(t) if t is not None else "" for t in batch[columns["pair"]]]] if "pair" in columns else []
+                inputs = processor(texts, *pair, truncation=True, max_length=recipe.model.max_length, padding=True,
+                                   return_tensors="pt")  # fmt: skip
+            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
+            outputs.append(logits.float().cpu().numpy())
+    logits = np.concatenate(outputs) if outputs else np.zeros((0, len(run.labels)))
+    table = rows.remove_columns([c for c in rows.column_names if c == columns.get("image")]).to_pandas()
+    added = _prediction_columns(table, logits, run.task, run.labels, recipe.training.threshold)
+    return Predictions(table, added, skipped)
+
+
+def _prediction_columns(table: Any, logits: np.ndarray, task: str, labels: list[str], threshold: float) -> list[str]:
+    """Add the predictions to `table` (in place); the names of the columns added."""
+    kind = problem(task)
+    if kind == REGRESSION:
+        name = f"predicted_{labels[0] if labels else 'value'}"
+        table[name] = logits.reshape(-1).astype(np.float64)
+        return [name]
+    if kind == MULTI_LABEL:
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        table["predicted_labels"] = ["|".join(name for name, p in zip(labels, row) if p >= threshold) for row in probs]
+    else:
+        shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        table["predicted_label"] = [labels[i] for i in probs.argmax(axis=1)]
+        table["score"] = probs.max(axis=1)
+    prob_columns = [f"prob_{label}" for label in labels]
+    for j, name in enumerate(prob_columns):
+        table[name] = probs[:, j]
+    return list(table.columns[-(len(prob_columns) + (1 if kind == MULTI_LABEL else 2)) :])
+
+
+def write_predictions(predictions: Predictions, output: Path) -> None:
+    """The table as CSV (.csv) or JSON lines (.jsonl, .json)."""
+    suffix = output.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UsageError(f"cannot tell the format of --output {output}", "End it with .csv or .jsonl.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        predictions.table.to_csv(output, index=False)
+    else:
+        predictions.table.to_json(output, orient="records", lines=True, force_ascii=False)
