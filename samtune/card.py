@@ -56,6 +56,7 @@ class CardFacts:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     adapter: dict[str, Any] | None = None  # a LoRA run: its adapters' settings and parameter counts
     response_column: str | None = None  # a causal LM trained on prompts and responses: the responses' column
+    confusion: Any = None  # single-label classification: the eval split's samtune.confusion.Confusion
 
 
 def base_model_license(model_ref: str | None) -> str | None:
@@ -286,6 +287,30 @@ generator = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.fro
 print(generator({prompt!r}, max_new_tokens=20, do_sample=False)[0]["generated_text"])"""
 
 
+def _confusion_section(facts: CardFacts) -> str:
+    """Per-class scores on the eval split and the confusion-matrix figure (single-label classification)."""
+    c = facts.confusion
+    if c is None:
+        return ""
+    from samtune.confusion import FIGURE_FILE
+
+    keep = c.shown()
+    rows = "\n".join(f"| {_cell(c.labels[i])} | {c.precision[i]:.3f} | {c.recall[i]:.3f} | {c.f1[i]:.3f} | {c.support[i]} |"
+                     for i in keep)  # fmt: skip
+    which = "" if len(keep) == len(c.labels) else f" (the {len(keep)} classes most involved in errors, of {len(c.labels)})"
+    return f"""
+## Where it errs
+
+Per class on the {facts.eval_split} split{which}:
+
+| class | precision | recall | F1 | examples |
+|---|---:|---:|---:|---:|
+{rows}
+
+![Confusion matrix]({FIGURE_FILE})
+"""
+
+
 def _labels_line(facts: CardFacts) -> str:
     if problem(facts.task) == GENERATION:
         data = facts.recipe.data
@@ -344,7 +369,7 @@ plain step.
 
 {_results_table(facts)}
 {f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
-{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}
+{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{_confusion_section(facts)}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}
 ## How to use
 
 ```python

@@ -410,9 +410,13 @@ def eval_command(
     split: Annotated[Optional[str], typer.Option(help="Split to evaluate (default: validation/test).")] = None,
     config_name: Annotated[Optional[str], typer.Option("--config-name", help="Hub dataset configuration.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    figure: Annotated[
+        Path, typer.Option(help="Where the confusion matrix figure goes (single-label classification).")
+    ] = Path("confusion_matrix.png"),
     debug: DebugOpt = False,
 ) -> None:
-    """Evaluate a saved run on a dataset: accuracy and macro F1 (regression: MSE, MAE, Pearson, Spearman)."""
+    """Evaluate a saved run on a dataset: its metrics (per task), and for a classifier per-class precision, recall
+    and F1 with the confusion matrix (a table and a figure)."""
 
     def body() -> None:
         from samtune.modeling import quiet_transformers
@@ -427,6 +431,12 @@ def eval_command(
             if k.startswith("eval_") and "per_second" not in k and k != "eval_split":
                 table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
         console.print(table)
+        if metrics.get("confusion") is not None:
+            from samtune.confusion import plot_confusion
+
+            _print_confusion(metrics["confusion"])
+            plot_confusion(metrics["confusion"], figure, f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]")
+            console.print(f"wrote {figure}")
 
     _guarded(body, debug)
 
@@ -474,6 +484,34 @@ def predict_command(
             console.print(f"(the first {len(shown)} rows: --output FILE.csv writes all {len(result.table)})")
 
     _guarded(body, debug)
+
+
+def _print_confusion(confusion: Any) -> None:
+    """Per-class scores, and the confusion matrix as a table (up to 12 classes) or its largest confusions."""
+    keep = confusion.shown()
+    scores = Table(title="per class" + ("" if len(keep) == len(confusion.labels)
+                                        else f" (the {len(keep)} most confused of {len(confusion.labels)})"))  # fmt: skip
+    for name in ("class", "precision", "recall", "F1", "examples"):
+        scores.add_column(name, justify="left" if name == "class" else "right")
+    for i in keep:
+        scores.add_row(escape(confusion.labels[i]), f"{confusion.precision[i]:.3f}", f"{confusion.recall[i]:.3f}",
+                       f"{confusion.f1[i]:.3f}", str(confusion.support[i]))  # fmt: skip
+    console.print(scores)
+    if len(keep) <= 12:
+        matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
+        matrix.add_column("")
+        for i in keep:
+            matrix.add_column(escape(confusion.labels[i]), justify="right")
+        for t in keep:
+            matrix.add_row(escape(confusion.labels[t]), *[str(confusion.matrix[t, p]) for p in keep])
+        console.print(matrix)
+    else:
+        pairs = Table(title="most frequent confusions")
+        for name in ("true", "predicted as", "examples"):
+            pairs.add_column(name, justify="right" if name == "examples" else "left")
+        for true, predicted, count in confusion.top_confusions():
+            pairs.add_row(escape(true), escape(predicted), str(count))
+        console.print(pairs)
 
 
 MEASURE_PANEL = "Measurement"

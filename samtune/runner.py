@@ -43,6 +43,7 @@ from samtune.rundir import (
 )
 
 MERGED_DIR = "merged"  # a LoRA run's base with its adapters merged in (model.lora.merge)
+CONFUSION_FILE = "confusion.json"  # the eval split's confusion matrix and per-class scores (classification)
 
 
 @dataclass
@@ -423,8 +424,9 @@ def _train_locked(o: _RunOptions) -> RunResult:
         mark_as_run(run_dir)
     output = _fit(trainer, checkpoint, stopper, run_dir, o.resume_command)
     metrics = _final_metrics(trainer, output, data, recipe, started)
+    confusion = metrics.pop("confusion", None)
     if trainer.is_world_process_zero():
-        _save_results(trainer, o, metrics, data, task, precision)
+        _save_results(trainer, o, metrics, data, task, precision, confusion)
     return RunResult(
         run_dir=run_dir,
         metrics=metrics,
@@ -466,7 +468,7 @@ def _build_trainer(
             eval_dataset=data.eval,
             processing_class=processor,
             data_collator=modeling.collator(task, processor),
-            compute_metrics=metrics_function(task, threshold, data.labels),
+            compute_metrics=_with_confusion(metrics_function(task, threshold, data.labels), task),
             preprocess_logits_for_metrics=next_token_losses if problem(task) == GENERATION else None,
             callbacks=callbacks,
         )
@@ -505,10 +507,27 @@ def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resu
     return output
 
 
+def _with_confusion(metrics: Any, task: str) -> Any:
+    """A single-label classifier's `compute_metrics`, recording its predictions for the confusion matrix."""
+    from samtune.confusion import ConfusionRecorder
+
+    return ConfusionRecorder(metrics) if problem(task) == CLASSIFICATION else metrics
+
+
+def _confusion_of(trainer: Any, labels: list[str]) -> Any:
+    """The confusion matrix of the trainer's latest evaluation (None if its task has none)."""
+    from samtune.confusion import ConfusionRecorder
+
+    recorder = trainer.compute_metrics
+    return recorder.confusion(labels) if isinstance(recorder, ConfusionRecorder) else None
+
+
 def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started: float) -> dict[str, Any]:
-    """The flat metrics of a finished run: training, evaluation (and test), SAM's counters, wall time."""
+    """The flat metrics of a finished run: training, evaluation (and test), SAM's counters, wall time; the eval
+    split's confusion matrix (single-label classification) under "confusion", which is not saved in metrics.json."""
     metrics: dict[str, Any] = dict(output.metrics)
     metrics.update(trainer.evaluate(data.eval, metric_key_prefix="eval"))
+    metrics["confusion"] = _confusion_of(trainer, data.labels)
     if data.test is not None:
         metrics.update(trainer.evaluate(data.test, metric_key_prefix="test"))
     metrics.update(
@@ -528,7 +547,9 @@ def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started
     return metrics
 
 
-def _save_results(trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str) -> None:
+def _save_results(
+    trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str, confusion: Any = None
+) -> None:
     """The model and processor (loadable with from_pretrained), the Trainer's state, metrics.json and the card."""
     from samtune import modeling
     from samtune.card import CardFacts, base_model_license, write_model_card
@@ -536,6 +557,11 @@ def _save_results(trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: A
 
     recipe = o.recipe
     trainer.save_model(str(o.run_dir))
+    if confusion is not None:
+        from samtune.confusion import FIGURE_FILE, plot_confusion
+
+        plot_confusion(confusion, o.run_dir / FIGURE_FILE, f"{recipe.run_name()} on {data.eval_split}")
+        write_json_atomic(o.run_dir / CONFUSION_FILE, confusion.to_json())
     adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.adapters() is not None else None
     trainer.save_state()
     write_json_atomic(o.run_dir / METRICS_FILE, metrics)
@@ -557,6 +583,7 @@ def _save_results(trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: A
             log_history=trainer.state.log_history,
             adapter=adapter,
             response_column=data.response_column,
+            confusion=confusion,
         ),
     )
 
@@ -639,7 +666,7 @@ def evaluate_run(
         )  # fmt: skip
         trainer = SAMTrainer(
             model=model, args=args, processing_class=processor,
-            compute_metrics=metrics_function(run.task, recipe.training.threshold, run.labels),
+            compute_metrics=_with_confusion(metrics_function(run.task, recipe.training.threshold, run.labels), run.task),
             preprocess_logits_for_metrics=next_token_losses if problem(run.task) == GENERATION else None,
             data_collator=modeling.collator(run.task, processor),
         )  # fmt: skip
@@ -647,4 +674,5 @@ def evaluate_run(
         metrics = trainer.evaluate(inputs, metric_key_prefix="eval")
     metrics["eval_samples"] = len(inputs)
     metrics["eval_split"] = examples.split
+    metrics["confusion"] = _confusion_of(trainer, run.labels)  # None but for single-label classification
     return metrics
