@@ -514,6 +514,41 @@ def _print_confusion(confusion: Any) -> None:
         console.print(pairs)
 
 
+@app.command("runs")
+def runs_command(
+    root: Annotated[Path, typer.Argument(help="Where the run directories are.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON, for scripts.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """The run directories under ROOT (default runs/), newest first: model, data, SAM, metric, steps, status."""
+
+    def body() -> None:
+        import datetime
+        import json
+
+        from samtune.rundir import find_runs
+
+        runs = find_runs(root)
+        if as_json:
+            print(json.dumps(runs, indent=1))
+            return
+        if not runs:
+            console.print(f"no run directories under {root}")
+            return
+        table = Table(title=f"runs under {root}, newest first")
+        for name in ("run", "model", "data", "SAM", "eval metric", "steps", "wall time", "status", "modified"):
+            table.add_column(name, overflow="fold", justify="right" if name in ("steps", "wall time") else "left")
+        for r in runs:
+            metric = f"{r['metric'].removeprefix('eval_')} {r['value']:.4f}" if r["value"] is not None else "—"
+            wall = f"{r['wall_time']:.0f} s" if r["wall_time"] is not None else "—"
+            when = datetime.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M")
+            table.add_row(escape(r["run"]), escape(str(r["model"] or "")), escape(str(r["data"] or "")), r["sam"],
+                          metric, str(r["steps"] if r["steps"] is not None else "—"), wall, r["status"], when)  # fmt: skip
+        console.print(table)
+
+    _guarded(body, debug)
+
+
 MEASURE_PANEL = "Measurement"
 
 

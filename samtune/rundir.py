@@ -14,6 +14,7 @@ What `samtune train` writes into a run directory (the model and processor beside
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -195,3 +196,61 @@ def refuse_if_in_use(run_dir: Path, hint: str) -> None:
     holder = lock_is_held(run_dir)
     if holder:
         raise UsageError(f"{run_dir} is in use by a samtune run (process {holder})", hint)
+
+
+def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
+    """What `samtune runs` shows of a run directory: name, model, data, SAM, its metric, steps, time, status.
+
+    Status: "running" (a live process holds its lock), "finished" (metrics.json), "interrupted at step N" (a
+    complete checkpoint, no metrics), else "failed" (it stopped before its first checkpoint).
+    """
+    import yaml
+
+    from samtune.tasks import default_metric
+
+    run_dir = Path(run_dir)
+    recipe: dict[str, Any] = {}
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        recipe = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    section = lambda key: recipe.get(key) if isinstance(recipe.get(key), dict) else {}  # noqa: E731
+    model, data, sam, training = section("model"), section("data"), section("sam"), section("training")
+    metrics: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    steps, status = metrics.get("train_steps"), "failed"
+    if lock_is_held(run_dir):
+        status = "running"
+    elif metrics:
+        status = "finished"
+    elif (checkpoint := last_complete_checkpoint(run_dir)) is not None:
+        steps = int(Path(checkpoint).name.removeprefix(CHECKPOINT_PREFIX))
+        status = f"interrupted at step {steps}"
+    metric = training.get("metric_for_best_model") or next(
+        (m for m in ("accuracy", "mse", "micro_f1", "entity_f1", "perplexity") if f"eval_{m}" in metrics), None
+    )
+    if metric is None and recipe.get("task") not in (None, "auto"):
+        metric = default_metric(recipe["task"])
+    variant = sam.get("variant", "sam")
+    rho = sam.get("rho", 0.05)
+    return {
+        "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+        "path": str(run_dir),
+        "model": model.get("name"),
+        "data": data.get("dataset"),
+        "sam": "none (rho 0)" if rho == 0 else f"{variant} rho {rho}" + (" ASAM" if sam.get("adaptive") else ""),
+        "metric": f"eval_{metric}" if metric else None,
+        "value": metrics.get(f"eval_{metric}") if metric else None,
+        "steps": steps,
+        "wall_time": metrics.get("wall_time"),
+        "status": status,
+        "modified": max((p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()]), default=run_dir.stat().st_mtime),
+    }
+
+
+def find_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run directory under `root` (samtune train's mark; a comparison's runs included), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [run_summary(mark.parent, root) for mark in root.rglob(RUN_MARK) if CHECKPOINT_PREFIX not in str(mark.parent.name)]
+    return sorted(runs, key=lambda r: r["modified"], reverse=True)
