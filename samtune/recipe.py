@@ -36,6 +36,8 @@ SCHEDULERS = (
     "inverse_sqrt",
 )
 PACKAGE_PREFIX = "package:"
+# The experiment trackers training.report_to takes (the Trainer's integrations), and the package each needs.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
 
 class _Section(BaseModel):
@@ -240,6 +242,32 @@ class TrainingSection(_Section):
     )
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers, through the Trainer's integrations: " + ", ".join(TRACKERS)
+        + " (a list, or one name; none by default). SAM's sam_* values are logged with the rest.",
+    )
+    run_name: str | None = Field(default=None, description="The run's name in the trackers; default: the recipe's name.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        if v is None or v == "none":
+            return []
+        names = [n.strip() for n in v.split(",")] if isinstance(v, str) else v
+        if not isinstance(names, list):
+            return names  # pydantic says what is wrong with it
+        problems = []
+        for name in names:
+            if name not in TRACKERS:
+                close = difflib.get_close_matches(str(name), TRACKERS, n=1)
+                problems.append(f"unknown tracker '{name}'" + (f": did you mean '{close[0]}'?" if close else "")
+                                + f" (the trackers: {', '.join(TRACKERS)})")  # fmt: skip
+            elif importlib.util.find_spec(TRACKERS[name]) is None:
+                problems.append(f"the tracker '{name}' needs its package, which is not installed: pip install {TRACKERS[name]}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return names
 
     @model_validator(mode="after")
     def _consistent_schedule(self) -> TrainingSection:
