@@ -376,10 +376,14 @@ def validate(
         from samtune.tasks import GENERATION, REGRESSION, problem
 
         modeling.quiet_transformers()
-        try:  # the model's own task helps detect the data's (a causal LM and plain text); absent offline, say nothing
-            model_task = modeling.model_task(modeling.load_config(resolved.model))
-        except UsageError:
-            model_task = None
+        from samtune.data import is_local
+
+        model_task = None
+        if is_local(resolved.model.name or ""):  # a local model's own task helps detect the data's (causal LM + text)
+            try:
+                model_task = modeling.model_task(modeling.load_config(resolved.model))
+            except UsageError:
+                pass
         data = load_data(resolved.data, resolved.training.seed, resolved.task, model_task)
         table = Table(title="data pre-flight", show_header=False)
         table.add_row("task", data.task)

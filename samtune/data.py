@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from samtune.errors import DataError, UsageError
+from samtune.errors import OFFLINE_HINT, DataError, UsageError, hub_unreachable
 from samtune.recipe import DataSection, resolve_package_path
 from samtune.tasks import (
     CLASSIFICATION,
@@ -192,6 +192,12 @@ def _load_hub(data: DataSection) -> DatasetDict:
         text = _first_line(e)
         if "Config name is missing" in str(e) or "BuilderConfig" in str(e):
             raise DataError(f"dataset '{data.dataset}': {text}", "Set data.config to one of the names above.") from e
+        reason = hub_unreachable(e)
+        if reason is not None and not offline:
+            raise DataError(
+                f"dataset '{data.dataset}': the Hugging Face Hub could not be reached ({reason})",
+                f"Check the network connection; {OFFLINE_HINT}; or give a local path.",
+            ) from e
         if offline:
             hint = (
                 "HF_HUB_OFFLINE=1 is set: only local files and datasets already in the cache load. "

@@ -78,3 +78,26 @@ class PushError(SamtuneError):
 
     exit_code = EXIT_PUSH
     title = "Push failed"
+
+
+# Exceptions (by class name, anywhere in the chain) that mean the network, not the id, failed.
+_UNREACHABLE = ("ConnectError", "ConnectionError", "ConnectTimeout", "gaierror", "NameResolutionError")
+OFFLINE_HINT = "HF_HUB_OFFLINE=1 uses what is already in the local cache (models and datasets loaded before)"
+
+
+def hub_unreachable(error: BaseException) -> str | None:
+    """Why the Hub could not be reached ('Name or service not known', ...), if that is what `error` comes from;
+    None when the Hub answered (an id it does not know, a gated repo, ...)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__.endswith(_UNREACHABLE) or "couldn't connect to" in str(e).lower():
+            innermost = e
+            while innermost.__cause__ is not None or innermost.__context__ is not None:
+                innermost = innermost.__cause__ or innermost.__context__  # type: ignore[assignment]
+            text = str(innermost).strip().splitlines()
+            reason = text[0] if text else type(innermost).__name__
+            return reason.split("] ", 1)[-1] if reason.startswith("[Errno") else reason
+        e = e.__cause__ or e.__context__
+    return None

@@ -8,7 +8,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from samtune.errors import UsageError
+from samtune.errors import OFFLINE_HINT, UsageError, hub_unreachable
 from samtune.recipe import LoraSection, ModelSection, resolve_package_path
 from samtune.tasks import (
     IMAGE_CLASSIFICATION,
@@ -59,6 +59,12 @@ def _not_found(name: str, e: BaseException) -> UsageError:
         )
     if Path(name).expanduser().exists():
         return UsageError(f"'{name}' is a file, not a model folder or hub id", "Give a model folder or a hub id.")
+    reason = hub_unreachable(e)
+    if reason is not None and not _offline():
+        return UsageError(
+            f"model '{name}': the Hugging Face Hub could not be reached ({reason})",
+            f"Check the network connection; {OFFLINE_HINT}; or give a local folder.",
+        )
     if _offline():
         hint = (
             "HF_HUB_OFFLINE=1 is set, so only local folders and models already in the cache load. "

@@ -286,3 +286,39 @@ def test_resume_from_a_checkpoint_of_another_directory(train_args, tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
     _fails([*train_args, "--resume", ckpt], EXIT_USAGE, "belongs to", "--output-dir")
+
+
+def _unreachable_hub(*args, **kwargs):
+    """What transformers raises with no network: an OSError over huggingface_hub's error over a DNS failure."""
+    import socket
+
+    try:
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except socket.gaierror as dns:
+            raise RuntimeError("An error happened while trying to locate the file on the Hub") from dns
+    except RuntimeError as hub_error:
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from hub_error
+
+
+def test_no_network_says_the_hub_could_not_be_reached_not_that_the_model_is_unknown(monkeypatch, tmp_path, text_csv):
+    import transformers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", _unreachable_hub)
+    result = _fails(["train", "--model", "org/some-model", "--dataset", text_csv, "--output-dir", tmp_path / "run"],
+                    EXIT_USAGE, "the Hugging Face Hub could not be reached (Name or service not known)",
+                    "HF_HUB_OFFLINE=1 uses what is already in the local cache")  # fmt: skip
+    assert "not found" not in result.output
+
+
+def test_an_id_the_hub_does_not_know_is_still_not_found(monkeypatch, tmp_path, text_csv):
+    import transformers
+
+    def unknown(*args, **kwargs):
+        raise OSError("org/typo is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unknown)
+    _fails(["train", "--model", "org/typo", "--dataset", text_csv, "--output-dir", tmp_path / "run"], EXIT_USAGE,
+           "model 'org/typo' not found", "huggingface.co/models")  # fmt: skip
