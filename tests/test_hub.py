@@ -15,7 +15,7 @@ from samtune.errors import EXIT_PUSH, EXIT_USAGE
 runner = CliRunner()
 RUN_FILES = {
     "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.yaml",
-    "metrics.json", "trainer_state.json", "training_curves.png",
+    "metrics.json", "trainer_state.json", "training_curves.png", "confusion.json", "confusion_matrix.png",
 }  # fmt: skip
 
 
