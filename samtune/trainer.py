@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -167,6 +168,15 @@ class SAMTrainer(SAMCheckpointing, Trainer):
                 f"SAMTrainer does not support {backend} (enabled by your accelerate config): SAM's two-pass step "
                 "would be silently wrong under it. Launch with a config that uses plain multi-GPU data "
                 "parallelism (`accelerate config`, distributed_type MULTI_GPU) instead."
+            )
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            # Accelerate asked for FSDP but did not turn it on: it does so only on accelerator devices, and on CPU
+            # processes it silently trains with plain data parallelism. Never let a run look sharded when it is not.
+            raise UnsupportedSetupError(
+                "your accelerate config asks for FSDP, but Accelerate turns FSDP on only on GPUs (and other "
+                f"accelerators): on this {self.accelerator.distributed_type.value} setup it would train unsharded, "
+                "as plain data parallelism. Launch with a config without FSDP (distributed_type MULTI_CPU or "
+                "MULTI_GPU) to train that way knowingly."
             )
         if self.compute_loss_func is None and loss_ignores_num_items(self.accelerator.unwrap_model(self.model)):
             # Classification heads (BERT's in transformers 5.x) accept `num_items_in_batch` but

@@ -397,6 +397,17 @@ def test_unsupported_setups_are_refused_at_construction(tmp_path, field, value, 
     assert "instead" in str(err.value) or "Choose" in str(err.value)
 
 
+def test_an_fsdp_request_that_accelerate_drops_on_cpu_is_refused_not_trained_unsharded(tmp_path, monkeypatch):
+    """`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP; on CPU processes Accelerate then runs plain
+    data parallelism without a word. SAMTrainer refuses, naming what would have happened."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UnsupportedSetupError, match="would train unsharded") as err:
+        SAMTrainer(model=tiny_bert(), args=_args(tmp_path))
+    assert "without FSDP" in str(err.value)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    SAMTrainer(model=tiny_bert(), args=_args(tmp_path))  # no request, no refusal
+
+
 def test_context_parallelism_is_refused(tmp_path):
     from accelerate.parallelism_config import ParallelismConfig
 
