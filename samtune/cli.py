@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error;
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -415,8 +416,10 @@ def eval_command(
     config_name: Annotated[Optional[str], typer.Option("--config-name", help="Hub dataset configuration.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     figure: Annotated[
-        Path, typer.Option(help="Where the confusion matrix figure goes (single-label classification).")
-    ] = Path("confusion_matrix.png"),
+        Optional[Path],
+        typer.Option(help="Where the confusion matrix figure goes (single-label classification); default: in the "
+                     "run directory, eval-<data>-<split>-confusion_matrix.png."),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Evaluate a saved run on a dataset: its metrics (per task), and for a classifier per-class precision, recall
@@ -439,8 +442,10 @@ def eval_command(
             from samtune.confusion import plot_confusion
 
             _print_confusion(metrics["confusion"])
-            plot_confusion(metrics["confusion"], figure, f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]")
-            console.print(f"wrote {figure}")
+            stem = re.sub(r"[^\w.-]+", "-", Path(dataset).name.split(".")[0]).strip("-") or "data"
+            path = figure or Path(run_dir) / f"eval-{stem}-{metrics['eval_split']}-confusion_matrix.png"
+            plot_confusion(metrics["confusion"], path, f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]")
+            console.print(f"wrote {path}")
 
     _guarded(body, debug)
 
