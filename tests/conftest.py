@@ -220,3 +220,20 @@ def sam_sgd_trainer(tmp_path: Path, model, rows: list, batch_size: int, accumula
     trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows))
     trainer.train()
     return trainer
+
+
+def sam_and_reference(tmp_path: Path, model, rows: list, batch_size: int, accumulation: int, reference=None,
+                      n_steps: int = 3, rho: float = 0.05, lr: float = 0.5):  # fmt: skip
+    """`model` trained by the SAMTrainer (paper's SAM over plain SGD, rows in order) and by the hand-written
+    `reference` loop (default: tests/tiny.py's reference_sam_sgd) on the same micro-batches; also the reference
+    without the climb (rho 0). Returns (trained, reference, no_climb, micro-batches)."""
+    import copy
+
+    from tiny import micro_batches, reference_sam_sgd
+
+    reference = reference or reference_sam_sgd
+    batches = micro_batches(rows, batch_size)
+    steps = [batches[i * accumulation : (i + 1) * accumulation] for i in range(n_steps)]
+    trainer = sam_sgd_trainer(tmp_path, copy.deepcopy(model), rows, batch_size, accumulation, n_steps, rho, lr)
+    return trainer.model, reference(model, steps, rho, lr), reference(model, steps, 0.0, lr), batches
+

@@ -190,3 +190,38 @@ def test_picked_columns_are_saved_in_config_yaml_and_said(tmp_path, text_model_d
     assert saved["label_column"] == "sentiment" and saved["text_column"] == "review"
     shown = CliRunner().invoke(app, ["validate", "--model", str(text_model_dir), "--dataset", str(path)])
     assert shown.exit_code == 0 and "picked" in shown.output
+
+
+def _column_files(tmp_path):
+    """The issue's own-data files, each with the columns a user would export."""
+    from conftest import write_jsonl
+
+    texts = _sentences(160)
+    parties = ["red"] * 70 + ["blue"] * 80 + ["green"] * 10
+    return {
+        "review,sentiment": (write_csv(tmp_path / "a.csv", [{"review": t, "sentiment": "pos" if i % 2 else "neg"}
+                                                            for i, t in enumerate(texts)]), "review", "sentiment"),
+        "statement,party": (write_csv(tmp_path / "b.csv", [{"statement": t, "party": p} for t, p in zip(texts, parties)]),
+                            "statement", "party"),
+        "id,text,label_id": (write_csv(tmp_path / "c.csv", [{"id": i, "text": t, "label_id": i % 3}
+                                                            for i, t in enumerate(texts)]), "text", "label_id"),
+        "content,category (jsonl)": (write_jsonl(tmp_path / "d.jsonl", [{"content": t, "category": "abcd"[i % 4]}
+                                                                       for i, t in enumerate(texts)]), "content", "category"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["review,sentiment", "statement,party", "id,text,label_id", "content,category (jsonl)"])
+def test_each_own_data_file_trains_with_no_column_flags(tmp_path, text_model_dir, name):
+    import yaml
+    from typer.testing import CliRunner
+
+    from samtune.cli import app
+
+    path, text, label = _column_files(tmp_path)[name]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(path), "--output-dir",
+                                      str(out), "--max-steps", "2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert saved["label_column"] == label and saved["text_column"] in (text, None)  # a named 'text' needs no saving
+    assert (out / "metrics.json").is_file()

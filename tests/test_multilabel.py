@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 from pathlib import Path
@@ -10,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, run_card_example, sam_sgd_trainer, write_jsonl
-from tiny import max_abs_diff, micro_batches, reference_sam_sgd, tiny_bert
+from conftest import FILLER, NEGATIVE, POSITIVE, run_card_example, sam_and_reference, write_jsonl
+from tiny import max_abs_diff, tiny_bert
 from transformers import EvalPrediction
 from typer.testing import CliRunner
 
@@ -99,17 +98,13 @@ def test_sam_on_multi_label_and_regression_heads_matches_the_hand_written_loop(t
     """BCE over sigmoids, and MSE on one output: the SAM step is the paper's whatever the loss."""
     from test_regression import regression_rows
 
-    n_steps, rho, lr = 3, 0.05, 0.5
     if head == "multi-label":
         rows, model = _multi_hot_rows(24), tiny_bert(num_labels=3, problem_type="multi_label_classification")
     else:
         rows, model = regression_rows(24), tiny_bert(num_labels=1, problem_type="regression")
-    batches = micro_batches(rows, batch_size)
-    steps = [batches[i * accumulation : (i + 1) * accumulation] for i in range(n_steps)]
-    reference = reference_sam_sgd(model, steps, rho, lr)
-    trainer = sam_sgd_trainer(tmp_path, copy.deepcopy(model), rows, batch_size, accumulation, n_steps, rho, lr)
-    assert max_abs_diff(trainer.model, reference) <= 1e-6  # same formula, different code: rounding only
-    assert max_abs_diff(reference_sam_sgd(model, steps, 0.0, lr), reference) > 1e-4  # the climb mattered
+    ours, reference, no_climb, _ = sam_and_reference(tmp_path, model, rows, batch_size, accumulation)
+    assert max_abs_diff(ours, reference) <= 1e-6  # same formula, different code: rounding only
+    assert max_abs_diff(no_climb, reference) > 1e-4  # the climb mattered
 
 
 def test_text_multi_label_end_to_end(tmp_path, text_model_dir, topics_jsonl):
