@@ -10,6 +10,11 @@
 - resuming: `train(resume_from_checkpoint=PATH or True)` restores the counters, g_v and the
   weights (through `compat.renamed_weights`), then lets the Trainer resume the rest;
 - the best model at the end is loaded the same exact way.
+
+Under FSDP2 the weights come back through the Trainer's own FSDP checkpoint (Accelerate's sharded
+state dicts, exact), and LookSAM's g_v, sharded like the gradients, is written by every process as
+its own shards (`samtune_looksam_rank{i}.pt`) and made a DTensor again at the first step after a
+resume, once FSDP has sharded the model.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from samtune.compat.renamed_weights import reload_weights
 from samtune.files import atomic_path, write_json_atomic
+from samtune.optim.shards import DTensor, local
 
 SAM_STATE_FILE = "samtune_state.json"
 LOOKSAM_STATE_FILE = "samtune_looksam.pt"
+LOOKSAM_SHARD_FILE = "samtune_looksam_rank{}.pt"
 
 
 class SAMCheckpointing:
@@ -36,6 +43,8 @@ class SAMCheckpointing:
     state: Any
     accelerator: Any
     model: Any
+    is_fsdp2: bool = False
+    _looksam_shards: list[torch.Tensor | None] | None = None  # this process's saved g_v shards (FSDP2 resume)
 
     def sam_state(self) -> dict[str, Any]:
         """What a checkpoint must carry beyond the Trainer's own state."""
@@ -54,7 +63,8 @@ class SAMCheckpointing:
             # The Trainer's own rule for True; where there is none, the Trainer raises its own error.
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
         if isinstance(resume_from_checkpoint, str):
-            reload_weights(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
+            if not self.is_fsdp2:  # FSDP2: the Trainer loads its sharded checkpoint
+                reload_weights(self.accelerator.unwrap_model(self.model), resume_from_checkpoint)
             self._load_sam_state(resume_from_checkpoint)
             self._load_looksam_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *a, **kw)  # type: ignore[misc]
@@ -64,12 +74,16 @@ class SAMCheckpointing:
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             write_json_atomic(Path(output_dir) / SAM_STATE_FILE, self.sam_state())
+            if not self.is_fsdp2:
+                self.save_looksam_state(output_dir)
+        if self.is_fsdp2:  # every process holds its own shards of g_v
+            os.makedirs(output_dir, exist_ok=True)
             self.save_looksam_state(output_dir)
         super()._save_rng_state(output_dir)  # type: ignore[misc]
 
     def _load_best_model(self) -> None:
         """Load the best checkpoint through `from_pretrained` (exact for renamed keys); else the Trainer's way."""
-        if not reload_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint):
+        if self.is_fsdp2 or not reload_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint):
             super()._load_best_model()  # type: ignore[misc]
 
     def _load_sam_state(self, checkpoint: str) -> None:
@@ -83,17 +97,34 @@ class SAMCheckpointing:
 
     def save_looksam_state(self, folder: str) -> None:
         """Write LookSAM's g_v into a checkpoint folder, so a resumed run reuses it exactly."""
-        if self._looksam_v is not None:
-            with atomic_path(Path(folder) / LOOKSAM_STATE_FILE) as tmp:
-                torch.save([v.cpu() if v is not None else None for v in self._looksam_v], tmp)
+        if self._looksam_v is None:
+            return
+        name = LOOKSAM_SHARD_FILE.format(self.args.process_index) if self.is_fsdp2 else LOOKSAM_STATE_FILE
+        with atomic_path(Path(folder) / name) as tmp:
+            torch.save([local(v).cpu() if v is not None else None for v in self._looksam_v], tmp)
 
     def _load_looksam_state(self, checkpoint: str) -> None:
         """Read g_v back (without it, LookSAM's next step is a SAM step that computes it afresh)."""
-        path = os.path.join(checkpoint, LOOKSAM_STATE_FILE)
-        self._looksam_v = None
+        name = LOOKSAM_SHARD_FILE.format(self.args.process_index) if self.is_fsdp2 else LOOKSAM_STATE_FILE
+        path = os.path.join(checkpoint, name)
+        self._looksam_v = self._looksam_shards = None
         if self.sam_variant.name != "looksam" or not os.path.isfile(path):
             return
-        params = self.sam_parameters(self.model)
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        if self.is_fsdp2:
+            self._looksam_shards = saved  # made DTensors once FSDP has sharded the model (`looksam_from_shards`)
+            return
+        params = self.sam_parameters(self.model)
         if len(saved) == len(params):
             self._looksam_v = [v.to(p.device) if v is not None else None for v, p in zip(saved, params, strict=True)]
+
+    def looksam_from_shards(self, params: list[torch.nn.Parameter]) -> None:
+        """After a resume under FSDP2: g_v from this process's saved shards, sharded as the parameters are."""
+        shards, self._looksam_shards = self._looksam_shards, None
+        if shards is None or len(shards) != len(params):
+            return
+        self._looksam_v = [
+            None if v is None else DTensor.from_local(v.to(local(p).device), p.device_mesh, p.placements,
+                                                      shape=p.shape, stride=p.stride(), run_check=False)
+            for v, p in zip(shards, params, strict=True)
+        ]  # fmt: skip

@@ -35,6 +35,7 @@ every micro-batch and every process agrees.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -48,7 +49,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from samtune.compat.grad_scaler import keep_scheduler_wrapper_mark, mark_stepped, record_overflow
 from samtune.compat.loss_normalisation import loss_ignores_num_items, loss_is_scaled_for_ga, loss_shifts_labels
 from samtune.optim.functional import (
+    ascent_norm,
     frozen_running_stats,
+    gradients_by_backward,
     restore_weights_,
     sam_perturbation,
     save_and_climb_,
@@ -56,6 +59,7 @@ from samtune.optim.functional import (
 )
 from samtune.optim.selection import PRESETS, climbing_names
 from samtune.optim.settings import SAMSettings, sam_window
+from samtune.optim.shards import is_sharded
 from samtune.optim.variants import SAMVariant, ascent_rows, batch_size_of, first_rows
 from samtune.optim.variants import looksam_direction, looksam_gradient_
 from samtune.sam_checkpoint import SAMCheckpointing
@@ -98,20 +102,30 @@ class SAMArguments(SAMSettings, TrainingArguments):
         return SAMVariant.from_settings(self, seed=self.seed)
 
 
+_DEEPSPEED = (
+    "SAMTrainer does not support DeepSpeed{how}: its engine reduces, partitions and (ZeRO-2) steps on the gradients "
+    "inside backward(), so SAM's ascent gradient cannot be taken apart from the descent's and the update "
+    "would not be SAM's. To shard a model that does not fit on one device, use FSDP2 (Accelerate config: "
+    "distributed_type FSDP, fsdp_version 2; or TrainingArguments fsdp='full_shard' with "
+    "fsdp_config={{'version': 2}}), which samtune supports exactly; for models that fit, plain data parallelism."
+)
+_FSDP1 = (
+    "SAMTrainer supports FSDP through FSDP2 only (fully_shard): FSDP1's flat parameters hide the per-parameter "
+    "shards that SAM's climb and its exact restore work on. Use fsdp_version 2 (Accelerate config: "
+    "fsdp_version: 2; TrainingArguments: fsdp_config={'version': 2}, the default)."
+)
+
+
 def _refuse_unsupported_args(args: TrainingArguments) -> None:
     """Refuse, before anything is built, the setups in which SAM's step would be silently wrong."""
     if args.deepspeed:
-        raise UnsupportedSetupError(
-            "SAMTrainer does not support DeepSpeed: DeepSpeed steps the optimizer inside backward(), so "
-            "SAM's ascent pass would update the weights. Train with plain data parallelism instead "
-            "(`accelerate launch` or `torchrun` without a DeepSpeed config), or set rho=0."
-        )
+        raise UnsupportedSetupError(_DEEPSPEED.format(how=""))
     if args.fsdp:
-        raise UnsupportedSetupError(
-            "SAMTrainer does not support FSDP yet: FSDP shards parameters and gradients across ranks, so the "
-            "global ascent norm ||g|| and the exact save/restore of w would need collective operations it does "
-            "not do. Use data parallelism (DDP) instead, for models that fit on one device."
-        )
+        config = args.fsdp_config or {}
+        if config.get("xla", False):
+            raise UnsupportedSetupError("SAMTrainer does not support FSDP on XLA (TPU); use FSDP2 on GPUs.")
+        if int(config.get("version", 2)) != 2:
+            raise UnsupportedSetupError(_FSDP1)
     optim = str(getattr(args.optim, "value", args.optim))
     if optim in _LOMO or optim.endswith("layerwise"):
         raise UnsupportedSetupError(
@@ -162,14 +176,28 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         _refuse_unsupported_args(args)
         super().__init__(model, args, *a, **kw)
         # An `accelerate launch` config can switch these on without the arguments saying so.
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or getattr(self, "is_fsdp_xla_enabled", False):
-            backend = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
+        if self.is_deepspeed_enabled:
+            raise UnsupportedSetupError(_DEEPSPEED.format(how=" (enabled by your accelerate config)"))
+        if getattr(self, "is_fsdp_xla_enabled", False):
+            raise UnsupportedSetupError("SAMTrainer does not support FSDP on XLA (TPU); use FSDP2 on GPUs.")
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        self.is_fsdp2 = bool(self.is_fsdp_enabled and getattr(plugin, "fsdp_version", 1) == 2)
+        if self.is_fsdp_enabled and not self.is_fsdp2:
+            raise UnsupportedSetupError(_FSDP1)
+        if getattr(self, "is_distributed_loading_by_transformers", False):
             raise UnsupportedSetupError(
-                f"SAMTrainer does not support {backend} (enabled by your accelerate config): SAM's two-pass step "
-                "would be silently wrong under it. Launch with a config that uses plain multi-GPU data "
-                "parallelism (`accelerate config`, distributed_type MULTI_GPU) instead."
+                "SAMTrainer does not support a model sharded by transformers at load time (distributed_config): "
+                "load it unsharded and let Accelerate's FSDP2 shard it (fsdp_version 2)."
             )
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        if self.is_fsdp2 and self.args.rho > 0:
+            # Under FSDP2 the ascent gradient comes through FSDP's reduce-scatter (averaged over the processes:
+            # a per-process ascent would need every process to hold the whole model's unsharded gradient, which
+            # is what sharding avoids). FSDP's no_sync would also keep the descent gradients unsharded between
+            # micro-batches and mix the ascent into them: every micro-batch reduce-scatters instead, so `.grad`
+            # holds sharded, averaged gradients that the ascent can set aside (memory: one gradient shard).
+            # (rho=0 keeps the stock schedule of reductions, so it is the stock step to the bit.)
+            self.accelerator.gradient_state.plugin_kwargs["sync_each_batch"] = True
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
             # Accelerate asked for FSDP but did not turn it on: it does so only on accelerator devices, and on CPU
             # processes it silently trains with plain data parallelism. Never let a run look sharded when it is not.
             raise UnsupportedSetupError(
@@ -268,6 +296,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         if rho == 0 or not self._in_sam_window():
             return super().training_step(model, inputs, num_items_in_batch)
         looksam = self.sam_variant.name == "looksam"
+        if looksam and self._looksam_shards is not None:
+            self.looksam_from_shards(self.sam_parameters(model))
         if self.sam_variant.climbs_on(self.state.global_step) or (looksam and self._looksam_v is None):
             return self._sam_step(model, inputs, num_items_in_batch, rho)
         # A plain step (every_k, rst), or LookSAM reusing g_v.
@@ -276,8 +306,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             self._looksam_reuse(model)
         return loss
 
-    def _resolve_climbing_parameters(self) -> set[int] | None:
-        """The ids of the parameters `params` selects (None: every trainable one); none selected is refused."""
+    def _resolve_climbing_parameters(self) -> set[str] | None:
+        """The names of the parameters `params` selects (None: every trainable one); none selected is refused."""
         if self.args.params == "all":
             return None
         model = self.accelerator.unwrap_model(self.model)
@@ -288,12 +318,19 @@ class SAMTrainer(SAMCheckpointing, Trainer):
                 f"sam.params={self.args.params!r} selects no trainable parameter: use a preset "
                 f"({', '.join(PRESETS)}) or patterns that match names such as {examples}."
             )
-        return {id(p) for n, p in model.named_parameters() if n in names}
+        return names
 
     def sam_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """The parameters that climb (`params`), in the model's order; DDP keeps the same parameter objects."""
+        """The parameters that climb (`params`), in the model's order.
+
+        By name on the unwrapped model: FSDP2 replaces the parameters by sharded ones (same names),
+        DDP wraps the model (and keeps the parameter objects).
+        """
         params = trainable_parameters(model)
-        return params if self._climbing is None else [p for p in params if id(p) in self._climbing]
+        if self._climbing is None:
+            return params
+        named = self.accelerator.unwrap_model(model).named_parameters()
+        return [p for n, p in named if p.requires_grad and n in self._climbing]
 
     def _rho_now(self) -> float:
         """This step's radius: rho, or with `schedule="lr"` rho * lr_t / peak lr (GSAM's rule)."""
@@ -327,7 +364,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             size = batch_size_of(inputs)
             if size is not None:
                 ascent_inputs = first_rows(inputs, ascent_rows(size, variant.ascent_fraction))
-        with self.accelerator.no_sync(model):
+        # DDP: the ascent is this process's own (no all-reduce); FSDP2: through FSDP's reduce-scatter (see __init__).
+        with contextlib.nullcontext() if self.is_fsdp2 else self.accelerator.no_sync(model):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
         if looksam:
             self._looksam_accumulate(grads, num_items_in_batch)
@@ -393,12 +431,15 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         index = [i for i, p in enumerate(params) if p.grad is not None]  # after DDP's all-reduce: alike everywhere
         g = [plain[i] if plain[i] is not None else torch.zeros_like(params[i].grad, dtype=torch.float32) for i in index]
         climbed_share = torch.tensor([1.0 if climbed else 0.0], device=self.accelerator.device)
-        *g, climbed_share = self._mean_over_processes([*g, climbed_share])
+        if self.is_fsdp2:  # the ascent gradients are already FSDP's averages (and each process holds other shards)
+            (climbed_share,) = self._mean_over_processes([climbed_share])
+        else:
+            *g, climbed_share = self._mean_over_processes([*g, climbed_share])
         if float(climbed_share) < 1.0 or not index:
             self._looksam_v = None  # no SAM gradient this step (somewhere): the next step refreshes again
             return
         g_v = looksam_direction(g, [params[i].grad for i in index])
-        size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g_v, 2))))
+        size = float(ascent_norm(g_v))  # ||g_v|| (over all shards under FSDP2)
         if not (math.isfinite(size) and size > 0):  # fp16 overflow (the scaler skips this step) or g_s parallel to g
             self._looksam_v = None
             return
@@ -440,10 +481,29 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         # clipping unscales the descent gradients, once per optimizer step).
         scaler = self.accelerator.scaler
         target = scaler.scale(loss) if scaler is not None else loss
-        grads = torch.autograd.grad(target, params, allow_unused=True)
+        if self.is_fsdp2:
+            self._check_sharded(params)
+            grads = tuple(gradients_by_backward(target.backward, params))  # FSDP writes sharded gradients to .grad
+        else:
+            grads = torch.autograd.grad(target, params, allow_unused=True)
         if not loss_is_scaled_for_ga(self, num_items_in_batch):
             loss = loss / self.current_gradient_accumulation_steps
         return loss.detach(), grads
+
+    def _check_sharded(self, params: list[nn.Parameter]) -> None:
+        """Under FSDP2 every climbing parameter must be sharded by it (checked once, before the first climb)."""
+        if getattr(self, "_sharding_checked", False):
+            return
+        plain = [n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+                 if p.requires_grad and not is_sharded(p) and any(p is q for q in params)]  # fmt: skip
+        if plain:
+            raise UnsupportedSetupError(
+                f"under FSDP2 every parameter SAM perturbs must be sharded by FSDP, and {len(plain)} are not "
+                f"(e.g. {plain[0]}): their ascent gradients would not be averaged over the processes and the "
+                "climb would differ between them. Shard the whole model (fsdp_auto_wrap_policy and fully_shard "
+                "at the root), or leave those parameters out of sam.params."
+            )
+        self._sharding_checked = True
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **kw: Any):
         """The stock loss, checked for NaN/inf while training (see `on_nonfinite`)."""

@@ -10,17 +10,20 @@ The step is then: save w, climb to w + e(w), take the gradient there, restore w 
 never by subtracting e(w), which drifts in low precision), and let the base optimizer step.
 
 Every function here works on lists of tensors with `torch._foreach_*` ops (one launch per list
-rather than one per parameter) and imports nothing from transformers.
+rather than one per parameter) and imports nothing from transformers. Sharded tensors (FSDP2's
+DTensors) are worked on shard by shard, the norms made global (samtune.optim.shards).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+
+from samtune.optim.shards import global_norm, local, locals_
 
 # Added to ||g|| so that a zero gradient gives e(w) = 0 instead of 0/0 (as davda54/sam does).
 NORM_EPS = 1e-12
@@ -38,7 +41,7 @@ def _chunks(tensors: Sequence[torch.Tensor | None], share: float = CHUNK_SHARE) 
     Ops on one chunk at a time bound the temporaries to a chunk's size; a tensor larger than the
     share is a chunk of its own.
     """
-    sizes = [t.numel() * t.element_size() if t is not None else 0 for t in tensors]
+    sizes = [local(t).numel() * t.element_size() if t is not None else 0 for t in tensors]
     budget = max(CHUNK_FLOOR, int(sum(sizes) * share))
     chunk: list[int] = []
     used = 0
@@ -66,6 +69,8 @@ def ascent_norm(
     """The global L2 norm that SAM divides by: ||g||, or || |w| * g || for ASAM (a float32 scalar, float64 for float64).
 
     `adaptive` may be one flag per tensor (the standalone optimizer allows ASAM per param group).
+    Sharded tensors (DTensors) contribute their shards' norms, summed over the processes (one
+    all-reduce): every process of their mesh must call this alike.
     """
     if isinstance(adaptive, bool):
         adaptive = [adaptive] * len(grads)
@@ -77,20 +82,21 @@ def ascent_norm(
     scaled = [
         (g, p) for g, p, a in zip(grads, params, adaptive, strict=True) if g is not None and a
     ]
-    # float32 accumulation (float64 for float64 weights: torch does not narrow in a norm).
-    dtype = torch.float64 if any(g is not None and g.dtype == torch.float64 for g in grads) else torch.float32
+    dtype = _norm_dtype(grads)
     norms: list[torch.Tensor] = []
     if plain:
-        norms += torch._foreach_norm(plain, 2, dtype=dtype)
+        norms += torch._foreach_norm(locals_(plain), 2, dtype=dtype)
     # || |w| * g || chunk by chunk: the product is a temporary the size of its inputs.
     for chunk in _chunks([g for g, _ in scaled]):  # || w g || = || |w| g ||
-        weighted = torch._foreach_mul([scaled[i][1].detach() for i in chunk], [scaled[i][0] for i in chunk])
+        weighted = torch._foreach_mul([local(scaled[i][1].detach()) for i in chunk], [local(scaled[i][0]) for i in chunk])
         norms += torch._foreach_norm(weighted, 2, dtype=dtype)
         del weighted
-    if not norms:
-        return torch.zeros((), dtype=torch.float32)
-    device = norms[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), 2)
+    return global_norm(norms, plain + [g for g, _ in scaled])
+
+
+def _norm_dtype(tensors: Sequence[torch.Tensor | None]) -> torch.dtype:
+    """Norms accumulate in float32 (float64 for float64 tensors: torch does not narrow in a norm)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def owned(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -100,20 +106,27 @@ def owned(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     same tensor, and a parameter broadcast over a batch of one gets a view of another's gradient
     (a ViT's `cls_token` gradient is then a slice of the `position_embeddings` gradient), or a
     stride-0 expansion. Scaling such tensors in place scales the shared elements twice. A tensor
-    is kept as it is only if it is contiguous (no element stored twice) and no earlier tensor of
-    the list lives in the same storage; the others are cloned (only the aliasing ones: no cost
-    for the usual distinct gradients).
+    is kept as it is only if it is contiguous (no element stored twice) and its bytes overlap no
+    earlier kept tensor's; the others are cloned (only the aliasing ones: no cost for the usual
+    distinct gradients, nor for FSDP2's sharded gradients, distinct views of one reduce-scatter
+    buffer). Sharded tensors (DTensors) are replaced by their local shards.
     """
-    seen: set[int] = set()
+    kept: dict[int, list[tuple[int, int]]] = {}  # storage -> byte ranges of the tensors kept in it
     out: list[torch.Tensor] = []
-    for g in grads:
-        storage = g.untyped_storage().data_ptr()
-        if storage in seen or not g.is_contiguous():
+    for g in locals_(grads):
+        storage, span = _byte_range(g)
+        if not g.is_contiguous() or any(a < span[1] and span[0] < b for a, b in kept.get(storage, [])):
             g = g.clone(memory_format=torch.contiguous_format)
-            storage = g.untyped_storage().data_ptr()
-        seen.add(storage)
+            storage, span = _byte_range(g)
+        kept.setdefault(storage, []).append(span)
         out.append(g)
     return out
+
+
+def _byte_range(t: torch.Tensor) -> tuple[int, tuple[int, int]]:
+    """(storage address, [first byte, end byte)) of a contiguous tensor's elements in its storage."""
+    start = t.storage_offset() * t.element_size()
+    return t.untyped_storage().data_ptr(), (start, start + max(t.numel(), 1) * t.element_size())
 
 
 def perturbation_(
@@ -126,13 +139,13 @@ def perturbation_(
 
     `scale` is rho / (norm + eps), from `ascent_norm`. The grads are overwritten: they are the
     ascent gradients, needed for nothing else once e(w) is known (gradients that share memory
-    are cloned first, see `owned`).
+    are cloned first, see `owned`). Sharded tensors: the returned e(w) is this process's shards.
     """
     grads = owned(grads)
     if not grads:
         return grads
     if adaptive:
-        weights = [p.detach() for p in params]
+        weights = [local(p.detach()) for p in params]
         torch._foreach_mul_(grads, weights)  # w^2 g as (w g) w: in place, no temporary
         torch._foreach_mul_(grads, weights)
     if isinstance(scale, torch.Tensor):
@@ -153,8 +166,9 @@ def save_and_climb_(
     copies (the caller must hold no other reference to the tensors in `e`). `out`, a copy saved
     by an earlier step, is reused when it matches the parameters (no new allocation).
     """
+    shards = locals_(params)
     reuse = out is not None and len(out) == len(params) and all(
-        o.shape == p.shape and o.dtype == p.dtype and o.device == p.device for o, p in zip(out, params, strict=True)
+        o.shape == p.shape and o.dtype == p.dtype and o.device == p.device for o, p in zip(out, shards, strict=True)
     )
     saved: list[torch.Tensor] = []
     try:
@@ -162,7 +176,7 @@ def save_and_climb_(
             ps = [params[i] for i in chunk]
             if reuse:
                 kept = [out[i] for i in chunk]  # type: ignore[index]
-                torch._foreach_copy_(kept, [p.detach() for p in ps])
+                torch._foreach_copy_(kept, [local(p.detach()) for p in ps])
                 saved += kept
             else:
                 saved += save_weights(ps)
@@ -179,25 +193,27 @@ def save_and_climb_(
 
 
 def save_weights(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """An exact copy of w, to come back to after the climb."""
-    saved = [torch.empty_like(p) for p in params]
+    """An exact copy of w, to come back to after the climb (of sharded parameters: this process's shards)."""
+    shards = [local(p.detach()) for p in params]
+    saved = [torch.empty_like(p) for p in shards]
     if saved:
-        torch._foreach_copy_(saved, [p.detach() for p in params])
+        torch._foreach_copy_(saved, shards)
     return saved
 
 
 @torch.no_grad()
 def climb_(params: Sequence[torch.Tensor], e: Sequence[torch.Tensor]) -> None:
-    """Climb to the local maximum: w <- w + e(w)."""
+    """Climb to the local maximum: w <- w + e(w) (in the parameters' own dtype; sharded: shard by shard)."""
     if params:
-        torch._foreach_add_(list(params), [x.to(p.dtype) for x, p in zip(e, params, strict=True)])
+        shards = locals_(params)
+        torch._foreach_add_(shards, [local(x).to(p.dtype) for x, p in zip(e, shards, strict=True)])
 
 
 @torch.no_grad()
 def restore_weights_(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> None:
     """Get back to w from w + e(w), by copying the saved tensors (bit-exact in any dtype)."""
     if params:
-        torch._foreach_copy_(list(params), list(saved))
+        torch._foreach_copy_(locals_(params), locals_(saved))
 
 
 def sam_perturbation(
@@ -219,12 +235,33 @@ def sam_perturbation(
         return params, perturbation_(grads, params, rho / (norm + NORM_EPS)), norm
     # ASAM, in place and without temporaries: g <- w g, whose norm is || |w| g ||; then
     # e = rho / || |w| g || * (w g) * w = rho * w^2 g / || |w| g ||.
+    refs = grads  # sharded tensors: the norm is summed over their shards
     grads = owned(grads)
-    weights = [p.detach() for p in params]
+    weights = [local(p.detach()) for p in params]
     torch._foreach_mul_(grads, weights)
-    norm = ascent_norm(grads)
+    norm = global_norm(torch._foreach_norm(grads, 2, dtype=_norm_dtype(grads)), refs)
     torch._foreach_mul_(grads, weights)
     return params, perturbation_(grads, params, rho / (norm + NORM_EPS)), norm
+
+
+def gradients_by_backward(backward: Callable[[], object], params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+    """The gradients that `backward()` writes into `params`' `.grad`, with their earlier `.grad` left as it was.
+
+    For models whose gradients only a backward pass produces: under FSDP2 the gradient of a sharded
+    parameter is written by FSDP's post-backward hook (the reduce-scatter, which averages it over the
+    processes); `torch.autograd.grad` with respect to the sharded parameters sees none. The `.grad`
+    already held (earlier micro-batches' descent gradients) is set aside during the pass and put
+    back, even on an error: the ascent gradient never mixes with it.
+    """
+    held = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        backward()
+        return [p.grad for p in params]
+    finally:
+        for p, g in zip(params, held, strict=True):
+            p.grad = g
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

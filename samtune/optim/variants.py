@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from samtune.optim.shards import global_norm, global_sum, is_sharded, local, locals_
 from samtune.optim.settings import VARIANTS, SAMSettings, VariantName, default_of, sam_setting_problems
 
 __all__ = ["VARIANTS", "SAMVariant", "VariantName"]
@@ -135,17 +136,21 @@ def first_rows(inputs: Mapping[str, Any], rows: int) -> dict[str, Any]:
 
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
-    """<a, b> over lists of tensors, accumulated in float32."""
-    parts = [torch.vdot(x.reshape(-1).float(), y.reshape(-1).float()) for x, y in zip(a, b, strict=True)]
-    return torch.stack(parts).sum() if parts else torch.zeros(())
+    """<a, b> over lists of tensors, accumulated in float32 (sharded tensors: over all shards)."""
+    parts = [torch.vdot(local(x).reshape(-1).float(), local(y).reshape(-1).float()) for x, y in zip(a, b, strict=True)]
+    if not parts:
+        return torch.zeros(())
+    if any(is_sharded(x) for x in a):
+        return global_sum(parts, list(a))
+    return torch.stack(parts).sum()
 
 
 def _norm(a: Sequence[torch.Tensor]) -> torch.Tensor:
-    """||a|| over a list of tensors, in float32 or wider."""
+    """||a|| over a list of tensors, in float32 or wider (sharded tensors: over all shards)."""
     if not a:
         return torch.zeros(())
     dtype = torch.promote_types(a[0].dtype, torch.float32)  # float32, float64 for float64 (no narrowing)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(a), 2, dtype=dtype)), 2)
+    return global_norm(torch._foreach_norm(locals_(a), 2, dtype=dtype), list(a))
 
 
 def looksam_direction(g: Sequence[torch.Tensor], g_s: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -156,9 +161,10 @@ def looksam_direction(g: Sequence[torch.Tensor], g_s: Sequence[torch.Tensor]) ->
     """
     g32 = [x.float() for x in g]
     coeff = _dot(g32, g_s) / _norm(g32).pow(2).clamp_min(1e-30)
-    g_v = [y.float().clone() for y in g_s]
+    g_v = [y.float().clone() for y in g_s]  # sharded g_s: sharded g_v, worked on shard by shard
     if g_v:
-        torch._foreach_add_(g_v, torch._foreach_mul(g32, coeff.to(g_v[0].device)), alpha=-1.0)
+        shards = locals_(g_v)
+        torch._foreach_add_(shards, torch._foreach_mul(locals_(g32), coeff.to(shards[0].device)), alpha=-1.0)
     return g_v
 
 
@@ -169,4 +175,5 @@ def looksam_gradient_(grads: Sequence[torch.Tensor], g_v: Sequence[torch.Tensor]
     if not grads:
         return
     scale = alpha * _norm(grads) / _norm(g_v).clamp_min(1e-30)
-    torch._foreach_add_(grads, [(v * scale.to(v.device)).to(x.dtype) for v, x in zip(g_v, grads, strict=True)])
+    shards = locals_(grads)
+    torch._foreach_add_(shards, [(v * scale.to(v.device)).to(x.dtype) for v, x in zip(locals_(g_v), shards, strict=True)])

@@ -1,0 +1,106 @@
+"""Run by test_fsdp.py under torchrun (2 CPU processes, gloo): SAMTrainer under Accelerate's FSDP2.
+
+Accelerate 1.x turns an FSDP request into FSDP only on accelerator devices; on CPU processes it
+trains with plain data parallelism (SAMTrainer refuses that case). To test SAMTrainer's FSDP2 path
+here, this worker lets Accelerate's state take the FSDP plugin on MULTI_CPU, as it does on GPUs:
+from then on everything is Accelerate's and the Trainer's own code (`fsdp2_prepare_model` calls
+`fully_shard` on a CPU device mesh, the checkpoints are Accelerate's sharded state dicts).
+
+Arguments: OUT SCENARIO [resume]. Scenarios: "sam" (exact SAM), "asam", "looksam" (k=3: steps 0 and 3
+climb, 1 and 2 reuse g_v), each with 2 micro-batches per step and a sharded checkpoint (Accelerate's
+SHARDED_STATE_DICT) at step 2; with "resume", the same scenario resumed from that checkpoint into a
+new folder. "rho0" and "plain": the stock Trainer under FSDP2, with its loss divided by the accumulation
+steps as it does for models without loss kwargs (BERT's loss accepts `num_items_in_batch` but ignores
+it, so the stock step would be 2 x 2 times too large under 2 processes and 2 micro-batches, the known
+trap SAMTrainer corrects).
+Each rank saves the full final weights, the micro-batches it trained on and samtune's counters.
+"""
+
+import sys
+from pathlib import Path
+
+import accelerate.state
+import torch
+from accelerate.utils import DistributedType
+from tiny import ListDataset, text_rows, tiny_bert
+from transformers import Trainer
+
+from samtune import SAMArguments, SAMTrainer
+
+_init = accelerate.state.AcceleratorState.__init__
+
+
+def _fsdp_on_cpu(self, *a, fsdp_plugin=None, **kw):
+    _init(self, *a, fsdp_plugin=fsdp_plugin, **kw)
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        self.distributed_type = DistributedType.FSDP
+        self.fsdp_plugin = fsdp_plugin
+        accelerate.state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+accelerate.state.AcceleratorState.__init__ = _fsdp_on_cpu
+
+
+class Recording:
+    seen: list
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen.append({k: v.detach().clone() for k, v in inputs.items()})
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+class RecordingSAMTrainer(Recording, SAMTrainer):
+    pass
+
+
+class RecordingTrainer(Recording, Trainer):
+    pass
+
+
+def main(out: Path, scenario: str, resume: bool = False) -> None:
+    extra = {
+        "asam": dict(rho=0.5, adaptive=True),
+        "rho0": dict(rho=0.0),
+        "looksam": dict(sam_variant="looksam", looksam_k=3, looksam_alpha=0.7),
+    }.get(scenario, {})
+    args = SAMArguments(**{
+        "output_dir": str(out / (f"{scenario}-resumed" if resume else scenario)), "use_cpu": True,
+        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 3 if scenario != "looksam" else 4,
+        "learning_rate": 0.5, "optim": "sgd", "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
+        "train_sampling_strategy": "sequential", "save_strategy": "steps", "save_steps": 2, "report_to": "none",
+        "disable_tqdm": True, "rho": 0.05, "schedule": "constant", "start": 0.0, "ddp_backend": "gloo",
+        "ddp_timeout": 60, "fsdp": "full_shard",
+        "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"],
+                        "state_dict_type": "SHARDED_STATE_DICT"},
+        **extra,
+    })  # fmt: skip
+    model, rows = tiny_bert(), text_rows(32)
+    cls = RecordingTrainer if scenario == "plain" else RecordingSAMTrainer
+    trainer = cls(model=model, args=args, train_dataset=ListDataset(rows))
+    trainer.seen = []
+    if scenario == "plain":
+        trainer.model_accepts_loss_kwargs = False
+    trainer.train(resume_from_checkpoint=str(out / scenario / "checkpoint-2") if resume else None)
+    accelerator = trainer.accelerator
+    assert accelerator.distributed_type == DistributedType.FSDP and accelerator.is_fsdp2, accelerator.distributed_type
+    assert trainer.args.world_size == 2
+    sharded = type(next(trainer.model.parameters())).__name__
+    state = {k: v.full_tensor().detach().clone() for k, v in trainer.model.state_dict().items()}
+    rank = trainer.args.process_index
+    torch.save(
+        {
+            "state": state,
+            "seen": trainer.seen,
+            "param_type": sharded,
+            "climb_steps": getattr(trainer, "sam_climb_steps", None),
+            "perturbations_skipped": getattr(trainer, "sam_perturbations_skipped", None),
+            "log": trainer.state.log_history,
+            "looksam_v": None if getattr(trainer, "_looksam_v", None) is None
+            else [v.full_tensor() if v is not None else None for v in trainer._looksam_v],
+        },
+        out / f"{scenario}{'-resumed' if resume else ''}-rank{rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], resume=sys.argv[3:] == ["resume"])
