@@ -248,6 +248,12 @@ class TrainingSection(_Section):
         + " (a list, or one name; none by default). SAM's sam_* values are logged with the rest.",
     )
     run_name: str | None = Field(default=None, description="The run's name in the trackers; default: the recipe's name.")
+    fsdp: bool = Field(
+        default=False,
+        description="Shard weights, gradients and optimizer state over the processes with FSDP2 (GPUs only; "
+        "launch with --nproc N or accelerate launch). SAM stays exact: its ascent gradient is averaged over the "
+        "processes. Checkpoints are sharded; the finished run is saved whole.",
+    )
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -552,10 +558,10 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{key}: tokens never go in a recipe; set HF_TOKEN in the environment or run `hf auth login`"
     if err["type"] == "extra_forbidden" and loc[-1] in ("fp16", "bf16"):
         return f"{key}: precision is one key, training.precision: auto, fp32, bf16 or fp16 (fp16 and bf16 exclude each other)"
-    if err["type"] == "extra_forbidden" and loc[-1] in ("deepspeed", "fsdp"):
-        name = {"deepspeed": "DeepSpeed", "fsdp": "FSDP"}[loc[-1]]
-        return (f"{key}: samtune does not train with {name}: SAM's two-pass step would be silently wrong "
-                "under it. Use data parallelism instead (samtune train --nproc N, or accelerate launch).")
+    if err["type"] == "extra_forbidden" and loc[-1] == "deepspeed":
+        return (f"{key}: samtune does not train with DeepSpeed: its engine reduces and steps on the gradients inside "
+                "backward, so SAM's two-pass step would be silently wrong. To shard a large model use FSDP2 "
+                "(training.fsdp=true with --nproc N); otherwise plain data parallelism (--nproc N).")
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1, cutoff=0.6)
         section = ".".join(str(p) for p in loc[:-1])

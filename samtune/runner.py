@@ -269,6 +269,9 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, s
         remove_unused_columns=modality(task) != "image",
         report_to=t.report_to or "none",
         run_name=t.run_name or recipe.run_name(),
+        # FSDP2; sharded checkpoints (exact resume through Accelerate), the finished run saved whole (_save_run).
+        fsdp=t.fsdp or None,
+        fsdp_config={"version": 2, "state_dict_type": "SHARDED_STATE_DICT"} if t.fsdp else None,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **flags,
@@ -557,6 +560,8 @@ def _save_results(
     from samtune.data import is_local
 
     recipe = o.recipe
+    if getattr(trainer, "is_fsdp2", False):  # gather the whole model for a run loadable with from_pretrained
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(o.run_dir))
     if confusion is not None:
         from samtune.confusion import FIGURE_FILE, plot_confusion

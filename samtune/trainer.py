@@ -126,6 +126,11 @@ def _refuse_unsupported_args(args: TrainingArguments) -> None:
             raise UnsupportedSetupError("SAMTrainer does not support FSDP on XLA (TPU); use FSDP2 on GPUs.")
         if int(config.get("version", 2)) != 2:
             raise UnsupportedSetupError(_FSDP1)
+        if args.parallel_mode.value != "distributed":
+            raise UnsupportedSetupError(
+                "FSDP shards the model over several processes, and this is one: launch it with "
+                "`samtune train ... --nproc N` or `accelerate launch` (on GPUs), or set training.fsdp=false."
+            )
     optim = str(getattr(args.optim, "value", args.optim))
     if optim in _LOMO or optim.endswith("layerwise"):
         raise UnsupportedSetupError(
@@ -197,14 +202,14 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # holds sharded, averaged gradients that the ascent can set aside (memory: one gradient shard).
             # (rho=0 keeps the stock schedule of reductions, so it is the stock step to the bit.)
             self.accelerator.gradient_state.plugin_kwargs["sync_each_batch"] = True
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
+        if (args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true") and not self.is_fsdp_enabled:
             # Accelerate asked for FSDP but did not turn it on: it does so only on accelerator devices, and on CPU
             # processes it silently trains with plain data parallelism. Never let a run look sharded when it is not.
             raise UnsupportedSetupError(
-                "your accelerate config asks for FSDP, but Accelerate turns FSDP on only on GPUs (and other "
-                f"accelerators): on this {self.accelerator.distributed_type.value} setup it would train unsharded, "
-                "as plain data parallelism. Launch with a config without FSDP (distributed_type MULTI_CPU or "
-                "MULTI_GPU) to train that way knowingly."
+                "FSDP was asked for (your accelerate config, or training.fsdp), but Accelerate turns FSDP on only on "
+                f"GPUs (and other accelerators): on this {self.accelerator.distributed_type.value} setup it would train "
+                "unsharded, as plain data parallelism. Drop the request (training.fsdp=false, or launch with a config "
+                "without FSDP: distributed_type MULTI_CPU or MULTI_GPU) to train that way knowingly."
             )
         if self.compute_loss_func is None and loss_ignores_num_items(self.accelerator.unwrap_model(self.model)):
             # Classification heads (BERT's in transformers 5.x) accept `num_items_in_batch` but

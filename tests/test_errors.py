@@ -209,7 +209,26 @@ def test_fp16_and_bf16_together():
 
 def test_deepspeed_with_sam():
     _fails(["validate", "training.deepspeed=ds_config.json", "--schema-only"], EXIT_USAGE,
-           "does not train with DeepSpeed", "--nproc")  # fmt: skip
+           "does not train with DeepSpeed", "FSDP2", "training.fsdp=true", "--nproc")  # fmt: skip
+
+
+def test_fsdp_on_one_process_is_refused(train_args):
+    """FSDP shards over several processes; asked for on one, it is refused before training (not a traceback)."""
+    _fails([*train_args, "training.fsdp=true"], EXIT_USAGE, "FSDP shards the model over several processes", "--nproc")
+
+
+def test_fsdp_on_cpu_processes_is_refused_not_trained_unsharded(train_args, tmp_path):
+    """On CPU processes Accelerate would drop training.fsdp and train plain DDP: refused, exit 2, one message."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "samtune", *map(str, train_args), "training.fsdp=true", "--nproc", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE, done.stdout[-2000:] + done.stderr[-2000:]
+    out = done.stdout + done.stderr
+    assert "would train unsharded" in out and "training.fsdp=false" in out and "Traceback" not in out
 
 
 def test_output_dir_that_cannot_be_created(train_args, tmp_path):
