@@ -477,3 +477,17 @@ def quiet_transformers() -> None:
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors reach the user as DataError
     disable_progress_bars()
+
+
+def fsdp_wrap_classes(model: Any) -> list[str]:
+    """The layer classes FSDP2 shards one by one: the model's `_no_split_modules`, less any holding the input embeddings.
+
+    Accelerate 1.15 shards the input embedding module on its own after wrapping these classes; when one of
+    them contains it (BERT's and ViT's `*Embeddings`), that second `fully_shard` meets parameters already
+    sharded and fails. Left out, the embeddings are sharded with the model's root (or on their own).
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    holding = {type(m).__name__ for m in model.modules() if embed is not None and any(c is embed for c in m.modules())}
+    return sorted(names - holding)
+

@@ -229,7 +229,7 @@ def precision_flags(precision: str) -> tuple[dict[str, bool], str]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}, precision
 
 
-def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, str]:
+def training_arguments(recipe: Recipe, run_dir: Path, task: str, model: Any = None) -> tuple[Any, str]:
     """SAMArguments for a recipe, and the precision in words."""
     import torch
 
@@ -271,12 +271,23 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str) -> tuple[Any, s
         run_name=t.run_name or recipe.run_name(),
         # FSDP2; sharded checkpoints (exact resume through Accelerate), the finished run saved whole (_save_run).
         fsdp=t.fsdp or None,
-        fsdp_config={"version": 2, "state_dict_type": "SHARDED_STATE_DICT"} if t.fsdp else None,
+        fsdp_config=_fsdp_config(model) if t.fsdp else None,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **flags,
     )
     return args, precision
+
+
+def _fsdp_config(model: Any) -> dict[str, Any]:
+    """FSDP2, its layers sharded one by one (`modeling.fsdp_wrap_classes`), checkpoints sharded."""
+    from samtune.modeling import fsdp_wrap_classes
+
+    config: dict[str, Any] = {"version": 2, "state_dict_type": "SHARDED_STATE_DICT"}
+    layers = fsdp_wrap_classes(model) if model is not None else []
+    if layers:
+        config["transformer_layer_cls_to_wrap"] = layers
+    return config
 
 
 def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
@@ -414,7 +425,7 @@ def _train_locked(o: _RunOptions) -> RunResult:
         _warn_if_the_recipe_changed(checkpoint, recipe, run_dir, o.notify)
     if recipe.model.init_from and data.labels:
         _check_init_from(recipe, data.labels)
-    args, precision = training_arguments(recipe, run_dir, task)
+    args, precision = training_arguments(recipe, run_dir, task, model)
     trainer = _build_trainer(args, data, processor, model, task, o.callbacks, recipe.training.threshold)
     notify = o.notify if is_main_process() else (lambda _: None)  # one voice in multi-process runs
     stopper = GracefulStop(announce=notify)
@@ -429,6 +440,11 @@ def _train_locked(o: _RunOptions) -> RunResult:
     output = _fit(trainer, checkpoint, stopper, run_dir, o.resume_command)
     metrics = _final_metrics(trainer, output, data, recipe, started)
     confusion = metrics.pop("confusion", None)
+    if getattr(trainer, "is_fsdp2", False):
+        # The whole model, loadable with from_pretrained: gathering the shards is a collective, so every process
+        # takes part (the main one writes); checkpoints during training stay sharded.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(run_dir))
     if trainer.is_world_process_zero():
         _save_results(trainer, o, metrics, data, task, precision, confusion)
     return RunResult(
@@ -560,9 +576,8 @@ def _save_results(
     from samtune.data import is_local
 
     recipe = o.recipe
-    if getattr(trainer, "is_fsdp2", False):  # gather the whole model for a run loadable with from_pretrained
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(o.run_dir))
+    if not getattr(trainer, "is_fsdp2", False):  # FSDP2: saved by every process already (run)
+        trainer.save_model(str(o.run_dir))
     if confusion is not None:
         from samtune.confusion import FIGURE_FILE, plot_confusion
 

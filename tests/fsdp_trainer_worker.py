@@ -1,10 +1,7 @@
 """Run by test_fsdp.py under torchrun (2 CPU processes, gloo): SAMTrainer under Accelerate's FSDP2.
 
-Accelerate 1.x turns an FSDP request into FSDP only on accelerator devices; on CPU processes it
-trains with plain data parallelism (SAMTrainer refuses that case). To test SAMTrainer's FSDP2 path
-here, this worker lets Accelerate's state take the FSDP plugin on MULTI_CPU, as it does on GPUs:
-from then on everything is Accelerate's and the Trainer's own code (`fsdp2_prepare_model` calls
-`fully_shard` on a CPU device mesh, the checkpoints are Accelerate's sharded state dicts).
+Accelerate turns an FSDP request into FSDP only on accelerator devices; this worker lets it take the
+plugin on CPU processes too (`fsdp_on_cpu.force`), as it does on GPUs.
 
 Arguments: OUT SCENARIO [resume]. Scenarios: "sam" (exact SAM), "asam", "looksam" (k=3: steps 0 and 3
 climb, 1 and 2 reuse g_v), each with 2 micro-batches per step and a sharded checkpoint (Accelerate's
@@ -19,7 +16,7 @@ Each rank saves the full final weights, the micro-batches it trained on and samt
 import sys
 from pathlib import Path
 
-import accelerate.state
+import fsdp_on_cpu
 import torch
 from accelerate.utils import DistributedType
 from tiny import ListDataset, text_rows, tiny_bert
@@ -27,18 +24,7 @@ from transformers import Trainer
 
 from samtune import SAMArguments, SAMTrainer
 
-_init = accelerate.state.AcceleratorState.__init__
-
-
-def _fsdp_on_cpu(self, *a, fsdp_plugin=None, **kw):
-    _init(self, *a, fsdp_plugin=fsdp_plugin, **kw)
-    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-        self.distributed_type = DistributedType.FSDP
-        self.fsdp_plugin = fsdp_plugin
-        accelerate.state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-
-
-accelerate.state.AcceleratorState.__init__ = _fsdp_on_cpu
+fsdp_on_cpu.force()
 
 
 class Recording:

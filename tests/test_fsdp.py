@@ -13,7 +13,9 @@ sequence: rho=0 against plain FSDP2, a resumed run against the uninterrupted one
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +239,77 @@ def test_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(trainer_r
         assert len(resumed["seen"]) < len(whole["seen"])  # it did resume
         assert all(torch.equal(whole["state"][k], resumed["state"][k]) for k in whole["state"])
         assert resumed["climb_steps"] == whole["climb_steps"]
+
+
+# ---- the command line: samtune train --nproc 2 with training.fsdp=true ------------------------------
+
+
+def test_samtune_train_with_fsdp_writes_a_whole_run_and_resumes_from_sharded_checkpoints(tmp_path, text_model_dir):
+    """The product path under FSDP2 (Accelerate made to shard on CPU processes, see fsdp_on_cpu): the run's
+    checkpoints are sharded, the finished run is the whole model (from_pretrained, `samtune eval` gives the
+    run's accuracy), and a run resumed from a sharded checkpoint ends with the uninterrupted run's weights."""
+    from conftest import text_examples, write_csv
+    from fsdp_on_cpu import sitecustomize
+    from safetensors.torch import load_file
+
+    from samtune.rundir import RUN_MARK
+    from samtune.runner import evaluate_run
+
+    train_csv = write_csv(tmp_path / "train.csv", text_examples(48))
+    valid_csv = write_csv(tmp_path / "valid.csv", text_examples(12, seed=3))
+    site = sitecustomize(tmp_path / "site")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{site}{os.pathsep}{HERE}"}
+
+    def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(train_csv),
+               f"data.eval_file={valid_csv}", "--batch-size", "4", "--learning-rate", "5e-3", "--output-dir", str(out),
+               "training.fsdp=true", "training.eval_strategy=steps", "training.eval_steps=3",
+               "training.save_total_limit=3", "training.load_best_model_at_end=false", "sam.start=0", "--nproc", "2",
+               *extra]  # fmt: skip
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    whole = tmp_path / "whole"
+    train(whole, "--max-steps", "6")
+    first = whole / "checkpoint-3"
+    assert (first / "pytorch_model_fsdp_0").is_dir() and not (first / "model.safetensors").exists()  # sharded
+    metrics = json.loads((whole / "metrics.json").read_text())
+    assert metrics["train_steps"] == 6 and metrics["sam_climb_steps"] == 6
+    again = evaluate_run(whole, str(valid_csv))
+    assert again["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-12)
+
+    # Resume from the sharded checkpoint at step 3 (a copy of the run as it stood then) to step 6.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(first, resumed / "checkpoint-3")
+    for name in ("config.yaml", RUN_MARK):
+        shutil.copy(whole / name, resumed / name)
+    train(resumed, "--max-steps", "6", "--resume", "auto")
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fsdp_shards_the_layers_but_not_a_module_holding_the_input_embeddings():
+    """Accelerate shards the input embeddings on their own after the layer classes; BERT's and ViT's
+    `_no_split_modules` name their `*Embeddings`, which hold them, and a second fully_shard would fail."""
+    from tiny import tiny_vit
+
+    from samtune.modeling import fsdp_wrap_classes
+
+    assert fsdp_wrap_classes(tiny_bert()) == ["BertLayer"]
+    assert fsdp_wrap_classes(tiny_vit()) == ["ViTLayer"]
+
+
+def test_a_climbing_parameter_fsdp_did_not_shard_is_refused(tmp_path):
+    """Under FSDP2 a plain (unsharded) trainable parameter would get a per-process ascent gradient and a
+    different climb on each process: refused before the first climb, naming it."""
+    from samtune import SAMArguments, SAMTrainer
+    from samtune.trainer import UnsupportedSetupError
+
+    model = tiny_bert()
+    trainer = SAMTrainer(model=model, args=SAMArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    trainer.is_fsdp2 = True  # as under FSDP2, with none of the parameters sharded
+    with pytest.raises(UnsupportedSetupError, match="must be sharded by FSDP") as err:
+        trainer._check_sharded(list(model.parameters()))
+    assert "bert.embeddings.word_embeddings.weight" in str(err.value)
