@@ -11,8 +11,12 @@ steps as it does for models without loss kwargs (BERT's loss accepts `num_items_
 it, so the stock step would be 2 x 2 times too large under 2 processes and 2 micro-batches, the known
 trap SAMTrainer corrects).
 Each rank saves the full final weights, the micro-batches it trained on and samtune's counters.
+
+On a GPU (test_gpu.py): WORKER_DEVICE=cuda, WORKER_PRECISION=bf16|fp32, WORKER_FSDP=0|1 (0: the same run
+without FSDP), any number of processes.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +47,17 @@ class RecordingTrainer(Recording, Trainer):
     pass
 
 
+DEVICE = os.environ.get("WORKER_DEVICE", "cpu")
+PRECISION = os.environ.get("WORKER_PRECISION", "fp32")
+SHARDED = os.environ.get("WORKER_FSDP", "1") == "1"
+FSDP = {"fsdp": "full_shard", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"],
+                                              "state_dict_type": "SHARDED_STATE_DICT"}}  # fmt: skip
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone()
+
+
 def main(out: Path, scenario: str, resume: bool = False) -> None:
     extra = {
         "asam": dict(rho=0.5, adaptive=True),
@@ -50,14 +65,12 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
         "looksam": dict(sam_variant="looksam", looksam_k=3, looksam_alpha=0.7),
     }.get(scenario, {})
     args = SAMArguments(**{
-        "output_dir": str(out / (f"{scenario}-resumed" if resume else scenario)), "use_cpu": True,
+        "output_dir": str(out / (f"{scenario}-resumed" if resume else scenario)),
         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 3 if scenario != "looksam" else 4,
         "learning_rate": 0.5, "optim": "sgd", "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
         "train_sampling_strategy": "sequential", "save_strategy": "steps", "save_steps": 2, "report_to": "none",
         "disable_tqdm": True, "rho": 0.05, "schedule": "constant", "start": 0.0, "ddp_backend": "gloo",
-        "ddp_timeout": 60, "fsdp": "full_shard",
-        "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"],
-                        "state_dict_type": "SHARDED_STATE_DICT"},
+        "ddp_timeout": 60, **(FSDP if SHARDED else {}), "use_cpu": DEVICE == "cpu", "bf16": PRECISION == "bf16",
         **extra,
     })  # fmt: skip
     model, rows = tiny_bert(), text_rows(32)
@@ -68,10 +81,11 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
         trainer.model_accepts_loss_kwargs = False
     trainer.train(resume_from_checkpoint=str(out / scenario / "checkpoint-2") if resume else None)
     accelerator = trainer.accelerator
-    assert accelerator.distributed_type == DistributedType.FSDP and accelerator.is_fsdp2, accelerator.distributed_type
-    assert trainer.args.world_size == 2
+    if SHARDED:
+        assert accelerator.distributed_type == DistributedType.FSDP and accelerator.is_fsdp2, accelerator.distributed_type
+    assert trainer.args.world_size == int(os.environ["WORLD_SIZE"])
     sharded = type(next(trainer.model.parameters())).__name__
-    state = {k: v.full_tensor().detach().clone() for k, v in trainer.model.state_dict().items()}
+    state = {k: _full(v) for k, v in trainer.model.state_dict().items()}
     rank = trainer.args.process_index
     torch.save(
         {
@@ -82,7 +96,7 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
             "perturbations_skipped": getattr(trainer, "sam_perturbations_skipped", None),
             "log": trainer.state.log_history,
             "looksam_v": None if getattr(trainer, "_looksam_v", None) is None
-            else [v.full_tensor() if v is not None else None for v in trainer._looksam_v],
+            else [_full(v) if v is not None else None for v in trainer._looksam_v],
         },
         out / f"{scenario}{'-resumed' if resume else ''}-rank{rank}.pt",
     )

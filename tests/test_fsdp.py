@@ -22,18 +22,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_ddp import _free_port
+from test_ddp import torchrun
 from tiny import reference_looksam_sgd, reference_sam_sgd, tiny_bert
 
 HERE = Path(__file__).parent
-
-
-def _torchrun(script: str, *args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / script), *args]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -47,7 +39,7 @@ def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    _torchrun("fsdp_worker.py", str(out))
+    torchrun("fsdp_worker.py", str(out))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -178,9 +170,9 @@ def test_bf16_mixed_precision_policy_climbs_and_restores_in_the_parameters_dtype
 def trainer_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp-trainer")
     for scenario in ("sam", "asam", "looksam", "rho0", "plain"):
-        _torchrun("fsdp_trainer_worker.py", str(out), scenario)
+        torchrun("fsdp_trainer_worker.py", str(out), scenario)
     for scenario in ("sam", "looksam"):
-        _torchrun("fsdp_trainer_worker.py", str(out), scenario, "resume")
+        torchrun("fsdp_trainer_worker.py", str(out), scenario, "resume")
     return out
 
 
