@@ -3,7 +3,7 @@
     python benchmarks/fsdp_memory.py [--nproc 2] [--out benchmarks/results]
 
 Launches itself on `--nproc` CPU processes (gloo). A BERT-shaped classifier built from a config
-(no Hub; 4 layers of width 256, vocab 8192: 5.6M parameters, 22 MB in float32) is sharded with
+(no Hub; 4 layers of width 256, vocab 8192: 5.3M parameters, 20.4 MiB in float32) is sharded with
 `fully_shard` layer by layer and at the root, as Accelerate's FSDP2 does. Each process measures, with
 torch's MemTracker (a dispatch mode that sees every tensor PyTorch allocates), the peak bytes of one
 optimizer step above those allocated when it starts, after a warm-up step (AdamW's state exists):
@@ -157,10 +157,10 @@ def markdown(result: dict) -> str:
     for rank, r in enumerate(result["ranks"]):
         plain, sam = r["fsdp2-adamw"], r["fsdp2-sam"]
         lines.append(
-            f"| {rank} | {r['param_bytes'] / mb:.1f} MB | {r['shard_bytes'] / mb:.1f} MB | "
-            f"{(plain['peak'] - plain['start']) / mb:.1f} MB | {(sam['peak'] - sam['start']) / mb:.1f} MB | "
-            f"{r['extra'] / mb:+.1f} MB | {r['extra_per_shard']:.2f} | {r['extra-ga2'] / mb:+.1f} MB | "
-            f"{r['extra-ga2_per_shard']:.2f} | {r['chunk_bound'] / mb:.1f} MB |"
+            f"| {rank} | {r['param_bytes'] / mb:.1f} MiB | {r['shard_bytes'] / mb:.1f} MiB | "
+            f"{(plain['peak'] - plain['start']) / mb:.1f} MiB | {(sam['peak'] - sam['start']) / mb:.1f} MiB | "
+            f"{r['extra'] / mb:+.1f} MiB | {r['extra_per_shard']:.2f} | {r['extra-ga2'] / mb:+.1f} MiB | "
+            f"{r['extra-ga2_per_shard']:.2f} | {r['chunk_bound'] / mb:.1f} MiB |"
         )
     return "\n".join(lines) + "\n"
 
