@@ -503,7 +503,7 @@ def _build_trainer(
 def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resume_command: str | None) -> Any:
     """`trainer.train`, with a NaN/inf loss, a training error and a requested stop turned into samtune's errors."""
     from samtune.errors import Interrupted
-    from samtune.trainer import NonFiniteLossError
+    from samtune.trainer import NonFiniteLossError, UnsupportedSetupError
 
     stopper.install()
     try:
@@ -516,6 +516,8 @@ def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resu
             keep + "Lower training.learning_rate or add training.warmup, check the data for broken rows, "
             "or set training.on_nonfinite=skip to skip such batches.",
         ) from e
+    except UnsupportedSetupError as e:  # found once the model is prepared (FSDP2's sharding), before any update
+        raise UsageError(str(e)) from e
     except RuntimeError as e:
         raise TrainingError(f"training stopped: {str(e).splitlines()[0]}", "Run with --debug for the traceback.") from e
     finally:

@@ -20,6 +20,13 @@ Per micro-batch:
 
 Clipping, the base optimizer's step, the scheduler and zeroing stay the Trainer's own.
 
+Under FSDP2 (Accelerate's `fsdp_version: 2`) step 1 goes through FSDP's reduce-scatter instead: the
+ascent gradient is the mean over the processes (a per-process one would need the whole model's
+unsharded gradient on every process), taken by a backward pass with the accumulated `.grad` set
+aside, and every micro-batch reduce-scatters so that `.grad` stays sharded between them. Steps
+2, 3 and 5 work on each process's shards, the norm summed over them (samtune.optim.shards).
+DeepSpeed and FSDP1 are refused (the README says why).
+
 At the edges: gradients that autograd returns aliased are cloned before e(w) is computed in
 place (samtune.optim.functional.owned); an exception anywhere in the step leaves the weights at
 w; a NaN/inf loss (`on_nonfinite`) is decided on every process alike (one all-reduce of a flag),
@@ -242,6 +249,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         self._last_rho = self.args.rho  # the radius of the latest SAM step (schedule="lr" moves it)
         if self.args.on_nonfinite == "skip":
             self.add_callback(_StepSkipper(self))
+        if self.is_fsdp2:
+            self.add_callback(_ShardCheck(self))
 
     # ---- the step ------------------------------------------------------------------------
 
@@ -496,7 +505,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         return loss.detach(), grads
 
     def _check_sharded(self, params: list[nn.Parameter]) -> None:
-        """Under FSDP2 every climbing parameter must be sharded by it (checked once, before the first climb)."""
+        """Under FSDP2 every climbing parameter must be sharded by it (checked once: at train begin, and at the
+        first ascent for a caller that steps without `train`)."""
         if getattr(self, "_sharding_checked", False):
             return
         plain = [n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
@@ -558,6 +568,17 @@ class SAMTrainer(SAMCheckpointing, Trainer):
                 logs["sam_nonfinite_skipped"] = self.sam_nonfinite_skipped
             self._sam_norm_sum, self._sam_norm_count = 0.0, 0
         super().log(logs, start_time)
+
+
+class _ShardCheck(TrainerCallback):
+    """Under FSDP2, refuse a climbing parameter FSDP did not shard once the model is prepared, before any step."""
+
+    def __init__(self, trainer: SAMTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer.args.rho > 0:
+            self.trainer._check_sharded(self.trainer.sam_parameters(self.trainer.model))
 
 
 class _StepSkipper(TrainerCallback):

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -43,75 +44,40 @@ def standalone(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
+class _WithLoss(torch.nn.Module):
+    """The workers' MLP with the interface tests/tiny.py's hand-written SAM loops take: model(**batch).loss."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, y):
+        from fsdp_worker import loss_of
+
+        return SimpleNamespace(loss=loss_of(self.net, x, y))
+
+
+def _together(ga: int = 1) -> list[list[dict[str, torch.Tensor]]]:
+    """The workers' steps as one process sees them: micro-batch m (rows m::ga of each process's half) of
+    both processes together."""
+    from fsdp_worker import BATCH, data
+
+    return [[{"x": torch.cat([x[:BATCH][m::ga], x[BATCH:][m::ga]]), "y": torch.cat([y[:BATCH][m::ga], y[BATCH:][m::ga]])}
+             for m in range(ga)] for x, y in data()]  # fmt: skip
+
+
 def _hand_written_sam(rho: float, adaptive: bool = False, ga: int = 1) -> dict[str, torch.Tensor]:
-    """SAM with SGD by the paper's formulas on one process: per micro-batch m (rows m::ga of each
-    process's half, both halves together) the gradient at w, e = rho g / ||g|| (ASAM rho w^2 g / ||w g||),
-    the gradient at w + e; the step's update is their mean over the micro-batches."""
-    from fsdp_worker import BATCH, LR, data, loss_of, mlp
+    """SAM with SGD by the paper's formulas on one process (tests/tiny.py), on the processes' batches together."""
+    from fsdp_worker import LR, mlp
 
-    model = mlp()
-    params = list(model.parameters())
-
-    def grad(x, y):
-        return torch.autograd.grad(loss_of(model, x, y), params)
-
-    for x, y in data():
-        update = [torch.zeros_like(p) for p in params]
-        for m in range(ga):
-            xm = torch.cat([x[:BATCH][m::ga], x[BATCH:][m::ga]])
-            ym = torch.cat([y[:BATCH][m::ga], y[BATCH:][m::ga]])
-            g = grad(xm, ym)
-            with torch.no_grad():
-                if adaptive:
-                    norm = torch.sqrt(sum(((p.abs() * gi) ** 2).sum() for p, gi in zip(params, g)))
-                    e = [rho * p * p * gi / (norm + 1e-12) for p, gi in zip(params, g)]
-                else:
-                    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
-                    e = [rho * gi / (norm + 1e-12) for gi in g]
-                w = [p.clone() for p in params]
-                for p, ei in zip(params, e):
-                    p.add_(ei)
-            g_sam = grad(xm, ym)
-            with torch.no_grad():
-                for p, wi in zip(params, w):
-                    p.copy_(wi)
-            for u, gi in zip(update, g_sam):
-                u.add_(gi / ga)
-        with torch.no_grad():
-            for p, u in zip(params, update):
-                p.sub_(LR * u)
-    return model.state_dict()
+    return reference_sam_sgd(_WithLoss(mlp()), _together(ga), rho=rho, lr=LR, adaptive=adaptive).net.state_dict()
 
 
 def _hand_written_looksam(rho: float, k: int, alpha: float) -> dict[str, torch.Tensor]:
-    """LookSAM (Liu et al. 2022, Algorithm 1) with SGD on one process, both halves of each batch together."""
-    from fsdp_worker import LR, data, loss_of, mlp
+    """LookSAM (Liu et al. 2022, Algorithm 1; tests/tiny.py) with SGD on one process, the batches together."""
+    from fsdp_worker import LR, mlp
 
-    model = mlp()
-    params = list(model.parameters())
-    g_v = None
-    for t, (x, y) in enumerate(data()):
-        g = torch.autograd.grad(loss_of(model, x, y), params)
-        norm_g = torch.sqrt(sum((a**2).sum() for a in g))
-        if t % k == 0:
-            with torch.no_grad():
-                e = [rho * a / (norm_g + 1e-12) for a in g]
-                for p, ei in zip(params, e):
-                    p.add_(ei)
-            g_s = torch.autograd.grad(loss_of(model, x, y), params)
-            with torch.no_grad():
-                for p, ei in zip(params, e):
-                    p.sub_(ei)  # float64: w + e - e is w up to an ulp, far inside the tolerance
-            norm_s = torch.sqrt(sum((b**2).sum() for b in g_s))
-            cos = sum((a * b).sum() for a, b in zip(g, g_s)) / (norm_g * norm_s)
-            g_v = [b - norm_s * cos * a / norm_g for a, b in zip(g, g_s)]
-        else:
-            norm_v = torch.sqrt(sum((v**2).sum() for v in g_v))
-            g_s = [a + alpha * norm_g / norm_v * v for a, v in zip(g, g_v)]
-        with torch.no_grad():
-            for p, u in zip(params, g_s):
-                p.sub_(LR * u)
-    return model.state_dict()
+    return reference_looksam_sgd(_WithLoss(mlp()), _together(), rho=rho, lr=LR, k=k, alpha=alpha).net.state_dict()
 
 
 @pytest.mark.parametrize(("scenario", "rho", "adaptive"), [("sam", 0.05, False), ("asam", 0.5, True)])
