@@ -181,12 +181,22 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
         ("effective batch size", f"{t.batch_size * t.gradient_accumulation_steps} per device "
                                  f"({t.batch_size} x {t.gradient_accumulation_steps} accumulation)"),  # fmt: skip
         ("gradient accumulation", t.gradient_accumulation_steps),
+        ("the climb's batch", _ascent_batch(t.batch_size, facts.metrics)),
         ("precision", facts.precision),
         ("seed", t.seed),
         ("optimizer steps that took SAM's two passes", facts.metrics.get("sam_climb_steps", "n/a")),
         ("sharpness L(w + e) - L(w), first / last logged", _sharpness_trend(facts.log_history)),
         ("perturbations skipped (non-finite)", facts.metrics.get("sam_perturbations_skipped", 0)),
     ]
+
+
+def _ascent_batch(batch_size: int, metrics: dict[str, Any]) -> str:
+    """Which examples each climb's gradient came from: one process's micro-batch, or (FSDP2) all processes' together."""
+    processes = int(metrics.get("processes", 1) or 1)
+    if metrics.get("fsdp"):
+        return f"{batch_size * processes} ({batch_size} per process x {processes} processes, FSDP2: averaged over them)"
+    where = f" on each of {processes} processes alone" if processes > 1 else ""
+    return f"{batch_size}: one micro-batch{where} (m-sharpness)"
 
 
 def _sharpness_trend(log_history: list[dict[str, Any]]) -> str:

@@ -425,7 +425,12 @@ def _train_locked(o: _RunOptions) -> RunResult:
         _warn_if_the_recipe_changed(checkpoint, recipe, run_dir, o.notify)
     if recipe.model.init_from and data.labels:
         _check_init_from(recipe, data.labels)
-    args, precision = training_arguments(recipe, run_dir, task, model)
+    from samtune.trainer import UnsupportedSetupError
+
+    try:
+        args, precision = training_arguments(recipe, run_dir, task, model)
+    except UnsupportedSetupError as e:  # an accelerate config asking for DeepSpeed
+        raise UsageError(str(e)) from e
     trainer = _build_trainer(args, data, processor, model, task, o.callbacks, recipe.training.threshold)
     notify = o.notify if is_main_process() else (lambda _: None)  # one voice in multi-process runs
     stopper = GracefulStop(announce=notify)
@@ -562,6 +567,8 @@ def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started
         sam_climb_steps=trainer.sam_climb_steps,
         sam_perturbations_skipped=trainer.sam_perturbations_skipped,
         sam_nonfinite_skipped=trainer.sam_nonfinite_skipped,
+        processes=trainer.args.world_size,
+        fsdp=bool(getattr(trainer, "is_fsdp2", False)),
         wall_time=time.perf_counter() - started,
     )
     if data.test is not None:

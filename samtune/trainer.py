@@ -99,6 +99,10 @@ class SAMArguments(SAMSettings, TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            # `accelerate launch` with a DeepSpeed config: refused before TrainingArguments sets DeepSpeed up (which
+            # fails with a bare PackageNotFoundError where deepspeed is not installed, and is dropped on CPU).
+            raise UnsupportedSetupError(_DEEPSPEED.format(how=" (asked for by your accelerate config)"))
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip' (got {self.on_nonfinite!r})")
         super().__post_init__()  # SAMSettings' checks, then TrainingArguments'
@@ -189,7 +193,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         super().__init__(model, args, *a, **kw)
         # An `accelerate launch` config can switch these on without the arguments saying so.
         if self.is_deepspeed_enabled:
-            raise UnsupportedSetupError(_DEEPSPEED.format(how=" (enabled by your accelerate config)"))
+            raise UnsupportedSetupError(_DEEPSPEED.format(how=" (asked for by your accelerate config)"))
         if getattr(self, "is_fsdp_xla_enabled", False):
             raise UnsupportedSetupError("SAMTrainer does not support FSDP on XLA (TPU); use FSDP2 on GPUs.")
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None)

@@ -212,6 +212,12 @@ def test_deepspeed_with_sam():
            "does not train with DeepSpeed", "FSDP2", "training.fsdp=true", "--nproc")  # fmt: skip
 
 
+def test_a_deepspeed_accelerate_config_is_refused_without_a_traceback(train_args, monkeypatch):
+    """`accelerate launch --config_file ds.yaml -m samtune train ...` sets ACCELERATE_USE_DEEPSPEED."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    _fails(train_args, EXIT_USAGE, "does not support DeepSpeed", "FSDP2")
+
+
 def test_fsdp_on_one_process_is_refused(train_args):
     """FSDP shards over several processes; asked for on one, it is refused before training (not a traceback)."""
     _fails([*train_args, "training.fsdp=true"], EXIT_USAGE, "FSDP shards the model over several processes", "--nproc")

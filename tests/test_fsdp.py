@@ -234,6 +234,9 @@ def test_samtune_train_with_fsdp_writes_a_whole_run_and_resumes_from_sharded_che
     assert (first / "pytorch_model_fsdp_0").is_dir() and not (first / "model.safetensors").exists()  # sharded
     metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["train_steps"] == 6 and metrics["sam_climb_steps"] == 6
+    assert metrics["fsdp"] is True and metrics["processes"] == 2
+    # The card says where each climb's gradient came from: both processes' micro-batches, averaged.
+    assert "8 (4 per process x 2 processes, FSDP2: averaged over them)" in (whole / "README.md").read_text()
     again = evaluate_run(whole, str(valid_csv))
     assert again["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-12)
 

@@ -413,6 +413,14 @@ def test_an_fsdp_request_that_accelerate_drops_on_cpu_is_refused_not_trained_uns
     SAMTrainer(model=tiny_bert(), args=_args(tmp_path))  # no request, no refusal
 
 
+def test_a_deepspeed_accelerate_config_is_refused_naming_fsdp2(tmp_path, monkeypatch):
+    """`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED (on CPU Accelerate then drops it)."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UnsupportedSetupError, match="asked for by your accelerate config") as err:
+        _args(tmp_path)  # before TrainingArguments sets DeepSpeed up (deepspeed is not even installed here)
+    assert "FSDP2" in str(err.value) and "fsdp_version 2" in str(err.value)
+
+
 def test_context_parallelism_is_refused(tmp_path):
     from accelerate.parallelism_config import ParallelismConfig
 
