@@ -90,6 +90,22 @@ def test_standalone_sam_on_fsdp2_shards_equals_single_process_sam(standalone, sc
     assert _worst(r0[scenario], r0["plain"]) > 1e-3
 
 
+def test_hsdp_sums_the_norm_over_shards_not_over_replicas(tmp_path):
+    """HSDP (4 processes: 2 replicas x 2 shards): each replica holds the whole gradient, so summing the
+    squared shard norms over the replicas too would make ||g|| sqrt(2) times too large."""
+    from hsdp_worker import BATCH, PROCESSES, data
+    from fsdp_worker import LR, mlp
+
+    torchrun("hsdp_worker.py", str(tmp_path), nproc=PROCESSES, timeout=240)
+    result = torch.load(tmp_path / "hsdp.pt", weights_only=False)
+    assert result["placements"] == ["(Replicate(), Shard(dim=0))"]
+    together = [[{"x": x, "y": y}] for x, y in data()]  # the four quarters in rank order: the whole batch
+    assert all(len(step[0]["x"]) == PROCESSES * BATCH for step in together)
+    for name, rho, adaptive in (("sam", 0.05, False), ("asam", 0.5, True)):
+        reference = reference_sam_sgd(_WithLoss(mlp()), together, rho=rho, lr=LR, adaptive=adaptive).net.state_dict()
+        assert _worst(result[name], reference) <= 1e-12
+
+
 def test_trainer_step_functions_on_fsdp2_with_accumulation(standalone):
     """The Trainer's per-micro-batch step under FSDP2 (ascent through FSDP's reduce-scatter with the
     accumulated descent gradients set aside, sharded climb, restore by copy), 2 micro-batches a step."""
