@@ -136,21 +136,8 @@ def test_samtrainer_under_accelerate_fsdp2_on_one_gpu_equals_the_run_without_fsd
     weights of the run without FSDP. fp32: 1e-5 (the same maths; cuBLAS may pick other kernels for the
     all-gathered weights). bf16: FSDP2 computes with bf16 copies of the weights (MixedPrecisionPolicy) where
     the plain run autocasts, so the two round differently: within a tenth of SAM's own effect."""
-    from test_ddp import torchrun
+    from test_fsdp import fsdp_against_no_fsdp_on_one_process
 
-    runs = {}
-    for sharded in ("1", "0"):
-        out = tmp_path / f"fsdp{sharded}"
-        env = {"WORKER_DEVICE": "cuda", "WORKER_PRECISION": precision, "WORKER_FSDP": sharded}
-        torchrun("fsdp_trainer_worker.py", str(out), "sam", nproc=1, env=env, timeout=300)
-        runs[sharded] = torch.load(out / "sam-rank0.pt", weights_only=False)
-        if sharded == "1":
-            torchrun("fsdp_trainer_worker.py", str(out), "rho0", nproc=1, env=env, timeout=300)
-            runs["rho0"] = torch.load(out / "rho0-rank0.pt", weights_only=False)
-    assert runs["1"]["param_type"] == "DTensor" and runs["0"]["param_type"] == "Parameter"
-    assert runs["1"]["climb_steps"] == runs["0"]["climb_steps"] == 3
-    fsdp, plain, rho0 = runs["1"]["state"], runs["0"]["state"], runs["rho0"]["state"]
-    diff = max((fsdp[k].float() - plain[k].float()).abs().max().item() for k in fsdp if fsdp[k].is_floating_point())
-    effect = max((plain[k].float() - rho0[k].float()).abs().max().item() for k in plain if plain[k].is_floating_point())
+    diff, effect = fsdp_against_no_fsdp_on_one_process(tmp_path, "cuda", precision)
     assert effect > 1e-4
     assert diff <= (1e-5 if precision == "fp32" else 0.1 * effect), (diff, effect)
