@@ -1,7 +1,7 @@
 """Two "nodes" on one machine: two torchrun launches (node ranks 0 and 1, one process each) over loopback.
 
-This is the multi-node launch the README documents (`torchrun --nnodes 2 --node_rank R ...
--m samtune train ...`, which is what `accelerate launch --num_machines 2` runs underneath), with the
+These are the multi-node launches the README documents (`torchrun --nnodes 2 --node_rank R ...
+-m samtune train ...` and `accelerate launch --num_machines 2 --machine_rank R ...`), with the
 real CLI: the run must equal a one-node run of the same world size (`--nproc 2`) to the bit (the
 same ops in the same order: one process per rank, gloo's all-reduce), node 0 alone writes the run
 directory, and a Ctrl-C on one node stops both at the same step with a checkpoint.
@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import text_examples, write_csv
 from safetensors.torch import load_file
@@ -23,11 +24,17 @@ from test_ddp import _free_port
 
 
 
-def _node(rank: int, port: int, train: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+def _node(rank: int, port: int, train: list[str], cwd: Path, log: Path, launcher: str = "torchrun") -> subprocess.Popen:
+    """Machine `rank`'s launch command, as the README gives it (one process per machine)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
-           "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-           "-m", "samtune", *train]  # fmt: skip
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]  # fmt: skip
+    else:  # accelerate launch runs torchrun underneath (--multi_gpu: its multi-process launcher; CPU processes here)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+               "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+               "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    cmd += ["-m", "samtune", *train]
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -39,11 +46,12 @@ def _train_args(tmp_path: Path, model_dir: Path, out: Path, *extra: str) -> list
             "5e-3", "--output-dir", str(out), "training.eval_strategy=no", "sam.start=0", *extra]  # fmt: skip
 
 
-def test_two_nodes_over_loopback_equal_one_node_with_two_processes(tmp_path, text_model_dir):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_nodes_over_loopback_equal_one_node_with_two_processes(tmp_path, text_model_dir, launcher):
     two_nodes, one_node = tmp_path / "two-nodes", tmp_path / "one-node"
     port = _free_port()
     train = _train_args(tmp_path, text_model_dir, two_nodes, "--max-steps", "4")
-    nodes = [_node(r, port, train, tmp_path, tmp_path / f"node{r}.log") for r in (0, 1)]
+    nodes = [_node(r, port, train, tmp_path, tmp_path / f"node{r}.log", launcher) for r in (0, 1)]
     codes = [n.wait(timeout=300) for n in nodes]
     logs = [(tmp_path / f"node{r}.log").read_text() for r in (0, 1)]
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
