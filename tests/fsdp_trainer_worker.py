@@ -3,8 +3,8 @@
 Accelerate turns an FSDP request into FSDP only on accelerator devices; this worker lets it take the
 plugin on CPU processes too (`fsdp_on_cpu.force`), as it does on GPUs.
 
-Arguments: OUT SCENARIO [resume]. Scenarios: "sam" (exact SAM), "asam", "looksam" (k=3: steps 0 and 3
-climb, 1 and 2 reuse g_v), each with 2 micro-batches per step and a sharded checkpoint (Accelerate's
+Arguments: OUT SCENARIO [resume]. Scenarios: "sam" (exact SAM), "asam", "lora" (exact SAM on peft LoRA
+adapters, the base frozen), "looksam" (k=3: steps 0 and 3 climb, 1 and 2 reuse g_v), each with 2 micro-batches per step and a sharded checkpoint (Accelerate's
 SHARDED_STATE_DICT) at step 2; with "resume", the same scenario resumed from that checkpoint into a
 new folder. "rho0" and "plain": the stock Trainer under FSDP2, with its loss divided by the accumulation
 steps as it does for models without loss kwargs (BERT's loss accepts `num_items_in_batch` but ignores
@@ -73,7 +73,12 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
         "ddp_timeout": 60, **(FSDP if SHARDED else {}), "use_cpu": DEVICE == "cpu", "bf16": PRECISION == "bf16",
         **extra,
     })  # fmt: skip
-    model, rows = tiny_bert(), text_rows(32)
+    if scenario == "lora":
+        from ddp_worker import lora_bert
+
+        model, rows = lora_bert(), text_rows(32)
+    else:
+        model, rows = tiny_bert(), text_rows(32)
     cls = RecordingTrainer if scenario == "plain" else RecordingSAMTrainer
     trainer = cls(model=model, args=args, train_dataset=ListDataset(rows))
     trainer.seen = []

@@ -151,7 +151,7 @@ def test_bf16_mixed_precision_policy_climbs_and_restores_in_the_parameters_dtype
 @pytest.fixture(scope="module")
 def trainer_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp-trainer")
-    for scenario in ("sam", "asam", "looksam", "rho0", "plain"):
+    for scenario in ("sam", "asam", "looksam", "rho0", "plain", "lora"):
         torchrun("fsdp_trainer_worker.py", str(out), scenario)
     for scenario in ("sam", "looksam"):
         torchrun("fsdp_trainer_worker.py", str(out), scenario, "resume")
@@ -183,6 +183,21 @@ def test_samtrainer_under_fsdp2_equals_single_process_sam(trainer_runs, scenario
         per_process = [s0[2 * i : 2 * i + 2] + s1[2 * i : 2 * i + 2] for i in range(3)]
         other = reference_sam_sgd(tiny_bert(), per_process, rho=rho, lr=0.5).state_dict()
         assert _worst(r0["state"], other) > 1e-4
+
+
+def test_samtrainer_lora_under_fsdp2(trainer_runs):
+    """LoRA adapters (peft) on a sharded BERT: the adapters and the head climb and train as single-process SAM
+    says (1e-6); the frozen base comes back bit for bit."""
+    from ddp_worker import lora_bert
+
+    r0 = _run(trainer_runs, "lora")
+    assert r0["param_type"] == "DTensor" and r0["climb_steps"] == 3
+    start = lora_bert()
+    reference = reference_sam_sgd(start, _merged_micro_batches(trainer_runs, "lora"), rho=0.05, lr=0.5).state_dict()
+    assert _worst(r0["state"], reference) <= 1e-6
+    initial = start.state_dict()
+    frozen = {n for n, p in start.named_parameters() if not p.requires_grad}
+    assert frozen and all(torch.equal(r0["state"][n], initial[n]) for n in frozen)
 
 
 def test_samtrainer_looksam_under_fsdp2(trainer_runs):
