@@ -284,7 +284,7 @@ def _check_before_launch(recipe: Any, overwrite: bool, resume: str | None) -> No
 
 def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> None:
     from samtune.progress import ProgressCallback
-    from samtune.runner import train
+    from samtune.runner import leave_process_group, train
 
     main = is_main_process()
     if main:
@@ -303,6 +303,7 @@ def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> Non
         resume_command=resume_command(sys.argv[1:]),
         notify=lambda text: err_console.print(f"[yellow]{text}[/yellow]"),
     )
+    leave_process_group()  # one run per process: end it together (the main one has written the run)
     if main:
         _summary(result)
         if recipe.hub.repo_id:

@@ -279,6 +279,22 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str, model: Any = No
     return args, precision
 
 
+def leave_process_group() -> None:
+    """End a launched multi-process `samtune train` together: wait for every process, then close the group.
+
+    For the command line, whose processes each run one training and exit (a library caller may train
+    again in the same processes, so `train` leaves the group open). Left open, each process's gloo
+    threads die with the interpreter, and a process that exits while the others still work (the main
+    one writing the run) sometimes aborted in gloo's teardown ("terminate called without an active
+    exception", exit -6: once in four FSDP2 command-line runs here), failing a run that succeeded.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _fsdp_config(model: Any) -> dict[str, Any]:
     """FSDP2, its layers sharded one by one (`modeling.fsdp_wrap_classes`), checkpoints sharded."""
     from samtune.modeling import fsdp_wrap_classes
