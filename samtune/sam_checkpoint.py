@@ -71,14 +71,11 @@ class SAMCheckpointing:
 
     def _save_rng_state(self, output_dir: str) -> None:
         """Write samtune's state into the checkpoint, then the Trainer's RNG state (see the module docstring)."""
-        if self.args.should_save:
-            os.makedirs(output_dir, exist_ok=True)
-            write_json_atomic(Path(output_dir) / SAM_STATE_FILE, self.sam_state())
-            if not self.is_fsdp2:
-                self.save_looksam_state(output_dir)
-        if self.is_fsdp2:  # every process holds its own shards of g_v
+        if self.args.should_save or self.is_fsdp2:  # under FSDP2 every process holds its own shards of g_v
             os.makedirs(output_dir, exist_ok=True)
             self.save_looksam_state(output_dir)
+        if self.args.should_save:
+            write_json_atomic(Path(output_dir) / SAM_STATE_FILE, self.sam_state())
         super()._save_rng_state(output_dir)  # type: ignore[misc]
 
     def _load_best_model(self) -> None:
@@ -95,18 +92,20 @@ class SAMCheckpointing:
             self.sam_nonfinite_skipped = int(saved.get("nonfinite_skipped", 0))
             self.sam_climb_steps = int(saved.get("climb_steps", 0))
 
+    def _looksam_file(self) -> str:
+        """g_v's file in a checkpoint: one, or under FSDP2 one per process (its shards)."""
+        return LOOKSAM_SHARD_FILE.format(self.args.process_index) if self.is_fsdp2 else LOOKSAM_STATE_FILE
+
     def save_looksam_state(self, folder: str) -> None:
         """Write LookSAM's g_v into a checkpoint folder, so a resumed run reuses it exactly."""
         if self._looksam_v is None:
             return
-        name = LOOKSAM_SHARD_FILE.format(self.args.process_index) if self.is_fsdp2 else LOOKSAM_STATE_FILE
-        with atomic_path(Path(folder) / name) as tmp:
+        with atomic_path(Path(folder) / self._looksam_file()) as tmp:
             torch.save([local(v).cpu() if v is not None else None for v in self._looksam_v], tmp)
 
     def _load_looksam_state(self, checkpoint: str) -> None:
         """Read g_v back (without it, LookSAM's next step is a SAM step that computes it afresh)."""
-        name = LOOKSAM_SHARD_FILE.format(self.args.process_index) if self.is_fsdp2 else LOOKSAM_STATE_FILE
-        path = os.path.join(checkpoint, name)
+        path = os.path.join(checkpoint, self._looksam_file())
         self._looksam_v = self._looksam_shards = None
         if self.sam_variant.name != "looksam" or not os.path.isfile(path):
             return
