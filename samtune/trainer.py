@@ -120,6 +120,7 @@ _DEEPSPEED = (
     "distributed_type FSDP, fsdp_version 2; or TrainingArguments fsdp='full_shard' with "
     "fsdp_config={{'version': 2}}), which samtune supports exactly; for models that fit, plain data parallelism."
 )
+_FSDP_XLA = "SAMTrainer does not support FSDP on XLA (TPU); use FSDP2 on GPUs."
 _FSDP1 = (
     "SAMTrainer supports FSDP through FSDP2 only (fully_shard): FSDP1's flat parameters hide the per-parameter "
     "shards that SAM's climb and its exact restore work on. Use fsdp_version 2 (Accelerate config: "
@@ -134,7 +135,7 @@ def _refuse_unsupported_args(args: TrainingArguments) -> None:
     if args.fsdp:
         config = args.fsdp_config or {}
         if config.get("xla", False):
-            raise UnsupportedSetupError("SAMTrainer does not support FSDP on XLA (TPU); use FSDP2 on GPUs.")
+            raise UnsupportedSetupError(_FSDP_XLA)
         if int(config.get("version", 2)) != 2:
             raise UnsupportedSetupError(_FSDP1)
         if args.parallel_mode.value != "distributed":
@@ -195,7 +196,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         if self.is_deepspeed_enabled:
             raise UnsupportedSetupError(_DEEPSPEED.format(how=" (asked for by your accelerate config)"))
         if getattr(self, "is_fsdp_xla_enabled", False):
-            raise UnsupportedSetupError("SAMTrainer does not support FSDP on XLA (TPU); use FSDP2 on GPUs.")
+            raise UnsupportedSetupError(_FSDP_XLA)
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
         self.is_fsdp2 = bool(self.is_fsdp_enabled and getattr(plugin, "fsdp_version", 1) == 2)
         if self.is_fsdp_enabled and not self.is_fsdp2:
@@ -513,8 +514,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         first ascent for a caller that steps without `train`)."""
         if getattr(self, "_sharding_checked", False):
             return
+        climbing = {id(p) for p in params}
         plain = [n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
-                 if p.requires_grad and not is_sharded(p) and any(p is q for q in params)]  # fmt: skip
+                 if id(p) in climbing and not is_sharded(p)]  # fmt: skip
         if plain:
             raise UnsupportedSetupError(
                 f"under FSDP2 every parameter SAM perturbs must be sharded by FSDP, and {len(plain)} are not "
