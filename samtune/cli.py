@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -744,33 +743,24 @@ def recipes_list() -> None:
 
 
 @recipes_app.command("show")
-def recipes_show(name: Annotated[str, typer.Argument(help="A built-in recipe name.")]) -> None:
+def recipes_show(name: Annotated[str, typer.Argument(help="A built-in recipe name (samtune recipes list).")]) -> None:
     """Print a built-in recipe."""
-    from samtune.recipe import resolve_recipe_path
+    from samtune.recipe import builtin_recipe
 
-    _guarded(lambda: console.print(Syntax(resolve_recipe_path(name).read_text(encoding="utf-8"), "yaml")), False)
+    _guarded(lambda: console.print(Syntax(builtin_recipe(name).read_text(encoding="utf-8"), "yaml")), False)
 
 
 @recipes_app.command("copy")
 def recipes_copy(
-    name: Annotated[str, typer.Argument(help="A built-in recipe name.")],
-    dest: Annotated[Path, typer.Argument(help="Where to write it (a file or folder).")],
+    name: Annotated[str, typer.Argument(help="A built-in recipe name (samtune recipes list).")],
+    dest: Annotated[
+        str, typer.Argument(help="A new file, or a folder for NAME.yaml (one ending in / is created if missing).")
+    ],
 ) -> None:
-    """Copy a built-in recipe to edit it."""
-    from samtune.recipe import resolve_recipe_path
+    """Copy a built-in recipe to edit it; an existing file is never written over."""
+    from samtune.recipe import copy_builtin_recipe
 
-    def body() -> None:
-        src = resolve_recipe_path(name)
-        target = dest / src.name if dest.is_dir() else dest
-        if target.exists():
-            raise UsageError(f"{target} exists", "Choose another destination or remove it.")
-        try:
-            shutil.copyfile(src, target)
-        except OSError as e:
-            raise UsageError(f"cannot write {target}: {e.strerror or e}") from e
-        console.print(f"copied {name} to {target}")
-
-    _guarded(body, False)
+    _guarded(lambda: console.print(f"copied {name} to {copy_builtin_recipe(name, dest)}"), False)
 
 
 @app.command()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import math
+import os
 import re
+import reprlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -321,7 +323,9 @@ class OutputSection(_Section):
 class Recipe(_Section):
     """A whole run: model, data, SAM, training, output."""
 
-    name: str | None = Field(default=None, description="Short name; names the default run directory.")
+    name: str | None = Field(
+        default=None, description="Short name; names the default run directory, runs/<name> (a name, not a path)."
+    )
     description: str | None = None
     task: Literal[("auto", *TASKS)] = Field(  # type: ignore[valid-type]
         default="auto",
@@ -334,6 +338,13 @@ class Recipe(_Section):
     training: TrainingSection = TrainingSection()
     output: OutputSection = OutputSection()
     hub: HubSection = HubSection()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is not None and (problem := run_name_problem(v)):
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _metric_fits_the_task(self) -> Recipe:
@@ -361,6 +372,14 @@ class Recipe(_Section):
         return yaml.safe_dump(data, sort_keys=False)
 
 
+def run_name_problem(name: str) -> str | None:
+    """What keeps `name` from being a run's name, one folder in runs/ (None: nothing)."""
+    if any(sep in name for sep in ("/", "\\", os.sep)) or name in (".", "..") or any(ord(c) < 32 for c in name):
+        return ("must be a plain run name, one folder in runs/ (no '/', no '..', not absolute, no control "
+                "character); to write the run elsewhere, set output.dir (or --output-dir) to the path")  # fmt: skip
+    return None
+
+
 def _stem(ref: str | None) -> str:
     if not ref:
         return ""
@@ -368,7 +387,8 @@ def _stem(ref: str | None) -> str:
     stem = ref.split("/")[-1]
     for suffix in (".bz2", ".gz", ".csv", ".jsonl", ".json", ".parquet"):
         stem = stem.removesuffix(suffix)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
+    return "" if run_name_problem(stem) else stem  # '.' or '..' (a model in ., ..) names no run
 
 
 # ---- built-in recipes ---------------------------------------------------------------------
@@ -402,21 +422,115 @@ def resolve_recipe_path(ref: str) -> Path:
     builtins = builtin_recipes()
     if ref in builtins:
         return builtins[ref]
-    close = difflib.get_close_matches(ref, list(builtins), n=1)
-    hint = f"Did you mean '{close[0]}'? " if close else ""
-    raise UsageError(
-        f"unknown recipe '{ref}': it is neither a file nor a built-in recipe",
-        hint + "See the built-in recipes with: samtune recipes list",
-    )
+    raise UsageError(f"unknown recipe '{ref}': it is neither a file nor a built-in recipe", _builtin_hint(ref))
+
+
+def _builtin_hint(name: str) -> str:
+    close = difflib.get_close_matches(name, list(builtin_recipes()), n=1)
+    return (f"Did you mean '{close[0]}'? " if close else "") + "See the built-in recipes with: samtune recipes list"
+
+
+def builtin_recipe(name: str) -> Path:
+    """A built-in recipe's file, by its name (never a path: `recipes show|copy` read nothing else)."""
+    builtins = builtin_recipes()
+    if name not in builtins:
+        raise UsageError(f"'{name}' is not a built-in recipe", _builtin_hint(name))
+    return builtins[name]
+
+
+def copy_builtin_recipe(name: str, dest: str) -> Path:
+    """Copy a built-in recipe to `dest`, a file, or a folder that gets NAME.yaml: an existing folder, or one named
+    with a trailing '/' (created). An existing file is never written over. Returns the file written."""
+    source = builtin_recipe(name)
+    folder = dest.endswith(("/", os.sep)) or Path(dest).is_dir()
+    target = Path(dest) / source.name if folder else Path(dest)
+    try:
+        if folder:
+            target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where the folder would be, or no permission
+        raise UsageError(f"cannot create the folder {target.parent}: {e.strerror or e}", "Choose another destination.")
+    try:
+        with target.open("xb") as f:  # x: fails if anything is there, even a file made a moment ago
+            f.write(source.read_bytes())
+    except FileExistsError:
+        raise UsageError(f"{target} exists: a copy never writes over it", "Choose another destination, or remove it.")
+    except OSError as e:
+        raise UsageError(f"cannot write {target}: {e.strerror or e}", "Check the destination folder.") from e
+    return target
 
 
 # ---- loading, overrides, validation -------------------------------------------------------
 
 
+# The values YAML aliases may add to a document (each alias counts every value under its anchor). A recipe's
+# aliases add tens; an alias bomb ("billion laughs": 1 KB, 9**9 values) is refused as it is read.
+ALIAS_LIMIT = 10_000
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class YAMLRefused(yaml.MarkedYAMLError):
+    """YAML that parses but that samtune refuses (a duplicate key, aliases past ALIAS_LIMIT), with the fix."""
+
+    def __init__(self, problem: str, mark: yaml.Mark, hint: str):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.hint = hint
+
+
+def _values_under(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` holds, itself included, its aliases expanded (`sizes`: those already counted)."""
+    if id(node) not in sizes:
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        sizes[id(node)] = 1 + (sum(_values_under(c, sizes) for c in children) if isinstance(children, list) else 0)
+    return sizes[id(node)]
+
+
 class _RecipeYAML(yaml.SafeLoader):
     """YAML as a recipe reads it: booleans are true and false only (YAML 1.2), so `save_strategy: no` or an
     override `training.save_strategy=no` gives the word typed, not False (YAML 1.1 reads no/off/yes/on as
-    booleans). A boolean setting still takes true/false (and yes/no, read by the schema)."""
+    booleans). A boolean setting still takes true/false (and yes/no, read by the schema).
+    A key written twice in a mapping is refused (YAML would keep the last silently), and so are aliases that
+    add more than ALIAS_LIMIT values or sit inside their own anchor."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._aliased = 0  # the values the aliases read so far add
+        self._sizes: dict[int, int] = {}
+        self._open: set[str] = set()  # anchors whose node is being read
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise YAMLRefused(f"the alias *{event.anchor} is inside its own anchor &{event.anchor} (a cycle)",
+                                  event.start_mark, "Write the value out instead of the alias.")  # fmt: skip
+            node = super().compose_node(parent, index)
+            self._aliased += _values_under(node, self._sizes)
+            if self._aliased > ALIAS_LIMIT:
+                raise YAMLRefused(
+                    f"the aliases expand to more than {ALIAS_LIMIT:,} values (an alias bomb?)", event.start_mark,
+                    "Write the values out, or use fewer aliases: a recipe needs no more.",
+                )
+            return node
+        anchor = getattr(event, "anchor", None)
+        if anchor:
+            self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.discard(anchor)
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[Any, yaml.Node] = {}  # checked as written: constructing merges (<<) rewrites the nodes
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE or not isinstance(key_node, yaml.ScalarNode):
+                continue  # `<<: *base` merges keys that the mapping's own may replace
+            key = self.construct_object(key_node)
+            if key in first:
+                raise YAMLRefused(f"duplicate key {quote(key)} (first on line {first[key].start_mark.line + 1})",
+                                  key_node.start_mark, "Keep one of the two: YAML would silently take the last.")  # fmt: skip
+            first[key] = key_node
+        return node
 
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -448,7 +562,7 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError([f"invalid YAML{where}: {problem}"], str(path), "Fix the YAML syntax.")
+        raise RecipeError([f"invalid YAML{where}: {problem}"], str(path), getattr(e, "hint", "Fix the YAML syntax."))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -551,6 +665,19 @@ def _without_union_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
+_QUOTED = reprlib.Repr()  # bounded work too: a few items per level, a few levels
+_QUOTED.maxlevel, _QUOTED.maxlist, _QUOTED.maxtuple, _QUOTED.maxdict, _QUOTED.maxset = 2, 4, 4, 4, 4
+_QUOTED.maxstring = _QUOTED.maxother = _QUOTED.maxlong = 40
+QUOTE_CHARS = 60
+MAX_PROBLEMS = 20  # the problems a message lists; the rest are counted
+
+
+def quote(value: Any) -> str:
+    """`value` as a message shows it: its repr, cut to about QUOTE_CHARS characters with '...'."""
+    text = _QUOTED.repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
+
+
 def _describe(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(recipe)"
@@ -577,7 +704,7 @@ def _describe(err: dict[str, Any]) -> str:
     else:
         msg = msg.replace("Input should be", "should be").replace("Value error, ", "")
     got = err.get("input")
-    shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {quote(got)})"
     return f"{key}: {msg}{shown}"
 
 
@@ -598,6 +725,8 @@ def build_recipe(
         recipe = Recipe.model_validate(_float_strings(merged))
     except ValidationError as e:
         problems += [_describe(err) for err in _without_union_branches(e.errors())]
+        if len(problems) > MAX_PROBLEMS:  # a list of 10**6 wrong items: a message of 20 lines, not 10**6
+            problems = [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS:,} more like these"]
         raise RecipeError(problems, source, "Fix the keys above (samtune recipes show NAME prints a full example).")
     if problems:
         raise RecipeError(problems, source)
@@ -613,7 +742,7 @@ def load_recipe(
     path = resolve_recipe_path(ref)
     raw = read_recipe_file(path)
     recipe = build_recipe(raw, overrides, flags, source=str(path))
-    if recipe.name is None and path.parent not in recipe_dirs():
+    if recipe.name is None and path.parent not in recipe_dirs() and not run_name_problem(path.stem):
         recipe.name = path.stem
     return recipe
 

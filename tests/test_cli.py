@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -201,6 +203,67 @@ def test_recipes_list_show_copy(tmp_path):
     _ok(cli("recipes", "show", "quickstart"))
     _ok(cli("recipes", "copy", "quickstart", tmp_path))
     assert (tmp_path / "quickstart.yaml").is_file()
+
+
+def test_recipes_show_and_copy_take_only_builtin_names(tmp_path):
+    """A file path is not a built-in name: `show` would print any file, `copy` copy it."""
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("token: hunter2\n")
+    for args in (["show", secret], ["copy", secret, tmp_path / "out.yaml"], ["show", "/etc/hostname"]):
+        result = cli("recipes", *args)
+        assert result.exit_code == 2 and "not a built-in recipe" in result.output, result.output
+        assert "hunter2" not in result.output
+    assert not (tmp_path / "out.yaml").exists()
+    typo = cli("recipes", "show", "quickstrat")
+    assert typo.exit_code == 2 and "did you mean 'quickstart'" in typo.output.lower()
+
+
+def test_recipes_copy_into_a_missing_folder_and_never_over_a_file(tmp_path):
+    """`copy NAME dir/` (the slash says a folder) creates dir/ and writes dir/NAME.yaml; an existing file is kept."""
+    _ok(cli("recipes", "copy", "quickstart", f"{tmp_path / 'dir'}/"))
+    copied = tmp_path / "dir" / "quickstart.yaml"
+    assert copied.is_file() and "name: quickstart" in copied.read_text()
+    copied.write_text("my edits\n")
+    for dest in (copied, copied.parent, f"{copied.parent}/"):  # the file itself, or its folder with or without /
+        result = cli("recipes", "copy", "quickstart", dest)
+        assert result.exit_code == 2 and "exists" in result.output, result.output
+    assert copied.read_text() == "my edits\n"
+    _ok(cli("recipes", "copy", "bert-sst2", tmp_path / "mine.yaml"))  # a file name is taken as given
+    assert "name: bert-sst2" in (tmp_path / "mine.yaml").read_text()
+
+
+def test_a_recipe_name_with_a_path_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    (work / "r.yaml").write_text("name: ../../x\n")
+    result = cli("train", "r.yaml", "--model", "m", "--dataset", "d.csv")
+    assert result.exit_code == 2 and "name: " in result.output and "--output-dir" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "r.yaml"]  # no runs/, no x
+
+
+def test_an_alias_bomb_recipe_fails_fast_with_a_short_message(tmp_path):
+    """A 1 KB "billion laughs" (9**9 strings in data.labels by YAML aliases) is a recipe error within seconds.
+    The child runs under a time limit and a 2 GiB address-space limit: a regression fails, it does not hang."""
+    from test_recipe import _alias_bomb
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(9))
+    assert bomb.stat().st_size < 1100
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "samtune", "validate", str(bomb), "--schema-only"],
+                              capture_output=True, text=True, timeout=60, preexec_fn=limit_memory)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the alias bomb still ran after 60 s")
+    elapsed = time.perf_counter() - started
+    assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+    assert "alias" in done.stderr and len(done.stdout + done.stderr) < 2000, done.stderr[:2000]
+    assert elapsed < 10  # about 0.5 s here; 10 s leaves room for a loaded machine, far from the minutes it took
 
 
 def test_every_builtin_recipe_validates():

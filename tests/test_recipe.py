@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,72 @@ def test_variant_settings_need_their_variant():
     assert any("sam.every_k only applies to sam.variant=every_k" in p for p in err.value.problems)
     with pytest.raises(RecipeError, match="sam.variant"):
         build_recipe({"sam": {"variant": "esam"}})
+
+
+def _alias_bomb(levels: int) -> str:
+    """`data.labels` as a "billion laughs": each level lists the one below nine times, by alias, so `levels`
+    lines of YAML (about 100 bytes each) expand to 9**levels strings."""
+    value = "&x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"
+    for i in range(1, levels):
+        value = f"&x{i} [{value}, " + ", ".join([f"*x{i - 1}"] * 8) + "]"
+    return f"data:\n  labels: {value}\n"
+
+
+def test_a_value_a_message_quotes_is_cut_short():
+    """A wrong value is quoted in a few dozen characters, however large it is (a shared list: 10**6 strings)."""
+    row = ["lol"] * 1000
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"data": {"labels": [row] * 1000}, "model": {"max_length": "9" * 100_000}})
+    problems = err.value.problems
+    assert len(problems) >= 2 and all(len(p) < 200 for p in problems), [p[:300] for p in problems]
+    assert all("..." in p for p in problems)  # the cut is shown, not hidden
+    assert len(str(err.value)) < 5000  # 1,001 wrong values (max_length and each row): 20 listed, the rest counted
+    assert problems[-1] == "... and 981 more like these"
+    assert any(p.startswith("data.labels.0") for p in problems) and any(p.startswith("model.max_length") for p in problems)
+
+
+def test_yaml_aliases_that_expand_past_the_limit_are_refused(tmp_path):
+    """An alias bomb is refused where the aliases are read, before anything walks the expanded value; aliases that
+    stay small still work, and an alias inside its own anchor (a cycle) is refused too."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(5))  # 9**5 = 59,049 strings from 5 short lines
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(path))
+    assert len(err.value.problems) == 1 and len(str(err.value)) < 400, str(err.value)[:500]  # not 59,049 'lol's
+    assert "alias" in err.value.problems[0] and "line 2" in err.value.problems[0]
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("data:\n  labels: &two [neg, pos]\n  label_columns: *two\n  label_column: null\n")
+    assert load_recipe(str(fine)).data.label_columns == ["neg", "pos"]
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text("data:\n  labels: &me [neg, *me]\n")
+    with pytest.raises(RecipeError, match="line 2.*alias"):
+        load_recipe(str(cycle))
+
+
+def test_a_duplicate_key_is_refused_with_its_line(tmp_path):
+    """YAML takes the last of two equal keys: a whole section written twice would silently lose the first."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("training:\n  epochs: 5\nsam:\n  rho: 0.1\n  rho: 0.2\ntraining:\n  batch_size: 8\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(path))
+    text = str(err.value)
+    assert "duplicate key 'rho'" in text and "line 5" in text and "line 4" in text  # where, and where first
+    merged = tmp_path / "merged.yaml"  # a merge key (<<) is not a duplicate: keys written out win over it
+    merged.write_text("sam:\n  <<: &base {rho: 0.1, adaptive: false}\n  rho: 0.2\n")
+    assert load_recipe(str(merged)).sam.rho == 0.2
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", ".", "a\\b", "a\x00b"])
+def test_name_is_a_plain_run_name(name):
+    """`name` names runs/<name>: a path in it would write elsewhere (an absolute one replaces runs/ altogether)."""
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"name": name})
+    (problem,) = err.value.problems
+    assert problem.startswith("name:") and "output.dir" in problem and "--output-dir" in problem
+
+
+def test_the_run_directory_is_always_under_runs():
+    assert build_recipe({"name": "my-run.v2"}).output_dir() == Path("runs") / "my-run.v2"
+    for model in ("..", ".", "/models/.."):  # a name made from the model's folder stays one folder in runs/
+        assert build_recipe({"model": {"name": model}}).output_dir().parent == Path("runs"), model
+    assert build_recipe({"name": "x", "output": {"dir": "../x"}}).output_dir() == Path("../x")  # a path: output.dir
