@@ -461,7 +461,10 @@ def predict_command(
         Optional[Path], typer.Option(help="Write every row with its prediction here (.csv or .jsonl).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip images that do not decode (and say which).")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip images that do not decode or are over Pillow's decompression-bomb "
+                           "limit (and say which).")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Predict with a saved run: each input row with its predicted label and every class's probability."""
@@ -477,7 +480,7 @@ def predict_command(
                          progress=lambda it, total: track(it, total=total, description="predicting",
                                                           console=err_console, transient=True))  # fmt: skip
         if result.skipped:
-            err_console.print(f"[yellow]skipped {len(result.skipped)} image(s) that do not decode: "
+            err_console.print(f"[yellow]skipped {len(result.skipped)} image(s) that cannot be read: "
                               f"{', '.join(result.skipped[:10])}[/yellow]")  # fmt: skip
         if output is not None:
             write_predictions(result, output)

@@ -156,7 +156,9 @@ def check_image_files(folder: Path) -> None:
     Runs only when the folder holds images; a corrupt file would otherwise stop training hours
     in, with a message that does not say which file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from samtune.imaging import image_problem
 
     image_ext = {ext.lower() for ext in Image.registered_extensions()}
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)]
@@ -171,13 +173,8 @@ def check_image_files(folder: Path) -> None:
             "Move them out of the folder (class sub-folders must hold only images).",
         )
     for p in images:
-        try:
-            with Image.open(p) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DataError(
-                f"cannot read the image {p}: {_first_line(e)}", "Remove or replace the file, then run again."
-            ) from e
+        if (problem := image_problem(p)) is not None:
+            raise DataError(f"cannot read the image {p}: {problem}", "Remove or replace the file, then run again.")
 
 
 def _load_hub(data: DataSection) -> DatasetDict:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import get_worker_info
 from transformers import AutoImageProcessor
 from transformers.image_processing_backends import TorchvisionBackend
@@ -73,6 +74,18 @@ def target_size(processor: BaseImageProcessor) -> tuple[int, int]:
     if _field(size, "max_height") and _field(size, "max_width"):
         return _field(size, "max_height"), _field(size, "max_width")
     raise ValueError(f"Cannot tell the output size of {type(processor).__name__} from size={size!r}.")
+
+
+def image_problem(path: Path) -> str | None:
+    """Why the image file at `path` cannot be used (it does not decode, or is over Pillow's decompression-bomb
+    limit, `PIL.Image.MAX_IMAGE_PIXELS`); None when it can."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        text = str(e).strip().splitlines()
+        return text[0] if text else type(e).__name__
+    return None
 
 
 def to_8_bits(image: Image.Image) -> Image.Image:

@@ -30,24 +30,25 @@ class Predictions:
 
 
 def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
-    """Every image file under `folder` (by extension), checked to decode; a DataError names the first that does not,
-    unless `skip_bad`."""
+    """Every image file under `folder` (by extension), checked to decode (and to be under Pillow's decompression-bomb
+    limit); a DataError names the first that does not, unless `skip_bad`."""
     import datasets
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from samtune.imaging import image_problem
 
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     good, bad = [], []
     for p in files:
-        try:
-            with Image.open(p) as im:
-                im.verify()
+        problem = image_problem(p)
+        if problem is None:
             good.append(p)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            if not skip_bad:
-                raise DataError(f"cannot read the image {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                                "Remove or replace the file, or pass --skip-bad to predict on the others.") from e  # fmt: skip
+        elif skip_bad:
             bad.append(str(p.relative_to(folder)))
+        else:
+            raise DataError(f"cannot read the image {p}: {problem}",
+                            "Remove or replace the file, or pass --skip-bad to predict on the others.")  # fmt: skip
     if not good:
         raise DataError(f"no image that decodes in {folder}", "Give a folder of images (png, jpg, ...).")
     rows = datasets.Dataset.from_dict({"file": [str(p.relative_to(folder)) for p in good],

@@ -64,7 +64,10 @@ def test_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
     assert result.exit_code == 2 and "not a samtune run directory" in result.output
 
 
-def test_image_folder_with_a_corrupt_file(tmp_path, image_model_dir, image_folder):
+def test_image_folder_with_a_corrupt_file_and_one_over_the_decompression_bomb_limit(tmp_path, image_model_dir,
+                                                                                    image_folder, monkeypatch):  # fmt: skip
+    from test_errors import _decompression_bomb
+
     out = tmp_path / "run"
     trained = runner.invoke(app, ["train", "--model", str(image_model_dir), "--dataset", str(image_folder),
                                   "--output-dir", str(out), "--max-steps", "2"])  # fmt: skip
@@ -76,10 +79,18 @@ def test_image_folder_with_a_corrupt_file(tmp_path, image_model_dir, image_folde
     (new / "broken.png").write_bytes(b"not an image")
     refused = runner.invoke(app, ["predict", str(out), str(new)])
     assert refused.exit_code == 3 and "broken.png" in refused.output and "--skip-bad" in refused.output
+    (new / "broken.png").unlink()
+    _decompression_bomb(new / "huge.png", monkeypatch)
+    refused = runner.invoke(app, ["predict", str(out), str(new)])
+    assert refused.exit_code == 3 and "huge.png" in refused.output and "--skip-bad" in refused.output
+    (new / "broken.png").write_bytes(b"not an image")
     written = tmp_path / "p.csv"
     done = runner.invoke(app, ["predict", str(out), str(new), "--skip-bad", "--output", str(written)])
     assert done.exit_code == 0, done.output
-    assert "skipped 1 image" in done.output
+    assert "skipped 2 image" in done.output and "broken.png" in done.output and "huge.png" in done.output
     table = pd.read_csv(written)
     assert len(table) == 5 and list(table.columns[:2]) == ["file", "predicted_label"]
     assert table[["prob_blue", "prob_red"]].sum(axis=1).sub(1.0).abs().max() <= 1e-9
+    (image_folder / "red" / "huge.png").write_bytes((new / "huge.png").read_bytes())  # eval reads folders as train does
+    evaluated = runner.invoke(app, ["eval", str(out), "--dataset", str(image_folder)])
+    assert evaluated.exit_code == 3 and "huge.png" in evaluated.output, evaluated.output
