@@ -455,8 +455,11 @@ def eval_command(
 def predict_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by samtune train.")],
     source: Annotated[
-        str, typer.Argument(metavar="INPUT", help="A csv/jsonl/parquet file, a folder of images, or a text to classify.")
-    ],
+        Optional[Path], typer.Argument(metavar="INPUT", help="A csv/jsonl/parquet file, or a folder of images.")
+    ] = None,
+    text: Annotated[
+        Optional[list[str]], typer.Option("--text", help="A text to predict on, instead of INPUT (repeat for several).")
+    ] = None,
     output: Annotated[
         Optional[Path], typer.Option(help="Write every row with its prediction here (.csv or .jsonl).")
     ] = None,
@@ -474,9 +477,14 @@ def predict_command(
 
         from samtune.predict import OUTPUT_FORMATS, predict, write_predictions
 
+        if (source is None) == (not text):
+            raise UsageError(
+                "give INPUT (a file or a folder of images) or --text, " + ("not both" if text else "one"),
+                'e.g. samtune predict RUN_DIR reviews.csv, or samtune predict RUN_DIR --text "a text".',
+            )
         if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
             raise UsageError(f"cannot tell the format of --output {output}", "End it with .csv or .jsonl.")
-        result = predict(run_dir, source, batch_size, skip_bad,
+        result = predict(run_dir, source if source is not None else list(text or []), batch_size, skip_bad,
                          progress=lambda it, total: track(it, total=total, description="predicting",
                                                           console=err_console, transient=True))  # fmt: skip
         if result.skipped:

@@ -1,4 +1,4 @@
-"""`samtune predict`: a finished run's predictions on new examples (a file, a folder of images, or a text).
+"""`samtune predict`: a finished run's predictions on new examples (a file, a folder of images, or texts).
 
 The run's model and processor, its labels and the columns it was trained on (its config.yaml) are read
 back as `samtune eval` reads them (`samtune.saved`); the examples need no labels. Each input row comes
@@ -56,22 +56,28 @@ def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
     return rows.cast_column("image", datasets.Image()), bad
 
 
-def read_inputs(source: str, image_run: bool, skip_bad: bool = False) -> tuple[Any, list[str]]:
-    """The examples to predict on: a data file's rows, a folder's images, or `source` itself as one text."""
+def read_inputs(source: Path | list[str], image_run: bool, skip_bad: bool = False) -> tuple[Any, list[str]]:
+    """The examples to predict on: a data file's rows or a folder's images (`source` a path), or texts (a list)."""
     import datasets
 
     from samtune.data import _builder_for, _load_files
 
+    if isinstance(source, list):
+        if image_run:
+            raise UsageError("this run classifies images, not texts", "Give a folder of images instead of --text.")
+        return datasets.Dataset.from_dict({"text": [str(t) for t in source]}), []
     path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"input not found: {path}", "Check the path (it is relative to where you run)"
+                        + ("." if image_run else '; to classify a text itself, give it as --text "...".'))  # fmt: skip
     if path.is_dir():
         if not image_run:
-            raise UsageError(f"{path} is a folder; this run classifies text", "Give a csv/jsonl/parquet file, or a text.")
+            raise UsageError(f"{path} is a folder; this run classifies text",
+                             'Give a csv/jsonl/parquet file, or --text "...".')  # fmt: skip
         return _image_folder(path, skip_bad)
-    if path.is_file() and _builder_for(path) is not None:
-        return _load_files({"train": path})["train"], []
-    if image_run:
-        raise UsageError(f"{source} is not a folder of images or a data file", "Give a folder of images.")
-    return datasets.Dataset.from_dict({"text": [source]}), []
+    if image_run and _builder_for(path) is None:
+        raise UsageError(f"{path} is not a folder of images or a data file", "Give a folder of images.")
+    return _load_files({"train": path})["train"], []  # a format it cannot tell is a DataError naming the file
 
 
 def _column(rows: Any, named: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
@@ -87,10 +93,11 @@ def _column(rows: Any, named: str | None, candidates: tuple[str, ...], what: str
 
 
 def predict(
-    run_dir: Path, source: str, batch_size: int = 64, skip_bad: bool = False,
+    run_dir: Path, source: Path | list[str], batch_size: int = 64, skip_bad: bool = False,
     progress: Callable[[Any, int], Any] = lambda it, total: it,
 ) -> Predictions:  # fmt: skip
-    """Predictions of the run in `run_dir` on `source` (see `read_inputs`); `progress` wraps the batch loop."""
+    """Predictions of the run in `run_dir` on `source`, a data file or image folder, or a list of texts (see
+    `read_inputs`); `progress` wraps the batch loop."""
     import torch
 
     from samtune import modeling

@@ -200,6 +200,7 @@ def test_float_image_is_scaled_by_its_own_range(tmp_path):
     Image.fromarray(1000.0 + 4.0 * grey.astype(np.float32)).save(tmp_path / "float.tiff")
     floating = Image.open(tmp_path / "float.tiff")
     assert floating.mode == "F"
-    np.testing.assert_array_equal(np.asarray(imaging.to_rgb(floating)), np.asarray(Image.fromarray(grey).convert("RGB")))
+    expected = np.asarray(Image.fromarray(grey).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(imaging.to_rgb(floating)), expected)
     constant = Image.fromarray(np.full((4, 4), 7.5, dtype=np.float32))
     assert np.asarray(imaging.to_rgb(constant)).max() == 0  # no range: black, not a division by zero

@@ -41,9 +41,10 @@ def test_predictions_agree_with_eval_and_probabilities_sum_to_one(tmp_path, text
     assert accuracy == pytest.approx(evaluated["eval_accuracy"], abs=1e-12)
 
 
-def test_a_text_on_the_command_line_and_jsonl_output(tmp_path, text_run):
-    shown = runner.invoke(app, ["predict", str(text_run), "the film was good"])
+def test_texts_on_the_command_line_and_jsonl_output(tmp_path, text_run):
+    shown = runner.invoke(app, ["predict", str(text_run), "--text", "the film was good", "--text", "dull and long"])
     assert shown.exit_code == 0, shown.output
+    assert "2 prediction(s)" in shown.output and "dull and long" in shown.output
     assert "predicted_label" in shown.output and ("pos" in shown.output or "neg" in shown.output)
     data = write_jsonl(tmp_path / "new.jsonl", [{"text": r["text"]} for r in text_examples(5)])
     out = tmp_path / "p.jsonl"
@@ -59,13 +60,35 @@ def test_input_without_the_text_column_is_a_data_error_naming_its_columns(tmp_pa
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.parametrize("name", ["no_such_file.csv", "no_such_folder"])
+def test_an_input_that_does_not_exist_is_a_data_error_naming_it(tmp_path, text_run, name):
+    result = runner.invoke(app, ["predict", str(text_run), str(tmp_path / name)])
+    assert result.exit_code == 3, result.output
+    assert "not found" in result.output and name in result.output and "--text" in result.output
+    assert "predicted_label" not in result.output  # the path is not classified as a text
+
+
+def test_a_file_of_unknown_format_is_a_data_error(tmp_path, text_run):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the film was good\n")
+    result = runner.invoke(app, ["predict", str(text_run), str(notes)])
+    assert result.exit_code == 3 and "cannot tell the format" in result.output and "notes.txt" in result.output
+
+
+@pytest.mark.parametrize("args", [[], ["in.csv", "--text", "a text"]], ids=["neither", "both"])
+def test_predict_takes_an_input_or_texts(text_run, args):
+    result = runner.invoke(app, ["predict", str(text_run), *args])
+    assert result.exit_code == 2 and "INPUT" in result.output and "--text" in result.output, result.output
+
+
 def test_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
-    result = runner.invoke(app, ["predict", str(tmp_path), "some text"])
+    result = runner.invoke(app, ["predict", str(tmp_path), "--text", "some text"])
     assert result.exit_code == 2 and "not a samtune run directory" in result.output
 
 
-def test_image_folder_with_a_corrupt_file_and_one_over_the_decompression_bomb_limit(tmp_path, image_model_dir,
-                                                                                    image_folder, monkeypatch):  # fmt: skip
+def test_image_folder_with_a_corrupt_file_and_one_over_the_decompression_bomb_limit(
+    tmp_path, image_model_dir, image_folder, monkeypatch
+):
     from test_errors import _decompression_bomb
 
     out = tmp_path / "run"
