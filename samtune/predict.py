@@ -116,6 +116,7 @@ def predict(
                          "Use the code in the run's README.md (transformers' pipeline) for taggers and causal LMs.")  # fmt: skip
     image_run = modality(run.task) == "image"
     rows, skipped = read_inputs(source, image_run, skip_bad)
+    _refuse_clashing_columns(rows.column_names, prediction_names(run.task, run.labels))
     data = recipe.data
     if image_run:
         columns = {"image": _column(rows, data.image_column, IMAGE_COLUMNS, "image", "data.image_column")}
@@ -149,25 +150,43 @@ def predict(
     return Predictions(table, added, skipped)
 
 
-def _prediction_columns(table: Any, logits: np.ndarray, task: str, labels: list[str], threshold: float) -> list[str]:
-    """Add the predictions to `table` (in place); the names of the columns added."""
+def prediction_names(task: str, labels: list[str]) -> list[str]:
+    """The columns predictions are written under: the predicted label (and score), then each class's probability."""
     kind = problem(task)
     if kind == REGRESSION:
-        name = f"predicted_{labels[0] if labels else 'value'}"
-        table[name] = logits.reshape(-1).astype(np.float64)
-        return [name]
+        return [f"predicted_{labels[0] if labels else 'value'}"]
+    first = ["predicted_labels"] if kind == MULTI_LABEL else ["predicted_label", "score"]
+    return first + [f"prob_{label}" for label in labels]
+
+
+def _refuse_clashing_columns(columns: list[str], names: list[str]) -> None:
+    """A DataError when the input has columns the predictions would overwrite."""
+    clash = [c for c in columns if c in names]
+    if clash:
+        raise DataError(
+            f"the input has column(s) {', '.join(repr(c) for c in clash)}, the names the predictions are written under",
+            "Rename or drop them in the input (predict writes predicted_label, score and prob_<class>), then run again.",
+        )
+
+
+def _prediction_columns(table: Any, logits: np.ndarray, task: str, labels: list[str], threshold: float) -> list[str]:
+    """Add the predictions to `table` (in place) under `prediction_names`; those names."""
+    names = prediction_names(task, labels)
+    kind = problem(task)
+    if kind == REGRESSION:
+        table[names[0]] = logits.reshape(-1).astype(np.float64)
+        return names
     if kind == MULTI_LABEL:
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        table["predicted_labels"] = ["|".join(name for name, p in zip(labels, row) if p >= threshold) for row in probs]
+        table[names[0]] = ["|".join(name for name, p in zip(labels, row) if p >= threshold) for row in probs]
     else:
         shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
         probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        table["predicted_label"] = [labels[i] for i in probs.argmax(axis=1)]
-        table["score"] = probs.max(axis=1)
-    prob_columns = [f"prob_{label}" for label in labels]
-    for j, name in enumerate(prob_columns):
+        table[names[0]] = [labels[i] for i in probs.argmax(axis=1)]
+        table[names[1]] = probs.max(axis=1)
+    for j, name in enumerate(names[-len(labels) :]):
         table[name] = probs[:, j]
-    return list(table.columns[-(len(prob_columns) + (1 if kind == MULTI_LABEL else 2)) :])
+    return names
 
 
 def write_predictions(predictions: Predictions, output: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import text_examples, write_csv, write_jsonl
@@ -81,6 +82,16 @@ def test_predict_takes_an_input_or_texts(text_run, args):
     assert result.exit_code == 2 and "INPUT" in result.output and "--text" in result.output, result.output
 
 
+def test_input_columns_named_like_the_predictions_are_refused_not_overwritten(tmp_path, text_run):
+    rows = [{"text": r["text"], "score": 5, "prob_pos": "mine"} for r in text_examples(4)]
+    data = write_csv(tmp_path / "scored.csv", rows)
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(text_run), str(data), "--output", str(out)])
+    assert result.exit_code == 3, result.output
+    assert "'score', 'prob_pos'" in result.output and "rename" in result.output.lower()
+    assert not out.exists()
+
+
 def test_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["predict", str(tmp_path), "--text", "some text"])
     assert result.exit_code == 2 and "not a samtune run directory" in result.output
@@ -117,3 +128,26 @@ def test_image_folder_with_a_corrupt_file_and_one_over_the_decompression_bomb_li
     (image_folder / "red" / "huge.png").write_bytes((new / "huge.png").read_bytes())  # eval reads folders as train does
     evaluated = runner.invoke(app, ["eval", str(out), "--dataset", str(image_folder)])
     assert evaluated.exit_code == 3 and "huge.png" in evaluated.output, evaluated.output
+
+
+@pytest.mark.parametrize(
+    ("task", "labels", "logits", "expected"),
+    [
+        # softmax of (0, ln 3): 1/4 and 3/4
+        ("text-classification", ["neg", "pos"], [[0.0, np.log(3.0)]],
+         {"predicted_label": "pos", "score": 0.75, "prob_neg": 0.25, "prob_pos": 0.75}),
+        # sigmoid of ln 3 is 3/4, of -ln 3 is 1/4: only 'a' reaches the threshold 0.5
+        ("text-multi-label", ["a", "b"], [[np.log(3.0), -np.log(3.0)]],
+         {"predicted_labels": "a", "prob_a": 0.75, "prob_b": 0.25}),
+        ("text-regression", ["stars"], [[2.5]], {"predicted_stars": 2.5}),
+    ],
+    ids=["classification", "multi-label", "regression"],
+)  # fmt: skip
+def test_prediction_columns_are_the_names_the_clash_check_uses(task, labels, logits, expected):
+    from samtune.predict import _prediction_columns, prediction_names
+
+    table = pd.DataFrame({"text": ["x"]})
+    added = _prediction_columns(table, np.array(logits), task, labels, threshold=0.5)
+    assert added == prediction_names(task, labels) == list(expected) == list(table.columns[1:])
+    for name, value in expected.items():
+        assert table[name][0] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-12)), name
