@@ -729,7 +729,8 @@ def push_command(
         refuse_if_in_use(run_dir, "Push it once that run ends.")
         preflight(target, unreachable=PushError)
         console.print(f"pushing {run_dir} to {target.repo_id} ...")
-        console.print(f"[green]pushed[/green]: {push_run(run_dir, target)}")
+        url = push_run(run_dir, target, notify=lambda text: err_console.print(text, style="yellow", markup=False))
+        console.print(f"[green]pushed[/green]: {url}")
 
     _guarded(body, debug)
 

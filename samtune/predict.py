@@ -165,7 +165,7 @@ def _refuse_clashing_columns(columns: list[str], names: list[str]) -> None:
     if clash:
         raise DataError(
             f"the input has column(s) {', '.join(repr(c) for c in clash)}, the names the predictions are written under",
-            "Rename or drop them in the input (predict writes predicted_label, score and prob_<class>), then run again.",
+            "Rename or drop them in the input (predict writes predicted_label, score, prob_<class>), then run again.",
         )
 
 
