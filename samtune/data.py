@@ -175,8 +175,8 @@ def check_image_files(folder: Path) -> None:
             "Move them out of the folder (class sub-folders must hold only images).",
         )
     for p in images:
-        if (problem := image_problem(p)) is not None:
-            raise DataError(f"cannot read the image {p}: {problem}", "Remove or replace the file, then run again.")
+        if (why := image_problem(p)) is not None:
+            raise DataError(f"cannot read the image {p}: {why}", "Remove or replace the file, then run again.")
 
 
 def _load_hub(data: DataSection) -> DatasetDict:

@@ -41,13 +41,13 @@ def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     good, bad = [], []
     for p in files:
-        problem = image_problem(p)
-        if problem is None:
+        why = image_problem(p)
+        if why is None:
             good.append(p)
         elif skip_bad:
             bad.append(str(p.relative_to(folder)))
         else:
-            raise DataError(f"cannot read the image {p}: {problem}",
+            raise DataError(f"cannot read the image {p}: {why}",
                             "Remove or replace the file, or pass --skip-bad to predict on the others.")  # fmt: skip
     if not good:
         raise DataError(f"no image that decodes in {folder}", "Give a folder of images (png, jpg, ...).")
