@@ -454,13 +454,19 @@ def eval_command(
 def predict_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by samtune train.")],
     source: Annotated[
-        str, typer.Argument(metavar="INPUT", help="A csv/jsonl/parquet file, a folder of images, or a text to classify.")
-    ],
+        Optional[Path], typer.Argument(metavar="INPUT", help="A csv/jsonl/parquet file, or a folder of images.")
+    ] = None,
+    text: Annotated[
+        Optional[list[str]], typer.Option("--text", help="A text to predict on, instead of INPUT (repeat for several).")
+    ] = None,
     output: Annotated[
         Optional[Path], typer.Option(help="Write every row with its prediction here (.csv or .jsonl).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip images that do not decode (and say which).")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip images that do not decode or are over Pillow's decompression-bomb "
+                           "limit (and say which).")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Predict with a saved run: each input row with its predicted label and every class's probability."""
@@ -470,13 +476,18 @@ def predict_command(
 
         from samtune.predict import OUTPUT_FORMATS, predict, write_predictions
 
+        if (source is None) == (not text):
+            raise UsageError(
+                "give INPUT (a file or a folder of images) or --text, " + ("not both" if text else "one"),
+                'e.g. samtune predict RUN_DIR reviews.csv, or samtune predict RUN_DIR --text "a text".',
+            )
         if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
             raise UsageError(f"cannot tell the format of --output {output}", "End it with .csv or .jsonl.")
-        result = predict(run_dir, source, batch_size, skip_bad,
+        result = predict(run_dir, source if source is not None else list(text or []), batch_size, skip_bad,
                          progress=lambda it, total: track(it, total=total, description="predicting",
                                                           console=err_console, transient=True))  # fmt: skip
         if result.skipped:
-            err_console.print(f"[yellow]skipped {len(result.skipped)} image(s) that do not decode: "
+            err_console.print(f"[yellow]skipped {len(result.skipped)} image(s) that cannot be read: "
                               f"{', '.join(result.skipped[:10])}[/yellow]")  # fmt: skip
         if output is not None:
             write_predictions(result, output)
@@ -717,7 +728,8 @@ def push_command(
         refuse_if_in_use(run_dir, "Push it once that run ends.")
         preflight(target, unreachable=PushError)
         console.print(f"pushing {run_dir} to {target.repo_id} ...")
-        console.print(f"[green]pushed[/green]: {push_run(run_dir, target)}")
+        url = push_run(run_dir, target, notify=lambda text: err_console.print(text, style="yellow", markup=False))
+        console.print(f"[green]pushed[/green]: {url}")
 
     _guarded(body, debug)
 

@@ -10,9 +10,10 @@ Every problem a user can cause ends in a `DataError` (exit 3) that names it and 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from samtune.errors import OFFLINE_HINT, DataError, UsageError, hub_unreachable
 from samtune.recipe import DataSection, resolve_package_path
@@ -65,6 +66,7 @@ class PreparedData:
     eval_split: str = "validation"  # the split's name, or "validation" for one carved from train
     test_split: str | None = None
     notes: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # rows left out of each split, and why (DroppedRows.lines)
     is_hub_dataset: bool = False
     augment: Any = None  # the training images' transform, told the epoch by the runner
     picked: dict[str, str] = field(default_factory=dict)  # "label"/"text" -> the column chosen by its values
@@ -156,7 +158,9 @@ def check_image_files(folder: Path) -> None:
     Runs only when the folder holds images; a corrupt file would otherwise stop training hours
     in, with a message that does not say which file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from samtune.imaging import image_problem
 
     image_ext = {ext.lower() for ext in Image.registered_extensions()}
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)]
@@ -171,13 +175,8 @@ def check_image_files(folder: Path) -> None:
             "Move them out of the folder (class sub-folders must hold only images).",
         )
     for p in images:
-        try:
-            with Image.open(p) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DataError(
-                f"cannot read the image {p}: {_first_line(e)}", "Remove or replace the file, then run again."
-            ) from e
+        if (why := image_problem(p)) is not None:
+            raise DataError(f"cannot read the image {p}: {why}", "Remove or replace the file, then run again.")
 
 
 def _load_hub(data: DataSection) -> DatasetDict:
@@ -762,6 +761,64 @@ def _has_labels(ds: Dataset, column: str) -> bool:
     return any(v is not None and not (isinstance(v, int) and v < 0) for v in values)
 
 
+class DroppedRows:
+    """Rows left out of each split while loading, and why: counted, so that whoever loads says it once (`lines`)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}  # split -> its rows before any was dropped
+        self.reasons: dict[str, dict[str, int]] = {}  # split -> why -> rows dropped
+
+    def filter(self, split: str, ds: Dataset, keep: Callable[..., bool], columns: list[str], why: str) -> Dataset:
+        """The rows of `ds` that `keep` (given `columns`) keeps; the others counted under `why`."""
+        self.rows.setdefault(split, len(ds))
+        kept = ds.filter(keep, input_columns=columns)
+        if len(kept) < len(ds):
+            counts = self.reasons.setdefault(split, {})
+            counts[why] = counts.get(why, 0) + len(ds) - len(kept)
+        return kept
+
+    def lines(self) -> list[str]:
+        """One line per split that lost rows: how many of how many, and why."""
+        return [f"dropped {sum(c.values())} of {self.rows[split]} rows of the '{split}' split: "
+                + ", ".join(f"{n} {why}" for why, n in c.items()) for split, c in self.reasons.items()]  # fmt: skip
+
+
+def has_text(*values: Any) -> bool:
+    """Whether each value is a text with something in it (a causal LM's text, prompt or response)."""
+    return all(isinstance(x, str) and x.strip() for x in values)
+
+
+def _present(*values: Any) -> bool:
+    """Whether each value is there: a text, or a list of words with a word in it (an empty line of a conll file
+    has nothing to tag)."""
+    return all(x is not None and x != [] for x in values)
+
+
+def _labelled(feature: Any) -> Callable[[Any], bool]:
+    """Whether a label value is a label: not missing (None, or NaN: an empty cell in a column of numbers), nor a
+    ClassLabel's -1 (unlabelled)."""
+    from datasets import ClassLabel
+
+    class_ids = isinstance(feature, ClassLabel)
+    return lambda v: v is not None and not (isinstance(v, float) and math.isnan(v)) and not (class_ids and v < 0)
+
+
+def drop_unusable_rows(
+    splits: dict[str, Dataset], cols: dict[str, Any], kind: str, names: dict[str, str], dropped: DroppedRows
+) -> dict[str, Dataset]:
+    """Each split's rows that have their text (or words) and, but for a tagger's, their label; the rest counted in
+    `dropped` under the split's name in `names`."""
+    text_columns = [c for c in (cols["text"], cols["pair"]) if c]
+    out = {}
+    for key, ds in splits.items():
+        if text_columns:
+            ds = dropped.filter(names[key], ds, _present, text_columns, "with no text")
+        if cols["label"] and kind != TOKENS:  # (a tagger's rows without tags are an error, naming the row)
+            ds = dropped.filter(names[key], ds, _labelled(ds.features[cols["label"]]), [cols["label"]], "with no label")
+        out[key] = ds
+    return out
+
+
 def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task: str | None = None) -> PreparedData:
     """Load, detect columns, encode labels, choose or carve the eval split, apply the caps.
 
@@ -805,7 +862,9 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
             f"a multi-label run needs a list of labels per row, but column '{cols['label']}' holds single values",
             "Point data.label_column at a column of lists, or name one 0/1 column per class in data.label_columns.",
         )
-    splits = _keep_usable_rows(splits, cols, data)
+    dropped = DroppedRows()
+    names = {"train": data.train_split, "eval": eval_name or "", "test": test_name or ""}
+    splits = _keep_usable_rows(splits, cols, data, kind, names, dropped)
     if kind == REGRESSION:
         splits, names = encode_targets(splits, cols["label"]), [cols["label"]]
     elif kind == TOKENS:
@@ -842,15 +901,9 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
         eval_split=eval_name or "validation",
         test_split=test_name,
         notes=notes,
+        dropped=dropped.lines(),
         is_hub_dataset=from_hub,
         picked=cols.get("picked", {}),
-    )
-
-
-def rows_with_text(ds: Dataset, columns: list[str]) -> Dataset:
-    """`columns` of `ds` only, and the rows where each holds some text."""
-    return ds.select_columns(columns).filter(
-        lambda *t: all(isinstance(x, str) and x.strip() for x in t), input_columns=columns
     )
 
 
@@ -867,6 +920,7 @@ def _generation_data(raw: Any, data: DataSection, cols: dict[str, str | None], s
     names = {"train": data.train_split, "eval": eval_name, "test": test_name}
     keep = [c for c in (cols["text"], cols["response"]) if c]
     splits: dict[str, Any] = {}
+    dropped = DroppedRows()
     for key, name in names.items():
         if name is None:
             continue
@@ -874,7 +928,7 @@ def _generation_data(raw: Any, data: DataSection, cols: dict[str, str | None], s
         missing = [c for c in keep if c not in ds.column_names]
         if missing:
             raise DataError(f"the '{name}' split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
-        splits[key] = rows_with_text(ds, keep)
+        splits[key] = dropped.filter(name, ds.select_columns(keep), has_text, keep, "with no text")
     notes: list[str] = []
     if "eval" in splits:
         eval_source = f"the '{eval_name}' split"
@@ -901,6 +955,7 @@ def _generation_data(raw: Any, data: DataSection, cols: dict[str, str | None], s
         eval_split=eval_name or "validation",
         test_split=test_name,
         notes=notes,
+        dropped=dropped.lines(),
         is_hub_dataset=from_hub,
     )
 
@@ -937,19 +992,18 @@ def _eval_and_test_names(raw: Any, data: DataSection, label: str) -> tuple[str |
     return eval_name, test_name
 
 
-def _keep_usable_rows(splits: dict[str, Any], cols: dict[str, Any], data: DataSection) -> dict[str, Any]:
-    """The used columns only, rows with text, and (with data.labels) the listed labels only."""
+def _keep_usable_rows(
+    splits: dict[str, Any], cols: dict[str, Any], data: DataSection, kind: str, names: dict[str, str],
+    dropped: DroppedRows,
+) -> dict[str, Any]:
+    """The used columns only, rows with text and a label (`drop_unusable_rows`), and (with data.labels) the listed
+    labels only."""
     for name, ds in splits.items():
         missing = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c and c not in ds.column_names]
         if missing:
             raise DataError(f"the {name} split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
     keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
-    splits = {k: v.select_columns(keep) for k, v in splits.items()}
-    if cols["text"]:
-        text_cols = [c for c in (cols["text"], cols["pair"]) if c]
-        # (a row of words with no word in it, such as an empty line of a conll file, has nothing to tag)
-        splits = {k: v.filter(lambda *t: all(x is not None and x != [] for x in t), input_columns=text_cols)
-                  for k, v in splits.items()}  # fmt: skip
+    splits = drop_unusable_rows({k: v.select_columns(keep) for k, v in splits.items()}, cols, kind, names, dropped)
     if data.labels:
         splits = {k: _as_names(v, cols["label"]) for k, v in splits.items()}
         wanted = set(data.labels)

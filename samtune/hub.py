@@ -6,27 +6,29 @@ The token comes from HF_TOKEN or the saved login (`hf auth login`), never from a
 
 from __future__ import annotations
 
+import glob
 import os
 import shlex
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from samtune.errors import PushError, UsageError
 from samtune.rundir import CHECKPOINT_PREFIX, require_model
 
-# Never uploaded: checkpoints (optimizer state, large), the pickled TrainingArguments (it can
-# hold a hub token), hidden files, lock files and caches.
-IGNORE_PATTERNS = [
-    f"{CHECKPOINT_PREFIX}*",
-    f"{CHECKPOINT_PREFIX}*/**",
-    "training_args.bin",
-    ".*",
-    "**/.*",
-    "*.lock",
-    "__pycache__/**",
-    "runs/**",
-]
+# What a saved model is made of (transformers' and peft's save_pretrained: weights, configs, the tokenizer's or
+# image processor's files); in a run directory and, for a merged LoRA run, in its merged/ folder. fnmatch patterns.
+MODEL_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "preprocessor_config.json",
+    "processor_config.json",
+)  # fmt: skip
+# Left out of a push without a word: checkpoints (optimizer state, large), the pickled TrainingArguments (it can
+# hold a hub token), hidden files (the run's mark and lock), TensorBoard's event files.
+NOT_PUSHED = (f"{CHECKPOINT_PREFIX}*", "training_args.bin", ".*", "runs")
 LOGIN_HINT = "Log in with `hf auth login` (a token with write access), or set HF_TOKEN in the environment."
 
 
@@ -111,8 +113,43 @@ def preflight(target: PushTarget, unreachable: type[UsageError] | type[PushError
     return user
 
 
-def push_run(run_dir: Path, target: PushTarget) -> str:
-    """Upload a run directory (card, model, processor, config.yaml, metrics) to the Hub; its URL.
+def run_files() -> tuple[str, ...]:
+    """The files samtune writes into a run directory itself (fnmatch patterns): card, recipe, metrics, figures."""
+    from samtune.card import CURVES_FILE, LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE, SHARPNESS_FILE
+    from samtune.confusion import FIGURE_FILE
+    from samtune.rundir import CONFIG_FILE, METRICS_FILE, TRAINER_STATE_FILE
+    from samtune.runner import CONFUSION_FILE
+
+    return ("README.md", CONFIG_FILE, METRICS_FILE, TRAINER_STATE_FILE, CURVES_FILE, CONFUSION_FILE, FIGURE_FILE,
+            f"eval-*-{FIGURE_FILE}", SHARPNESS_FILE, LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE)  # fmt: skip
+
+
+def files_to_push(run_dir: Path) -> tuple[list[str], list[str]]:
+    """What a push uploads from `run_dir`: the regular files samtune wrote there (`run_files`, `MODEL_FILES`; those of a
+    merged model in merged/), never a link nor what it points to; and what else is there (a stray file, a link, a
+    folder), not uploaded. Paths relative to `run_dir`, '/'-separated."""
+    from samtune.runner import MERGED_DIR
+
+    allowed = {"": (*run_files(), *MODEL_FILES), MERGED_DIR: MODEL_FILES}
+    pushed, left = [], []
+    for folder, patterns in allowed.items():
+        where = run_dir / folder
+        if folder and (where.is_symlink() or not where.is_dir()):
+            continue  # (a merged/ that is a link was listed as one where it sits)
+        for path in sorted(where.iterdir()):
+            name = f"{folder}/{path.name}" if folder else path.name
+            if path.is_symlink():
+                left.append(f"{name} (a link)")
+            elif path.is_file() and any(fnmatchcase(path.name, p) for p in patterns):
+                pushed.append(name)
+            elif name != MERGED_DIR and not any(fnmatchcase(path.name, p) for p in NOT_PUSHED):
+                left.append(name + ("/" if path.is_dir() else ""))
+    return pushed, left
+
+
+def push_run(run_dir: Path, target: PushTarget, notify: Callable[[str], Any] = lambda _: None) -> str:
+    """Upload a run directory (card, model, processor, config.yaml, metrics: `files_to_push`) to the Hub; its URL.
+    `notify` is told what else the folder holds, not uploaded.
 
     Any failure raises PushError (exit 4) carrying the retry command; the run directory is not touched.
     """
@@ -131,6 +168,9 @@ def push_run(run_dir: Path, target: PushTarget) -> str:
             f"cannot push to {target.repo_id}: no Hugging Face token found",
             f"{LOGIN_HINT} The run is intact in {run_dir}; then retry with:\n  {retry_command(run_dir, target)}",
         )
+    pushed, left = files_to_push(run_dir)
+    if left:
+        notify(f"not pushed (samtune did not write them): {', '.join(left)}")
     enable_progress_bars()  # large uploads show their progress
     client = make_client()
     try:
@@ -143,7 +183,7 @@ def push_run(run_dir: Path, target: PushTarget) -> str:
             repo_type="model",
             revision=target.revision,
             token=token,
-            ignore_patterns=IGNORE_PATTERNS,
+            allow_patterns=[glob.escape(name) for name in pushed],  # exactly these (escaped: names, not patterns)
             commit_message="Upload model trained with samtune (SAM)",
         )
     except Exception as e:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import get_worker_info
 from transformers import AutoImageProcessor
 from transformers.image_processing_backends import TorchvisionBackend
@@ -75,10 +76,44 @@ def target_size(processor: BaseImageProcessor) -> tuple[int, int]:
     raise ValueError(f"Cannot tell the output size of {type(processor).__name__} from size={size!r}.")
 
 
+def image_problem(path: Path) -> str | None:
+    """Why the image file at `path` cannot be used (it does not decode, or is over Pillow's decompression-bomb
+    limit, `PIL.Image.MAX_IMAGE_PIXELS`); None when it can."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        text = str(e).strip().splitlines()
+        return text[0] if text else type(e).__name__
+    return None
+
+
+def to_8_bits(image: Image.Image) -> Image.Image:
+    """A high-bit-depth grey image as 8-bit grey ("L"), scaled rather than clipped; other images as they are.
+
+    16-bit images (I;16, a 16-bit PNG) are divided by 257 (65535 -> 255). Images with no fixed range, floats (F)
+    and 32-bit integers (I), map their own minimum to 0 and maximum to 255 (a constant one is black; NaN is
+    the minimum, infinities the ends). Pillow's own conversion clips them at 255: almost all white.
+    """
+    if image.mode.startswith("I;16"):
+        levels = np.asarray(image, dtype=np.float64) / 257
+    elif image.mode in ("F", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+        levels = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    else:
+        return image
+    return Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 def to_rgb(image: Any) -> Image.Image:
-    """Convert an image (any PIL mode, or an array) to RGB, compositing transparency onto white."""
+    """Convert an image (any PIL mode, or an array) to RGB, compositing transparency onto white; the one conversion
+    training, evaluation and prediction share (high-bit-depth images scaled to 8 bits by `to_8_bits`)."""
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image))
+    image = to_8_bits(image)
     if "A" in image.getbands() or "transparency" in image.info:
         # Same rule as transformers' convert_to_rgb: transparent pixels become white, not black.
         rgba = image.convert("RGBA")

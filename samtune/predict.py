@@ -1,4 +1,4 @@
-"""`samtune predict`: a finished run's predictions on new examples (a file, a folder of images, or a text).
+"""`samtune predict`: a finished run's predictions on new examples (a file, a folder of images, or texts).
 
 The run's model and processor, its labels and the columns it was trained on (its config.yaml) are read
 back as `samtune eval` reads them (`samtune.saved`); the examples need no labels. Each input row comes
@@ -30,24 +30,25 @@ class Predictions:
 
 
 def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
-    """Every image file under `folder` (by extension), checked to decode; a DataError names the first that does not,
-    unless `skip_bad`."""
+    """Every image file under `folder` (by extension), checked to decode (and to be under Pillow's decompression-bomb
+    limit); a DataError names the first that does not, unless `skip_bad`."""
     import datasets
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from samtune.imaging import image_problem
 
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     good, bad = [], []
     for p in files:
-        try:
-            with Image.open(p) as im:
-                im.verify()
+        why = image_problem(p)
+        if why is None:
             good.append(p)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            if not skip_bad:
-                raise DataError(f"cannot read the image {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                                "Remove or replace the file, or pass --skip-bad to predict on the others.") from e  # fmt: skip
+        elif skip_bad:
             bad.append(str(p.relative_to(folder)))
+        else:
+            raise DataError(f"cannot read the image {p}: {why}",
+                            "Remove or replace the file, or pass --skip-bad to predict on the others.")  # fmt: skip
     if not good:
         raise DataError(f"no image that decodes in {folder}", "Give a folder of images (png, jpg, ...).")
     rows = datasets.Dataset.from_dict({"file": [str(p.relative_to(folder)) for p in good],
@@ -55,22 +56,28 @@ def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
     return rows.cast_column("image", datasets.Image()), bad
 
 
-def read_inputs(source: str, image_run: bool, skip_bad: bool = False) -> tuple[Any, list[str]]:
-    """The examples to predict on: a data file's rows, a folder's images, or `source` itself as one text."""
+def read_inputs(source: Path | list[str], image_run: bool, skip_bad: bool = False) -> tuple[Any, list[str]]:
+    """The examples to predict on: a data file's rows or a folder's images (`source` a path), or texts (a list)."""
     import datasets
 
     from samtune.data import _builder_for, _load_files
 
+    if isinstance(source, list):
+        if image_run:
+            raise UsageError("this run classifies images, not texts", "Give a folder of images instead of --text.")
+        return datasets.Dataset.from_dict({"text": [str(t) for t in source]}), []
     path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"input not found: {path}", "Check the path (it is relative to where you run)"
+                        + ("." if image_run else '; to classify a text itself, give it as --text "...".'))  # fmt: skip
     if path.is_dir():
         if not image_run:
-            raise UsageError(f"{path} is a folder; this run classifies text", "Give a csv/jsonl/parquet file, or a text.")
+            raise UsageError(f"{path} is a folder; this run classifies text",
+                             'Give a csv/jsonl/parquet file, or --text "...".')  # fmt: skip
         return _image_folder(path, skip_bad)
-    if path.is_file() and _builder_for(path) is not None:
-        return _load_files({"train": path})["train"], []
-    if image_run:
-        raise UsageError(f"{source} is not a folder of images or a data file", "Give a folder of images.")
-    return datasets.Dataset.from_dict({"text": [source]}), []
+    if image_run and _builder_for(path) is None:
+        raise UsageError(f"{path} is not a folder of images or a data file", "Give a folder of images.")
+    return _load_files({"train": path})["train"], []  # a format it cannot tell is a DataError naming the file
 
 
 def _column(rows: Any, named: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
@@ -86,10 +93,11 @@ def _column(rows: Any, named: str | None, candidates: tuple[str, ...], what: str
 
 
 def predict(
-    run_dir: Path, source: str, batch_size: int = 64, skip_bad: bool = False,
+    run_dir: Path, source: Path | list[str], batch_size: int = 64, skip_bad: bool = False,
     progress: Callable[[Any, int], Any] = lambda it, total: it,
 ) -> Predictions:  # fmt: skip
-    """Predictions of the run in `run_dir` on `source` (see `read_inputs`); `progress` wraps the batch loop."""
+    """Predictions of the run in `run_dir` on `source`, a data file or image folder, or a list of texts (see
+    `read_inputs`); `progress` wraps the batch loop."""
     import torch
 
     from samtune import modeling
@@ -108,6 +116,7 @@ def predict(
                          "Use the code in the run's README.md (transformers' pipeline) for taggers and causal LMs.")  # fmt: skip
     image_run = modality(run.task) == "image"
     rows, skipped = read_inputs(source, image_run, skip_bad)
+    _refuse_clashing_columns(rows.column_names, prediction_names(run.task, run.labels))
     data = recipe.data
     if image_run:
         columns = {"image": _column(rows, data.image_column, IMAGE_COLUMNS, "image", "data.image_column")}
@@ -141,25 +150,43 @@ def predict(
     return Predictions(table, added, skipped)
 
 
-def _prediction_columns(table: Any, logits: np.ndarray, task: str, labels: list[str], threshold: float) -> list[str]:
-    """Add the predictions to `table` (in place); the names of the columns added."""
+def prediction_names(task: str, labels: list[str]) -> list[str]:
+    """The columns predictions are written under: the predicted label (and score), then each class's probability."""
     kind = problem(task)
     if kind == REGRESSION:
-        name = f"predicted_{labels[0] if labels else 'value'}"
-        table[name] = logits.reshape(-1).astype(np.float64)
-        return [name]
+        return [f"predicted_{labels[0] if labels else 'value'}"]
+    first = ["predicted_labels"] if kind == MULTI_LABEL else ["predicted_label", "score"]
+    return first + [f"prob_{label}" for label in labels]
+
+
+def _refuse_clashing_columns(columns: list[str], names: list[str]) -> None:
+    """A DataError when the input has columns the predictions would overwrite."""
+    clash = [c for c in columns if c in names]
+    if clash:
+        raise DataError(
+            f"the input has column(s) {', '.join(repr(c) for c in clash)}, the names the predictions are written under",
+            "Rename or drop them in the input (predict writes predicted_label, score, prob_<class>), then run again.",
+        )
+
+
+def _prediction_columns(table: Any, logits: np.ndarray, task: str, labels: list[str], threshold: float) -> list[str]:
+    """Add the predictions to `table` (in place) under `prediction_names`; those names."""
+    names = prediction_names(task, labels)
+    kind = problem(task)
+    if kind == REGRESSION:
+        table[names[0]] = logits.reshape(-1).astype(np.float64)
+        return names
     if kind == MULTI_LABEL:
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        table["predicted_labels"] = ["|".join(name for name, p in zip(labels, row) if p >= threshold) for row in probs]
+        table[names[0]] = ["|".join(name for name, p in zip(labels, row) if p >= threshold) for row in probs]
     else:
         shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
         probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        table["predicted_label"] = [labels[i] for i in probs.argmax(axis=1)]
-        table["score"] = probs.max(axis=1)
-    prob_columns = [f"prob_{label}" for label in labels]
-    for j, name in enumerate(prob_columns):
+        table[names[0]] = [labels[i] for i in probs.argmax(axis=1)]
+        table[names[1]] = probs.max(axis=1)
+    for j, name in enumerate(names[-len(labels) :]):
         table[name] = probs[:, j]
-    return list(table.columns[-(len(prob_columns) + (1 if kind == MULTI_LABEL else 2)) :])
+    return names
 
 
 def write_predictions(predictions: Predictions, output: Path) -> None:

@@ -319,6 +319,8 @@ def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
             "Choose a model for the task, or set task: auto.",
         )
     data = load_data(recipe.data, recipe.training.seed, recipe.task, model_task)
+    for line in data.dropped:
+        notify(line)
     if data.picked:  # chosen by their values: written into the recipe, so config.yaml reruns the same run
         for what, column in data.picked.items():
             setattr(recipe.data, f"{what}_column", column)
@@ -684,9 +686,11 @@ def push(result: RunResult) -> str:
 
 
 def evaluate_run(
-    run_dir: Path, dataset: str, split: str | None = None, config: str | None = None, batch_size: int = 64
+    run_dir: Path, dataset: str, split: str | None = None, config: str | None = None, batch_size: int = 64,
+    notify: Any = print,
 ) -> dict[str, float]:
-    """Evaluate a saved run directory on a dataset split (labels matched to the model's by name)."""
+    """Evaluate a saved run directory on a dataset split (labels matched to the model's by name); `notify` is told
+    how many rows were dropped (no text, no label)."""
     import torch
     from transformers import PrinterCallback
 
@@ -703,6 +707,8 @@ def evaluate_run(
     run = read_run(run_dir, recipe)
     section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
     examples = split_examples(run, section, split)
+    for line in examples.dropped:
+        notify(line)
     processor, inputs = model_inputs(run, examples)
     model = load_model(run)
     with tempfile.TemporaryDirectory(prefix="samtune-eval-") as scratch:

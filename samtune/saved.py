@@ -7,7 +7,7 @@ matched by name, the examples tokenised (or resized) by the run's own processor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class Examples:
     columns: dict[str, str | None]  # text / pair / image column names
     dataset: str
     split: str
+    dropped: list[str] = field(default_factory=list)  # rows left out (no text, no label), and why: to say once
 
 
 def read_run(run_dir: Path, recipe: Recipe) -> SavedRun:
@@ -56,14 +57,16 @@ def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examp
     """`split` of the dataset `data` names (default: the validation-like one), its labels matched to the run's by name
     (a regression run's targets read as numbers)."""
     from samtune.data import (
+        DroppedRows,
         detect_columns,
+        drop_unusable_rows,
         encode_labels,
         encode_multi_hot,
         encode_tags,
         encode_targets,
+        has_text,
         load_raw,
         pick_eval_split,
-        rows_with_text,
     )
     from samtune.tasks import MULTI_LABEL, REGRESSION, TOKENS, problem
 
@@ -71,22 +74,25 @@ def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examp
     split_name = pick_eval_split(raw, split)
     ds = raw[split_name]
     cols = detect_columns(list(ds.column_names), ds.features, data, run.task)
+    dropped = DroppedRows()  # rows dropped as training drops them, and said
     if run.task == TEXT_GENERATION:  # no labels: the text (or prompt and response) is all
         keep = [c for c in (cols["text"], cols["response"]) if c]
         columns = {"text": cols["text"], "response": cols["response"]}
-        return Examples(rows_with_text(ds, keep), columns, data.dataset or "", split_name)
+        rows = dropped.filter(split_name, ds.select_columns(keep), has_text, keep, "with no text")
+        return Examples(rows, columns, data.dataset or "", split_name, dropped.lines())
     keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
-    if problem(run.task) == REGRESSION:
-        encoded = encode_targets({"eval": ds.select_columns(keep)}, cols["label"])
-    elif problem(run.task) == MULTI_LABEL:
-        encoded, _ = encode_multi_hot({"eval": ds.select_columns(keep)}, cols["label"], names=run.labels)
-    elif problem(run.task) == TOKENS:
-        rows = ds.select_columns(keep).filter(lambda words: words is not None and words != [], input_columns=cols["text"])
-        encoded, _ = encode_tags({"eval": rows}, cols["text"], cols["label"], names=run.labels)
+    kind = problem(run.task)
+    rows = drop_unusable_rows({"eval": ds.select_columns(keep)}, cols, kind, {"eval": split_name}, dropped)
+    if kind == REGRESSION:
+        encoded = encode_targets(rows, cols["label"])
+    elif kind == MULTI_LABEL:
+        encoded, _ = encode_multi_hot(rows, cols["label"], names=run.labels)
+    elif kind == TOKENS:
+        encoded, _ = encode_tags(rows, cols["text"], cols["label"], names=run.labels)
     else:
-        encoded, _ = encode_labels({"eval": ds.select_columns(keep)}, cols["label"], names=run.labels)
+        encoded, _ = encode_labels(rows, cols["label"], names=run.labels)
     columns = {"text": cols["text"], "pair": cols["pair"], "image": cols["image"]}
-    return Examples(encoded["eval"], columns, data.dataset or "", split_name)
+    return Examples(encoded["eval"], columns, data.dataset or "", split_name, dropped.lines())
 
 
 def model_inputs(run: SavedRun, examples: Examples, rows: list[int] | None = None) -> tuple[Any, Any]:

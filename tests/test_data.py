@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -94,11 +95,37 @@ def test_an_unlabelled_test_split_is_not_chosen_for_evaluation(tmp_path):
     assert len(data.eval) == 4 and "of 'train'" in data.eval_source
 
 
-def test_rows_without_text_or_label_are_dropped(tmp_path):
-    f = tmp_path / "gaps.csv"
-    f.write_text("text,label\ngood one,pos\n,neg\nbad one,\n" + "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(20)))
-    data = _load(f)
-    assert len(data.train) + len(data.eval) == 21
+def _gaps_csv(path, labels=("neg", "pos")):
+    """23 rows: 20 whole, then one without text, one without a label, one with neither (in that order)."""
+    whole = "".join(f"t{i},{labels[i % 2]}\n" for i in range(20))
+    path.write_text(f"text,label\n{whole},{labels[0]}\nbad one,\n,\n")
+    return path
+
+
+@pytest.mark.parametrize("labels", [("neg", "pos"), (0, 1)], ids=["string-labels", "number-labels-read-as-nan"])
+def test_rows_without_text_or_label_are_dropped_and_counted(tmp_path, labels):
+    data = _load(_gaps_csv(tmp_path / "gaps.csv", labels))
+    assert len(data.train) + len(data.eval) == 20
+    # The row with neither is counted once, for its text (the first reason checked).
+    assert data.dropped == ["dropped 3 of 23 rows of the 'train' split: 2 with no text, 1 with no label"]
+
+
+def test_dropped_rows_are_said_once_in_training_and_in_eval(tmp_path, text_model_dir):
+    from typer.testing import CliRunner
+
+    from samtune.cli import app
+
+    gaps = _gaps_csv(tmp_path / "gaps.csv")
+    out = tmp_path / "run"
+    trained = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(gaps), "--output-dir",
+                                       str(out), "--max-steps", "1"])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    said = "dropped 3 of 23 rows of the 'train' split: 2 with no text, 1 with no label"
+    assert " ".join(trained.output.split()).count(said) == 1
+    evaluated = CliRunner().invoke(app, ["eval", str(out), "--dataset", str(gaps), "--split", "train"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert " ".join(evaluated.output.split()).count(said) == 1
+    assert re.search(r"eval_samples\s*│\s*20\s*│", evaluated.output), evaluated.output  # the 20 whole rows
 
 
 def test_an_image_folder(image_folder):

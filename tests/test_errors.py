@@ -253,6 +253,24 @@ def test_corrupt_image_is_named(image_model_dir, image_folder, tmp_path):
     assert not out.exists()
 
 
+def _decompression_bomb(path, monkeypatch):
+    """A 64x64 PNG at `path`, over Pillow's decompression-bomb limit once that is lowered to 1000 pixels (Pillow refuses
+    an image of more than twice the limit: 4096 > 2000; the fixtures' 20x20 images, 400 pixels, stay under it)."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_a_data_error_naming_it(image_model_dir, image_folder, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    _decompression_bomb(image_folder / "red" / "huge.png", monkeypatch)
+    out = tmp_path / "run"
+    _fails(["train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out], EXIT_DATA,
+           "cannot read the image", "huge.png", "decompression bomb")  # fmt: skip
+    assert not out.exists()
+
+
 def test_non_image_files_in_an_image_folder(image_model_dir, image_folder):
     (image_folder / "blue" / "notes.txt").write_text("remember to label more")
     _fails(["train", "--model", image_model_dir, "--dataset", image_folder], EXIT_DATA, "not images", "notes.txt")

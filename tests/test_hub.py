@@ -50,7 +50,8 @@ class FakeHub:
         root = Path(kw["folder_path"])
         files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         # The same filter huggingface_hub applies to upload_folder's patterns.
-        self.uploaded = set(filter_repo_objects(files, ignore_patterns=kw["ignore_patterns"]))
+        self.uploaded = set(filter_repo_objects(files, allow_patterns=kw.get("allow_patterns"),
+                                                ignore_patterns=kw.get("ignore_patterns")))  # fmt: skip
 
     def call(self, name: str) -> dict:
         found = [kw for n, kw in self.calls if n == name]
@@ -91,8 +92,7 @@ def test_train_pushes_the_run_after_saving_it(tmp_path, text_model_dir, text_csv
     assert repo["repo_id"] == "alice/tiny-sam" and repo["private"] is True and repo["exist_ok"] is True
     upload = fake_hub.call("upload_folder")
     assert upload["repo_id"] == "alice/tiny-sam" and upload["revision"] is None
-    assert upload["ignore_patterns"] == hub.IGNORE_PATTERNS
-    assert "checkpoint-*" in upload["ignore_patterns"] and "training_args.bin" in upload["ignore_patterns"]
+    assert sorted(upload["allow_patterns"]) == sorted(RUN_FILES)  # the files, by name
     assert fake_hub.uploaded == RUN_FILES  # no checkpoint, no pickled arguments
     assert any(p.name.startswith("checkpoint-") for p in out.iterdir())  # they exist locally
     assert "https://huggingface.co/alice/tiny-sam" in result.output
@@ -157,6 +157,43 @@ def test_push_command_pushes_an_existing_run_again(tmp_path, text_model_dir, tex
     assert fake_hub.call("create_repo")["private"] is False
     assert fake_hub.call("upload_folder")["revision"] == "v2"
     assert fake_hub.uploaded == RUN_FILES
+
+
+def test_push_uploads_only_what_samtune_wrote_never_a_stray_file_or_a_link(tmp_path, text_model_dir, text_csv,
+                                                                          fake_hub):  # fmt: skip
+    out = tmp_path / "run"
+    assert _train(text_model_dir, text_csv, out).exit_code == 0
+    outside = tmp_path / "home"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    (out / "secrets.txt").write_text("hf_secret")
+    (out / "id_rsa").symlink_to(outside / "id_rsa")
+    (out / "vocab.txt").symlink_to(outside / "id_rsa")  # a link under a name samtune writes
+    (out / "ssh").symlink_to(outside, target_is_directory=True)
+    result = runner.invoke(app, ["push", str(out), "--repo-id", "alice/again"])
+    assert result.exit_code == 0, result.output
+    assert fake_hub.uploaded == RUN_FILES
+    said = " ".join(result.output.split())
+    left = "id_rsa (a link), secrets.txt, ssh (a link), vocab.txt (a link)"
+    assert f"not pushed (samtune did not write them): {left}" in said
+
+
+def test_files_to_push_are_the_ones_samtune_and_save_pretrained_write(tmp_path):
+    written = {
+        "README.md", "config.yaml", "metrics.json", "trainer_state.json", "sharpness.json", "landscape_1d.png",
+        "eval-reviews-validation-confusion_matrix.png", "config.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "model.safetensors.index.json", "spiece.model", "special_tokens_map.json",
+        "vocab.txt", "preprocessor_config.json", "merged/config.json", "merged/model.safetensors",
+        "merged/merges.txt",
+    }  # fmt: skip
+    quiet = {"checkpoint-2/model.safetensors", "training_args.bin", ".samtune-run", "runs/events.out"}
+    stray = {"notes.md", "data.csv", "extra/config.json", "merged/secrets.txt"}
+    for name in written | quiet | stray:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    pushed, left = hub.files_to_push(tmp_path)
+    assert set(pushed) == written
+    assert left == ["data.csv", "extra/", "notes.md", "merged/secrets.txt"]
 
 
 def test_push_command_refuses_a_folder_that_is_not_a_run(tmp_path, fake_hub):

@@ -173,3 +173,34 @@ def test_missing_column_names_the_column():
         EvalTransform(_processor(), image_column="pixels")(_batch([_noise()]))
     with pytest.raises(KeyError, match="'target'"):
         TrainTransform(_processor(), label_column="target", seed=0)(_batch([_noise()]))
+
+
+def _grey_ramp() -> np.ndarray:
+    """Every 8-bit grey level once, as a 16x16 image (0 in a corner, 255 in the opposite one)."""
+    return np.arange(256, dtype=np.uint8).reshape(16, 16)
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped_white(tmp_path):
+    grey = _grey_ramp()
+    # v * 257 is v's 16-bit equivalent (65535 = 255 * 257): scaled back it must give v exactly.
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    deep = Image.open(tmp_path / "deep.png")
+    assert deep.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(imaging.to_rgb(deep)), np.asarray(Image.fromarray(grey).convert("RGB")))
+    for transform in (EvalTransform(_processor()), TrainTransform(_processor(), scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                                                   flip_prob=0.0, seed=0)):  # fmt: skip
+        expected = transform(_batch([Image.fromarray(grey)]))["pixel_values"]
+        torch.testing.assert_close(transform(_batch([deep]))["pixel_values"], expected, rtol=0, atol=0)
+
+
+def test_float_image_is_scaled_by_its_own_range(tmp_path):
+    grey = _grey_ramp()
+    # A float image in [1000, 2020]: its minimum maps to 0 and its maximum to 255, so 1000 + 4 v gives v back
+    # ((4 v) / 1020 * 255 = v, up to float rounding far below the 0.5 that would change the rounded level).
+    Image.fromarray(1000.0 + 4.0 * grey.astype(np.float32)).save(tmp_path / "float.tiff")
+    floating = Image.open(tmp_path / "float.tiff")
+    assert floating.mode == "F"
+    expected = np.asarray(Image.fromarray(grey).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(imaging.to_rgb(floating)), expected)
+    constant = Image.fromarray(np.full((4, 4), 7.5, dtype=np.float32))
+    assert np.asarray(imaging.to_rgb(constant)).max() == 0  # no range: black, not a division by zero
