@@ -263,6 +263,8 @@ class TrainingSection(_Section):
         names = [n.strip() for n in v.split(",")] if isinstance(v, str) else v
         if not isinstance(names, list):
             return names  # pydantic says what is wrong with it
+        if not all(isinstance(n, str) for n in names):
+            return names  # pydantic names the item that is not a tracker's name (a list in the list, a number)
         problems = []
         for name in names:
             if name not in TRACKERS:
@@ -533,8 +535,9 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _branch(part: Any) -> bool:
-    """Whether a part of an error's loc names the branch of a union (`LoraSection`, `literal[False]`), not a key."""
-    return isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-")))
+    """Whether a part of an error's loc names the branch of a union (`LoraSection`, `literal[False]`, `list[str]`),
+    not a key (a key never holds a bracket)."""
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part or part.startswith("function-"))
 
 
 def _without_union_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

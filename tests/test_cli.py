@@ -308,3 +308,10 @@ def test_two_processes_report_a_data_error_once_with_its_exit_code(tmp_path, tex
     assert done.returncode == 3, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.count("no label column found") == 1
+
+
+def test_a_list_inside_a_list_is_a_recipe_error_not_a_crash():
+    """`training.report_to: [[x]]` ended in a TypeError (exit 1); it is a recipe error (exit 2) naming the key."""
+    result = cli("validate", "training.report_to=[[tensorboard]]", "--schema-only")
+    assert result.exit_code == 2, result.output
+    assert "training.report_to.0" in result.output and "Recipe error" in result.output
