@@ -16,6 +16,7 @@ Pure PyTorch: a model's own `base_model_prefix` (Hugging Face models have one) n
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -31,15 +32,26 @@ PRESETS: dict[str, str] = {
 }
 
 
+# A normalisation layer's class says so, its name ending in the word Norm (LayerNorm, BatchNorm2d, GroupNorm,
+# T5LayerNorm, LlamaRMSNorm, Mamba2RMSNormGated): architectures write their own (T5's scale-only LayerNorm, the
+# RMSNorms of Llama-style models), so torch's classes alone miss them. Ending in it: a model named after its norms
+# (RobertaPreLayerNormLMHead, which holds the head's bias) is no norm.
+_NORM_CLASS = re.compile(r"Norm(\d*d|Gated)?$")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """Whether a module is a normalisation layer, by its class (or a class it derives from)."""
+    return any(_NORM_CLASS.search(cls.__name__) for cls in type(module).__mro__)
+
+
 def _norm_or_embedding(model: nn.Module) -> tuple[set[str], set[str]]:
     """Names of the parameters that belong to normalisation layers, and to embeddings."""
     from torch import nn
-    from torch.nn.modules.batchnorm import _NormBase
 
     norms: set[str] = set()
     embeddings: set[str] = set()
     for prefix, module in model.named_modules():
-        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm, _NormBase)) or "RMSNorm" in type(module).__name__
+        is_norm = _is_norm(module)
         target = norms if is_norm else embeddings if isinstance(module, nn.Embedding) else None
         if target is not None:
             target.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False))
