@@ -315,3 +315,33 @@ def test_a_list_inside_a_list_is_a_recipe_error_not_a_crash():
     result = cli("validate", "training.report_to=[[tensorboard]]", "--schema-only")
     assert result.exit_code == 2, result.output
     assert "training.report_to.0" in result.output and "Recipe error" in result.output
+
+
+def _old_run(path: Path) -> dict[str, str]:
+    """A previous run's directory that --overwrite may replace; its files and their contents."""
+    from samtune.rundir import mark_as_run
+
+    path.mkdir(parents=True)
+    mark_as_run(path)
+    (path / "metrics.json").write_text('{"eval_accuracy": 0.9}')
+    return _files(path)
+
+
+def _files(path: Path) -> dict[str, str]:
+    """A run directory's files and their contents, but the lock (which a refused run leaves, as every run does)."""
+    from samtune.rundir import LOCK_FILE
+
+    return {p.name: p.read_text() for p in sorted(path.iterdir()) if p.name != LOCK_FILE}
+
+
+def test_unmatched_sam_params_patterns_are_refused_before_the_old_run_is_replaced(tmp_path, text_model_dir, text_csv):
+    """Every pattern that matches no parameter is named in one message (exit 2); --overwrite has removed nothing."""
+    out = tmp_path / "run"
+    old = _old_run(out)
+    result = cli("train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out, "--overwrite",
+                 "--max-steps", "2", "sam.params=!*.Bias,bert.encoder.*,classifer.*")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.output.count("Usage error") == 1
+    for text in ("'!*.Bias' (did you mean '!*.bias'?)", "'classifer.*' (did you mean 'classifier.*'?)"):
+        assert text in " ".join(result.output.split()), result.output
+    assert _files(out) == old

@@ -155,11 +155,34 @@ def test_params_that_select_nothing_or_do_not_parse_are_refused(tmp_path):
     from samtune.trainer import UnsupportedSetupError
 
     with pytest.raises(UnsupportedSetupError, match="selects no trainable parameter"):
+        SAMTrainer(model=tiny_bert(), args=_args(tmp_path, params="*.bias,!*.bias"))
+    with pytest.raises(UnsupportedSetupError, match="this pattern matches no parameter: 'decoder.*'"):
         SAMTrainer(model=tiny_bert(), args=_args(tmp_path, params="decoder.*"))
     with pytest.raises(ValueError, match="preset"):
         _args(tmp_path, params="a,,b")
     with pytest.raises(RecipeError):
         build_recipe({"sam": {"params": "!"}})
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("!*.Bias", ["'!*.Bias' (did you mean '!*.bias'?)"]),
+    ("!bert.embedding.*", ["'!bert.embedding.*' (did you mean '!bert.embeddings.*'?)"]),
+    ("bert.encoder.*,classifer.*", ["'classifer.*' (did you mean 'classifier.*'?)"]),
+    ("!*.Bias,bert.encoder.*,classifer.*", ["'!*.Bias' (did you mean '!*.bias'?)",
+                                            "'classifer.*' (did you mean 'classifier.*'?)"]),
+], ids=["case", "module-prefix", "one-of-two", "every-unmatched"])  # fmt: skip
+def test_a_pattern_that_matches_no_parameter_is_refused_with_a_suggestion(tmp_path, spec, says):
+    """Each of these trained before: the other patterns matched, so the typo went unseen (`!*.Bias` removed
+    nothing and every bias climbed). Refused when the trainer is built, before any step, every unmatched one named."""
+    from samtune import SAMTrainer
+    from samtune.trainer import UnsupportedSetupError
+
+    with pytest.raises(UnsupportedSetupError) as err:
+        SAMTrainer(model=tiny_bert(), args=_args(tmp_path, params=spec))
+    message = str(err.value)
+    assert f"sam.params={spec!r}" in message and "no parameter: " in message
+    assert all(text in message for text in says), message
+    assert message.count("did you mean") == len(says)
 
 
 def _tiny_t5():
