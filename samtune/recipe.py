@@ -76,7 +76,11 @@ class ModelSection(_Section):
         description="Hub id, local folder, or package:<python_package>/<path> for a model a package ships.",
     )
     revision: str | None = None
-    max_length: PositiveInt = Field(default=128, description="Text: tokens kept per example.")
+    max_length: PositiveInt = Field(
+        default=128,
+        description="Text: tokens kept per example; at most the model's max_position_embeddings "
+        "(the default is lowered to a smaller one).",
+    )
     trust_remote_code: bool = False
     init_from: str | None = Field(
         default=None, description="Start from a finished run's weights (a run directory); a new schedule."

@@ -15,6 +15,7 @@ from conftest import text_examples, write_csv
 from typer.testing import CliRunner
 
 from samtune.cli import app
+from samtune.recipe import ModelSection
 
 runner = CliRunner()
 FAST = ["training.logging_steps=2", "training.batch_size=8"]
@@ -182,6 +183,9 @@ def test_saved_run_predicts_like_the_in_memory_model(tmp_path, text_model_dir, t
         assert torch.equal(in_memory(**batch).logits, loaded(**batch).logits)
     # And the saved metrics are those of the saved model.
     assert result.metrics["eval_accuracy"] == _load_metrics(tmp_path / "run")["eval_accuracy"]
+    # model.max_length was left to its default (128), more than the tiny BERT's positions: lowered to them, saved so.
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["max_length"]
+    assert saved == loaded.config.max_position_embeddings < 128
 
 
 def test_eval_command_scores_a_saved_run(tmp_path, text_model_dir, text_csv):
@@ -345,3 +349,30 @@ def test_unmatched_sam_params_patterns_are_refused_before_the_old_run_is_replace
     for text in ("'!*.Bias' (did you mean '!*.bias'?)", "'classifer.*' (did you mean 'classifier.*'?)"):
         assert text in " ".join(result.output.split()), result.output
     assert _files(out) == old
+
+
+def test_max_length_beyond_the_models_positions_is_refused_before_the_old_run_is_replaced(tmp_path, text_model_dir):
+    """The tiny BERT has 64 positions: model.max_length=100 passed validate, then the first batch of long texts
+    crashed training (exit 1) after --overwrite had removed the old run. Refused first, both numbers and the fix
+    named; the default (128) is lowered to the model's 64 instead, and saved so."""
+    import re
+
+    from samtune.modeling import load_config
+
+    positions = load_config(ModelSection(name=str(text_model_dir))).max_position_embeddings
+    long_rows = [{"text": " ".join([r["text"]] * 20), "label": r["label"]} for r in text_examples(16)]  # ~100 tokens
+    data = write_csv(tmp_path / "long.csv", long_rows)
+    says = [f"model.max_length is 100, but the model takes at most {positions} tokens", f"model.max_length={positions}"]
+
+    refused = cli("validate", "--model", text_model_dir, "--dataset", data, "model.max_length=100")
+    assert refused.exit_code == 2 and all(s in " ".join(refused.output.split()) for s in says), refused.output
+    out = tmp_path / "run"
+    old = _old_run(out)
+    result = cli("train", "--model", text_model_dir, "--dataset", data, "--output-dir", out, "--overwrite",
+                 "--max-steps", "1", "model.max_length=100")  # fmt: skip
+    assert result.exit_code == 2 and all(s in " ".join(result.output.split()) for s in says), result.output
+    assert _files(out) == old
+
+    by_default = cli("validate", "--model", text_model_dir, "--dataset", data)
+    _ok(by_default)
+    assert re.search(rf"max_length\W+{positions} tokens", by_default.output), by_default.output
