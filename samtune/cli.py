@@ -269,7 +269,7 @@ def train(
 
 def _check_before_launch(recipe: Any, overwrite: bool, resume: str | None) -> None:
     """What fails the same in every process fails here, once: the output directory, the Hub, the model."""
-    from samtune.modeling import load_config
+    from samtune.modeling import checked_config
     from samtune.rundir import check_output_dir
 
     check_output_dir(recipe.output_dir(), overwrite, resume)
@@ -278,7 +278,7 @@ def _check_before_launch(recipe: Any, overwrite: bool, resume: str | None) -> No
         from samtune.runner import push_target
 
         preflight(push_target(recipe))
-    load_config(recipe.model)  # a missing model fails here, once, not in every process
+    checked_config(recipe.model)  # a missing model (or a max_length it cannot take) fails here, once, not in every process
 
 
 def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> None:
@@ -374,17 +374,11 @@ def validate(
         check_output_dir(resolved.output_dir(), overwrite, resume)  # (--nproc changes nothing to check here)
         from samtune import modeling
         from samtune.data import load_data
-        from samtune.tasks import GENERATION, REGRESSION, problem
+        from samtune.tasks import GENERATION, REGRESSION, modality, problem
 
         modeling.quiet_transformers()
-        from samtune.data import is_local
-
-        model_task = None
-        if is_local(resolved.model.name or ""):  # a local model's own task helps detect the data's (causal LM + text)
-            try:
-                model_task = modeling.model_task(modeling.load_config(resolved.model))
-            except UsageError:
-                pass
+        # As train reads it: the model's own task helps detect the data's (causal LM + text); max_length must fit it.
+        model_task = modeling.model_task(modeling.checked_config(resolved.model))
         data = load_data(resolved.data, resolved.training.seed, resolved.task, model_task)
         table = Table(title="data pre-flight", show_header=False)
         table.add_row("task", data.task)
@@ -401,6 +395,8 @@ def validate(
             table.add_row("targets", f"{what}{', packed' if resolved.data.packing else ''}")
         else:
             table.add_row("labels", f"{len(data.labels)}: {', '.join(data.labels[:10])}{' ...' if len(data.labels) > 10 else ''}")
+        if modality(data.task) == "text":
+            table.add_row("max_length", f"{resolved.model.max_length} tokens")
         table.add_row("train / eval", f"{len(data.train)} / {len(data.eval)} (eval: {data.eval_source})")
         console.print(table)
         console.print("[green]data ok[/green]")

@@ -95,6 +95,30 @@ def load_config(section: ModelSection) -> PretrainedConfig:
         raise _not_found(section.name or name, e) from e
 
 
+def fit_max_length(section: ModelSection, config: PretrainedConfig) -> None:
+    """Hold model.max_length to the model's position embeddings (`max_position_embeddings`; GPT-2's `n_positions`
+    under that name): a longer batch would crash training. The default is lowered to them (and saved so in
+    config.yaml); a value the recipe sets above them is a usage error. Models without such a limit keep it."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or section.max_length <= limit:
+        return
+    if "max_length" not in section.model_fields_set:
+        section.max_length = limit
+        return
+    raise UsageError(
+        f"model.max_length is {section.max_length}, but the model takes at most {limit} tokens "
+        f"(max_position_embeddings in the config of '{section.init_from or section.name}')",
+        f"Set model.max_length={limit} or less (longer examples are cut), or choose a model that reads longer inputs.",
+    )
+
+
+def checked_config(section: ModelSection) -> PretrainedConfig:
+    """The model's configuration, with the recipe's model section checked against it (`fit_max_length`)."""
+    config = load_config(section)
+    fit_max_length(section, config)
+    return config
+
+
 def model_task(config: PretrainedConfig) -> str | None:
     """The task a model's architecture (and, once fine-tuned, its config) does; None if it could do either/neither."""
     from transformers.models.auto.modeling_auto import (

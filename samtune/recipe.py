@@ -78,7 +78,11 @@ class ModelSection(_Section):
         description="Hub id, local folder, or package:<python_package>/<path> for a model a package ships.",
     )
     revision: str | None = None
-    max_length: PositiveInt = Field(default=128, description="Text: tokens kept per example.")
+    max_length: PositiveInt = Field(
+        default=128,
+        description="Text: tokens kept per example; at most the model's max_position_embeddings "
+        "(the default is lowered to a smaller one).",
+    )
     trust_remote_code: bool = False
     init_from: str | None = Field(
         default=None, description="Start from a finished run's weights (a run directory); a new schedule."
@@ -265,6 +269,8 @@ class TrainingSection(_Section):
         names = [n.strip() for n in v.split(",")] if isinstance(v, str) else v
         if not isinstance(names, list):
             return names  # pydantic says what is wrong with it
+        if not all(isinstance(n, str) for n in names):
+            return names  # pydantic names the item that is not a tracker's name (a list in the list, a number)
         problems = []
         for name in names:
             if name not in TRACKERS:
@@ -647,8 +653,9 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _branch(part: Any) -> bool:
-    """Whether a part of an error's loc names the branch of a union (`LoraSection`, `literal[False]`), not a key."""
-    return isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-")))
+    """Whether a part of an error's loc names the branch of a union (`LoraSection`, `literal[False]`, `list[str]`),
+    not a key (a key never holds a bracket)."""
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part or part.startswith("function-"))
 
 
 def _without_union_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

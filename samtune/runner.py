@@ -311,7 +311,7 @@ def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
     from samtune import modeling
     from samtune.data import load_data
 
-    config = modeling.load_config(recipe.model)
+    config = modeling.checked_config(recipe.model)  # model.max_length: before anything is written or removed
     model_task = modeling.model_task(config)
     if recipe.task != "auto" and model_task and modality(model_task) != modality(recipe.task):
         raise UsageError(

@@ -64,7 +64,7 @@ from samtune.optim.functional import (
     save_and_climb_,
     trainable_parameters,
 )
-from samtune.optim.selection import PRESETS, climbing_names
+from samtune.optim.selection import SelectionError, climbing_names
 from samtune.optim.settings import SAMSettings, sam_window
 from samtune.optim.shards import is_sharded
 from samtune.optim.variants import SAMVariant, ascent_rows, batch_size_of, first_rows
@@ -329,15 +329,10 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         """The names of the parameters `params` selects (None: every trainable one); none selected is refused."""
         if self.args.params == "all":
             return None
-        model = self.accelerator.unwrap_model(self.model)
-        names = set(climbing_names(model, self.args.params))
-        if not names:
-            examples = ", ".join(n for n, p in list(model.named_parameters())[:3] if p.requires_grad)
-            raise UnsupportedSetupError(
-                f"sam.params={self.args.params!r} selects no trainable parameter: use a preset "
-                f"({', '.join(PRESETS)}) or patterns that match names such as {examples}."
-            )
-        return names
+        try:
+            return set(climbing_names(self.accelerator.unwrap_model(self.model), self.args.params))
+        except SelectionError as e:
+            raise UnsupportedSetupError(str(e)) from e
 
     def sam_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters that climb (`params`), in the model's order.

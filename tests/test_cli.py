@@ -17,6 +17,7 @@ from conftest import text_examples, write_csv
 from typer.testing import CliRunner
 
 from samtune.cli import app
+from samtune.recipe import ModelSection
 
 runner = CliRunner()
 FAST = ["training.logging_steps=2", "training.batch_size=8"]
@@ -184,6 +185,9 @@ def test_saved_run_predicts_like_the_in_memory_model(tmp_path, text_model_dir, t
         assert torch.equal(in_memory(**batch).logits, loaded(**batch).logits)
     # And the saved metrics are those of the saved model.
     assert result.metrics["eval_accuracy"] == _load_metrics(tmp_path / "run")["eval_accuracy"]
+    # model.max_length was left to its default (128), more than the tiny BERT's positions: lowered to them, saved so.
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["max_length"]
+    assert saved == loaded.config.max_position_embeddings < 128
 
 
 def test_eval_command_scores_a_saved_run(tmp_path, text_model_dir, text_csv):
@@ -371,3 +375,67 @@ def test_two_processes_report_a_data_error_once_with_its_exit_code(tmp_path, tex
     assert done.returncode == 3, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.count("no label column found") == 1
+
+
+def test_a_list_inside_a_list_is_a_recipe_error_not_a_crash():
+    """`training.report_to: [[x]]` ended in a TypeError (exit 1); it is a recipe error (exit 2) naming the key."""
+    result = cli("validate", "training.report_to=[[tensorboard]]", "--schema-only")
+    assert result.exit_code == 2, result.output
+    assert "training.report_to.0" in result.output and "Recipe error" in result.output
+
+
+def _old_run(path: Path) -> dict[str, str]:
+    """A previous run's directory that --overwrite may replace; its files and their contents."""
+    from samtune.rundir import mark_as_run
+
+    path.mkdir(parents=True)
+    mark_as_run(path)
+    (path / "metrics.json").write_text('{"eval_accuracy": 0.9}')
+    return _files(path)
+
+
+def _files(path: Path) -> dict[str, str]:
+    """A run directory's files and their contents, but the lock (which a refused run leaves, as every run does)."""
+    from samtune.rundir import LOCK_FILE
+
+    return {p.name: p.read_text() for p in sorted(path.iterdir()) if p.name != LOCK_FILE}
+
+
+def test_unmatched_sam_params_patterns_are_refused_before_the_old_run_is_replaced(tmp_path, text_model_dir, text_csv):
+    """Every pattern that matches no parameter is named in one message (exit 2); --overwrite has removed nothing."""
+    out = tmp_path / "run"
+    old = _old_run(out)
+    result = cli("train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out, "--overwrite",
+                 "--max-steps", "2", "sam.params=!*.Bias,bert.encoder.*,classifer.*")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.output.count("Usage error") == 1
+    for text in ("'!*.Bias' (did you mean '!*.bias'?)", "'classifer.*' (did you mean 'classifier.*'?)"):
+        assert text in " ".join(result.output.split()), result.output
+    assert _files(out) == old
+
+
+def test_max_length_beyond_the_models_positions_is_refused_before_the_old_run_is_replaced(tmp_path, text_model_dir):
+    """The tiny BERT has 64 positions: model.max_length=100 passed validate, then the first batch of long texts
+    crashed training (exit 1) after --overwrite had removed the old run. Refused first, both numbers and the fix
+    named; the default (128) is lowered to the model's 64 instead, and saved so."""
+    import re
+
+    from samtune.modeling import load_config
+
+    positions = load_config(ModelSection(name=str(text_model_dir))).max_position_embeddings
+    long_rows = [{"text": " ".join([r["text"]] * 20), "label": r["label"]} for r in text_examples(16)]  # ~100 tokens
+    data = write_csv(tmp_path / "long.csv", long_rows)
+    says = [f"model.max_length is 100, but the model takes at most {positions} tokens", f"model.max_length={positions}"]
+
+    refused = cli("validate", "--model", text_model_dir, "--dataset", data, "model.max_length=100")
+    assert refused.exit_code == 2 and all(s in " ".join(refused.output.split()) for s in says), refused.output
+    out = tmp_path / "run"
+    old = _old_run(out)
+    result = cli("train", "--model", text_model_dir, "--dataset", data, "--output-dir", out, "--overwrite",
+                 "--max-steps", "1", "model.max_length=100")  # fmt: skip
+    assert result.exit_code == 2 and all(s in " ".join(result.output.split()) for s in says), result.output
+    assert _files(out) == old
+
+    by_default = cli("validate", "--model", text_model_dir, "--dataset", data)
+    _ok(by_default)
+    assert re.search(rf"max_length\W+{positions} tokens", by_default.output), by_default.output

@@ -176,3 +176,36 @@ def test_the_run_directory_is_always_under_runs():
     for model in ("..", ".", "/models/.."):  # a name made from the model's folder stays one folder in runs/
         assert build_recipe({"model": {"name": model}}).output_dir().parent == Path("runs"), model
     assert build_recipe({"name": "x", "output": {"dir": "../x"}}).output_dir() == Path("../x")  # a path: output.dir
+
+
+def _list_valued_keys(model: type = None, prefix: str = "") -> list[str]:
+    """The dotted keys whose schema takes a list, found by walking the schema (sections inside unions too)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from samtune.recipe import Recipe
+
+    def types_in(annotation):
+        yield annotation
+        for arg in typing.get_args(annotation):
+            yield from types_in(arg)
+
+    keys = []
+    for name, field in (model or Recipe).model_fields.items():
+        found = list(types_in(field.annotation))
+        sections = [t for t in found if isinstance(t, type) and issubclass(t, BaseModel)]
+        keys += [k for s in sections for k in _list_valued_keys(s, f"{prefix}{name}.")]
+        if any(typing.get_origin(t) is list for t in found):
+            keys.append(prefix + name)
+    return keys
+
+
+@pytest.mark.parametrize("key", _list_valued_keys())
+def test_a_list_inside_a_list_is_a_recipe_error_naming_the_key(key):
+    """`training.report_to: [[wandb]]` was a TypeError (exit 1); every list-valued key says which key is wrong."""
+    assert {"training.report_to", "data.labels", "model.lora.target_modules"} <= set(_list_valued_keys())
+    with pytest.raises(RecipeError) as err:
+        build_recipe({}, [f"{key}=[[a, b], [c]]"])
+    assert err.value.problems and all(p.startswith(f"{key}.") or p.startswith(f"{key}:") for p in err.value.problems)
+    assert all("[str]" not in p.split(":")[0] for p in err.value.problems)  # the key as typed, no union branch in it

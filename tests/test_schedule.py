@@ -155,8 +155,95 @@ def test_params_that_select_nothing_or_do_not_parse_are_refused(tmp_path):
     from samtune.trainer import UnsupportedSetupError
 
     with pytest.raises(UnsupportedSetupError, match="selects no trainable parameter"):
+        SAMTrainer(model=tiny_bert(), args=_args(tmp_path, params="*.bias,!*.bias"))
+    with pytest.raises(UnsupportedSetupError, match="this pattern matches no parameter: 'decoder.*'"):
         SAMTrainer(model=tiny_bert(), args=_args(tmp_path, params="decoder.*"))
     with pytest.raises(ValueError, match="preset"):
         _args(tmp_path, params="a,,b")
     with pytest.raises(RecipeError):
         build_recipe({"sam": {"params": "!"}})
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("!*.Bias", ["'!*.Bias' (did you mean '!*.bias'?)"]),
+    ("!bert.embedding.*", ["'!bert.embedding.*' (did you mean '!bert.embeddings.*'?)"]),
+    ("bert.encoder.*,classifer.*", ["'classifer.*' (did you mean 'classifier.*'?)"]),
+    ("!*.Bias,bert.encoder.*,classifer.*", ["'!*.Bias' (did you mean '!*.bias'?)",
+                                            "'classifer.*' (did you mean 'classifier.*'?)"]),
+], ids=["case", "module-prefix", "one-of-two", "every-unmatched"])  # fmt: skip
+def test_a_pattern_that_matches_no_parameter_is_refused_with_a_suggestion(tmp_path, spec, says):
+    """Each of these trained before: the other patterns matched, so the typo went unseen (`!*.Bias` removed
+    nothing and every bias climbed). Refused when the trainer is built, before any step, every unmatched one named."""
+    from samtune import SAMTrainer
+    from samtune.trainer import UnsupportedSetupError
+
+    with pytest.raises(UnsupportedSetupError) as err:
+        SAMTrainer(model=tiny_bert(), args=_args(tmp_path, params=spec))
+    message = str(err.value)
+    assert f"sam.params={spec!r}" in message and "no parameter: " in message
+    assert all(text in message for text in says), message
+    assert message.count("did you mean") == len(says)
+
+
+def _tiny_t5():
+    """T5's norms are T5LayerNorm (a scale, no bias, no mean): not torch's LayerNorm."""
+    from transformers import T5Config, T5ForSequenceClassification
+
+    torch.manual_seed(0)
+    return T5ForSequenceClassification(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                                num_decoder_layers=1, num_heads=2))  # fmt: skip
+
+
+def _tiny_llama():
+    """Llama's norms are LlamaRMSNorm."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    return LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24,
+                                                      num_hidden_layers=1, num_attention_heads=2,
+                                                      num_key_value_heads=2, pad_token_id=0))  # fmt: skip
+
+
+# The norm layers' parameters by the names these architectures give them (written out, not found by type), and
+# their embedding tables (T5's `shared` and its relative position buckets, Llama's `embed_tokens`).
+_T5_NORMS = {f"transformer.{stack}.{where}.weight" for stack, wheres in (
+    ("encoder", ("block.0.layer.0.layer_norm", "block.0.layer.1.layer_norm", "final_layer_norm")),
+    ("decoder", ("block.0.layer.0.layer_norm", "block.0.layer.1.layer_norm", "block.0.layer.2.layer_norm",
+                 "final_layer_norm"))) for where in wheres}  # fmt: skip
+_T5_EMBEDDINGS = {"transformer.shared.weight", *(f"transformer.{stack}.block.0.layer.0.SelfAttention."
+                  "relative_attention_bias.weight" for stack in ("encoder", "decoder"))}  # fmt: skip
+_LLAMA_NORMS = {"model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+                "model.norm.weight"}  # fmt: skip
+
+
+def _tiny_roberta_prelayernorm():
+    """Its classes carry "LayerNorm" in the model's name (RobertaPreLayerNormLMHead holds the head's bias)."""
+    from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
+
+    torch.manual_seed(0)
+    return RobertaPreLayerNormForMaskedLM(RobertaPreLayerNormConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=32))  # fmt: skip
+
+
+_PRE_LN_NORMS = {f"{where}.{w}" for w in ("weight", "bias") for where in (
+    "roberta_prelayernorm.embeddings.LayerNorm", "roberta_prelayernorm.encoder.layer.0.attention.LayerNorm",
+    "roberta_prelayernorm.encoder.layer.0.intermediate.LayerNorm", "roberta_prelayernorm.LayerNorm",
+    "lm_head.layer_norm")}  # fmt: skip
+_PRE_LN_EMBEDDINGS = {f"roberta_prelayernorm.embeddings.{e}_embeddings.weight" for e in ("word", "position", "token_type")}
+
+
+@pytest.mark.parametrize(("build", "norms", "embeddings"), [
+    (_tiny_t5, _T5_NORMS, _T5_EMBEDDINGS),
+    (_tiny_llama, _LLAMA_NORMS, {"model.embed_tokens.weight"}),
+    (_tiny_roberta_prelayernorm, _PRE_LN_NORMS, _PRE_LN_EMBEDDINGS),
+], ids=["t5", "llama", "roberta-prelayernorm"])  # fmt: skip
+def test_norms_and_weights_presets_find_norm_layers_by_type_not_by_torch_class(build, norms, embeddings):
+    """SAM-ON's `norms` climbs on every normalisation layer and `weights` leaves them out, whatever their class."""
+    from samtune.optim.selection import climbing_names
+
+    model = build()
+    names = {n for n, _ in model.named_parameters()}
+    assert norms <= names and embeddings <= names
+    assert set(climbing_names(model, "norms")) == norms
+    assert set(climbing_names(model, "weights")) == {n for n in names - norms - embeddings if not n.endswith(".bias")}
