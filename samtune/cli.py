@@ -6,6 +6,8 @@ Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error;
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
 import shlex
@@ -128,24 +130,23 @@ OverridesArg = Annotated[
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=RUN_PANEL)]
 
 
-def _flags(**flags: Any) -> dict[str, Any]:
-    keys = {
-        "model": "model.name",
-        "dataset": "data.dataset",
-        "output_dir": "output.dir",
-        "rho": "sam.rho",
-        "adaptive": "sam.adaptive",
-        "variant": "sam.variant",
-        "epochs": "training.epochs",
-        "max_steps": "training.max_steps",
-        "batch_size": "training.batch_size",
-        "learning_rate": "training.learning_rate",
-        "seed": "training.seed",
-        "push_to_hub": "hub.repo_id",
-        "init_from": "model.init_from",
-        "private": "hub.private",
-    }
-    return {keys[k]: v for k, v in flags.items() if v is not None}
+# The flags that set a recipe key (the highest precedence), by option name.
+_FLAG_KEYS = {
+    "model": "model.name",
+    "dataset": "data.dataset",
+    "output_dir": "output.dir",
+    "rho": "sam.rho",
+    "adaptive": "sam.adaptive",
+    "variant": "sam.variant",
+    "epochs": "training.epochs",
+    "max_steps": "training.max_steps",
+    "batch_size": "training.batch_size",
+    "learning_rate": "training.learning_rate",
+    "seed": "training.seed",
+    "push_to_hub": "hub.repo_id",
+    "init_from": "model.init_from",
+    "private": "hub.private",
+}
 
 
 # The options that shape a run, shared by `train` and `validate` (which checks the command as it will run).
@@ -207,50 +208,69 @@ PrivateOpt = Annotated[
 ]
 
 
+# The options that shape a run, in the order --help lists them: `train` and `validate` take the same ones (validate
+# checks the command as it will run), declared once here and given to both by `run_command`.
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "model": (ModelOpt, None),
+    "dataset": (DatasetOpt, None),
+    "rho": (RhoOpt, None),
+    "adaptive": (AdaptiveOpt, None),
+    "variant": (VariantOpt, None),
+    "epochs": (EpochsOpt, None),
+    "max_steps": (MaxStepsOpt, None),
+    "batch_size": (BatchSizeOpt, None),
+    "learning_rate": (LearningRateOpt, None),
+    "seed": (SeedOpt, None),
+    "output_dir": (OutputDirOpt, None),
+    "overwrite": (OverwriteOpt, False),
+    "nproc": (NprocOpt, None),
+    "resume": (ResumeOpt, None),
+    "init_from": (InitFromOpt, None),
+    "lora": (LoraOpt, False),
+    "push_to_hub": (PushToHubOpt, None),
+    "private": (PrivateOpt, None),
+    "debug": (DebugOpt, False),
+}
+
+
+def run_command(fn: Any) -> Any:
+    """`fn(own parameters..., **run)` as a command whose options are its own followed by RUN_OPTIONS (in `run`)."""
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+              for name, (annotation, default) in RUN_OPTIONS.items()]  # fmt: skip
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    command.__signature__ = inspect.Signature([*own, *shared])  # what Typer reads the options from
+    command.__annotations__ = {p.name: p.annotation for p in (*own, *shared)}
+    return command
+
+
 def _run_recipe_args(
-    recipe: str | None, overrides: list[str] | None, lora: bool, **flags: Any
+    recipe: str | None, overrides: list[str] | None, run: dict[str, Any]
 ) -> tuple[str | None, list[str], dict[str, Any]]:
     """The recipe reference, overrides and flags of a `train` (or `validate`) command line."""
     ref, items = _split_recipe_args(recipe, overrides)
-    if lora:  # the recipe's own LoRA settings, if any, stay; KEY=VALUE overrides still win
+    if run["lora"]:  # the recipe's own LoRA settings, if any, stay; KEY=VALUE overrides still win
         items = ["model.lora={}", *items]
-    for key in ("output_dir", "init_from"):
-        flags[key] = str(flags[key]) if flags[key] else None
-    return ref, items, _flags(**flags)
+    flags = {key: run[name] for name, key in _FLAG_KEYS.items() if run[name] is not None}
+    return ref, items, {key: str(v) if isinstance(v, Path) else v for key, v in flags.items()}
 
 
 @app.command()
+@run_command
 def train(
     recipe: RecipeArg = None,
     overrides: OverridesArg = None,
-    model: ModelOpt = None,
-    dataset: DatasetOpt = None,
-    rho: RhoOpt = None,
-    adaptive: AdaptiveOpt = None,
-    variant: VariantOpt = None,
-    epochs: EpochsOpt = None,
-    max_steps: MaxStepsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    learning_rate: LearningRateOpt = None,
-    seed: SeedOpt = None,
-    output_dir: OutputDirOpt = None,
-    overwrite: OverwriteOpt = False,
-    nproc: NprocOpt = None,
-    resume: ResumeOpt = None,
-    init_from: InitFromOpt = None,
-    lora: LoraOpt = False,
-    push_to_hub: PushToHubOpt = None,
-    private: PrivateOpt = None,
-    debug: DebugOpt = False,
+    **run: Any,
 ) -> None:
     """Fine-tune a model with SAM and write a run directory (model, config.yaml, metrics.json, card)."""
     from samtune.recipe import load_recipe
 
-    ref, items, flags = _run_recipe_args(
-        recipe, overrides, lora, model=model, dataset=dataset, output_dir=output_dir, rho=rho, adaptive=adaptive,
-        variant=variant, epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-        seed=seed, push_to_hub=push_to_hub, private=private, init_from=init_from,
-    )  # fmt: skip
+    ref, items, flags = _run_recipe_args(recipe, overrides, run)
+    overwrite, resume, debug, nproc = run["overwrite"], run["resume"], run["debug"], run["nproc"]
 
     def body() -> None:
         resolved = load_recipe(ref, items, flags)
@@ -331,40 +351,20 @@ def _summary(result: Any) -> None:
 
 
 @app.command()
+@run_command
 def validate(
     recipe: RecipeArg = None,
     overrides: OverridesArg = None,
     schema_only: Annotated[bool, typer.Option("--schema-only", help="Check the recipe, not the data.")] = False,
-    model: ModelOpt = None,
-    dataset: DatasetOpt = None,
-    rho: RhoOpt = None,
-    adaptive: AdaptiveOpt = None,
-    variant: VariantOpt = None,
-    epochs: EpochsOpt = None,
-    max_steps: MaxStepsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    learning_rate: LearningRateOpt = None,
-    seed: SeedOpt = None,
-    output_dir: OutputDirOpt = None,
-    overwrite: OverwriteOpt = False,
-    nproc: NprocOpt = None,
-    resume: ResumeOpt = None,
-    init_from: InitFromOpt = None,
-    lora: LoraOpt = False,
-    push_to_hub: PushToHubOpt = None,
-    private: PrivateOpt = None,
-    debug: DebugOpt = False,
+    **run: Any,
 ) -> None:
     """Check a recipe, or a whole `train` command line (the same arguments and flags), every problem at once;
     unless --schema-only, that the output directory takes the run and that the data loads."""
     from samtune.recipe import load_recipe
     from samtune.rundir import check_output_dir
 
-    ref, items, flags = _run_recipe_args(
-        recipe, overrides, lora, model=model, dataset=dataset, output_dir=output_dir, rho=rho, adaptive=adaptive,
-        variant=variant, epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-        seed=seed, push_to_hub=push_to_hub, private=private, init_from=init_from,
-    )  # fmt: skip
+    ref, items, flags = _run_recipe_args(recipe, overrides, run)
+    overwrite, resume, debug = run["overwrite"], run["resume"], run["debug"]
 
     def body() -> None:
         resolved = load_recipe(ref, items, flags)

@@ -302,10 +302,11 @@ def test_validate_checks_the_train_command_line_as_typed(tmp_path, text_csv, tex
     from samtune.cli import _run_recipe_args
     from samtune.recipe import load_recipe
 
-    ref, items, flags = _run_recipe_args(None, overrides, True, model=str(text_model_dir), dataset=str(text_csv),
-                                         output_dir=None, rho=0.1, adaptive=None, variant=None, epochs=2.0,
-                                         max_steps=None, batch_size=None, learning_rate=None, seed=None,
-                                         push_to_hub=None, private=None, init_from=None)  # fmt: skip
+    from samtune.cli import RUN_OPTIONS
+
+    run = {name: default for name, (_, default) in RUN_OPTIONS.items()}
+    run.update(lora=True, model=str(text_model_dir), dataset=str(text_csv), rho=0.1, epochs=2.0)
+    ref, items, flags = _run_recipe_args(None, overrides, run)
     recipe = load_recipe(ref, items, flags)
     assert recipe.sam.rho == 0.1 and recipe.training.epochs == 2 and recipe.model.adapters() is not None
     assert recipe.training.save_strategy == "no"
@@ -439,3 +440,18 @@ def test_max_length_beyond_the_models_positions_is_refused_before_the_old_run_is
     by_default = cli("validate", "--model", text_model_dir, "--dataset", data)
     _ok(by_default)
     assert re.search(rf"max_length\W+{positions} tokens", by_default.output), by_default.output
+
+
+def test_train_and_validate_take_the_same_run_options_from_one_definition():
+    """`validate` checks the command `train` will run: both take every option of RUN_OPTIONS, in its order."""
+    import typer.main
+
+    from samtune.cli import RUN_OPTIONS
+
+    group = typer.main.get_command(app)
+    names = {}
+    for command in ("train", "validate"):
+        params = group.commands[command].params
+        names[command] = [p.name for p in params if p.name in RUN_OPTIONS]
+        assert [p.name for p in params][:2] == ["recipe", "overrides"]
+    assert names["train"] == names["validate"] == list(RUN_OPTIONS)
