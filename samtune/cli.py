@@ -552,8 +552,9 @@ def runs_command(
             metric = f"{r['metric'].removeprefix('eval_')} {r['value']:.4f}" if r["value"] is not None else "—"
             wall = f"{r['wall_time']:.0f} s" if r["wall_time"] is not None else "—"
             when = datetime.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M")
-            table.add_row(escape(r["run"]), escape(str(r["model"] or "")), escape(str(r["data"] or "")), r["sam"],
-                          metric, str(r["steps"] if r["steps"] is not None else "—"), wall, r["status"], when)  # fmt: skip
+            table.add_row(escape(r["run"]), escape(str(r["model"] or "")), escape(str(r["data"] or "")),
+                          escape(str(r["sam"] or "")), metric, str(r["steps"] if r["steps"] is not None else "—"), wall,
+                          escape(r["status"]), when)  # fmt: skip
         console.print(table)
 
     _guarded(body, debug)

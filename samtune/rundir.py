@@ -198,29 +198,71 @@ def refuse_if_in_use(run_dir: Path, hint: str) -> None:
         raise UsageError(f"{run_dir} is in use by a samtune run (process {holder})", hint)
 
 
+class Unreadable(ValueError):
+    """A run directory's config.yaml or metrics.json that cannot be read as what samtune wrote there."""
+
+
+def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
+    """A YAML/JSON file holding a mapping ({} if the file is missing or empty); `Unreadable` naming it if not."""
+    import yaml
+
+    if not path.exists():
+        return {}
+    try:
+        value = parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: UnicodeDecodeError, JSONDecodeError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise Unreadable(f"{path.name}: {first}") from e
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Unreadable(f"{path.name}: a {type(value).__name__}, not a mapping")
+    return value
+
+
+def _number(metrics: dict[str, Any], key: str | None) -> float | int | None:
+    """A number metrics.json holds under `key` (None where it has none); `Unreadable` if it holds something else."""
+    value = metrics.get(key) if key else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise Unreadable(f"{METRICS_FILE}: {key} is {value!r}, not a number")
+    return value
+
+
 def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
     """What `samtune runs` shows of a run directory: name, model, data, SAM, its metric, steps, time, status.
 
     Status: "running" (a live process holds its lock), "finished" (metrics.json), "interrupted at step N" (a
-    complete checkpoint, no metrics), else "failed" (it stopped before its first checkpoint).
+    complete checkpoint, no metrics), "failed" (it stopped before its first checkpoint), or "unreadable: FILE: why"
+    (a config.yaml or metrics.json that is not what samtune writes: the rest of the row stays empty).
     """
+    run_dir = Path(run_dir)
+    summary: dict[str, Any] = {
+        "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+        "path": str(run_dir),
+        **dict.fromkeys(("model", "data", "sam", "metric", "value", "steps", "wall_time")),
+    }
+    try:
+        summary.update(_describe(run_dir))
+    except Unreadable as e:
+        summary["status"] = f"unreadable: {e}"
+    if lock_is_held(run_dir):
+        summary["status"] = "running"
+    summary["modified"] = max(p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()])
+    return summary
+
+
+def _describe(run_dir: Path) -> dict[str, Any]:
+    """`run_summary`'s fields read from the run's config.yaml, metrics.json and checkpoints (`Unreadable` if not)."""
     import yaml
 
     from samtune.tasks import default_metric
 
-    run_dir = Path(run_dir)
-    recipe: dict[str, Any] = {}
-    with contextlib.suppress(OSError, yaml.YAMLError):
-        recipe = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    recipe = _read_mapping(run_dir / CONFIG_FILE, yaml.safe_load)
     section = lambda key: recipe.get(key) if isinstance(recipe.get(key), dict) else {}  # noqa: E731
     model, data, sam, training = section("model"), section("data"), section("sam"), section("training")
-    metrics: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    steps, status = metrics.get("train_steps"), "failed"
-    if lock_is_held(run_dir):
-        status = "running"
-    elif metrics:
+    metrics = _read_mapping(run_dir / METRICS_FILE, json.loads)
+    steps, status = _number(metrics, "train_steps"), "failed"
+    if metrics:
         status = "finished"
     elif (checkpoint := last_complete_checkpoint(run_dir)) is not None:
         steps = int(Path(checkpoint).name.removeprefix(CHECKPOINT_PREFIX))
@@ -228,22 +270,20 @@ def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
     metric = training.get("metric_for_best_model") or next(
         (m for m in ("accuracy", "mse", "micro_f1", "entity_f1", "perplexity") if f"eval_{m}" in metrics), None
     )
-    if metric is None and recipe.get("task") not in (None, "auto"):
-        metric = default_metric(recipe["task"])
+    task = recipe.get("task")
+    if metric is None and isinstance(task, str) and task != "auto":
+        metric = default_metric(task)
     variant = sam.get("variant", "sam")
     rho = sam.get("rho", 0.05)
     return {
-        "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
-        "path": str(run_dir),
         "model": model.get("name"),
         "data": data.get("dataset"),
         "sam": "none (rho 0)" if rho == 0 else f"{variant} rho {rho}" + (" ASAM" if sam.get("adaptive") else ""),
         "metric": f"eval_{metric}" if metric else None,
-        "value": metrics.get(f"eval_{metric}") if metric else None,
+        "value": _number(metrics, f"eval_{metric}" if metric else None),
         "steps": steps,
-        "wall_time": metrics.get("wall_time"),
+        "wall_time": _number(metrics, "wall_time"),
         "status": status,
-        "modified": max((p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()]), default=run_dir.stat().st_mtime),
     }
 
 
