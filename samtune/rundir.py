@@ -79,9 +79,14 @@ def mark_as_run(path: Path) -> None:
     (path / RUN_MARK).write_text("written by samtune train; --overwrite may replace this folder\n")
 
 
-def clear_output_dir(path: Path) -> None:
-    """Remove a previous run's files (not the lock this run holds)."""
+def clear_output_dir(path: Path, keep: Path | None = None) -> None:
+    """Remove a previous run's files (not the lock this run holds); with `keep`, a folder inside `path`, all but it."""
+    kept = [keep.resolve(), *keep.resolve().parents] if keep is not None else []
     for entry in contents(path):
+        if entry.resolve() in kept:
+            if entry.resolve() != kept[0]:
+                clear_output_dir(entry, keep)
+            continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 

@@ -385,10 +385,13 @@ def train(
     command: str | None = None,
     resume_command: str | None = None,
     notify: Any = print,
+    on_accepted: Any = None,
 ) -> RunResult:
     """Fine-tune with SAM as the recipe says; write and return the run directory's results.
 
     `resume` is "auto" (the newest checkpoint in the run directory) or a checkpoint folder.
+    `on_accepted()`, if given, is called (by the main process) once the recipe, data and model are
+    accepted, before anything is written: what a caller replaces (`compare --overwrite`) goes then.
     SIGINT/SIGTERM save a checkpoint and raise `Interrupted`; nothing is written on failure but
     the checkpoints already saved.
     """
@@ -398,7 +401,8 @@ def train(
     if lock is not None:
         lock.acquire()  # a second run on this directory is refused while this one lives
     try:
-        options = _RunOptions(recipe, run_dir, overwrite, resume, callbacks or [], command, resume_command, notify)
+        options = _RunOptions(recipe, run_dir, overwrite, resume, callbacks or [], command, resume_command, notify,
+                              on_accepted)
         return _train_locked(options)
     finally:
         if lock is not None:
@@ -417,6 +421,7 @@ class _RunOptions:
     command: str | None
     resume_command: str | None
     notify: Any
+    on_accepted: Any = None
 
 
 def _train_locked(o: _RunOptions) -> RunResult:
@@ -453,6 +458,8 @@ def _train_locked(o: _RunOptions) -> RunResult:
     trainer.add_callback(stopper)
 
     if is_main_process():  # everything loaded: from here on, the directory is this run's
+        if o.on_accepted is not None:
+            o.on_accepted()
         if o.overwrite:
             clear_output_dir(run_dir)
         saved = recipe.model_copy(update={"name": recipe.run_name()})
