@@ -110,7 +110,12 @@ def _is_complete(checkpoint: Path) -> bool:
 
 
 def find_checkpoint(run_dir: Path, resume: str) -> str:
-    """The checkpoint `--resume` names: the newest in the run directory for 'auto', else the path given."""
+    """The checkpoint `--resume` names: the newest in the run directory for 'auto', else the path given.
+
+    A checkpoint with a damaged file is refused (UsageError, exit 2), naming the file and the complete, intact
+    checkpoint before it: resuming it would fail to load, or (a torch file's changed bytes load as other numbers)
+    train into NaN. `--resume auto` does not step back by itself: the steps since that one would be lost unseen.
+    """
     if resume == "auto":
         found = last_complete_checkpoint(run_dir)
         if found is None:
@@ -118,24 +123,76 @@ def find_checkpoint(run_dir: Path, resume: str) -> str:
                 f"no checkpoint to resume in {run_dir}",
                 "Start the run without --resume, or give a checkpoint folder: --resume PATH.",
             )
-        return found
-    path = Path(resume)
-    if not _is_complete(path):
+    else:
+        found = resume
+        if not _is_complete(Path(found)):
+            raise UsageError(
+                f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})", f"Give a {CHECKPOINT_PREFIX}N folder, or auto."
+            )
+    if (damage := damaged_file(Path(found))) is not None:
+        file, why = damage
+        earlier = next((c for c in complete_checkpoints(run_dir) if _step(c) < _step(Path(found)) and not damaged_file(c)),
+                       None)  # fmt: skip
         raise UsageError(
-            f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})", f"Give a {CHECKPOINT_PREFIX}N folder, or auto."
-        )
-    return str(path)
+            f"checkpoint {found} cannot be resumed: {file} is damaged ({why})",
+            f"Continue from the complete checkpoint before it: --resume {earlier} (or move {found} away: --resume "
+            f"auto then takes {earlier.name})." if earlier else
+            "No earlier checkpoint is complete and intact: train the run again with --overwrite.",
+        )  # fmt: skip
+    return str(found)
+
+
+def _step(checkpoint: Path) -> int:
+    """A checkpoint folder's step (checkpoint-N); -1 for another name."""
+    m = re.fullmatch(re.escape(CHECKPOINT_PREFIX) + r"(\d+)", checkpoint.name)
+    return int(m.group(1)) if m else -1
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints whose save finished (trainer_state.json is written last), newest first."""
+    if not run_dir.is_dir():
+        return []
+    numbered = [p for p in run_dir.iterdir() if _step(p) >= 0 and _is_complete(p)]
+    return sorted(numbered, key=_step, reverse=True)
 
 
 def last_complete_checkpoint(run_dir: Path) -> str | None:
     """The newest checkpoint whose save finished (trainer_state.json is written last); None if none."""
-    if not run_dir.is_dir():
-        return None
-    pattern = re.escape(CHECKPOINT_PREFIX) + r"(\d+)"
-    numbered = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := re.fullmatch(pattern, p.name))]
-    for _, path in sorted(numbered, reverse=True):
-        if _is_complete(path):
-            return str(path)
+    found = complete_checkpoints(run_dir)
+    return str(found[0]) if found else None
+
+
+def damaged_file(checkpoint: Path) -> tuple[Path, str] | None:
+    """The first file of a checkpoint that does not read back whole, and why; None if every one does.
+
+    JSON files must parse, a safetensors file's header must parse and fit its file, and a torch file (.pt, .pth,
+    .bin: a zip) must match the checksums its zip keeps, which torch.load does not check. Reads each torch file
+    once more (about a second per GB), so a resume never starts from bytes that changed on disk.
+    """
+    for path in sorted(p for p in Path(checkpoint).rglob("*") if p.is_file()):
+        if (why := _why_damaged(path)) is not None:
+            return path, why
+    return None
+
+
+def _why_damaged(path: Path) -> str | None:
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"its part {bad} does not match the checksum saved with it"
+    except (OSError, ValueError, zipfile.BadZipFile, SafetensorError) as e:  # ValueError: JSON, UTF-8
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
     return None
 
 

@@ -192,22 +192,35 @@ def metrics_function(task: str, threshold: float = 0.5, labels: list[str] | None
     return compute_regression_metrics if problem(task) == REGRESSION else compute_metrics
 
 
-# What changes a run if it differs between a checkpoint's recipe and the one resuming it.
-# SAM's own come from its one definition (samtune.optim.settings: `defines_run`).
-RUN_DEFINING = (
-    "model.name", "model.lora", "training.seed", "training.batch_size", "training.gradient_accumulation_steps",
-    "training.learning_rate", "training.optimizer", "training.scheduler",
-    *(f"sam.{spec.recipe_key}" for spec in setting_specs() if spec.defines_run),
+# What a checkpoint's weights and its place in the data belong to: a resume that asks for other values is refused
+# (the weights would not load, or the run would go on over other examples as if they were the same).
+RESUME_FIXED = (
+    "model.name", "model.revision", "model.lora",
+    *(f"data.{key}" for key in ("dataset", "config", "revision", "train_split", "text_column", "text_pair_column",
+                                "label_column", "label_columns", "image_column", "prompt_column", "response_column",
+                                "packing", "labels", "validation_fraction", "max_train_samples")),
 )  # fmt: skip
+# What changes a run if it differs between a checkpoint's recipe and the one resuming it: said, and the recipe's
+# values win. SAM's own come from its one definition (samtune.optim.settings: `defines_run`).
+RUN_DEFINING = (
+    "model.max_length", "data.eval_file", "data.eval_split", "data.max_eval_samples", "training.seed",
+    "training.batch_size", "training.gradient_accumulation_steps", "training.learning_rate", "training.optimizer",
+    "training.scheduler", *(f"sam.{spec.recipe_key}" for spec in setting_specs() if spec.defines_run),
+)  # fmt: skip
+# How long a run trains: a finished run resumed with another length is refused (--init-from trains on from it).
+RUN_LENGTH = ("training.epochs", "training.max_steps")
+# Left open by a recipe, chosen when the run starts (columns by their values, LoRA for a large model) and saved in
+# config.yaml: a recipe that leaves one open asks for what was chosen.
+CHOSEN_AT_START = ("data.text_column", "data.label_column", "model.lora")
 
 
-def recipe_changes(saved: Recipe, current: Recipe) -> list[str]:
-    """'key: old -> new' for the settings that differ in a way that changes the run."""
+def recipe_changes(saved: Recipe, current: Recipe, keys: tuple[str, ...] = RUN_DEFINING) -> list[str]:
+    """'key: old -> new' for the settings among `keys` that differ (by default: those that change the run)."""
     changes = []
-    for key in RUN_DEFINING:
+    for key in keys:
         section, field = key.split(".")
         old, new = getattr(getattr(saved, section), field), getattr(getattr(current, section), field)
-        if old != new:
+        if old != new and not (new is None and key in CHOSEN_AT_START):
             changes.append(f"{key}: {old} -> {new}")
     return changes
 
@@ -432,7 +445,15 @@ def _train_locked(o: _RunOptions) -> RunResult:
     from samtune.stopping import GracefulStop
 
     recipe, run_dir = o.recipe, o.run_dir
+    saved = _resumed_recipe(o) if o.resume else None
+    if o.resume and (run_dir / METRICS_FILE).is_file():
+        return _finished_run(o, saved)
     checkpoint = find_checkpoint(run_dir, o.resume) if o.resume else None
+    if saved is not None and is_main_process() and (changes := recipe_changes(saved, recipe)):
+        o.notify(
+            f"warning: resuming {checkpoint} with a recipe that differs from the one it was trained with "
+            f"({'; '.join(changes)}); the recipe's values win from here on"
+        )
     if recipe.hub.repo_id and is_main_process():
         from samtune.hub import preflight
 
@@ -442,8 +463,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
     started = time.perf_counter()
 
     data, processor, model, task = _prepare(recipe, o.notify if is_main_process() else (lambda _: None))
-    if checkpoint and (run_dir / CONFIG_FILE).is_file() and is_main_process():  # (after _prepare: its defaults)
-        _warn_if_the_recipe_changed(checkpoint, recipe, run_dir, o.notify)
     if recipe.model.init_from and data.labels:
         _check_init_from(recipe, data.labels)
     from samtune.trainer import UnsupportedSetupError
@@ -462,8 +481,12 @@ def _train_locked(o: _RunOptions) -> RunResult:
             o.on_accepted()
         if o.overwrite:
             clear_output_dir(run_dir)
-        saved = recipe.model_copy(update={"name": recipe.run_name()})
-        write_text_atomic(run_dir / CONFIG_FILE, saved.to_yaml())
+        resolved = recipe.model_copy(update={"name": recipe.run_name()})
+        write_config = lambda: write_text_atomic(run_dir / CONFIG_FILE, resolved.to_yaml())  # noqa: E731
+        if checkpoint is None:
+            write_config()
+        else:  # a resume is accepted once its checkpoint has loaded: config.yaml keeps the old recipe until then
+            trainer.add_callback(_once_resumed(write_config))
         mark_as_run(run_dir)
     output = _fit(trainer, checkpoint, stopper, run_dir, o.resume_command)
     metrics = _final_metrics(trainer, output, data, recipe, started)
@@ -487,16 +510,68 @@ def _train_locked(o: _RunOptions) -> RunResult:
     )
 
 
-def _warn_if_the_recipe_changed(checkpoint: str, recipe: Recipe, run_dir: Path, notify: Any) -> None:
-    """Say which run-defining settings differ from the recipe the checkpoint was trained with."""
+def _resumed_recipe(o: _RunOptions) -> Recipe | None:
+    """The recipe the run directory's config.yaml holds (None without one); a resume on another model or other data
+    is refused (UsageError, exit 2) before anything loads."""
     from samtune.recipe import build_recipe, read_recipe_file
 
-    changes = recipe_changes(build_recipe(read_recipe_file(run_dir / CONFIG_FILE)), recipe)
-    if changes:
-        notify(
-            f"warning: resuming {checkpoint} with a recipe that differs from the one it was trained with "
-            f"({'; '.join(changes)}); the recipe's values win from here on"
+    path = o.run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    saved = build_recipe(read_recipe_file(path), source=str(path))
+    if fixed := recipe_changes(saved, o.recipe, RESUME_FIXED):
+        raise UsageError(
+            f"{o.run_dir} was trained on another model or other data than this command asks for: {'; '.join(fixed)}",
+            f"A resume continues the same model on the same data ({path} holds them): leave those settings as they "
+            "were, or start a new run (--overwrite, or another --output-dir).",
         )
+    return saved
+
+
+def _finished_run(o: _RunOptions, saved: Recipe | None) -> RunResult:
+    """A resume of a finished run: its results as they are (nothing trains, nothing is written) when the command asks
+    for what it ran, so that running it again is safe; refused (exit 2) when it asks for other settings."""
+    import json
+
+    from samtune.saved import read_run
+
+    changes = recipe_changes(saved, o.recipe, RUN_DEFINING + RUN_LENGTH) if saved is not None else []
+    if changes or o.resume != "auto":
+        why = (f"this command asks for other settings ({'; '.join(changes)})" if changes
+               else f"resuming {o.resume} would train its last steps again and replace its results")  # fmt: skip
+        raise UsageError(
+            f"{o.run_dir} has finished ({METRICS_FILE}): {why}",
+            f"Train on from its weights in a new run: --init-from {o.run_dir} --output-dir NEW (a schedule of its "
+            "own), or train it again: --overwrite.",
+        )
+    if is_main_process():
+        o.notify(f"{o.run_dir} finished earlier ({METRICS_FILE}): nothing to resume, nothing changed")
+    metrics = json.loads((o.run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    run = read_run(o.run_dir, saved or o.recipe)
+    return RunResult(o.run_dir, metrics, o.recipe, run.task, run.labels, metrics.get("wall_time", 0.0),
+                     metrics.get("train_steps", 0))  # fmt: skip
+
+
+def _once_resumed(accept: Any) -> Any:
+    """A callback calling `accept()` once the Trainer has loaded the checkpoint (weights, optimizer, scheduler, RNG):
+    at the first step it takes, or at the end if none was left to take."""
+    from transformers import TrainerCallback
+
+    class OnceResumed(TrainerCallback):
+        done = False
+
+        def _once(self) -> None:
+            if not self.done:
+                self.done = True
+                accept()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._once()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._once()
+
+    return OnceResumed()
 
 
 def _build_trainer(
