@@ -162,6 +162,12 @@ def last_complete_checkpoint(run_dir: Path) -> str | None:
     return str(found[0]) if found else None
 
 
+def last_written(folder: Path) -> Path:
+    """The file modified last under `folder` (checkpoints included): where a save that was cut short stopped."""
+    files = [p for p in Path(folder).rglob("*") if p.is_file() and p.name != LOCK_FILE]
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=Path(folder))
+
+
 def damaged_file(checkpoint: Path) -> tuple[Path, str] | None:
     """The first file of a checkpoint that does not read back whole, and why; None if every one does.
 

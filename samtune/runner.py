@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from samtune.errors import DataError, TrainingError, UsageError
-from samtune.files import write_json_atomic, write_text_atomic
+from samtune.errors import FREE_SPACE_HINT, DataError, DiskFullError, TrainingError, UsageError, chain, disk_full
+from samtune.files import write_json_atomic, write_text_atomic, writable_problem
 from samtune.optim.settings import setting_specs
 from samtune.processes import is_main_process
 from samtune.recipe import Recipe
@@ -497,7 +497,12 @@ def _train_locked(o: _RunOptions) -> RunResult:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(run_dir))
     if trainer.is_world_process_zero():
-        _save_results(trainer, o, metrics, data, task, precision, confusion)
+        try:
+            _save_results(trainer, o, metrics, data, task, precision, confusion)
+        except Exception as e:
+            if disk_full(e) is None:
+                raise
+            raise _cut_short(e, run_dir, f"Its metrics (not saved): {_headline(metrics)}. ") from e
     return RunResult(
         run_dir=run_dir,
         metrics=metrics,
@@ -621,7 +626,11 @@ def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resu
         ) from e
     except UnsupportedSetupError as e:  # found once the model is prepared (FSDP2's sharding), before any update
         raise UsageError(str(e)) from e
-    except RuntimeError as e:
+    except Exception as e:
+        if disk_full(e) is not None:  # a checkpoint's save, cut short
+            raise _cut_short(e, run_dir, "Training stopped. ") from e
+        if not isinstance(e, RuntimeError):
+            raise
         raise TrainingError(f"training stopped: {str(e).splitlines()[0]}", "Run with --debug for the traceback.") from e
     finally:
         stopper.uninstall()
@@ -630,6 +639,28 @@ def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resu
         again = resume_command or "samtune.train(recipe, resume='auto')"
         raise Interrupted(f"training stopped: {where}", f"Continue it with:\n  {again}", stopper.exit_code)
     return output
+
+
+def _cut_short(error: Exception, run_dir: Path, said: str) -> DiskFullError:
+    """One message for a write into the run directory that was cut short (a full disk, a file-size limit): the file
+    (the one written last, where the write did not name it), what `said`, and how to go on."""
+    from samtune.rundir import last_written
+
+    if isinstance(error, DiskFullError):
+        message = error.message
+    else:  # the file an OSError names, else the one written last (a save cut short leaves it half written)
+        named = next((e.filename for e in chain(error) if isinstance(e, OSError) and e.filename), None)
+        message = f"could not write {named or last_written(run_dir)}: {disk_full(error)}"
+    last = last_complete_checkpoint(run_dir)
+    then = f"then continue from its last complete checkpoint ({last}): --resume auto" if last else "then run it again"
+    return DiskFullError(message, f"{said}{FREE_SPACE_HINT}, {then}.")
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """A run's evaluation metrics in one line ('eval_accuracy 0.9120, eval_loss 0.2710, ...')."""
+    shown = {k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float)
+             and not k.endswith(("_runtime", "_per_second"))}  # fmt: skip
+    return ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
 
 def _with_confusion(metrics: Any, task: str) -> Any:
@@ -677,7 +708,7 @@ def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started
 def _save_results(
     trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str, confusion: Any = None
 ) -> None:
-    """The model and processor (loadable with from_pretrained), the Trainer's state, metrics.json and the card."""
+    """The model and processor (loadable with from_pretrained), the Trainer's state, the card and metrics.json."""
     from samtune import modeling
     from samtune.card import CardFacts, base_model_license, write_model_card
     from samtune.data import is_local
@@ -692,7 +723,6 @@ def _save_results(
         write_json_atomic(o.run_dir / CONFUSION_FILE, confusion.to_json())
     adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.adapters() is not None else None
     trainer.save_state()
-    write_json_atomic(o.run_dir / METRICS_FILE, metrics)
     write_model_card(
         o.run_dir,
         CardFacts(
@@ -714,6 +744,7 @@ def _save_results(
             confusion=confusion,
         ),
     )
+    write_json_atomic(o.run_dir / METRICS_FILE, metrics)  # last: the mark of a finished run (rundir)
 
 
 def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[str, Any]:
@@ -766,9 +797,17 @@ def push(result: RunResult) -> str:
 
 
 def evaluate_run(
-    run_dir: Path, dataset: str, split: str | None = None, config: str | None = None, batch_size: int = 64
+    run_dir: Path,
+    dataset: str,
+    split: str | None = None,
+    config: str | None = None,
+    batch_size: int = 64,
+    figure_dir: Path | None = None,
 ) -> dict[str, float]:
-    """Evaluate a saved run directory on a dataset split (labels matched to the model's by name)."""
+    """Evaluate a saved run directory on a dataset split (labels matched to the model's by name).
+
+    `figure_dir`: where the caller will draw a classifier's confusion matrix, checked writable before anything loads.
+    """
     import torch
     from transformers import PrinterCallback
 
@@ -783,6 +822,9 @@ def evaluate_run(
     recipe = build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
     modeling.quiet_transformers()
     run = read_run(run_dir, recipe)
+    if figure_dir is not None and problem(run.task) == CLASSIFICATION and (why := writable_problem(figure_dir)):
+        raise UsageError(f"cannot write the confusion matrix figure into {figure_dir}: {why}",
+                         "Choose a writable place for it: --figure PATH.")  # fmt: skip
     section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
     examples = split_examples(run, section, split)
     processor, inputs = model_inputs(run, examples)
