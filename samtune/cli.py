@@ -86,7 +86,8 @@ def _guarded(fn: Any, debug: bool) -> Any:
         from samtune.errors import FREE_SPACE_HINT, DiskFullError, disk_full
 
         if (reason := disk_full(e)) is not None:  # a write cut short where samtune did not name the file
-            _fail(DiskFullError(f"a file could not be written: {reason}", f"{FREE_SPACE_HINT}, and run it again."), debug)
+            _fail(DiskFullError(f"a file could not be written: {reason}", f"{FREE_SPACE_HINT}, and run it again."),
+                  debug)  # fmt: skip
         if debug:
             err_console.print_exception()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -450,8 +451,9 @@ def eval_command(
             _print_confusion(metrics["confusion"])
             stem = re.sub(r"[^\w.-]+", "-", Path(dataset).name.split(".")[0]).strip("-") or "data"
             path = figure or Path(run_dir) / f"eval-{stem}-{metrics['eval_split']}-confusion_matrix.png"
+            title = f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]"
             with atomic_path(path) as tmp:
-                plot_confusion(metrics["confusion"], tmp, f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]")
+                plot_confusion(metrics["confusion"], tmp, title)
             console.print(f"wrote {path}")
 
     _guarded(body, debug)
@@ -558,9 +560,9 @@ def runs_command(
             metric = f"{r['metric'].removeprefix('eval_')} {r['value']:.4f}" if r["value"] is not None else "—"
             wall = f"{r['wall_time']:.0f} s" if r["wall_time"] is not None else "—"
             when = datetime.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M")
+            steps = str(r["steps"] if r["steps"] is not None else "—")
             table.add_row(escape(r["run"]), escape(str(r["model"] or "")), escape(str(r["data"] or "")),
-                          escape(str(r["sam"] or "")), metric, str(r["steps"] if r["steps"] is not None else "—"), wall,
-                          escape(r["status"]), when)  # fmt: skip
+                          escape(str(r["sam"] or "")), metric, steps, wall, escape(r["status"]), when)  # fmt: skip
         console.print(table)
 
     _guarded(body, debug)

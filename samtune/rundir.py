@@ -126,13 +126,12 @@ def find_checkpoint(run_dir: Path, resume: str) -> str:
     else:
         found = resume
         if not _is_complete(Path(found)):
-            raise UsageError(
-                f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})", f"Give a {CHECKPOINT_PREFIX}N folder, or auto."
-            )
+            raise UsageError(f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})",
+                             f"Give a {CHECKPOINT_PREFIX}N folder, or auto.")  # fmt: skip
     if (damage := damaged_file(Path(found))) is not None:
         file, why = damage
-        earlier = next((c for c in complete_checkpoints(run_dir) if _step(c) < _step(Path(found)) and not damaged_file(c)),
-                       None)  # fmt: skip
+        before = [c for c in complete_checkpoints(run_dir) if _step(c) < _step(Path(found))]
+        earlier = next((c for c in before if damaged_file(c) is None), None)
         raise UsageError(
             f"checkpoint {found} cannot be resumed: {file} is damaged ({why})",
             f"Continue from the complete checkpoint before it: --resume {earlier} (or move {found} away: --resume "

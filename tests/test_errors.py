@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 
@@ -386,8 +385,8 @@ def test_eval_and_sharpness_refuse_a_read_only_run_before_loading_anything(finis
     does not exist, the refusal still comes first: nothing was loaded before it."""
     if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("user namespaces are not available here (unshare -rm)")
-    read_only = ("unshare", "-rm", "sh", "-c", f'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && shift '
-                 f'&& exec "$@"', str(finished_run), "_")  # fmt: skip
+    mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && shift && exec "$@"'
+    read_only = ("unshare", "-rm", "sh", "-c", mount, str(finished_run), "_")
     missing = tmp_path / "missing.csv"
     for args in (["eval", finished_run, "--dataset", text_csv], ["eval", finished_run, "--dataset", missing],
                  ["sharpness", finished_run, *MEASURE_SMALL], ["sharpness", finished_run, "--dataset", missing]):

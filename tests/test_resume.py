@@ -374,7 +374,8 @@ def _interrupted(tmp_path: Path, model_dir: Path, data: Path) -> tuple[Path, Pat
 
     run = tmp_path / "run"
     with pytest.raises(_Crash):
-        train(load_recipe(str(recipe), flags={"output.dir": str(run)}), callbacks=[CrashAtStep3()], notify=lambda _: None)
+        train(load_recipe(str(recipe), flags={"output.dir": str(run)}), callbacks=[CrashAtStep3()],
+              notify=lambda _: None)  # fmt: skip
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     return recipe, run
 

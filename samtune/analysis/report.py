@@ -254,7 +254,8 @@ def _write_report(out_dir: Path, results: list[dict[str, Any]], settings: dict[s
         report["against"] = results[1]
     report = _json_safe(report)
     write_json_atomic(out_dir / SHARPNESS_FILE, report)  # the numbers first: a full disk then loses a figure at most
-    lands = [Landscape(r["name"], alphas, r["landscape"]["loss_1d"], alphas, r["landscape"]["loss_2d"]) for r in results]
+    lands = [Landscape(r["name"], alphas, r["landscape"]["loss_1d"], alphas, r["landscape"]["loss_2d"])
+             for r in results]  # fmt: skip
     try:
         for name, plot in ((LANDSCAPE_1D_FILE, plot_curves), (LANDSCAPE_2D_FILE, plot_surfaces)):
             with atomic_path(out_dir / name) as tmp:
