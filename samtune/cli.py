@@ -1,6 +1,6 @@
 """The `samtune` command line: parses, loads a recipe, calls the library, prints. No training logic here.
 
-Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error; 4 push failed
+Exit codes: 0 success; 1 training failed (or a full disk); 2 usage or recipe error; 3 data error; 4 push failed
 (local results kept); 130 interrupted.
 """
 
@@ -84,6 +84,11 @@ def _guarded(fn: Any, debug: bool) -> Any:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as e:  # an unexpected failure: one line, the traceback behind --debug
+        from samtune.errors import FREE_SPACE_HINT, DiskFullError, disk_full
+
+        if (reason := disk_full(e)) is not None:  # a write cut short where samtune did not name the file
+            _fail(DiskFullError(f"a file could not be written: {reason}", f"{FREE_SPACE_HINT}, and run it again."),
+                  debug)  # fmt: skip
         if debug:
             err_console.print_exception()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -426,7 +431,7 @@ def eval_command(
         from samtune.runner import evaluate_run
 
         quiet_transformers()
-        metrics = evaluate_run(run_dir, dataset, split, config_name, batch_size)
+        metrics = evaluate_run(run_dir, dataset, split, config_name, batch_size, figure.parent if figure else run_dir)
         table = Table(title=f"{run_dir} on {dataset} [{metrics['eval_split']}]")
         table.add_column("metric")
         table.add_column("value", justify="right")
@@ -436,11 +441,14 @@ def eval_command(
         console.print(table)
         if metrics.get("confusion") is not None:
             from samtune.confusion import plot_confusion
+            from samtune.files import atomic_path
 
             _print_confusion(metrics["confusion"])
             stem = re.sub(r"[^\w.-]+", "-", Path(dataset).name.split(".")[0]).strip("-") or "data"
             path = figure or Path(run_dir) / f"eval-{stem}-{metrics['eval_split']}-confusion_matrix.png"
-            plot_confusion(metrics["confusion"], path, f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]")
+            title = f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]"
+            with atomic_path(path) as tmp:
+                plot_confusion(metrics["confusion"], tmp, title)
             console.print(f"wrote {path}")
 
     _guarded(body, debug)
@@ -558,8 +566,9 @@ def runs_command(
             metric = f"{r['metric'].removeprefix('eval_')} {r['value']:.4f}" if r["value"] is not None else "—"
             wall = f"{r['wall_time']:.0f} s" if r["wall_time"] is not None else "—"
             when = datetime.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M")
-            table.add_row(escape(r["run"]), escape(str(r["model"] or "")), escape(str(r["data"] or "")), r["sam"],
-                          metric, str(r["steps"] if r["steps"] is not None else "—"), wall, r["status"], when)  # fmt: skip
+            steps = str(r["steps"] if r["steps"] is not None else "—")
+            table.add_row(escape(r["run"]), escape(str(r["model"] or "")), escape(str(r["data"] or "")),
+                          escape(str(r["sam"] or "")), metric, steps, wall, escape(r["status"]), when)  # fmt: skip
         console.print(table)
 
     _guarded(body, debug)

@@ -1,10 +1,15 @@
 """Errors a user can cause, each with the exit code the command line ends with.
 
-Exit codes: 0 success; 1 training failed; 2 usage or recipe error; 3 data error; 4 push failed
-(local results kept); 130 interrupted (SIGINT), 143 terminated (SIGTERM): a checkpoint is saved.
+Exit codes: 0 success; 1 training failed (or a file could not be written whole: a full disk); 2 usage or
+recipe error; 3 data error; 4 push failed (local results kept); 130 interrupted (SIGINT), 143 terminated
+(SIGTERM): a checkpoint is saved.
 """
 
 from __future__ import annotations
+
+import errno
+import os
+import re
 
 EXIT_OK = 0
 EXIT_TRAINING = 1
@@ -78,6 +83,58 @@ class PushError(SamtuneError):
 
     exit_code = EXIT_PUSH
     title = "Push failed"
+
+
+class DiskFullError(SamtuneError):
+    """A file could not be written whole: no space left on its disk, a disk quota, or a file-size limit."""
+
+    exit_code = EXIT_TRAINING
+    title = "Disk full"
+
+
+_WRITE_CUT_SHORT = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def disk_full(error: BaseException) -> str | None:
+    """Why a write was cut short ('No space left on device', 'File too large', ...), if that is what `error` comes
+    from, anywhere in its chain; None otherwise.
+
+    Besides an OSError's errno: safetensors says "(os error 28)", and torch.save no errno at all
+    ("[enforce fail at inline_container.cc:...] ... file write failed" or "unexpected pos N vs M", its writer's
+    check that a record was written whole).
+    """
+    for e in chain(error):
+        if isinstance(e, OSError) and e.errno in _WRITE_CUT_SHORT:
+            return os.strerror(e.errno)
+        text = str(e)
+        if (code := re.search(r"\(os error (\d+)\)", text)) and int(code.group(1)) in _WRITE_CUT_SHORT:
+            return os.strerror(int(code.group(1)))
+        if "inline_container.cc" in text and ("write" in text or "unexpected pos" in text):
+            return _torch_write_cut_short()
+    return None
+
+
+def chain(error: BaseException) -> list[BaseException]:
+    """An exception, then the ones it was raised from or during."""
+    found: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and all(e is not f for f in found):
+        found.append(e)
+        e = e.__cause__ or e.__context__
+    return found
+
+
+def _torch_write_cut_short() -> str:
+    """Why torch.save could not write whole, which it does not say: a file-size limit if one is set, else the disk."""
+    import resource
+
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY:
+        return f"{os.strerror(errno.EFBIG)} (the file-size limit is {limit} bytes: ulimit -f)"
+    return f"{os.strerror(errno.ENOSPC)} (or a disk quota)"
+
+
+FREE_SPACE_HINT = "Free space on its disk (or raise the file-size limit: ulimit -f)"
 
 
 # Exceptions (by class name, anywhere in the chain) that mean the network, not the id, failed.

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from samtune.errors import FREE_SPACE_HINT, DiskFullError, disk_full
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -21,19 +23,49 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`; renamed over it when the block succeeds, removed if not."""
+    """A temporary path beside `path`; renamed over it when the block succeeds, removed if not.
+
+    A write cut short (a full disk, a file-size limit) raises one DiskFullError naming `path`.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    with naming_a_full_disk(str(path)):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # as a plain write would leave it (mkstemp makes it 0600)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def naming_a_full_disk(what: str, hint: str | None = None) -> Iterator[None]:
+    """Inside the block, a write cut short (no space, a quota, a file-size limit) becomes one DiskFullError (exit 1)
+    naming `what`, with `hint` (default: free space and run the command again)."""
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # as a plain write would leave it (mkstemp makes it 0600)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:
+        if (reason := disk_full(e)) is None:
+            raise
+        raise DiskFullError(f"could not write {what}: {reason}", hint or f"{FREE_SPACE_HINT}, and run it again.") from e
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why no file can be written into `folder` ('read-only file system', ...), None if one can; writes nothing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "no such folder"
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    if not os.access(folder, os.W_OK):
+        return "permission denied"
+    return None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

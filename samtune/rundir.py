@@ -79,9 +79,14 @@ def mark_as_run(path: Path) -> None:
     (path / RUN_MARK).write_text("written by samtune train; --overwrite may replace this folder\n")
 
 
-def clear_output_dir(path: Path) -> None:
-    """Remove a previous run's files (not the lock this run holds)."""
+def clear_output_dir(path: Path, keep: Path | None = None) -> None:
+    """Remove a previous run's files (not the lock this run holds); with `keep`, a folder inside `path`, all but it."""
+    kept = [keep.resolve(), *keep.resolve().parents] if keep is not None else []
     for entry in contents(path):
+        if entry.resolve() in kept:
+            if entry.resolve() != kept[0]:
+                clear_output_dir(entry, keep)
+            continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
@@ -105,7 +110,12 @@ def _is_complete(checkpoint: Path) -> bool:
 
 
 def find_checkpoint(run_dir: Path, resume: str) -> str:
-    """The checkpoint `--resume` names: the newest in the run directory for 'auto', else the path given."""
+    """The checkpoint `--resume` names: the newest in the run directory for 'auto', else the path given.
+
+    A checkpoint with a damaged file is refused (UsageError, exit 2), naming the file and the complete, intact
+    checkpoint before it: resuming it would fail to load, or (a torch file's changed bytes load as other numbers)
+    train into NaN. `--resume auto` does not step back by itself: the steps since that one would be lost unseen.
+    """
     if resume == "auto":
         found = last_complete_checkpoint(run_dir)
         if found is None:
@@ -113,24 +123,81 @@ def find_checkpoint(run_dir: Path, resume: str) -> str:
                 f"no checkpoint to resume in {run_dir}",
                 "Start the run without --resume, or give a checkpoint folder: --resume PATH.",
             )
-        return found
-    path = Path(resume)
-    if not _is_complete(path):
+    else:
+        found = resume
+        if not _is_complete(Path(found)):
+            raise UsageError(f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})",
+                             f"Give a {CHECKPOINT_PREFIX}N folder, or auto.")  # fmt: skip
+    if (damage := damaged_file(Path(found))) is not None:
+        file, why = damage
+        before = [c for c in complete_checkpoints(run_dir) if _step(c) < _step(Path(found))]
+        earlier = next((c for c in before if damaged_file(c) is None), None)
         raise UsageError(
-            f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})", f"Give a {CHECKPOINT_PREFIX}N folder, or auto."
-        )
-    return str(path)
+            f"checkpoint {found} cannot be resumed: {file} is damaged ({why})",
+            f"Continue from the complete checkpoint before it: --resume {earlier} (or move {found} away: --resume "
+            f"auto then takes {earlier.name})." if earlier else
+            "No earlier checkpoint is complete and intact: train the run again with --overwrite.",
+        )  # fmt: skip
+    return str(found)
+
+
+def _step(checkpoint: Path) -> int:
+    """A checkpoint folder's step (checkpoint-N); -1 for another name."""
+    m = re.fullmatch(re.escape(CHECKPOINT_PREFIX) + r"(\d+)", checkpoint.name)
+    return int(m.group(1)) if m else -1
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints whose save finished (trainer_state.json is written last), newest first."""
+    if not run_dir.is_dir():
+        return []
+    numbered = [p for p in run_dir.iterdir() if _step(p) >= 0 and _is_complete(p)]
+    return sorted(numbered, key=_step, reverse=True)
 
 
 def last_complete_checkpoint(run_dir: Path) -> str | None:
     """The newest checkpoint whose save finished (trainer_state.json is written last); None if none."""
-    if not run_dir.is_dir():
-        return None
-    pattern = re.escape(CHECKPOINT_PREFIX) + r"(\d+)"
-    numbered = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := re.fullmatch(pattern, p.name))]
-    for _, path in sorted(numbered, reverse=True):
-        if _is_complete(path):
-            return str(path)
+    found = complete_checkpoints(run_dir)
+    return str(found[0]) if found else None
+
+
+def last_written(folder: Path) -> Path:
+    """The file modified last under `folder` (checkpoints included): where a save that was cut short stopped."""
+    files = [p for p in Path(folder).rglob("*") if p.is_file() and p.name != LOCK_FILE]
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=Path(folder))
+
+
+def damaged_file(checkpoint: Path) -> tuple[Path, str] | None:
+    """The first file of a checkpoint that does not read back whole, and why; None if every one does.
+
+    JSON files must parse, a safetensors file's header must parse and fit its file, and a torch file (.pt, .pth,
+    .bin: a zip) must match the checksums its zip keeps, which torch.load does not check. Reads each torch file
+    once more (about a second per GB), so a resume never starts from bytes that changed on disk.
+    """
+    for path in sorted(p for p in Path(checkpoint).rglob("*") if p.is_file()):
+        if (why := _why_damaged(path)) is not None:
+            return path, why
+    return None
+
+
+def _why_damaged(path: Path) -> str | None:
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"its part {bad} does not match the checksum saved with it"
+    except (OSError, ValueError, zipfile.BadZipFile, SafetensorError) as e:  # ValueError: JSON, UTF-8
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
     return None
 
 
@@ -198,29 +265,71 @@ def refuse_if_in_use(run_dir: Path, hint: str) -> None:
         raise UsageError(f"{run_dir} is in use by a samtune run (process {holder})", hint)
 
 
+class Unreadable(ValueError):
+    """A run directory's config.yaml or metrics.json that cannot be read as what samtune wrote there."""
+
+
+def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
+    """A YAML/JSON file holding a mapping ({} if the file is missing or empty); `Unreadable` naming it if not."""
+    import yaml
+
+    if not path.exists():
+        return {}
+    try:
+        value = parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: UnicodeDecodeError, JSONDecodeError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise Unreadable(f"{path.name}: {first}") from e
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Unreadable(f"{path.name}: a {type(value).__name__}, not a mapping")
+    return value
+
+
+def _number(metrics: dict[str, Any], key: str | None) -> float | int | None:
+    """A number metrics.json holds under `key` (None where it has none); `Unreadable` if it holds something else."""
+    value = metrics.get(key) if key else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise Unreadable(f"{METRICS_FILE}: {key} is {value!r}, not a number")
+    return value
+
+
 def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
     """What `samtune runs` shows of a run directory: name, model, data, SAM, its metric, steps, time, status.
 
     Status: "running" (a live process holds its lock), "finished" (metrics.json), "interrupted at step N" (a
-    complete checkpoint, no metrics), else "failed" (it stopped before its first checkpoint).
+    complete checkpoint, no metrics), "failed" (it stopped before its first checkpoint), or "unreadable: FILE: why"
+    (a config.yaml or metrics.json that is not what samtune writes: the rest of the row stays empty).
     """
+    run_dir = Path(run_dir)
+    summary: dict[str, Any] = {
+        "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+        "path": str(run_dir),
+        **dict.fromkeys(("model", "data", "sam", "metric", "value", "steps", "wall_time")),
+    }
+    try:
+        summary.update(_describe(run_dir))
+    except Unreadable as e:
+        summary["status"] = f"unreadable: {e}"
+    if lock_is_held(run_dir):
+        summary["status"] = "running"
+    summary["modified"] = max(p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()])
+    return summary
+
+
+def _describe(run_dir: Path) -> dict[str, Any]:
+    """`run_summary`'s fields read from the run's config.yaml, metrics.json and checkpoints (`Unreadable` if not)."""
     import yaml
 
     from samtune.tasks import default_metric
 
-    run_dir = Path(run_dir)
-    recipe: dict[str, Any] = {}
-    with contextlib.suppress(OSError, yaml.YAMLError):
-        recipe = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    recipe = _read_mapping(run_dir / CONFIG_FILE, yaml.safe_load)
     section = lambda key: recipe.get(key) if isinstance(recipe.get(key), dict) else {}  # noqa: E731
     model, data, sam, training = section("model"), section("data"), section("sam"), section("training")
-    metrics: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    steps, status = metrics.get("train_steps"), "failed"
-    if lock_is_held(run_dir):
-        status = "running"
-    elif metrics:
+    metrics = _read_mapping(run_dir / METRICS_FILE, json.loads)
+    steps, status = _number(metrics, "train_steps"), "failed"
+    if metrics:
         status = "finished"
     elif (checkpoint := last_complete_checkpoint(run_dir)) is not None:
         steps = int(Path(checkpoint).name.removeprefix(CHECKPOINT_PREFIX))
@@ -228,22 +337,20 @@ def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
     metric = training.get("metric_for_best_model") or next(
         (m for m in ("accuracy", "mse", "micro_f1", "entity_f1", "perplexity") if f"eval_{m}" in metrics), None
     )
-    if metric is None and recipe.get("task") not in (None, "auto"):
-        metric = default_metric(recipe["task"])
+    task = recipe.get("task")
+    if metric is None and isinstance(task, str) and task != "auto":
+        metric = default_metric(task)
     variant = sam.get("variant", "sam")
     rho = sam.get("rho", 0.05)
     return {
-        "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
-        "path": str(run_dir),
         "model": model.get("name"),
         "data": data.get("dataset"),
         "sam": "none (rho 0)" if rho == 0 else f"{variant} rho {rho}" + (" ASAM" if sam.get("adaptive") else ""),
         "metric": f"eval_{metric}" if metric else None,
-        "value": metrics.get(f"eval_{metric}") if metric else None,
+        "value": _number(metrics, f"eval_{metric}" if metric else None),
         "steps": steps,
-        "wall_time": metrics.get("wall_time"),
+        "wall_time": _number(metrics, "wall_time"),
         "status": status,
-        "modified": max((p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()]), default=run_dir.stat().st_mtime),
     }
 
 

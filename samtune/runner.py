@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from samtune.errors import DataError, TrainingError, UsageError
-from samtune.files import write_json_atomic, write_text_atomic
+from samtune.errors import FREE_SPACE_HINT, DataError, DiskFullError, TrainingError, UsageError, chain, disk_full
+from samtune.files import write_json_atomic, write_text_atomic, writable_problem
 from samtune.optim.settings import setting_specs
 from samtune.processes import is_main_process
 from samtune.recipe import Recipe
@@ -192,22 +192,35 @@ def metrics_function(task: str, threshold: float = 0.5, labels: list[str] | None
     return compute_regression_metrics if problem(task) == REGRESSION else compute_metrics
 
 
-# What changes a run if it differs between a checkpoint's recipe and the one resuming it.
-# SAM's own come from its one definition (samtune.optim.settings: `defines_run`).
-RUN_DEFINING = (
-    "model.name", "model.lora", "training.seed", "training.batch_size", "training.gradient_accumulation_steps",
-    "training.learning_rate", "training.optimizer", "training.scheduler",
-    *(f"sam.{spec.recipe_key}" for spec in setting_specs() if spec.defines_run),
+# What a checkpoint's weights and its place in the data belong to: a resume that asks for other values is refused
+# (the weights would not load, or the run would go on over other examples as if they were the same).
+RESUME_FIXED = (
+    "model.name", "model.revision", "model.lora",
+    *(f"data.{key}" for key in ("dataset", "config", "revision", "train_split", "text_column", "text_pair_column",
+                                "label_column", "label_columns", "image_column", "prompt_column", "response_column",
+                                "packing", "labels", "validation_fraction", "max_train_samples")),
 )  # fmt: skip
+# What changes a run if it differs between a checkpoint's recipe and the one resuming it: said, and the recipe's
+# values win. SAM's own come from its one definition (samtune.optim.settings: `defines_run`).
+RUN_DEFINING = (
+    "model.max_length", "data.eval_file", "data.eval_split", "data.max_eval_samples", "training.seed",
+    "training.batch_size", "training.gradient_accumulation_steps", "training.learning_rate", "training.optimizer",
+    "training.scheduler", *(f"sam.{spec.recipe_key}" for spec in setting_specs() if spec.defines_run),
+)  # fmt: skip
+# How long a run trains: a finished run resumed with another length is refused (--init-from trains on from it).
+RUN_LENGTH = ("training.epochs", "training.max_steps")
+# Left open by a recipe, chosen when the run starts (columns by their values, LoRA for a large model) and saved in
+# config.yaml: a recipe that leaves one open asks for what was chosen.
+CHOSEN_AT_START = ("data.text_column", "data.label_column", "model.lora")
 
 
-def recipe_changes(saved: Recipe, current: Recipe) -> list[str]:
-    """'key: old -> new' for the settings that differ in a way that changes the run."""
+def recipe_changes(saved: Recipe, current: Recipe, keys: tuple[str, ...] = RUN_DEFINING) -> list[str]:
+    """'key: old -> new' for the settings among `keys` that differ (by default: those that change the run)."""
     changes = []
-    for key in RUN_DEFINING:
+    for key in keys:
         section, field = key.split(".")
         old, new = getattr(getattr(saved, section), field), getattr(getattr(current, section), field)
-        if old != new:
+        if old != new and not (new is None and key in CHOSEN_AT_START):
             changes.append(f"{key}: {old} -> {new}")
     return changes
 
@@ -387,10 +400,13 @@ def train(
     command: str | None = None,
     resume_command: str | None = None,
     notify: Any = print,
+    on_accepted: Any = None,
 ) -> RunResult:
     """Fine-tune with SAM as the recipe says; write and return the run directory's results.
 
     `resume` is "auto" (the newest checkpoint in the run directory) or a checkpoint folder.
+    `on_accepted()`, if given, is called (by the main process) once the recipe, data and model are
+    accepted, before anything is written: what a caller replaces (`compare --overwrite`) goes then.
     SIGINT/SIGTERM save a checkpoint and raise `Interrupted`; nothing is written on failure but
     the checkpoints already saved.
     """
@@ -400,7 +416,8 @@ def train(
     if lock is not None:
         lock.acquire()  # a second run on this directory is refused while this one lives
     try:
-        options = _RunOptions(recipe, run_dir, overwrite, resume, callbacks or [], command, resume_command, notify)
+        options = _RunOptions(recipe, run_dir, overwrite, resume, callbacks or [], command, resume_command, notify,
+                              on_accepted)
         return _train_locked(options)
     finally:
         if lock is not None:
@@ -419,6 +436,7 @@ class _RunOptions:
     command: str | None
     resume_command: str | None
     notify: Any
+    on_accepted: Any = None
 
 
 def _train_locked(o: _RunOptions) -> RunResult:
@@ -429,7 +447,15 @@ def _train_locked(o: _RunOptions) -> RunResult:
     from samtune.stopping import GracefulStop
 
     recipe, run_dir = o.recipe, o.run_dir
+    saved = _resumed_recipe(o) if o.resume else None
+    if o.resume and (run_dir / METRICS_FILE).is_file():
+        return _finished_run(o, saved)
     checkpoint = find_checkpoint(run_dir, o.resume) if o.resume else None
+    if saved is not None and is_main_process() and (changes := recipe_changes(saved, recipe)):
+        o.notify(
+            f"warning: resuming {checkpoint} with a recipe that differs from the one it was trained with "
+            f"({'; '.join(changes)}); the recipe's values win from here on"
+        )
     if recipe.hub.repo_id and is_main_process():
         from samtune.hub import preflight
 
@@ -439,8 +465,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
     started = time.perf_counter()
 
     data, processor, model, task = _prepare(recipe, o.notify if is_main_process() else (lambda _: None))
-    if checkpoint and (run_dir / CONFIG_FILE).is_file() and is_main_process():  # (after _prepare: its defaults)
-        _warn_if_the_recipe_changed(checkpoint, recipe, run_dir, o.notify)
     if recipe.model.init_from and data.labels:
         _check_init_from(recipe, data.labels)
     from samtune.trainer import UnsupportedSetupError
@@ -455,10 +479,16 @@ def _train_locked(o: _RunOptions) -> RunResult:
     trainer.add_callback(stopper)
 
     if is_main_process():  # everything loaded: from here on, the directory is this run's
+        if o.on_accepted is not None:
+            o.on_accepted()
         if o.overwrite:
             clear_output_dir(run_dir)
-        saved = recipe.model_copy(update={"name": recipe.run_name()})
-        write_text_atomic(run_dir / CONFIG_FILE, saved.to_yaml())
+        resolved = recipe.model_copy(update={"name": recipe.run_name()})
+        write_config = lambda: write_text_atomic(run_dir / CONFIG_FILE, resolved.to_yaml())  # noqa: E731
+        if checkpoint is None:
+            write_config()
+        else:  # a resume is accepted once its checkpoint has loaded: config.yaml keeps the old recipe until then
+            trainer.add_callback(_once_resumed(write_config))
         mark_as_run(run_dir)
     output = _fit(trainer, checkpoint, stopper, run_dir, o.resume_command)
     metrics = _final_metrics(trainer, output, data, recipe, started)
@@ -469,7 +499,12 @@ def _train_locked(o: _RunOptions) -> RunResult:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(run_dir))
     if trainer.is_world_process_zero():
-        _save_results(trainer, o, metrics, data, task, precision, confusion)
+        try:
+            _save_results(trainer, o, metrics, data, task, precision, confusion)
+        except Exception as e:
+            if disk_full(e) is None:
+                raise
+            raise _cut_short(e, run_dir, f"Its metrics (not saved): {_headline(metrics)}. ") from e
     return RunResult(
         run_dir=run_dir,
         metrics=metrics,
@@ -482,16 +517,68 @@ def _train_locked(o: _RunOptions) -> RunResult:
     )
 
 
-def _warn_if_the_recipe_changed(checkpoint: str, recipe: Recipe, run_dir: Path, notify: Any) -> None:
-    """Say which run-defining settings differ from the recipe the checkpoint was trained with."""
+def _resumed_recipe(o: _RunOptions) -> Recipe | None:
+    """The recipe the run directory's config.yaml holds (None without one); a resume on another model or other data
+    is refused (UsageError, exit 2) before anything loads."""
     from samtune.recipe import build_recipe, read_recipe_file
 
-    changes = recipe_changes(build_recipe(read_recipe_file(run_dir / CONFIG_FILE)), recipe)
-    if changes:
-        notify(
-            f"warning: resuming {checkpoint} with a recipe that differs from the one it was trained with "
-            f"({'; '.join(changes)}); the recipe's values win from here on"
+    path = o.run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    saved = build_recipe(read_recipe_file(path), source=str(path))
+    if fixed := recipe_changes(saved, o.recipe, RESUME_FIXED):
+        raise UsageError(
+            f"{o.run_dir} was trained on another model or other data than this command asks for: {'; '.join(fixed)}",
+            f"A resume continues the same model on the same data ({path} holds them): leave those settings as they "
+            "were, or start a new run (--overwrite, or another --output-dir).",
         )
+    return saved
+
+
+def _finished_run(o: _RunOptions, saved: Recipe | None) -> RunResult:
+    """A resume of a finished run: its results as they are (nothing trains, nothing is written) when the command asks
+    for what it ran, so that running it again is safe; refused (exit 2) when it asks for other settings."""
+    import json
+
+    from samtune.saved import read_run
+
+    changes = recipe_changes(saved, o.recipe, RUN_DEFINING + RUN_LENGTH) if saved is not None else []
+    if changes or o.resume != "auto":
+        why = (f"this command asks for other settings ({'; '.join(changes)})" if changes
+               else f"resuming {o.resume} would train its last steps again and replace its results")  # fmt: skip
+        raise UsageError(
+            f"{o.run_dir} has finished ({METRICS_FILE}): {why}",
+            f"Train on from its weights in a new run: --init-from {o.run_dir} --output-dir NEW (a schedule of its "
+            "own), or train it again: --overwrite.",
+        )
+    if is_main_process():
+        o.notify(f"{o.run_dir} finished earlier ({METRICS_FILE}): nothing to resume, nothing changed")
+    metrics = json.loads((o.run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    run = read_run(o.run_dir, saved or o.recipe)
+    return RunResult(o.run_dir, metrics, o.recipe, run.task, run.labels, metrics.get("wall_time", 0.0),
+                     metrics.get("train_steps", 0))  # fmt: skip
+
+
+def _once_resumed(accept: Any) -> Any:
+    """A callback calling `accept()` once the Trainer has loaded the checkpoint (weights, optimizer, scheduler, RNG):
+    at the first step it takes, or at the end if none was left to take."""
+    from transformers import TrainerCallback
+
+    class OnceResumed(TrainerCallback):
+        done = False
+
+        def _once(self) -> None:
+            if not self.done:
+                self.done = True
+                accept()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._once()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._once()
+
+    return OnceResumed()
 
 
 def _build_trainer(
@@ -541,7 +628,11 @@ def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resu
         ) from e
     except UnsupportedSetupError as e:  # found once the model is prepared (FSDP2's sharding), before any update
         raise UsageError(str(e)) from e
-    except RuntimeError as e:
+    except Exception as e:
+        if disk_full(e) is not None:  # a checkpoint's save, cut short
+            raise _cut_short(e, run_dir, "Training stopped. ") from e
+        if not isinstance(e, RuntimeError):
+            raise
         raise TrainingError(f"training stopped: {str(e).splitlines()[0]}", "Run with --debug for the traceback.") from e
     finally:
         stopper.uninstall()
@@ -550,6 +641,28 @@ def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resu
         again = resume_command or "samtune.train(recipe, resume='auto')"
         raise Interrupted(f"training stopped: {where}", f"Continue it with:\n  {again}", stopper.exit_code)
     return output
+
+
+def _cut_short(error: Exception, run_dir: Path, said: str) -> DiskFullError:
+    """One message for a write into the run directory that was cut short (a full disk, a file-size limit): the file
+    (the one written last, where the write did not name it), what `said`, and how to go on."""
+    from samtune.rundir import last_written
+
+    if isinstance(error, DiskFullError):
+        message = error.message
+    else:  # the file an OSError names, else the one written last (a save cut short leaves it half written)
+        named = next((e.filename for e in chain(error) if isinstance(e, OSError) and e.filename), None)
+        message = f"could not write {named or last_written(run_dir)}: {disk_full(error)}"
+    last = last_complete_checkpoint(run_dir)
+    then = f"then continue from its last complete checkpoint ({last}): --resume auto" if last else "then run it again"
+    return DiskFullError(message, f"{said}{FREE_SPACE_HINT}, {then}.")
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """A run's evaluation metrics in one line ('eval_accuracy 0.9120, eval_loss 0.2710, ...')."""
+    shown = {k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float)
+             and not k.endswith(("_runtime", "_per_second"))}  # fmt: skip
+    return ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
 
 def _with_confusion(metrics: Any, task: str) -> Any:
@@ -597,7 +710,7 @@ def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started
 def _save_results(
     trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str, confusion: Any = None
 ) -> None:
-    """The model and processor (loadable with from_pretrained), the Trainer's state, metrics.json and the card."""
+    """The model and processor (loadable with from_pretrained), the Trainer's state, the card and metrics.json."""
     from samtune import modeling
     from samtune.card import CardFacts, base_model_license, write_model_card
     from samtune.data import is_local
@@ -612,7 +725,6 @@ def _save_results(
         write_json_atomic(o.run_dir / CONFUSION_FILE, confusion.to_json())
     adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.adapters() is not None else None
     trainer.save_state()
-    write_json_atomic(o.run_dir / METRICS_FILE, metrics)
     write_model_card(
         o.run_dir,
         CardFacts(
@@ -634,6 +746,7 @@ def _save_results(
             confusion=confusion,
         ),
     )
+    write_json_atomic(o.run_dir / METRICS_FILE, metrics)  # last: the mark of a finished run (rundir)
 
 
 def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[str, Any]:
@@ -686,11 +799,19 @@ def push(result: RunResult) -> str:
 
 
 def evaluate_run(
-    run_dir: Path, dataset: str, split: str | None = None, config: str | None = None, batch_size: int = 64,
+    run_dir: Path,
+    dataset: str,
+    split: str | None = None,
+    config: str | None = None,
+    batch_size: int = 64,
+    figure_dir: Path | None = None,
     notify: Any = print,
 ) -> dict[str, float]:
-    """Evaluate a saved run directory on a dataset split (labels matched to the model's by name); `notify` is told
-    how many rows were dropped (no text, no label)."""
+    """Evaluate a saved run directory on a dataset split (labels matched to the model's by name).
+
+    `figure_dir`: where the caller will draw a classifier's confusion matrix, checked writable before anything loads;
+    `notify` is told how many rows were dropped (no text, no label).
+    """
     import torch
     from transformers import PrinterCallback
 
@@ -705,6 +826,9 @@ def evaluate_run(
     recipe = build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
     modeling.quiet_transformers()
     run = read_run(run_dir, recipe)
+    if figure_dir is not None and problem(run.task) == CLASSIFICATION and (why := writable_problem(figure_dir)):
+        raise UsageError(f"cannot write the confusion matrix figure into {figure_dir}: {why}",
+                         "Choose a writable place for it: --figure PATH.")  # fmt: skip
     section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
     examples = split_examples(run, section, split)
     for line in examples.dropped:

@@ -162,6 +162,40 @@ def test_overwrite_deletes_only_a_comparison(tmp_path, text_model_dir):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def _previous_comparison(out: Path) -> dict[Path, str]:
+    """A finished comparison's files (its mark, comparison.json, a run of an arm the next one may not have)."""
+    from samtune.analysis.compare import COMPARE_MARK
+    from samtune.rundir import RUN_MARK
+
+    files = {out / COMPARE_MARK: "written by samtune compare; --overwrite may replace this folder\n",
+             out / "comparison.json": '{"arms": {"sam": {}}}',
+             out / "sam-rho=0.3" / "seed-42" / RUN_MARK: "x", out / "sam-rho=0.3" / "seed-42" / "metrics.json": "{}"}
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return files
+
+
+def test_overwrite_keeps_the_previous_comparison_when_the_new_data_is_refused(tmp_path, text_model_dir):
+    one_class = write_csv(tmp_path / "one.csv", [{**row, "label": "pos"} for row in text_examples(40)])
+    out = tmp_path / "cmp"
+    previous = _previous_comparison(out)
+    result = cli("compare", _recipe(tmp_path, text_model_dir, one_class), "--output-dir", out, "--overwrite")
+    assert result.exit_code == EXIT_DATA, result.output
+    assert {p: p.read_text() for p in previous if p.is_file()} == previous
+
+
+def test_overwrite_replaces_the_previous_comparison_once_the_first_run_is_accepted(tmp_path, text_model_dir):
+    out = tmp_path / "cmp"
+    _previous_comparison(out)
+    recipe = _recipe(tmp_path, text_model_dir, write_csv(tmp_path / "r.csv", text_examples(40)))
+    result = cli("compare", recipe, "--arms", "adamw", "--seeds", 1, "--output-dir", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (out / "sam-rho=0.3").exists()
+    assert list(json.loads((out / "comparison.json").read_text())["arms"]) == ["adamw"]
+    assert (out / "adamw" / "seed-42" / "metrics.json").is_file()
+
+
 def test_a_failed_run_is_named_by_arm_and_seed_with_its_exit_code(tmp_path, text_model_dir):
     csv = write_csv(tmp_path / "r.csv", [{"words": row["text"], "label": row["label"]} for row in text_examples(40)])
     recipe = _recipe(tmp_path, text_model_dir, csv)

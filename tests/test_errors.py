@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from conftest import text_examples, write_csv
 from typer.testing import CliRunner
 
 from samtune.cli import app
-from samtune.errors import EXIT_DATA, EXIT_USAGE
+from samtune.errors import EXIT_DATA, EXIT_TRAINING, EXIT_USAGE
 
 runner = CliRunner()
 
@@ -365,3 +370,97 @@ def test_an_id_the_hub_does_not_know_is_still_not_found(monkeypatch, tmp_path, t
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unknown)
     _fails(["train", "--model", "org/typo", "--dataset", text_csv, "--output-dir", tmp_path / "run"], EXIT_USAGE,
            "model 'org/typo' not found", "huggingface.co/models")  # fmt: skip
+
+
+# ---- where results are written: a read-only run, a full disk -------------------------------
+
+MEASURE_SMALL = ["--batches", "1", "--batch-size", "4", "--grid", "3", "--samples", "2", "--rho", "0.05"]
+
+
+@pytest.fixture
+def finished_run(text_model_dir, text_csv, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(text_csv), "--output-dir",
+                                 str(run), "--max-steps", "2", "training.batch_size=8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def _samtune(*args, wrapper: tuple[str, ...] = (), file_limit: int | None = None) -> subprocess.CompletedProcess:
+    """`python -m samtune ARGS`, under `wrapper` (a command that runs the rest) and a file-size limit in bytes."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
+    return subprocess.run([*wrapper, sys.executable, "-m", "samtune", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit if file_limit else None)  # fmt: skip
+
+
+def test_eval_and_sharpness_refuse_a_read_only_run_before_loading_anything(finished_run, tmp_path, text_csv):
+    """The run is mounted read-only (a user and mount namespace: root or not, writing there fails). With data that
+    does not exist, the refusal still comes first: nothing was loaded before it."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("user namespaces are not available here (unshare -rm)")
+    mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && shift && exec "$@"'
+    read_only = ("unshare", "-rm", "sh", "-c", mount, str(finished_run), "_")
+    missing = tmp_path / "missing.csv"
+    for args in (["eval", finished_run, "--dataset", text_csv], ["eval", finished_run, "--dataset", missing],
+                 ["sharpness", finished_run, *MEASURE_SMALL], ["sharpness", finished_run, "--dataset", missing]):
+        done = _samtune(*args, wrapper=read_only)
+        said = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == EXIT_USAGE, (args, said)
+        assert "read-only" in said.lower() and str(finished_run) in said and "Traceback" not in said, said
+    assert not (finished_run / "sharpness.json").exists()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file(text_model_dir, text_csv, tmp_path):
+    """A file-size limit (ulimit -f) that the model's weights fit under and its optimizer state (AdamW's two moments:
+    about twice the weights) does not; torch.save's own message names neither the cause nor the file."""
+    run = tmp_path / "run"
+    done = _samtune("train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", run, "--max-steps", "2",
+                    "training.batch_size=8", "training.eval_strategy=steps", "training.eval_steps=1",
+                    file_limit=(text_model_dir / "model.safetensors").stat().st_size * 3 // 2)  # fmt: skip
+    said = " ".join(done.stderr.split())
+    assert done.returncode == EXIT_TRAINING, said
+    assert str(run / "checkpoint-1" / "optimizer.pt") in said and "File too large" in said, said
+    assert "inline_container" not in said and "Traceback" not in said
+
+
+def test_a_full_disk_while_writing_results_names_the_file_and_keeps_the_numbers(finished_run, text_csv, monkeypatch):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", no_space)
+    evaluated = _fails(["eval", finished_run, "--dataset", text_csv], EXIT_TRAINING, os.strerror(errno.ENOSPC))
+    said = " ".join(evaluated.output.split())
+    assert "eval_accuracy" in said  # the table was printed before the figure
+    assert f"{finished_run}/eval-reviews-" in said and "confusion_matrix.png" in said
+    measured = _fails(["sharpness", finished_run, *MEASURE_SMALL], EXIT_TRAINING, os.strerror(errno.ENOSPC))
+    assert str(finished_run / "landscape_1d.png") in " ".join(measured.output.split())
+    assert json.loads((finished_run / "sharpness.json").read_text())["settings"]["examples"] == 4  # the numbers kept
+    assert not [p for p in finished_run.iterdir() if p.name.endswith(".tmp.png")]  # no half-written figure left
+
+
+def test_a_full_disk_while_saving_the_finished_run_says_its_metrics_and_how_to_finish(text_model_dir, text_csv,
+                                                                                      tmp_path, monkeypatch):
+    """The card is written after the model; metrics.json, the mark of a finished run, last of all."""
+    import errno
+
+    import samtune.card
+
+    def no_space(run_dir, facts):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "README.md"))
+
+    monkeypatch.setattr(samtune.card, "write_model_card", no_space)
+    run = tmp_path / "run"
+    result = _fails(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", run, "--max-steps", "2",
+                     "training.batch_size=8"], EXIT_TRAINING, os.strerror(errno.ENOSPC))  # fmt: skip
+    said = " ".join(result.output.split())
+    assert f"could not write {run / 'README.md'}" in said and "eval_accuracy 0." in said and "--resume auto" in said
+    assert not (run / "metrics.json").exists()

@@ -344,3 +344,119 @@ def test_ctrl_c_under_nproc_saves_once_and_exits_130(tmp_path, text_model_dir):
 
     step = int(Path(last_complete_checkpoint(run)).name.split("-")[1])
     assert f"a checkpoint at step {step}" in err
+
+
+# ---- what a resume accepts, and what it leaves untouched -----------------------------------
+
+
+class _Crash(Exception):
+    """A crash between two steps, as a killed process leaves its run directory."""
+
+
+def _interrupted(tmp_path: Path, model_dir: Path, data: Path) -> tuple[Path, Path]:
+    """A recipe (4 steps, a checkpoint after each) and its run, crashed after checkpoint-2; (recipe, run)."""
+    from transformers import TrainerCallback
+
+    from samtune.recipe import load_recipe
+    from samtune.runner import train
+
+    recipe = tmp_path / "four-steps.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name": str(model_dir), "max_length": 16}, "data": {"dataset": str(data)},
+        "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_strategy": "no",
+                     "save_strategy": "steps", "save_steps": 1, "save_total_limit": 5, "logging_steps": 1},
+    }))  # fmt: skip
+
+    class CrashAtStep3(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise _Crash
+
+    run = tmp_path / "run"
+    with pytest.raises(_Crash):
+        train(load_recipe(str(recipe), flags={"output.dir": str(run)}), callbacks=[CrashAtStep3()],
+              notify=lambda _: None)  # fmt: skip
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    return recipe, run
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from samtune.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _files(run: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of a run directory (but its lock, which each command takes): its bytes and modification time."""
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".samtune.lock"}  # fmt: skip
+
+
+def test_a_resume_on_another_model_or_data_is_refused_and_leaves_the_run_as_it_was(tmp_path, text_model_dir, text_csv):
+    import shutil
+
+    from tiny import tiny_bert
+
+    from samtune.errors import EXIT_USAGE
+
+    recipe, run = _interrupted(tmp_path, text_model_dir, text_csv)
+    other_model = tmp_path / "wider-bert"
+    shutil.copytree(text_model_dir, other_model)
+    tiny_bert(vocab_size=64, num_labels=2, hidden_size=48).save_pretrained(other_model)
+    other_data = write_csv(tmp_path / "other.csv", text_examples(80, seed=7))
+    before = _files(run)
+    for flag, value, key in (("--model", other_model, "model.name"), ("--dataset", other_data, "data.dataset")):
+        result = _cli("train", recipe, "--output-dir", run, "--resume", "auto", flag, value)
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert key in result.output and str(value) in result.output and "Traceback" not in result.output
+        assert _files(run) == before  # config.yaml included: nothing is written before a resume is accepted
+
+
+def test_resume_auto_on_a_finished_run_says_so_and_changes_nothing(tmp_path, text_model_dir, text_csv):
+    """Exit 0 with the same command (a re-queued job that finished is not an error); refused with other settings."""
+    from samtune.errors import EXIT_USAGE
+
+    recipe, run = _interrupted(tmp_path, text_model_dir, text_csv)
+    finished = _cli("train", recipe, "--output-dir", run, "--resume", "auto")
+    assert finished.exit_code == 0, finished.output
+    before = _files(run)
+    assert "metrics.json" in before and "model.safetensors" in before
+    again = _cli("train", recipe, "--output-dir", run, "--resume", "auto")
+    assert again.exit_code == 0, again.output
+    assert "finished" in again.output and "nothing" in again.output
+    assert _files(run) == before
+    changed = _cli("train", recipe, "--output-dir", run, "--resume", "auto", "--max-steps", "8")
+    assert changed.exit_code == EXIT_USAGE, changed.output
+    assert "training.max_steps: 4 -> 8" in changed.output and "--init-from" in changed.output
+    assert _files(run) == before
+
+
+def _damage(path: Path) -> None:
+    """Bytes changed in a file's middle: a JSON that no longer parses, a torch file whose data fails its checksum
+    (torch.load itself reads it: NaN where the bytes land), a safetensors header that no longer fits its file."""
+    data = bytearray(path.read_bytes())
+    middle = 8 if path.suffix == ".safetensors" else len(data) // 2  # safetensors: its header's first bytes
+    data[middle : middle + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "trainer_state.json", "optimizer.pt", "samtune_state.json"])
+def test_a_damaged_checkpoint_is_named_with_the_complete_one_before_it(tmp_path, text_model_dir, text_csv, damaged):
+    from samtune.errors import EXIT_USAGE
+
+    recipe, run = _interrupted(tmp_path, text_model_dir, text_csv)
+    _damage(run / "checkpoint-2" / damaged)
+    before = _files(run)
+    result = _cli("train", recipe, "--output-dir", run, "--resume", "auto", "sam.rho=0.1")
+    assert result.exit_code == EXIT_USAGE, result.output
+    said = " ".join(result.output.split())
+    assert str(run / "checkpoint-2" / damaged) in said and "Traceback" not in said
+    assert f"--resume {run / 'checkpoint-1'}" in said
+    assert _files(run) == before  # config.yaml still says rho 0.05: the resume was not accepted
+    if damaged == "optimizer.pt":  # the advice works
+        resumed = _cli("train", recipe, "--output-dir", run, "--resume", run / "checkpoint-1", "sam.rho=0.1")
+        assert resumed.exit_code == 0, resumed.output
+        assert yaml.safe_load((run / "config.yaml").read_text())["sam"]["rho"] == 0.1
+        assert json.loads((run / "metrics.json").read_text())["train_steps"] == 4

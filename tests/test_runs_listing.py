@@ -56,3 +56,31 @@ def test_finished_interrupted_failed_and_running_runs_newest_first(tmp_path, tex
     table = runner.invoke(app, ["runs", str(root)])
     assert table.exit_code == 0 and "interrupted at step 6" in " ".join(table.output.split())
     assert "no run directories" in runner.invoke(app, ["runs", str(tmp_path / "none")]).output
+
+
+def test_a_run_with_a_malformed_config_or_metrics_is_listed_as_unreadable_beside_the_rest(tmp_path):
+    root = tmp_path / "runs"
+    good = "model: {name: m}\ndata: {dataset: d.csv}\nsam: {rho: 0.05}\n"
+    _fake_run(root / "good", good, checkpoint=3)
+    _fake_run(root / "bad-yaml", "model: {name: [unclosed\n")
+    _fake_run(root / "list-yaml", "- not\n- a mapping\n")
+    _fake_run(root / "binary-yaml", "")
+    (root / "binary-yaml" / "config.yaml").write_bytes(b"\xff\xfe\x00model")
+    for name, text in {"bad-json": "{not json", "list-json": "[1, 2]", "text-metric": '{"eval_accuracy": "high"}',
+                       "text-time": '{"eval_accuracy": 0.5, "wall_time": "long"}'}.items():  # fmt: skip
+        _fake_run(root / name, good)
+        (root / name / "metrics.json").write_text(text)
+    runs = {r["run"]: r for r in find_runs(root)}
+    assert runs["good"]["status"] == "interrupted at step 3"
+    unreadable = {"bad-yaml": "config.yaml", "list-yaml": "config.yaml", "binary-yaml": "config.yaml",
+                  "bad-json": "metrics.json", "list-json": "metrics.json",
+                  "text-metric": "metrics.json", "text-time": "metrics.json"}  # fmt: skip
+    for name, file in unreadable.items():
+        assert runs[name]["status"].startswith(f"unreadable: {file}"), (name, runs[name]["status"])
+        assert runs[name]["value"] is None and runs[name]["wall_time"] is None
+    table = runner.invoke(app, ["runs", str(root)])
+    assert table.exit_code == 0, table.output
+    flat = " ".join(table.output.split())
+    assert "interrupted at step 3" in flat and flat.count("unreadable: ") == len(unreadable)
+    listed = runner.invoke(app, ["runs", str(root), "--json"])
+    assert listed.exit_code == 0 and len(json.loads(listed.output)) == len(unreadable) + 1

@@ -385,8 +385,11 @@ def _saved_differences(run: ArmRun) -> list[str]:
 
 
 def _run_one(run: ArmRun, index: int, total: int, resume: bool, callbacks: list[Any] | None, notify: Notify,
-             again: str) -> None:  # fmt: skip
-    """Train one arm on one seed, or keep it if it finished earlier (resume); errors name the arm and seed."""
+             again: str, on_accepted: Callable[[], None] | None = None) -> None:  # fmt: skip
+    """Train one arm on one seed, or keep it if it finished earlier (resume); errors name the arm and seed.
+
+    `on_accepted` is called once the run's inputs are accepted, before it writes anything (see `runner.train`).
+    """
     from samtune.rundir import CONFIG_FILE, METRICS_FILE, contents, last_complete_checkpoint
     from samtune.runner import train
 
@@ -408,7 +411,7 @@ def _run_one(run: ArmRun, index: int, total: int, resume: bool, callbacks: list[
     kept = f"{done} and {'are' if index != 2 else 'is'} kept; continue the comparison with:\n  {again}"
     try:
         train(run.recipe, overwrite=started and not checkpoint, resume="auto" if checkpoint else None,
-              callbacks=callbacks, resume_command=again, notify=notify)  # fmt: skip
+              callbacks=callbacks, resume_command=again, notify=notify, on_accepted=on_accepted)  # fmt: skip
     except Interrupted as e:
         hint = f"{done}. Continue the comparison (and this run) with:\n  {again}"
         raise Interrupted(f"the comparison stopped during {run.label}: {e.message}", hint, e.exit_code) from e
@@ -454,12 +457,14 @@ def compare(
     again = resume_command or "samtune.analysis.compare.compare(..., resume=True)"
     started = time.perf_counter()
     with RunLock(out):
-        if overwrite:
-            clear_output_dir(out)
         (out / COMPARE_MARK).write_text("written by samtune compare; --overwrite may replace this folder\n")
+        # --overwrite: the previous comparison goes once the first run has accepted its data and model, not before
+        # (a refused input leaves it as it was); that run's own folder is replaced by the run itself.
+        first = runs[0].run_dir
+        replace = (lambda: clear_output_dir(out, keep=first)) if overwrite else None
         try:
             for index, run in enumerate(runs, 1):
-                _run_one(run, index, len(runs), resume, callbacks, notify, again)
+                _run_one(run, index, len(runs), resume, callbacks, notify, again, replace if index == 1 else None)
         finally:
             _tidy_if_empty(out)
         settings = {

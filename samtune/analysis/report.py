@@ -24,7 +24,8 @@ from samtune.analysis.plots import Landscape, plot_curves, plot_surfaces
 from samtune.analysis.runs import load_batches, load_examples, open_run, pick_rows
 from samtune.analysis.sharpness import hessian_top_eigenvalue, hessian_trace, sam_sharpness
 from samtune.card import LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE, SHARPNESS_FILE
-from samtune.errors import DataError, TrainingError, UsageError
+from samtune.errors import DataError, DiskFullError, TrainingError, UsageError
+from samtune.files import writable_problem
 from samtune.saved import SavedRun
 
 DEFAULT_RHOS = (0.01, 0.05, 0.1, 0.2)
@@ -164,6 +165,9 @@ def measure_sharpness(
     _check_options(batches, batch_size, grid_points, span, trace_samples, rhos)
     quiet_transformers()
     run = open_run(Path(run_dir))
+    if (why := writable_problem(run.run_dir)) is not None:  # before minutes of measuring, not after
+        raise UsageError(f"cannot write the measurements into {run.run_dir}: {why}",
+                         "Measure a copy of the run in a writable place (cp -r RUN_DIR COPY).")  # fmt: skip
     other = open_run(Path(against), "--against") if against is not None else None
     if other is not None and (other.task, other.labels) != (run.task, run.labels):
         raise UsageError(
@@ -244,15 +248,20 @@ def _write_report(out_dir: Path, results: list[dict[str, Any]], settings: dict[s
     from samtune.files import atomic_path, write_json_atomic
 
     alphas = settings["alphas"]
-    lands = [Landscape(r["name"], alphas, r["landscape"]["loss_1d"], alphas, r["landscape"]["loss_2d"]) for r in results]
-    for name, plot in ((LANDSCAPE_1D_FILE, plot_curves), (LANDSCAPE_2D_FILE, plot_surfaces)):
-        with atomic_path(out_dir / name) as tmp:
-            plot(lands, tmp)
     report = {**results[0], "settings": settings, "figures": {"landscape_1d": LANDSCAPE_1D_FILE,
                                                               "landscape_2d": LANDSCAPE_2D_FILE}}  # fmt: skip
     if len(results) > 1:
         report["against"] = results[1]
     report = _json_safe(report)
-    write_json_atomic(out_dir / SHARPNESS_FILE, report)
+    write_json_atomic(out_dir / SHARPNESS_FILE, report)  # the numbers first: a full disk then loses a figure at most
+    lands = [Landscape(r["name"], alphas, r["landscape"]["loss_1d"], alphas, r["landscape"]["loss_2d"])
+             for r in results]  # fmt: skip
+    try:
+        for name, plot in ((LANDSCAPE_1D_FILE, plot_curves), (LANDSCAPE_2D_FILE, plot_surfaces)):
+            with atomic_path(out_dir / name) as tmp:
+                plot(lands, tmp)
+    except DiskFullError as e:
+        e.hint = f"The numbers are saved in {out_dir / SHARPNESS_FILE}. {e.hint}"
+        raise
     update_card_sharpness(out_dir)
     return report
