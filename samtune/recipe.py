@@ -549,7 +549,10 @@ _RecipeYAML.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|F
 
 def load_yaml(text: str) -> Any:
     """A recipe's YAML text (or a command-line value) as data; see _RecipeYAML for what differs from yaml.safe_load."""
-    return yaml.load(text, Loader=_RecipeYAML)  # noqa: S506 - a SafeLoader subclass
+    try:
+        return yaml.load(text, Loader=_RecipeYAML)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:  # PyYAML composes and builds nested values recursively
+        raise yaml.YAMLError("the YAML nests too deeply (thousands of levels): a recipe is a few levels of sections")
 
 
 def read_recipe_file(path: Path) -> dict[str, Any]:

@@ -209,3 +209,12 @@ def test_a_list_inside_a_list_is_a_recipe_error_naming_the_key(key):
         build_recipe({}, [f"{key}=[[a, b], [c]]"])
     assert err.value.problems and all(p.startswith(f"{key}.") or p.startswith(f"{key}:") for p in err.value.problems)
     assert all("[str]" not in p.split(":")[0] for p in err.value.problems)  # the key as typed, no union branch in it
+
+
+def test_yaml_nested_thousands_of_levels_deep_is_a_recipe_error(tmp_path):
+    """PyYAML builds nested values recursively: 5,000 levels (10 KB) must be a recipe error, not a RecursionError."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("data:\n  labels: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(str(path))
+    assert "nests too deeply" in str(info.value)

@@ -62,7 +62,7 @@ from samtune.analysis.comparison import plot_learning_curves, read_curves
 from samtune.tasks import GREATER_IS_BETTER, METRICS
 from samtune.errors import Interrupted, RecipeError, SamtuneError, TrainingError, UsageError
 from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides, settings_for_variant
-from samtune.recipe import yaml_scalar
+from samtune.recipe import load_yaml, yaml_scalar
 
 ARMS: dict[str, str] = {
     "adamw": "the base optimizer alone (sam.rho=0)",
@@ -373,7 +373,7 @@ def _saved_differences(run: ArmRun) -> list[str]:
     """'key: saved -> now' for every setting where the run directory's config.yaml differs from the run's recipe."""
     from samtune.rundir import CONFIG_FILE
 
-    saved = yaml.safe_load((run.run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    saved = load_yaml((run.run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     now = yaml.safe_load(run.recipe.model_copy(update={"name": run.recipe.run_name()}).to_yaml())
 
     def walk(a: Any, b: Any, key: str) -> list[str]:
