@@ -13,7 +13,9 @@ Per micro-batch:
 2. e(w) = rho * g / ||g|| (ASAM: rho * w^2 * g / || |w| g ||); a non-finite ||g|| (fp16
    overflow) skips the climb for this micro-batch and is counted;
 3. save w exactly and climb to w + e(w);
-4. descent: the stock `Trainer.training_step` at w + e(w), BatchNorm running statistics frozen,
+4. descent: the stock `Trainer.training_step` at w + e(w), BatchNorm running statistics frozen
+   (the ascent updated them at w; with `ascent_fraction`, whose ascent sees part of the micro-batch,
+   the ascent leaves them alone and the descent updates them),
    so loss scaling, accumulation, the GradScaler and the DDP all-reduce are the stock ones;
 5. restore w by copy, in a `finally`;
 6. return the ascent loss (the loss at w) for logging.
@@ -67,8 +69,7 @@ from samtune.optim.functional import (
 from samtune.optim.selection import PRESETS, climbing_names
 from samtune.optim.settings import SAMSettings, sam_window
 from samtune.optim.shards import is_sharded
-from samtune.optim.variants import SAMVariant, ascent_rows, batch_size_of, first_rows
-from samtune.optim.variants import looksam_direction, looksam_gradient_
+from samtune.optim.variants import SAMVariant, looksam_direction, looksam_gradient_
 from samtune.sam_checkpoint import SAMCheckpointing
 
 _LOMO = ("lomo", "adalomo")
@@ -378,13 +379,16 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         looksam = variant.name == "looksam"
         last_micro_batch = self.accelerator.sync_gradients
         params = self.sam_parameters(model)
-        ascent_inputs = copy.copy(inputs)
-        if variant.name == "ascent_fraction":
-            size = batch_size_of(inputs)
-            if size is not None:
-                ascent_inputs = first_rows(inputs, ascent_rows(size, variant.ascent_fraction))
+        part = variant.ascent_part(inputs)
+        # BatchNorm's running statistics move once per micro-batch, as in the stock step: in the ascent, whose
+        # forward at w is the stock step's own; where the ascent takes part of the micro-batch, in the descent.
+        whole = part is None
+        ascent_inputs = copy.copy(inputs) if whole else part
         # DDP: the ascent is this process's own (no all-reduce); FSDP2: through FSDP's reduce-scatter (see __init__).
-        with contextlib.nullcontext() if self.is_fsdp2 else self.accelerator.no_sync(model):
+        with (
+            contextlib.nullcontext() if self.is_fsdp2 else self.accelerator.no_sync(model),
+            contextlib.nullcontext() if whole else frozen_running_stats(model),
+        ):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
         if looksam:
             self._looksam_accumulate(grads, num_items_in_batch)
@@ -398,8 +402,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
                 # climb to the local maximum "w + e(w)"
                 saved = save_and_climb_(perturbed, e, out=self._saved_weights)
             del e
-            # The descent, with the stock machinery; BatchNorm statistics were updated at w.
-            with frozen_running_stats(model):
+            # The descent, with the stock machinery.
+            with frozen_running_stats(model) if whole else contextlib.nullcontext():
                 descent_loss = super().training_step(model, copy.copy(inputs), num_items_in_batch)
         finally:
             if saved is not None:
