@@ -13,7 +13,9 @@ Per micro-batch:
 2. e(w) = rho * g / ||g|| (ASAM: rho * w^2 * g / || |w| g ||); a non-finite ||g|| (fp16
    overflow) skips the climb for this micro-batch and is counted;
 3. save w exactly and climb to w + e(w);
-4. descent: the stock `Trainer.training_step` at w + e(w), BatchNorm running statistics frozen,
+4. descent: the stock `Trainer.training_step` at w + e(w), BatchNorm running statistics frozen
+   (the ascent updated them at w; with `ascent_fraction`, whose ascent sees part of the micro-batch,
+   the ascent leaves them alone and the descent updates them),
    so loss scaling, accumulation, the GradScaler and the DDP all-reduce are the stock ones;
 5. restore w by copy, in a `finally`;
 6. return the ascent loss (the loss at w) for logging.
@@ -23,7 +25,8 @@ Clipping, the base optimizer's step, the scheduler and zeroing stay the Trainer'
 Under FSDP2 (Accelerate's `fsdp_version: 2`) step 1 goes through FSDP's reduce-scatter instead: the
 ascent gradient is the mean over the processes (a per-process one would need the whole model's
 unsharded gradient on every process), taken by a backward pass with the accumulated `.grad` set
-aside, and every micro-batch reduce-scatters so that `.grad` stays sharded between them. Steps
+aside, and every micro-batch of a SAM step reduce-scatters so that `.grad` stays sharded between
+them (the steps that do not climb keep the stock schedule of reductions). Steps
 2, 3 and 5 work on each process's shards, the norm summed over them (samtune.optim.shards).
 DeepSpeed and FSDP1 are refused (the README says why).
 
@@ -67,8 +70,7 @@ from samtune.optim.functional import (
 from samtune.optim.selection import SelectionError, climbing_names
 from samtune.optim.settings import SAMSettings, sam_window
 from samtune.optim.shards import is_sharded
-from samtune.optim.variants import SAMVariant, ascent_rows, batch_size_of, first_rows
-from samtune.optim.variants import looksam_direction, looksam_gradient_
+from samtune.optim.variants import SAMVariant, looksam_direction, looksam_gradient_
 from samtune.sam_checkpoint import SAMCheckpointing
 
 _LOMO = ("lomo", "adalomo")
@@ -206,14 +208,6 @@ class SAMTrainer(SAMCheckpointing, Trainer):
                 "SAMTrainer does not support a model sharded by transformers at load time (distributed_config): "
                 "load it unsharded and let Accelerate's FSDP2 shard it (fsdp_version 2)."
             )
-        if self.is_fsdp2 and self.args.rho > 0:
-            # Under FSDP2 the ascent gradient comes through FSDP's reduce-scatter (averaged over the processes:
-            # a per-process ascent would need every process to hold the whole model's unsharded gradient, which
-            # is what sharding avoids). FSDP's no_sync would also keep the descent gradients unsharded between
-            # micro-batches and mix the ascent into them: every micro-batch reduce-scatters instead, so `.grad`
-            # holds sharded, averaged gradients that the ascent can set aside (memory: one gradient shard).
-            # (rho=0 keeps the stock schedule of reductions, so it is the stock step to the bit.)
-            self.accelerator.gradient_state.plugin_kwargs["sync_each_batch"] = True
         if (args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true") and not self.is_fsdp_enabled:
             # Accelerate asked for FSDP but did not turn it on: it does so only on accelerator devices, and on CPU
             # processes it silently trains with plain data parallelism. Never let a run look sharded when it is not.
@@ -373,13 +367,25 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         looksam = variant.name == "looksam"
         last_micro_batch = self.accelerator.sync_gradients
         params = self.sam_parameters(model)
-        ascent_inputs = copy.copy(inputs)
-        if variant.name == "ascent_fraction":
-            size = batch_size_of(inputs)
-            if size is not None:
-                ascent_inputs = first_rows(inputs, ascent_rows(size, variant.ascent_fraction))
-        # DDP: the ascent is this process's own (no all-reduce); FSDP2: through FSDP's reduce-scatter (see __init__).
-        with contextlib.nullcontext() if self.is_fsdp2 else self.accelerator.no_sync(model):
+        part = variant.ascent_part(inputs)
+        # BatchNorm's running statistics move once per micro-batch, as in the stock step: in the ascent, whose
+        # forward at w is the stock step's own; where the ascent takes part of the micro-batch, in the descent.
+        whole = part is None
+        ascent_inputs = copy.copy(inputs) if whole else part
+        if self.is_fsdp2:
+            # The ascent gradient comes through FSDP's reduce-scatter (averaged over the processes: a per-process
+            # ascent would need every process to hold the whole model's unsharded gradient, which is what sharding
+            # avoids). The Trainer's no_sync around a step's earlier micro-batches would keep FSDP's gradients
+            # unreduced between them, and the next ascent would reduce them with its own: every micro-batch of a
+            # SAM step reduce-scatters instead, so `.grad` holds sharded, averaged gradients that the ascent sets
+            # aside (memory: one gradient shard). Accelerate's no_sync turns reduction back on at its exit; a step
+            # that does not climb keeps the stock schedule of reductions, so it is the stock step to the bit.
+            model.set_requires_gradient_sync(True)
+        # DDP: the ascent is this process's own (no all-reduce); FSDP2: through FSDP's reduce-scatter (above).
+        with (
+            contextlib.nullcontext() if self.is_fsdp2 else self.accelerator.no_sync(model),
+            contextlib.nullcontext() if whole else frozen_running_stats(model),
+        ):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
         if looksam:
             self._looksam_accumulate(grads, num_items_in_batch)
@@ -393,8 +399,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
                 # climb to the local maximum "w + e(w)"
                 saved = save_and_climb_(perturbed, e, out=self._saved_weights)
             del e
-            # The descent, with the stock machinery; BatchNorm statistics were updated at w.
-            with frozen_running_stats(model):
+            # The descent, with the stock machinery.
+            with frozen_running_stats(model) if whole else contextlib.nullcontext():
                 descent_loss = super().training_step(model, copy.copy(inputs), num_items_in_batch)
         finally:
             if saved is not None:
@@ -486,6 +492,10 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
+        # Under FSDP2 the backward pass writes the gradient of every trainable parameter, those that do not climb
+        # too: each one's `.grad` is set aside. Listed before the forward, which swaps the root module's unsharded
+        # parameters in until the backward ends (`model.parameters()` would then list those, not the sharded ones).
+        written = trainable_parameters(model) if self.is_fsdp2 else []
         with torch.enable_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         if self.args.n_gpu > 1:
@@ -497,7 +507,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         target = scaler.scale(loss) if scaler is not None else loss
         if self.is_fsdp2:
             self._check_sharded(params)
-            grads = tuple(gradients_by_backward(target.backward, params))  # FSDP writes sharded gradients to .grad
+            grads = tuple(gradients_by_backward(target.backward, params, written))  # FSDP writes sharded .grad
         else:
             grads = torch.autograd.grad(target, params, allow_unused=True)
         if not loss_is_scaled_for_ga(self, num_items_in_batch):

@@ -13,10 +13,17 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["COLUMNS"] = "200"  # rich wraps at the terminal width; keep messages on one line for asserts
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
 FILLER = ["the", "film", "movie", "was", "a", "plot", "story", "really", "quite", "and", "acting", "very"]
+
+
+def pythonpath(*first: Path | str) -> str:
+    """PYTHONPATH for a test's subprocess: `first`, then this checkout, so that the subprocess imports this checkout's
+    samtune and not one installed in the environment (an editable install of another checkout)."""
+    return os.pathsep.join([*map(str, first), str(CHECKOUT)])
 
 
 def _sentence(rng: random.Random, polar: list[str]) -> str:

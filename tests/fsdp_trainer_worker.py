@@ -4,7 +4,9 @@ Accelerate turns an FSDP request into FSDP only on accelerator devices; this wor
 plugin on CPU processes too (`fsdp_on_cpu.force`), as it does on GPUs.
 
 Arguments: OUT SCENARIO [resume]. Scenarios: "sam" (exact SAM), "asam", "lora" (exact SAM on peft LoRA
-adapters, the base frozen), "looksam" (k=3: steps 0 and 3 climb, 1 and 2 reuse g_v), each with 2 micro-batches per step and a sharded checkpoint (Accelerate's
+adapters, the base frozen), "looksam" (k=3: steps 0 and 3 climb, 1 and 2 reuse g_v), "head" and "nobias" (exact
+SAM with `params` "head" and "!*.bias": the others stay at w), "plainsteps" (rho > 0, every step outside
+the SAM window or an every_k plain step), each with 2 micro-batches per step and a sharded checkpoint (Accelerate's
 SHARDED_STATE_DICT) at step 2; with "resume", the same scenario resumed from that checkpoint into a
 new folder. "rho0" and "plain": the stock Trainer under FSDP2, with its loss divided by the accumulation
 steps as it does for models without loss kwargs (BERT's loss accepts `num_items_in_batch` but ignores
@@ -63,6 +65,11 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
         "asam": dict(rho=0.5, adaptive=True),
         "rho0": dict(rho=0.0),
         "looksam": dict(sam_variant="looksam", looksam_k=3, looksam_alpha=0.7),
+        "head": dict(params="head"),
+        "nobias": dict(params="!*.bias"),
+        # every_k=2 would climb on steps 0 and 2, which lie outside the window (the 2nd step only), and
+        # step 1 inside it is every_k's plain step: no step climbs, rho > 0.
+        "plainsteps": dict(sam_variant="every_k", every_k=2, start=2, stop=2),
     }.get(scenario, {})
     args = SAMArguments(**{
         "output_dir": str(out / (f"{scenario}-resumed" if resume else scenario)),

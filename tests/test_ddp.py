@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import pythonpath
 from tiny import (
     reference_looksam_sgd,
     reference_sam_sgd,
@@ -30,7 +31,7 @@ def _free_port() -> int:
 
 def torchrun(script: str, *args: str, timeout: int = 180, nproc: int = 2, env: dict | None = None) -> None:
     """Run tests/`script` on `nproc` processes under torchrun (`env` added); fails with the processes' stderr."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE), **(env or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath(HERE), **(env or {})}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(HERE / script), *args,

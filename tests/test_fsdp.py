@@ -149,13 +149,25 @@ def test_bf16_mixed_precision_policy_climbs_and_restores_in_the_parameters_dtype
 
 
 @pytest.fixture(scope="module")
-def trainer_runs(tmp_path_factory):
+def trainer_run(tmp_path_factory):
+    """Runs a scenario of fsdp_trainer_worker.py (once, at its first use) and returns the folder of the runs."""
     out = tmp_path_factory.mktemp("fsdp-trainer")
+
+    def run(scenario: str, *extra: str) -> Path:
+        if not (out / f"{scenario}{'-resumed' if extra else ''}-rank0.pt").is_file():
+            torchrun("fsdp_trainer_worker.py", str(out), scenario, *extra)
+        return out
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def trainer_runs(trainer_run):
     for scenario in ("sam", "asam", "looksam", "rho0", "plain", "lora"):
-        torchrun("fsdp_trainer_worker.py", str(out), scenario)
+        trainer_run(scenario)
     for scenario in ("sam", "looksam"):
-        torchrun("fsdp_trainer_worker.py", str(out), scenario, "resume")
-    return out
+        trainer_run(scenario, "resume")
+    return trainer_run("sam")
 
 
 def _run(out: Path, name: str, rank: int = 0) -> dict:
@@ -185,6 +197,24 @@ def test_samtrainer_under_fsdp2_equals_single_process_sam(trainer_runs, scenario
         assert _worst(r0["state"], other) > 1e-4
 
 
+@pytest.mark.parametrize(("scenario", "params"), [("head", "head"), ("nobias", "!*.bias")])
+def test_samtrainer_under_fsdp2_climbs_only_the_chosen_parameters(trainer_run, scenario, params):
+    """`sam.params` sharded: the parameters left out stay at w in the descent, and their `.grad` holds the descent
+    gradients only (the ascent's backward pass writes theirs too: it must be set aside with the climbing ones')."""
+    out = trainer_run(scenario)
+    r0, r1 = _run(out, scenario, 0), _run(out, scenario, 1)
+    assert r0["param_type"] == "DTensor" and r0["climb_steps"] == 3
+    assert _worst(r0["state"], r1["state"]) == 0.0
+    model, steps = tiny_bert(), _merged_micro_batches(out, scenario)
+    names = [n for n, _ in model.named_parameters()]
+    climbing = {n for n in names if n.startswith("classifier.")} if params == "head" else {
+        n for n in names if not n.endswith(".bias")}  # fmt: skip
+    reference = reference_sam_sgd(model, steps, rho=0.05, lr=0.5, climbing=climbing).state_dict()
+    assert _worst(r0["state"], reference) <= 1e-6
+    # The choice matters here: SAM on every parameter ends elsewhere.
+    assert _worst(reference, reference_sam_sgd(model, steps, rho=0.05, lr=0.5).state_dict()) > 1e-4
+
+
 def test_samtrainer_lora_under_fsdp2(trainer_runs):
     """LoRA adapters (peft) on a sharded BERT: the adapters and the head climb and train as single-process SAM
     says (1e-6); the frozen base comes back bit for bit."""
@@ -208,9 +238,14 @@ def test_samtrainer_looksam_under_fsdp2(trainer_runs):
     assert r0["climb_steps"] == 2  # steps 0 and 3 climb; 1 and 2 reuse g_v
 
 
-def test_samtrainer_rho0_under_fsdp2_is_the_stock_step_to_the_bit(trainer_runs):
-    plain, rho0 = _run(trainer_runs, "plain")["state"], _run(trainer_runs, "rho0")["state"]
-    assert all(torch.equal(plain[k], rho0[k]) for k in plain)
+@pytest.mark.parametrize("scenario", ["rho0", "plainsteps"])
+def test_samtrainer_steps_that_do_not_climb_under_fsdp2_are_the_stock_step_to_the_bit(trainer_run, scenario):
+    """rho=0, and at rho > 0 the steps outside the SAM window and a variant's plain steps: the stock step, with the
+    stock schedule of reductions (gradients accumulated unreduced over the micro-batches, reduced once)."""
+    out = trainer_run(scenario)
+    assert _run(out, scenario)["climb_steps"] == 0
+    plain, mine = _run(trainer_run("plain"), "plain")["state"], _run(out, scenario)["state"]
+    assert all(torch.equal(plain[k], mine[k]) for k in plain), _worst(plain, mine)
 
 
 @pytest.mark.parametrize("scenario", ["sam", "looksam"])
@@ -263,7 +298,7 @@ def test_samtune_train_with_fsdp_writes_a_whole_run_and_resumes_from_sharded_che
     """The product path under FSDP2 (Accelerate made to shard on CPU processes, see fsdp_on_cpu): the run's
     checkpoints are sharded, the finished run is the whole model (from_pretrained, `samtune eval` gives the
     run's accuracy), and a run resumed from a sharded checkpoint ends with the uninterrupted run's weights."""
-    from conftest import text_examples, write_csv
+    from conftest import pythonpath, text_examples, write_csv
     from fsdp_on_cpu import sitecustomize
     from safetensors.torch import load_file
 
@@ -273,7 +308,7 @@ def test_samtune_train_with_fsdp_writes_a_whole_run_and_resumes_from_sharded_che
     train_csv = write_csv(tmp_path / "train.csv", text_examples(48))
     valid_csv = write_csv(tmp_path / "valid.csv", text_examples(12, seed=3))
     site = sitecustomize(tmp_path / "site")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{site}{os.pathsep}{HERE}"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath(site, HERE)}
 
     def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(train_csv),

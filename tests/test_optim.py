@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from samtune.optim import SAM, ascent_norm, climb_, frozen_running_stats, restore_weights_, sam_perturbation, save_weights
+from samtune.optim.functional import gradients_by_backward
 
 
 def _mlp(seed: int = 0) -> nn.Module:
@@ -93,6 +94,16 @@ def test_frozen_running_stats_leaves_buffers_and_counter_alone():
     assert bn.track_running_stats
     # It still normalises with the batch's own statistics, as training mode should.
     assert out.mean(0).abs().max() < 1e-5
+
+
+def test_gradients_by_backward_sets_aside_every_gradient_the_pass_writes():
+    """The backward pass writes every parameter's gradient: those asked for come back, and every `.grad` held
+    before (the parameters not asked for too) is as it was, the pass's own gradient for it dropped."""
+    a, b = nn.Parameter(torch.tensor([1.0, 2.0])), nn.Parameter(torch.tensor([3.0]))
+    a.grad, b.grad = torch.tensor([10.0, 20.0]), torch.tensor([30.0])
+    (grad_a,) = gradients_by_backward(lambda: ((a * a).sum() * b.sum()).backward(), [a], written=[a, b])
+    assert torch.equal(grad_a, 2 * a.detach() * 3.0)
+    assert torch.equal(a.grad, torch.tensor([10.0, 20.0])) and torch.equal(b.grad, torch.tensor([30.0]))
 
 
 def _reference_sam(model, batches, base_cls, rho, adaptive=False, **base_kw):

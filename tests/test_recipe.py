@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import pythonpath
 
 from samtune.errors import RecipeError, UsageError
 from samtune.recipe import SAMSection, build_recipe, builtin_recipes, load_recipe, resolve_package_path
@@ -85,7 +86,7 @@ def test_package_paths_resolve_without_importing(tmp_path):
     (pkg / "model").mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")  # importing it would fail
     code = "from samtune.recipe import resolve_package_path as r; print(r('package:shipped_pkg/model'))"
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": pythonpath(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(pkg / "model")

@@ -244,23 +244,30 @@ def sam_perturbation(
     return params, perturbation_(grads, params, rho / (norm + NORM_EPS)), norm
 
 
-def gradients_by_backward(backward: Callable[[], object], params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+def gradients_by_backward(
+    backward: Callable[[], object], params: Sequence[torch.Tensor], written: Sequence[torch.Tensor] = ()
+) -> list[torch.Tensor | None]:
     """The gradients that `backward()` writes into `params`' `.grad`, with their earlier `.grad` left as it was.
 
     For models whose gradients only a backward pass produces: under FSDP2 the gradient of a sharded
     parameter is written by FSDP's post-backward hook (the reduce-scatter, which averages it over the
     processes); `torch.autograd.grad` with respect to the sharded parameters sees none. The `.grad`
     already held (earlier micro-batches' descent gradients) is set aside during the pass and put
-    back, even on an error: the ascent gradient never mixes with it.
+    back, even on an error: the ascent gradient never mixes with it. The pass writes the gradient of
+    every parameter that requires one: `written` names those beyond `params` (the parameters that do
+    not climb), whose `.grad` is set aside and put back alike, and what the pass wrote for them dropped.
+    List the parameters before the forward pass: FSDP2 swaps the root module's unsharded parameters in
+    from its forward to the end of its backward, and a module's parameters are then those.
     """
-    held = [p.grad for p in params]
-    for p in params:
+    aside = list({id(p): p for p in (*params, *written)}.values())
+    held = [p.grad for p in aside]
+    for p in aside:
         p.grad = None
     try:
         backward()
         return [p.grad for p in params]
     finally:
-        for p, g in zip(params, held, strict=True):
+        for p, g in zip(aside, held, strict=True):
             p.grad = g
 
 

@@ -19,7 +19,8 @@ variant here trades some of SAM's effect for less of that extra pass:
                      Tay, "Sharpness-Aware Minimization Improves Language Model Generalization",
                      ACL 2022: 25% of the batch kept most of the gain). Extra cost about the
                      fraction of a pass on models whose cost scales with the batch; the climb
-                     direction is noisier.
+                     direction is noisier. BatchNorm's running statistics come from the descent
+                     (the whole micro-batch, at w + e(w)), not from the ascent's share.
 ``rst``              Randomized Sharpness-Aware Training (Zhao, Zhang and Hu, 2022): each step is
                      a SAM step with probability p, a plain step otherwise. Extra cost p of a pass.
 
@@ -77,6 +78,15 @@ class SAMVariant:
         if self.name == "rst":
             return rst_draw(step, self.rst_probability, self.seed)
         return True
+
+    def ascent_part(self, inputs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The examples of a micro-batch the ascent takes where it takes fewer than all of them (`ascent_fraction`:
+        the first ceil(fraction * batch)); None where it takes the whole micro-batch."""
+        if self.name != "ascent_fraction":
+            return None
+        size = batch_size_of(inputs)
+        rows = size if size is None else ascent_rows(size, self.ascent_fraction)
+        return None if rows == size else first_rows(inputs, rows)
 
     @property
     def extra_pass_share(self) -> float:
