@@ -352,12 +352,23 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         return [p for n, p in named if p.requires_grad and n in self._climbing]
 
     def _rho_now(self) -> float:
-        """This step's radius: rho, or with `schedule="lr"` rho * lr_t / peak lr (GSAM's rule)."""
-        if self.args.schedule == "constant" or self.args.rho == 0:
+        """This step's radius: rho, or with `schedule="lr"` rho * lr_t / lr_0 (GSAM's rule).
+
+        lr_0 is the optimizer's own: the rate its scheduler started from (`initial_lr`, which torch's
+        schedulers record in each group; without one, the group's rate at the first step), not
+        `learning_rate`, which a caller's optimizer or a group's own rate need not follow. SAM's
+        neighbourhood is one ball, so there is one ratio: the first group with a positive lr_0 sets it
+        (a group at rate 0 takes no step). The Trainer's schedulers scale every group by the same
+        factor, so every group gives the same ratio there; a scheduler with a factor per group lets
+        the first group decide.
+        """
+        if self.args.schedule == "constant" or self.args.rho == 0 or self.optimizer is None:
             return self.args.rho
-        peak = self.args.learning_rate
-        lr_t = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else peak
-        return self.args.rho * lr_t / peak if peak > 0 else 0.0
+        for group in self.optimizer.param_groups:
+            peak = group.setdefault("initial_lr", group["lr"])
+            if peak > 0:
+                return self.args.rho * group["lr"] / peak
+        return 0.0
 
     def _in_sam_window(self) -> bool:
         """Whether this optimizer step lies in the SAM window (`start`, `stop`; the whole run by default)."""

@@ -46,6 +46,57 @@ def test_lr_schedule_scales_rho_with_the_learning_rate(tmp_path, batch_size, acc
     assert max_abs_diff(constant, reference) > 1e-5  # the schedule changed the run
 
 
+def _sam_trainer_with(tmp_path, model, rows, optimizers, **kw):
+    from samtune import SAMTrainer
+    from tiny import ListDataset
+
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=N_STEPS, rho=RHO, schedule="lr", max_grad_norm=0.0,
+                 weight_decay=0.0, train_sampling_strategy="sequential", **kw)  # fmt: skip
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows), optimizers=optimizers)
+    trainer.train()
+    return trainer
+
+
+def _logged_rhos(trainer) -> list[float]:
+    return [h["sam_rho"] for h in trainer.state.log_history if "sam_rho" in h]
+
+
+def test_lr_schedule_divides_by_the_optimizers_own_learning_rate(tmp_path):
+    """A caller's optimizer (SGD at LR, a constant schedule) and learning_rate left at its default (5e-5): the
+    learning rate never moves, so rho_t = rho on every step (the default learning_rate made it 1e4 rho)."""
+    rows, model = text_rows(4 * N_STEPS), tiny_bert()
+    trained = copy.deepcopy(model)
+    sgd = torch.optim.SGD(trained.parameters(), lr=LR)
+    trainer = _sam_trainer_with(tmp_path, trained, rows, (sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda t: 1.0)))
+    assert trainer.args.learning_rate == 5e-5  # the default, which is not this optimizer's
+    reference = reference_sam_sgd(model, _steps(rows, 4, 1, N_STEPS), RHO, LR)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert _logged_rhos(trainer) == [pytest.approx(RHO, rel=1e-12)] * N_STEPS
+
+
+def test_lr_schedule_follows_each_groups_own_peak(tmp_path):
+    """Two parameter groups, the body at LR / 10 and the head at LR, under the Trainer's warmup and decay: each
+    group's rate is its own peak times the schedule's factor, and rho_t = rho * that factor (the body's rate over
+    learning_rate made it 10 times too small)."""
+    rows, model = text_rows(4 * N_STEPS), tiny_bert()
+    head = {"classifier.weight", "classifier.bias"}
+    trained = copy.deepcopy(model)
+    named = list(trained.named_parameters())
+    sgd = torch.optim.SGD([{"params": [p for n, p in named if n not in head], "lr": LR / 10},
+                           {"params": [p for n, p in named if n in head], "lr": LR}])  # fmt: skip
+    trainer = _sam_trainer_with(tmp_path, trained, rows, (sgd, None), learning_rate=LR, lr_scheduler_type="linear",
+                                warmup_steps=2)  # fmt: skip
+    factors = [linear_warmup_lr(1.0, t, 2, N_STEPS) for t in range(N_STEPS)]  # 0, .5, 1, 2/3, 1/3
+    scale = {n: (1.0 if n in head else 0.1) for n, _ in named}
+    reference = reference_sam_sgd_per_step(model, _steps(rows, 4, 1, N_STEPS), [RHO * f for f in factors],
+                                           [LR * f for f in factors], lr_scale=scale)  # fmt: skip
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert _logged_rhos(trainer)[1:] == [pytest.approx(RHO * f, rel=1e-9) for f in factors[1:]]
+    too_small = reference_sam_sgd_per_step(model, _steps(rows, 4, 1, N_STEPS), [RHO * f / 10 for f in factors],
+                                           [LR * f for f in factors], lr_scale=scale)  # fmt: skip
+    assert max_abs_diff(too_small, reference) > 1e-5  # the comparison sees a radius 10 times off
+
+
 @GA
 @pytest.mark.parametrize(("start", "stop", "sam_steps"), [(0.4, 0.8, {2, 3}), (2, 4, {1, 2, 3})],
                          ids=["fractions", "step-numbers"])  # fmt: skip

@@ -225,19 +225,25 @@ def reference_sam_sgd_per_step(
     rhos: list[float],
     lrs: list[float],
     climbing: set[str] | None = None,
+    lr_scale: dict[str, float] | None = None,
 ) -> nn.Module:
-    """SGD where step t has its own radius rhos[t] (0: a plain step) and learning rate lrs[t]."""
+    """SGD where step t has its own radius rhos[t] (0: a plain step) and learning rate lrs[t].
+
+    `lr_scale` (parameter names): a parameter's learning rate is lrs[t] times its scale (1 if not named), as for
+    parameter groups with their own rates under one schedule.
+    """
     model = copy.deepcopy(model)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scales = [(lr_scale or {}).get(n, 1.0) for n, _ in named]
     for step, rho, lr in zip(steps, rhos, lrs, strict=True):
-        total = [torch.zeros_like(p) for p in params]
+        total = [torch.zeros_like(p) for _, p in named]
         for batch in step:
             for acc, g in zip(total, reference_sam_gradient(model, batch, rho, climbing=climbing)):
                 acc.add_(g / len(step))
         with torch.no_grad():
-            for p, g in zip(params, total):
-                p.sub_(lr * g)
+            for (_, p), g, scale in zip(named, total, scales):
+                p.sub_(lr * scale * g)
     return model
 
 

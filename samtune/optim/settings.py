@@ -99,9 +99,10 @@ class SAMSettings:
     )
     schedule: ScheduleName = setting(
         "lr",
-        "How the radius moves: 'lr' (default): rho_t = rho * lr_t / peak lr (GSAM's rule, Zhuang et al. "
-        "2022: the radius ramps up with the warmup and decays with the learning rate), or 'constant' (the "
-        "paper's SAM). The default was chosen on samtune's pretrained fine-tune suite (benchmarks/finetune.py).",
+        "How the radius moves: 'lr' (default): rho_t = rho * lr_t / lr_0 (GSAM's rule, Zhuang et al. "
+        "2022: the radius ramps up with the warmup and decays with the learning rate), lr_0 being the rate the "
+        "optimizer's schedule started from (its first parameter group with a rate above 0 decides), or 'constant' "
+        "(the paper's SAM). The default was chosen on samtune's pretrained fine-tune suite (benchmarks/finetune.py).",
     )
     start: float = setting(
         0.1,
