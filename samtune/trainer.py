@@ -65,7 +65,7 @@ from samtune.optim.functional import (
     trainable_parameters,
 )
 from samtune.optim.selection import PRESETS, climbing_names
-from samtune.optim.settings import SAMSettings, sam_window
+from samtune.optim.settings import SAMSettings, empty_window_problem, sam_window
 from samtune.optim.shards import is_sharded
 from samtune.optim.variants import SAMVariant, ascent_rows, batch_size_of, first_rows
 from samtune.optim.variants import looksam_direction, looksam_gradient_
@@ -76,6 +76,10 @@ _LOMO = ("lomo", "adalomo")
 
 class UnsupportedSetupError(ValueError):
     """A training setup under which SAM's step cannot be made exact (DeepSpeed, FSDP, ...)."""
+
+
+class SAMWindowError(ValueError):
+    """The SAM window (`start`, `stop`) holds no optimizer step of the run: SAM would never climb."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -256,6 +260,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             self.add_callback(_StepSkipper(self))
         if self.is_fsdp2:
             self.add_callback(_ShardCheck(self))
+        self.add_callback(_WindowCheck(self))
 
     # ---- the step ------------------------------------------------------------------------
 
@@ -376,6 +381,17 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             return True
         first, end = sam_window(self.args.start, self.args.stop, self.state.max_steps)
         return first <= self.state.global_step < end
+
+    def check_sam_window(self, total_steps: int | None = None) -> None:
+        """Refuse (SAMWindowError) a SAM window that holds no step of the run, whose `total_steps` optimizer steps
+        are counted as `train()` counts them when not given. `train()` checks before its first step."""
+        if self.args.rho == 0 or (self.args.start == 0 and self.args.stop is None):
+            return
+        if total_steps is None:
+            total_steps = self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
+        problem = empty_window_problem(self.args.start, self.args.stop, total_steps)
+        if problem:
+            raise SAMWindowError(problem)
 
     def _sam_step(
         self,
@@ -596,6 +612,16 @@ class _ShardCheck(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer.args.rho > 0:
             self.trainer._check_sharded(self.trainer.sam_parameters(self.trainer.model))
+
+
+class _WindowCheck(TrainerCallback):
+    """Refuse an empty SAM window once the run's length is known, before any step."""
+
+    def __init__(self, trainer: SAMTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.check_sam_window(state.max_steps)
 
 
 class _StepSkipper(TrainerCallback):

@@ -347,3 +347,10 @@ def test_an_id_the_hub_does_not_know_is_still_not_found(monkeypatch, tmp_path, t
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unknown)
     _fails(["train", "--model", "org/typo", "--dataset", text_csv, "--output-dir", tmp_path / "run"], EXIT_USAGE,
            "model 'org/typo' not found", "huggingface.co/models")  # fmt: skip
+
+
+def test_an_empty_sam_window_is_refused_before_the_run_directory_is_written(train_args, tmp_path):
+    """sam.stop=5 with the default start (after 10% of the steps) on a 60-step run: SAM would take no step."""
+    _fails([*train_args, "--max-steps", "60", "sam.stop=5"], EXIT_USAGE,
+           "start=0.1 puts its first step at step 7", "stop=5 its last at step 5", "sam.start")  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_trainer import SGD_PLAIN, _args, _steps, _train
 from tiny import (
+    ListDataset,
     linear_warmup_lr,
     max_abs_diff,
     micro_batches,
@@ -17,11 +18,12 @@ from tiny import (
     text_rows,
     tiny_bert,
 )
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from samtune import SAMArguments
+from samtune import SAMArguments, SAMTrainer
 from samtune.errors import RecipeError
-from samtune.optim.settings import sam_window
+from samtune.optim.settings import default_of, sam_window
+from samtune.trainer import SAMWindowError
 from samtune.recipe import build_recipe
 
 N_STEPS, RHO, LR = 5, 0.1, 0.5
@@ -47,9 +49,6 @@ def test_lr_schedule_scales_rho_with_the_learning_rate(tmp_path, batch_size, acc
 
 
 def _sam_trainer_with(tmp_path, model, rows, optimizers, **kw):
-    from samtune import SAMTrainer
-    from tiny import ListDataset
-
     args = _args(tmp_path, per_device_train_batch_size=4, max_steps=N_STEPS, rho=RHO, schedule="lr", max_grad_norm=0.0,
                  weight_decay=0.0, train_sampling_strategy="sequential", **kw)  # fmt: skip
     trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows), optimizers=optimizers)
@@ -115,14 +114,51 @@ def test_window_takes_sam_steps_inside_and_plain_steps_outside(tmp_path, batch_s
     assert max_abs_diff(everywhere, reference) > 1e-5
 
 
+class _WeightsAfterEachStep(TrainerCallback):
+    def __init__(self):
+        self.after: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.after[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def test_steps_outside_the_window_are_the_stock_step_to_the_bit(tmp_path):
-    rows = text_rows(8)
-    common = dict(per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3)
-    stock = _train(tiny_bert(), rows, _args(tmp_path, TrainingArguments, **common), Trainer)
-    late = _train(tiny_bert(), rows, _args(tmp_path, rho=RHO, start=3, **common))  # SAM from step 3 of 2
-    s1, s2 = stock.model.state_dict(), late.model.state_dict()
-    assert all(torch.equal(s1[k], s2[k]) for k in s1)
-    assert late.sam_climb_steps == 0
+    """SAM on the last of 3 steps only (start=3): steps 1 and 2 are the stock Trainer's to the bit."""
+    rows = text_rows(12)
+    common = dict(per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3)
+    runs = []
+    for cls, trainer_cls, kw in ((TrainingArguments, Trainer, {}), (SAMArguments, SAMTrainer, dict(rho=RHO, start=3))):
+        weights = _WeightsAfterEachStep()
+        trainer = trainer_cls(model=tiny_bert(), args=_args(tmp_path, cls, **common, **kw),
+                              train_dataset=ListDataset(rows), callbacks=[weights])  # fmt: skip
+        trainer.train()
+        runs.append((trainer, weights.after))
+    (_, stock), (late, sam) = runs
+    for step in (1, 2):
+        assert all(torch.equal(stock[step][k], sam[step][k]) for k in stock[step])
+    assert any(not torch.equal(stock[3][k], sam[3][k]) for k in stock[3])  # step 3 took SAM's step
+    assert late.sam_climb_steps == 1
+
+
+@pytest.mark.parametrize(
+    ("window", "ends"),
+    [
+        ({"stop": 5}, ("start=0.1 puts its first step at step 7", "stop=5 its last at step 5")),
+        ({"start": 61}, ("start=61 puts its first step at step 61", "after the run's last, step 60")),
+    ],
+    ids=["fraction-after-step-number", "start-past-the-end"],
+)
+def test_an_empty_window_is_refused_before_any_step(tmp_path, window, ends):
+    """A window that holds no step of the run (the default start, 10% of 60 steps, after stop=5; a start past the
+    end) would train without SAM and say nothing: refused when training starts, before any step."""
+    model = tiny_bert()
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=60, rho=RHO, **{"start": default_of("start"),
+                                                                                   **window})  # fmt: skip
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(text_rows(8)))
+    with pytest.raises(SAMWindowError) as refused:
+        trainer.train()
+    assert all(end in str(refused.value) for end in ends), str(refused.value)
+    assert trainer.state.global_step == 0 and max_abs_diff(model, tiny_bert()) == 0.0
 
 
 @pytest.mark.parametrize("accumulation", [1, 2], ids=["ga1", "ga2"])

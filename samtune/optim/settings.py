@@ -228,6 +228,24 @@ def sam_window(start: float, stop: float | None, total_steps: int) -> tuple[int,
     return first, end
 
 
+def empty_window_problem(start: float, stop: float | None, total_steps: int) -> str | None:
+    """Why the SAM window holds no step of a run of `total_steps` optimizer steps (None if it holds one).
+
+    `window_problems` compares start and stop only where both are of one kind; a fraction and a step
+    number, or a start past the run's end, can only be compared once the run's length is known.
+    """
+    first, end = sam_window(start, stop, total_steps)
+    if first < min(end, total_steps):
+        return None
+    starts = f"start={start:g} puts its first step at step {first + 1}"
+    ends = f"after the run's last, step {total_steps}" if first >= total_steps else f"stop={stop:g} its last at step {end}"
+    return (
+        f"the SAM window holds no step of this {total_steps}-step run ({starts}, {ends}): SAM would never climb. "
+        "Move start before stop and the run's end (sam.start / sam.stop in a recipe: a fraction of the steps below "
+        "1, a step number from 1), or set rho=0 to train without SAM."
+    )
+
+
 def _holds(value: float, op: str, bound: float) -> bool:
     return {"ge": value >= bound, "gt": value > bound, "le": value <= bound}[op]
 
