@@ -169,9 +169,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
     Logs, at the Trainer's logging steps: `sam_rho` (the latest SAM step's radius; the configured rho
     before the first SAM step),
     `sam_ascent_grad_norm` (mean ||g|| of the ascent passes since the last log, on this process),
-    `sam_sharpness` (mean over the SAM steps since the last log of L(w + e(w)) - L(w), the
-    sharpness SAM minimises, computed from the two passes it takes anyway; with dropout it includes
-    the two passes' different masks), `sam_perturbations_skipped` (total climbs skipped because
+    `sam_sharpness` (mean over the SAM steps since the last log, and over the processes, of
+    L(w + e(w)) - L(w), the sharpness SAM minimises, computed from the two passes it takes anyway;
+    with dropout it includes the two passes' different masks), `sam_perturbations_skipped` (total climbs skipped because
     ||g|| was not finite, on this process) and `sam_climb_steps` (optimizer steps that took SAM's
     two passes: all of them for exact SAM, fewer for the variants, the window and the schedule).
 
@@ -586,15 +586,25 @@ class SAMTrainer(SAMCheckpointing, Trainer):
 
     # ---- logging -------------------------------------------------------------------------
 
+    def _mean_sharpness(self) -> float | None:
+        """The mean sharpness of the SAM steps since the last log, over every process's steps (the logged loss is
+        averaged over the processes too; each process climbs on its own micro-batches), then reset. Every process
+        calls it at a logging step (one all-reduce); None if no step climbed."""
+        totals = torch.tensor([float(self._sharpness_sum), float(self._sharpness_count)], dtype=torch.float64,
+                              device=self.accelerator.device)  # fmt: skip
+        (totals,) = self._mean_over_processes([totals])
+        self._sharpness_sum, self._sharpness_count = 0.0, 0
+        return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add SAM's own figures to the Trainer's training logs."""
         if "loss" in logs:
             logs["sam_rho"] = self._last_rho
             if self._sam_norm_count:
                 logs["sam_ascent_grad_norm"] = self._sam_norm_sum / self._sam_norm_count
-            if self._sharpness_count:
-                logs["sam_sharpness"] = float(self._sharpness_sum) / self._sharpness_count
-            self._sharpness_sum, self._sharpness_count = 0.0, 0
+            sharpness = self._mean_sharpness()
+            if sharpness is not None:
+                logs["sam_sharpness"] = sharpness
             logs["sam_perturbations_skipped"] = self.sam_perturbations_skipped
             logs["sam_climb_steps"] = self.sam_climb_steps
             if self.sam_nonfinite_skipped:

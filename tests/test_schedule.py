@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from tiny import (
     micro_batches,
     reference_sam_sgd,
     reference_sam_sgd_per_step,
+    reference_sharpness,
     text_rows,
     tiny_bert,
 )
@@ -165,17 +165,7 @@ def test_an_empty_window_is_refused_before_any_step(tmp_path, window, ends):
 def test_logged_sharpness_is_the_loss_rise_at_w_plus_e(tmp_path, accumulation):
     """sam_sharpness = L(w + e(w)) - L(w) of the step's mean loss, from the two passes SAM takes anyway."""
     rows, model = text_rows(4), tiny_bert()
-    by_hand = 0.0
-    for batch in micro_batches(rows, 4 // accumulation):
-        probe = copy.deepcopy(model).train()
-        params = [p for p in probe.parameters() if p.requires_grad]
-        loss = probe(**batch).loss
-        grads = torch.autograd.grad(loss, params)
-        norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.add_(RHO * g / (norm + 1e-12))
-            by_hand += (float(probe(**batch).loss) - float(loss)) / accumulation
+    by_hand = reference_sharpness(model, micro_batches(rows, 4 // accumulation), RHO)
     args = _args(tmp_path, per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation,
                  max_steps=1, learning_rate=LR, rho=RHO, **SGD_PLAIN)  # fmt: skip
     trainer = _train(copy.deepcopy(model), rows, args)

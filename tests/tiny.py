@@ -140,6 +140,23 @@ def reference_sam_gradient(
     return [torch.zeros_like(p) if g is None else g for g, p in zip(sam_grads, params)]
 
 
+def reference_sharpness(model: nn.Module, batches: list[dict[str, torch.Tensor]], rho: float) -> float:
+    """SAM's sharpness over one optimizer step's micro-batches: the mean of L(w + e(w)) - L(w), each micro-batch
+    climbing on its own gradient (e(w) = rho * g / ||g||), w left as it was."""
+    rise = 0.0
+    for batch in batches:
+        probe = copy.deepcopy(model).train()
+        params = [p for p in probe.parameters() if p.requires_grad]
+        loss = probe(**batch).loss
+        grads = torch.autograd.grad(loss, params)
+        norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(rho * g / (norm + 1e-12))
+            rise += (float(probe(**batch).loss) - float(loss)) / len(batches)
+    return rise
+
+
 def reference_sam_sgd(
     model: nn.Module,
     steps: list[list[dict[str, torch.Tensor]]],
