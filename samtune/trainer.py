@@ -10,7 +10,7 @@ Per micro-batch:
 1. ascent: the gradient g of the micro-batch loss at w, inside `no_sync` and with
    `torch.autograd.grad`, so neither DDP nor the `.grad` buffers (which hold the earlier
    micro-batches' descent gradients) see it;
-2. e(w) = rho * g / ||g|| (ASAM: rho * w^2 * g / || |w| g ||); a non-finite ||g|| (fp16
+2. e(w) = rho * g / ||g|| (ASAM: rho * T^2 * g / || T g ||, T = |w| + asam_eta); a non-finite ||g|| (fp16
    overflow) skips the climb for this micro-batch and is counted;
 3. save w exactly and climb to w + e(w);
 4. descent: the stock `Trainer.training_step` at w + e(w), BatchNorm running statistics frozen,
@@ -415,7 +415,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
         if looksam:
             self._looksam_accumulate(grads, num_items_in_batch)
-        perturbed, e, norm = sam_perturbation(grads, params, rho, self.args.adaptive)
+        perturbed, e, norm = sam_perturbation(grads, params, rho, self.args.adaptive, self.args.asam_eta)
         del grads
         finite = not self._nonfinite_in_step and self._record_ascent(norm)
 
@@ -590,7 +590,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         """The mean sharpness of the SAM steps since the last log, over every process's steps (the logged loss is
         averaged over the processes too; each process climbs on its own micro-batches), then reset. Every process
         calls it at a logging step (one all-reduce); None if no step climbed."""
-        totals = torch.tensor([float(self._sharpness_sum), float(self._sharpness_count)], dtype=torch.float64,
+        totals = torch.tensor([float(self._sharpness_sum), float(self._sharpness_count)], dtype=torch.float32,
                               device=self.accelerator.device)  # fmt: skip
         (totals,) = self._mean_over_processes([totals])
         self._sharpness_sum, self._sharpness_count = 0.0, 0

@@ -22,6 +22,8 @@ from transformers import (
 )
 
 NUM_LABELS = 3
+# ASAM's eta, T = |w| + eta: the value of Kwon et al.'s paper and official code (SamsungLabs/ASAM).
+ASAM_ETA = 0.01
 
 
 # Two layers of width 32: big enough to have every part of the architecture, small enough for CPU.
@@ -104,11 +106,12 @@ def reference_sam_gradient(
     ascent_batch: dict[str, torch.Tensor] | None = None,
     before_forward: Callable[[], None] | None = None,
     climbing: set[str] | None = None,
+    asam_eta: float = ASAM_ETA,
 ) -> list[torch.Tensor]:
     """The gradient at w + e(w) of one batch's mean loss, by the paper's formula, leaving w as it was.
 
-    e(w) = rho * g / ||g||            (SAM)
-    e(w) = rho * w^2 * g / ||w g||    (ASAM)
+    e(w) = rho * g / ||g||              (SAM)
+    e(w) = rho * T^2 * g / ||T g||      (ASAM, T = |w| + asam_eta elementwise; asam_eta 0: davda54/sam's form)
     with a 1e-12 guard on the norm, as davda54/sam and samtune use. g is the gradient of
     `ascent_batch` (default: the batch itself). `before_forward` runs before each of the two
     forward passes (a test replays the RNG state the trainer's pass saw there, for dropout).
@@ -123,15 +126,12 @@ def reference_sam_gradient(
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
     if climbing is not None:
         grads = [g if n in climbing else torch.zeros_like(g) for (n, _), g in zip(named, grads)]
-    if adaptive:
-        norm = torch.sqrt(sum(((p.detach().abs() * g) ** 2).sum() for p, g in zip(params, grads)))
-    else:
-        norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    scales = [p.detach().abs() + asam_eta if adaptive else torch.ones_like(p) for p in params]  # T
+    norm = torch.sqrt(sum(((t * g) ** 2).sum() for t, g in zip(scales, grads)))
     originals = [p.detach().clone() for p in params]
     with torch.no_grad():
-        for p, g in zip(params, grads):
-            weight = p * p if adaptive else 1.0
-            p.add_(rho * weight * g / (norm + 1e-12))
+        for p, g, t in zip(params, grads, scales):
+            p.add_(rho * t * t * g / (norm + 1e-12))
     before_forward()
     sam_grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
     with torch.no_grad():
@@ -164,6 +164,7 @@ def reference_sam_sgd(
     lr: float,
     adaptive: bool = False,
     climbing: set[str] | None = None,
+    asam_eta: float = ASAM_ETA,
 ) -> nn.Module:
     """Plain SGD with SAM: each step averages the SAM gradients of its micro-batches (`climbing`: who climbs)."""
     model = copy.deepcopy(model)
@@ -172,7 +173,8 @@ def reference_sam_sgd(
     for step in steps:
         total = [torch.zeros_like(p) for p in params]
         for batch in step:
-            for t, g in zip(total, reference_sam_gradient(model, batch, rho, adaptive, climbing=climbing)):
+            grads = reference_sam_gradient(model, batch, rho, adaptive, climbing=climbing, asam_eta=asam_eta)
+            for t, g in zip(total, grads):
                 t.add_(g / len(step))
         with torch.no_grad():
             for p, t in zip(params, total):

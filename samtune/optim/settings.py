@@ -74,7 +74,16 @@ class SAMSettings:
         ge=0, finite=True,
         why="it is the radius SAM climbs in; use 0.05 for SAM, 0.5-2.0 for ASAM, or 0 to train without SAM.",
     )  # fmt: skip
-    adaptive: bool = setting(False, "ASAM (Kwon et al., 2021): scale the climb per weight by |w|.")
+    adaptive: bool = setting(False, "ASAM (Kwon et al., 2021): scale the climb per weight by T = |w| + asam_eta.")
+    asam_eta: float = setting(
+        0.01,
+        "ASAM only: eta in ASAM's per-weight scale T = |w| + eta (e(w) = rho T^2 g / ||T g||). The default, 0.01, "
+        "is the paper's and its official code's: a weight at exactly 0 (LoRA's B at init, a new head's bias) then "
+        "climbs too, and the rho values ASAM is known for (0.5-2.0) were tuned with it. 0 is davda54/sam's form "
+        "(T = |w|), in which a weight at 0 never leaves w in the climb.",
+        ge=0, finite=True,
+        why="T = |w| + eta scales the climb per weight; 0.01 is the paper's, 0 davda54/sam's form.",
+    )  # fmt: skip
     sam_variant: VariantName = setting(
         "sam",
         "Which SAM step: 'sam' (exact, every step), or a cheaper variant: 'every_k' (SAM on one step "
