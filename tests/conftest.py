@@ -12,6 +12,15 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TESTS = Path(__file__).parent
+
+
+def pythonpath(*first: Path | str) -> str:
+    """PYTHONPATH for a test's subprocess: `first`, then tests/ and this checkout's root, so that the subprocess
+    imports the samtune under test rather than an installed one (an editable install may point at another tree)."""
+    return os.pathsep.join(str(p) for p in (*first, TESTS, TESTS.parent))
+
+
 os.environ["COLUMNS"] = "200"  # rich wraps at the terminal width; keep messages on one line for asserts
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]

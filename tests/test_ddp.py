@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import pythonpath
 from tiny import (
     reference_looksam_sgd,
     reference_sam_sgd,
@@ -31,9 +32,7 @@ def _free_port() -> int:
 
 def torchrun(script: str, *args: str, timeout: int = 180, nproc: int = 2, env: dict | None = None) -> None:
     """Run tests/`script` on `nproc` processes under torchrun (`env` added); fails with the processes' stderr."""
-    # The checkout's own samtune (HERE.parent) before any installed one: the workers run the code under test.
-    path = os.pathsep.join([str(HERE), str(HERE.parent)])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **(env or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath(), **(env or {})}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(HERE / script), *args,

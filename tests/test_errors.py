@@ -265,7 +265,8 @@ def test_init_from_a_run_on_other_labels(text_model_dir, text_csv, tmp_path):
     rows = [{"text": r["text"], "label": {"pos": "yes", "neg": "no"}[r["label"]]} for r in text_examples(40)]
     other = write_csv(tmp_path / "other.csv", rows)
     first = train(build_recipe({"model": {"name": str(text_model_dir)}, "data": {"dataset": str(other)},
-                                "training": {"max_steps": 1}, "output": {"dir": str(tmp_path / "first")}}))  # fmt: skip
+                                "training": {"max_steps": 1}, "sam": {"start": 0},  # one step: SAM from the first
+                                "output": {"dir": str(tmp_path / "first")}}))  # fmt: skip
     _fails(["train", "--model", text_model_dir, "--init-from", first.run_dir, "--dataset", text_csv,
             "--output-dir", tmp_path / "second"], EXIT_DATA, "trained on 2 labels (no, yes)", "neg, pos")  # fmt: skip
     assert not (tmp_path / "second").exists()

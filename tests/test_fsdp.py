@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import pythonpath
 from test_ddp import torchrun
 from tiny import reference_looksam_sgd, reference_sam_sgd, tiny_bert
 
@@ -273,7 +274,7 @@ def test_samtune_train_with_fsdp_writes_a_whole_run_and_resumes_from_sharded_che
     train_csv = write_csv(tmp_path / "train.csv", text_examples(48))
     valid_csv = write_csv(tmp_path / "valid.csv", text_examples(12, seed=3))
     site = sitecustomize(tmp_path / "site")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{site}{os.pathsep}{HERE}"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath(site)}
 
     def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(train_csv),

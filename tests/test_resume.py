@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import text_examples, write_csv, write_jsonl
+from conftest import pythonpath, text_examples, write_csv, write_jsonl
 from safetensors.torch import load_file
 
 from samtune.optim.settings import default_of, sam_window
@@ -48,7 +48,7 @@ def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | Non
 
 def _samtune(args: list, interrupt: str = "", at_step: int = 4) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SAMTUNE_TEST_INTERRUPT": interrupt,
-           "SAMTUNE_TEST_STEP": str(at_step), "PYTHONPATH": str(HERE), "COLUMNS": "300"}  # fmt: skip
+           "SAMTUNE_TEST_STEP": str(at_step), "PYTHONPATH": pythonpath(), "COLUMNS": "300"}  # fmt: skip
     cmd = [sys.executable, str(HERE / "interrupt_driver.py"), *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -275,7 +275,7 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp
     """The first run is slowed by a long training; the second starts while it holds the lock."""
     data = write_csv(tmp_path / "train.csv", text_examples(400))
     run = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath()}
     first = subprocess.Popen(
         [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(data),
          "--output-dir", str(run), "--epochs", "4", "--batch-size", "4"],
