@@ -467,13 +467,17 @@ def _train_locked(o: _RunOptions) -> RunResult:
     data, processor, model, task = _prepare(recipe, o.notify if is_main_process() else (lambda _: None))
     if recipe.model.init_from and data.labels:
         _check_init_from(recipe, data.labels)
-    from samtune.trainer import UnsupportedSetupError
+    from samtune.trainer import SAMWindowError, UnsupportedSetupError
 
     try:
         args, precision = training_arguments(recipe, run_dir, task, model)
     except UnsupportedSetupError as e:  # an accelerate config asking for DeepSpeed
         raise UsageError(str(e)) from e
     trainer = _build_trainer(args, data, processor, model, task, o.callbacks, recipe.training.threshold)
+    try:
+        trainer.check_sam_window()  # the run's length is known from here on; nothing is written yet
+    except SAMWindowError as e:
+        raise UsageError(str(e)) from e
     notify = o.notify if is_main_process() else (lambda _: None)  # one voice in multi-process runs
     stopper = GracefulStop(announce=notify)
     trainer.add_callback(stopper)

@@ -10,7 +10,7 @@ Per micro-batch:
 1. ascent: the gradient g of the micro-batch loss at w, inside `no_sync` and with
    `torch.autograd.grad`, so neither DDP nor the `.grad` buffers (which hold the earlier
    micro-batches' descent gradients) see it;
-2. e(w) = rho * g / ||g|| (ASAM: rho * w^2 * g / || |w| g ||); a non-finite ||g|| (fp16
+2. e(w) = rho * g / ||g|| (ASAM: rho * T^2 * g / || T g ||, T = |w| + asam_eta); a non-finite ||g|| (fp16
    overflow) skips the climb for this micro-batch and is counted;
 3. save w exactly and climb to w + e(w);
 4. descent: the stock `Trainer.training_step` at w + e(w), BatchNorm running statistics frozen
@@ -68,7 +68,7 @@ from samtune.optim.functional import (
     trainable_parameters,
 )
 from samtune.optim.selection import SelectionError, climbing_names
-from samtune.optim.settings import SAMSettings, sam_window
+from samtune.optim.settings import SAMSettings, empty_window_problem, sam_window
 from samtune.optim.shards import is_sharded
 from samtune.optim.variants import SAMVariant, looksam_direction, looksam_gradient_
 from samtune.sam_checkpoint import SAMCheckpointing
@@ -78,6 +78,10 @@ _LOMO = ("lomo", "adalomo")
 
 class UnsupportedSetupError(ValueError):
     """A training setup under which SAM's step cannot be made exact (DeepSpeed, FSDP, ...)."""
+
+
+class SAMWindowError(ValueError):
+    """The SAM window (`start`, `stop`) holds no optimizer step of the run: SAM would never climb."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -167,9 +171,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
     Logs, at the Trainer's logging steps: `sam_rho` (the latest SAM step's radius; the configured rho
     before the first SAM step),
     `sam_ascent_grad_norm` (mean ||g|| of the ascent passes since the last log, on this process),
-    `sam_sharpness` (mean over the SAM steps since the last log of L(w + e(w)) - L(w), the
-    sharpness SAM minimises, computed from the two passes it takes anyway; with dropout it includes
-    the two passes' different masks), `sam_perturbations_skipped` (total climbs skipped because
+    `sam_sharpness` (mean over the SAM steps since the last log, and over the processes, of
+    L(w + e(w)) - L(w), the sharpness SAM minimises, computed from the two passes it takes anyway;
+    with dropout it includes the two passes' different masks), `sam_perturbations_skipped` (total climbs skipped because
     ||g|| was not finite, on this process) and `sam_climb_steps` (optimizer steps that took SAM's
     two passes: all of them for exact SAM, fewer for the variants, the window and the schedule).
 
@@ -250,6 +254,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             self.add_callback(_StepSkipper(self))
         if self.is_fsdp2:
             self.add_callback(_ShardCheck(self))
+        self.add_callback(_WindowCheck(self))
 
     # ---- the step ------------------------------------------------------------------------
 
@@ -341,12 +346,23 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         return [p for n, p in named if p.requires_grad and n in self._climbing]
 
     def _rho_now(self) -> float:
-        """This step's radius: rho, or with `schedule="lr"` rho * lr_t / peak lr (GSAM's rule)."""
-        if self.args.schedule == "constant" or self.args.rho == 0:
+        """This step's radius: rho, or with `schedule="lr"` rho * lr_t / lr_0 (GSAM's rule).
+
+        lr_0 is the optimizer's own: the rate its scheduler started from (`initial_lr`, which torch's
+        schedulers record in each group; without one, the group's rate at the first step), not
+        `learning_rate`, which a caller's optimizer or a group's own rate need not follow. SAM's
+        neighbourhood is one ball, so there is one ratio: the first group with a positive lr_0 sets it
+        (a group at rate 0 takes no step). The Trainer's schedulers scale every group by the same
+        factor, so every group gives the same ratio there; a scheduler with a factor per group lets
+        the first group decide.
+        """
+        if self.args.schedule == "constant" or self.args.rho == 0 or self.optimizer is None:
             return self.args.rho
-        peak = self.args.learning_rate
-        lr_t = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else peak
-        return self.args.rho * lr_t / peak if peak > 0 else 0.0
+        for group in self.optimizer.param_groups:
+            peak = group.setdefault("initial_lr", group["lr"])
+            if peak > 0:
+                return self.args.rho * group["lr"] / peak
+        return 0.0
 
     def _in_sam_window(self) -> bool:
         """Whether this optimizer step lies in the SAM window (`start`, `stop`; the whole run by default)."""
@@ -354,6 +370,17 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             return True
         first, end = sam_window(self.args.start, self.args.stop, self.state.max_steps)
         return first <= self.state.global_step < end
+
+    def check_sam_window(self, total_steps: int | None = None) -> None:
+        """Refuse (SAMWindowError) a SAM window that holds no step of the run, whose `total_steps` optimizer steps
+        are counted as `train()` counts them when not given. `train()` checks before its first step."""
+        if self.args.rho == 0 or (self.args.start == 0 and self.args.stop is None):
+            return
+        if total_steps is None:
+            total_steps = self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
+        problem = empty_window_problem(self.args.start, self.args.stop, total_steps)
+        if problem:
+            raise SAMWindowError(problem)
 
     def _sam_step(
         self,
@@ -389,7 +416,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
         if looksam:
             self._looksam_accumulate(grads, num_items_in_batch)
-        perturbed, e, norm = sam_perturbation(grads, params, rho, self.args.adaptive)
+        perturbed, e, norm = sam_perturbation(grads, params, rho, self.args.adaptive, self.args.asam_eta)
         del grads
         finite = not self._nonfinite_in_step and self._record_ascent(norm)
 
@@ -564,15 +591,25 @@ class SAMTrainer(SAMCheckpointing, Trainer):
 
     # ---- logging -------------------------------------------------------------------------
 
+    def _mean_sharpness(self) -> float | None:
+        """The mean sharpness of the SAM steps since the last log, over every process's steps (the logged loss is
+        averaged over the processes too; each process climbs on its own micro-batches), then reset. Every process
+        calls it at a logging step (one all-reduce); None if no step climbed."""
+        totals = torch.tensor([float(self._sharpness_sum), float(self._sharpness_count)], dtype=torch.float32,
+                              device=self.accelerator.device)  # fmt: skip
+        (totals,) = self._mean_over_processes([totals])
+        self._sharpness_sum, self._sharpness_count = 0.0, 0
+        return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add SAM's own figures to the Trainer's training logs."""
         if "loss" in logs:
             logs["sam_rho"] = self._last_rho
             if self._sam_norm_count:
                 logs["sam_ascent_grad_norm"] = self._sam_norm_sum / self._sam_norm_count
-            if self._sharpness_count:
-                logs["sam_sharpness"] = float(self._sharpness_sum) / self._sharpness_count
-            self._sharpness_sum, self._sharpness_count = 0.0, 0
+            sharpness = self._mean_sharpness()
+            if sharpness is not None:
+                logs["sam_sharpness"] = sharpness
             logs["sam_perturbations_skipped"] = self.sam_perturbations_skipped
             logs["sam_climb_steps"] = self.sam_climb_steps
             if self.sam_nonfinite_skipped:
@@ -590,6 +627,16 @@ class _ShardCheck(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer.args.rho > 0:
             self.trainer._check_sharded(self.trainer.sam_parameters(self.trainer.model))
+
+
+class _WindowCheck(TrainerCallback):
+    """Refuse an empty SAM window once the run's length is known, before any step."""
+
+    def __init__(self, trainer: SAMTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.check_sam_window(state.max_steps)
 
 
 class _StepSkipper(TrainerCallback):

@@ -12,18 +12,21 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TESTS = Path(__file__).parent
+
+
+def pythonpath(*first: Path | str) -> str:
+    """PYTHONPATH for a test's subprocess: `first`, then tests/ and this checkout's root, so that the subprocess
+    imports the samtune under test rather than an installed one (an editable install may point at another tree)."""
+    return os.pathsep.join(str(p) for p in (*first, TESTS, TESTS.parent))
+
+
 os.environ["COLUMNS"] = "200"  # rich wraps at the terminal width; keep messages on one line for asserts
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
 FILLER = ["the", "film", "movie", "was", "a", "plot", "story", "really", "quite", "and", "acting", "very"]
-
-
-def pythonpath(*first: Path | str) -> str:
-    """PYTHONPATH for a test's subprocess: `first`, then this checkout, so that the subprocess imports this checkout's
-    samtune and not one installed in the environment (an editable install of another checkout)."""
-    return os.pathsep.join([*map(str, first), str(CHECKOUT)])
 
 
 def _sentence(rng: random.Random, polar: list[str]) -> str:

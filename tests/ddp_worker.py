@@ -14,8 +14,8 @@ The second argument picks the scenario:
 - "looksam-overflow-N": LookSAM k=2, and rank 1's N-th ascent norm (1: first micro-batch of step 0,
   2: its last) is infinite, as an fp16 ascent that overflows on one process only.
 
-Each rank saves its final weights, the micro-batches it trained on, and what it counted (or the
-error it stopped with), so the test can compare the ranks with each other and with a
+Each rank saves its final weights, the micro-batches it trained on, what it counted (or the
+error it stopped with) and its logs (every step), so the test can compare the ranks with each other and with a
 single-process reference. A collective that one rank never joins fails within `ddp_timeout`.
 """
 
@@ -87,7 +87,7 @@ def main(out: Path, scenario: str) -> None:
         "gradient_accumulation_steps": 2, "max_steps": 3, "learning_rate": 0.5, "optim": "sgd",
         "lr_scheduler_type": "constant", "max_grad_norm": 0.0, "train_sampling_strategy": "sequential",
         "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "rho": 0.05, "schedule": "constant",
-        "start": 0.0, "ddp_backend": "gloo",
+        "start": 0.0, "ddp_backend": "gloo", "logging_steps": 1,
         "ddp_timeout": 60, **extra,
     })  # fmt: skip
     if scenario == "causal-lm":
@@ -117,6 +117,7 @@ def main(out: Path, scenario: str) -> None:
             "nonfinite_skipped": trainer.sam_nonfinite_skipped,
             "perturbations_skipped": trainer.sam_perturbations_skipped,
             "climb_steps": trainer.sam_climb_steps,
+            "logs": trainer.state.log_history,
         },
         out / f"rank{rank}.pt",
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import text_examples, write_csv
 from PIL import Image
-from tiny import collate, image_rows, text_rows, tiny_bert, tiny_resnet
+from tiny import ASAM_ETA, collate, image_rows, text_rows, tiny_bert, tiny_resnet
 from torch import nn
 from typer.testing import CliRunner
 
@@ -117,8 +117,10 @@ def test_sam_sharpness_of_a_quadratic_is_the_analytic_value(adaptive):
     rhos = [0.01, 0.1, 0.5]
     measured = sam_sharpness(objective, rhos, adaptive=adaptive)
     for rho in rhos:
-        # e = rho g / ||g|| (ASAM: rho w^2 g / || |w| g ||), and L(w + e) - L(w) = g.e + 0.5 e^T A e exactly.
-        e = rho * w**2 * g / ((w.abs() * g).norm() + NORM_EPS) if adaptive else rho * g / (g.norm() + NORM_EPS)
+        # e = rho g / ||g|| (ASAM: rho T^2 g / || T g ||, T = |w| + eta, the paper's eta by default), and
+        # L(w + e) - L(w) = g.e + 0.5 e^T A e exactly.
+        t = w.abs() + ASAM_ETA
+        e = rho * t**2 * g / ((t * g).norm() + NORM_EPS) if adaptive else rho * g / (g.norm() + NORM_EPS)
         expected = (g @ e + 0.5 * e @ a @ e).item()
         # float32 rounds L(w) and L(w + e) to about eps of their size: allow 100 eps of their sum.
         loss_w = (0.5 * w @ a @ w + b @ w).item()

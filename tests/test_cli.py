@@ -125,8 +125,8 @@ def test_overrides_and_flag_precedence(tmp_path, text_model_dir, text_csv):
     _ok(result)
     config = yaml.safe_load((out / "config.yaml").read_text())
     # SAM's general settings at their defaults (the radius follows the lr, from 10% of the steps); no other variant's
-    assert config["sam"] == {"rho": 0.2, "adaptive": True, "variant": "sam", "params": "all", "schedule": "lr",
-                             "start": 0.1, "stop": None}  # fmt: skip
+    assert config["sam"] == {"rho": 0.2, "adaptive": True, "asam_eta": 0.01, "variant": "sam", "params": "all",
+                             "schedule": "lr", "start": 0.1, "stop": None}  # fmt: skip
     assert config["training"]["max_steps"] == 3  # the flag beats the override
     assert config["training"]["learning_rate"] == 5e-3  # '5e-3' read as a number
     metrics = _load_metrics(out)
@@ -148,8 +148,8 @@ def test_variant_flag_runs_a_cheaper_sam_and_the_card_says_which(tmp_path, text_
     assert metrics["sam_climb_steps"] == 1  # step 2 of 4: step 0 (every_k's other) lies before the default window
     assert "SAM every 2 steps" in (out / "README.md").read_text()
     saved = yaml.safe_load((out / "config.yaml").read_text())["sam"]
-    assert saved == {"rho": 0.05, "adaptive": False, "variant": "every_k", "every_k": 2, "params": "all",
-                     "schedule": "lr", "start": 0.1, "stop": None}  # fmt: skip
+    assert saved == {"rho": 0.05, "adaptive": False, "asam_eta": 0.01, "variant": "every_k", "every_k": 2,
+                     "params": "all", "schedule": "lr", "start": 0.1, "stop": None}  # fmt: skip
     _ok(cli("validate", out / "config.yaml", "--schema-only"))  # the saved recipe loads back
 
 

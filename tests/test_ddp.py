@@ -15,6 +15,7 @@ from tiny import (
     reference_looksam_sgd,
     reference_sam_sgd,
     reference_sam_sgd_per_step,
+    reference_sharpness,
     reference_token_level_sam_sgd,
     tiny_bert,
     tiny_gpt2,
@@ -82,6 +83,24 @@ def test_two_process_ddp_with_accumulation_matches_reference(tmp_path):
     merged = [[{k: torch.cat([b[k] for b in step]) for k in step[0]}] for step in steps]
     wrong = reference_sam_sgd(tiny_bert(), merged, rho=0.05, lr=0.5).state_dict()
     assert max((s0[k] - wrong[k]).abs().max().item() for k in s0 if s0[k].is_floating_point()) > 1e-5
+
+
+def test_logged_sharpness_is_the_mean_over_the_processes(tmp_path):
+    """sam_sharpness, like the loss, is averaged over the processes: at every step each rank logs the mean of the
+    two ranks' L(w + e(w)) - L(w), each computed here by hand from that rank's own micro-batches at the step's w."""
+    ranks = _run_workers(tmp_path, "sam")
+    logged = [[h["sam_sharpness"] for h in r["logs"] if "sam_sharpness" in h] for r in ranks]
+    steps = _steps_seen(ranks, [0, 1, 2])
+    expected, per_rank = [], []
+    for t, step in enumerate(steps):
+        w = reference_sam_sgd(tiny_bert(), steps[:t], rho=0.05, lr=0.5)  # the weights the step starts from
+        own = [reference_sharpness(w, step[2 * r : 2 * r + 2], 0.05) for r in range(2)]  # each rank's 2 micro-batches
+        per_rank.append(own)
+        expected.append(sum(own) / 2)
+    # 1e-6: the logged value is float32 arithmetic on the same losses (rounding near 1e-7); the ranks' own values
+    # differ from their mean by far more (checked below), so a rank's own value cannot pass.
+    assert logged[0] == logged[1] == [pytest.approx(e, abs=1e-6) for e in expected]
+    assert all(abs(own[0] - own[1]) / 2 > 1e-4 for own in per_rank)
 
 
 def test_two_process_looksam_matches_reference(tmp_path):

@@ -288,7 +288,8 @@ def test_init_from_a_run_on_other_labels(text_model_dir, text_csv, tmp_path):
     rows = [{"text": r["text"], "label": {"pos": "yes", "neg": "no"}[r["label"]]} for r in text_examples(40)]
     other = write_csv(tmp_path / "other.csv", rows)
     first = train(build_recipe({"model": {"name": str(text_model_dir)}, "data": {"dataset": str(other)},
-                                "training": {"max_steps": 1}, "output": {"dir": str(tmp_path / "first")}}))  # fmt: skip
+                                "training": {"max_steps": 1}, "sam": {"start": 0},  # one step: SAM from the first
+                                "output": {"dir": str(tmp_path / "first")}}))  # fmt: skip
     _fails(["train", "--model", text_model_dir, "--init-from", first.run_dir, "--dataset", text_csv,
             "--output-dir", tmp_path / "second"], EXIT_DATA, "trained on 2 labels (no, yes)", "neg, pos")  # fmt: skip
     assert not (tmp_path / "second").exists()
@@ -464,3 +465,10 @@ def test_a_full_disk_while_saving_the_finished_run_says_its_metrics_and_how_to_f
     said = " ".join(result.output.split())
     assert f"could not write {run / 'README.md'}" in said and "eval_accuracy 0." in said and "--resume auto" in said
     assert not (run / "metrics.json").exists()
+
+
+def test_an_empty_sam_window_is_refused_before_the_run_directory_is_written(train_args, tmp_path):
+    """sam.stop=5 with the default start (after 10% of the steps) on a 60-step run: SAM would take no step."""
+    _fails([*train_args, "--max-steps", "60", "sam.stop=5"], EXIT_USAGE,
+           "start=0.1 puts its first step at step 7", "stop=5 its last at step 5", "sam.start")  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -106,21 +106,24 @@ def test_gradients_by_backward_sets_aside_every_gradient_the_pass_writes():
     assert torch.equal(a.grad, torch.tensor([10.0, 20.0])) and torch.equal(b.grad, torch.tensor([30.0]))
 
 
-def _reference_sam(model, batches, base_cls, rho, adaptive=False, **base_kw):
-    """SAM by hand: perturb each weight by rho * (w^2) * g / ||(|w|) g||, take the gradient, restore, step."""
+# ASAM's eta in T = |w| + eta: Kwon et al.'s paper and official code (SamsungLabs/ASAM) use 0.01.
+PAPER_ETA = 0.01
+
+
+def _reference_sam(model, batches, base_cls, rho, adaptive=False, eta=PAPER_ETA, **base_kw):
+    """SAM by hand: perturb each weight by rho * T^2 * g / ||T g|| (T = 1, ASAM: |w| + eta), take the gradient,
+    restore, step."""
     model = copy.deepcopy(model)
     base = base_cls(model.parameters(), **base_kw)
     params = list(model.parameters())
     for batch in batches:
         grads = torch.autograd.grad(_loss(model, batch), params)
-        if adaptive:
-            norm = torch.sqrt(sum(((p.detach().abs() * g) ** 2).sum() for p, g in zip(params, grads)))
-        else:
-            norm = torch.sqrt(sum((g**2).sum() for g in grads))
+        scale = [p.detach().abs() + eta if adaptive else torch.ones_like(p) for p in params]
+        norm = torch.sqrt(sum(((t * g) ** 2).sum() for t, g in zip(scale, grads)))
         old = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.add_(rho * (p * p if adaptive else 1.0) * g / (norm + 1e-12))
+            for p, g, t in zip(params, grads, scale):
+                p.add_(rho * t * t * g / (norm + 1e-12))
         base.zero_grad()
         _loss(model, batch).backward()
         with torch.no_grad():
@@ -132,7 +135,7 @@ def _reference_sam(model, batches, base_cls, rho, adaptive=False, **base_kw):
 
 def _run_samtune(model, batches, base_cls, rho, adaptive=False, use_closure=False, **base_kw):
     model = copy.deepcopy(model)
-    opt = SAM(model.parameters(), base_cls, rho=rho, adaptive=adaptive, **base_kw)
+    opt = SAM(model.parameters(), base_cls, rho=rho, adaptive=adaptive, **base_kw)  # ASAM: the default eta
     for batch in batches:
         _loss(model, batch).backward()
         if use_closure:
@@ -165,6 +168,37 @@ def test_standalone_sam_matches_hand_written_reference(base_cls, base_kw, adapti
     assert _max_diff(ours, reference) <= 1e-6
     plain, _ = _run_samtune(model, batches, base_cls, 0.0, **base_kw)
     assert _max_diff(plain, reference) > 1e-5  # the reference is not plain training
+
+
+@pytest.mark.parametrize("eta", [0.0, PAPER_ETA, 0.1], ids=["davda54", "paper", "larger"])
+def test_standalone_asam_with_eta_matches_hand_written_reference(eta):
+    """T = |w| + eta, set per optimizer (or per group); eta 0 is davda54/sam's ASAM. A bias at exactly 0 (a new
+    head's) climbs with eta > 0, and stays at 0 in the climb with eta 0 (T = |w| = 0 there)."""
+    model, batches, rho = _mlp(), _batches(), 0.5
+    with torch.no_grad():
+        model[2].bias.zero_()
+    reference = _reference_sam(model, batches, torch.optim.SGD, rho, adaptive=True, eta=eta, lr=0.1)
+    ours = copy.deepcopy(model)
+    opt = SAM(ours.parameters(), torch.optim.SGD, rho=rho, adaptive=True, asam_eta=eta, lr=0.1)
+    for i, batch in enumerate(batches):
+        _loss(ours, batch).backward()
+        opt.first_step(zero_grad=True)
+        if i == 0:
+            assert bool((ours[2].bias != 0).any()) == (eta > 0)  # w + e(w) of the zero bias
+        _loss(ours, batch).backward()
+        opt.second_step(zero_grad=True)
+    assert _max_diff(ours, reference) <= 1e-6  # float32, a different order of sums: rounding near 1e-7
+    other = _reference_sam(model, batches, torch.optim.SGD, rho, adaptive=True, eta=0.05 if eta else PAPER_ETA, lr=0.1)
+    assert _max_diff(other, reference) > 1e-5  # another eta lands elsewhere: the comparison sees eta
+
+
+def test_asam_eta_is_per_group_and_checked():
+    model = _mlp()
+    opt = SAM([{"params": model[0].parameters(), "asam_eta": 0.0}, {"params": model[2].parameters()}],
+              torch.optim.SGD, adaptive=True, lr=0.1)  # fmt: skip
+    assert [g["asam_eta"] for g in opt.param_groups] == [0.0, PAPER_ETA]
+    with pytest.raises(ValueError, match="asam_eta"):
+        SAM(model.parameters(), torch.optim.SGD, adaptive=True, asam_eta=-0.1, lr=0.1)
 
 
 @pytest.mark.parametrize(("base_cls", "base_kw"), BASES, ids=["sgd_momentum", "adamw"])

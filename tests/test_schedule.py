@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 from test_trainer import SGD_PLAIN, _args, _steps, _train
 from tiny import (
+    ListDataset,
     linear_warmup_lr,
     max_abs_diff,
     micro_batches,
     reference_sam_sgd,
     reference_sam_sgd_per_step,
+    reference_sharpness,
     text_rows,
     tiny_bert,
 )
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from samtune import SAMArguments
+from samtune import SAMArguments, SAMTrainer
 from samtune.errors import RecipeError
-from samtune.optim.settings import sam_window
+from samtune.optim.settings import default_of, sam_window
+from samtune.trainer import SAMWindowError
 from samtune.recipe import build_recipe
 
 N_STEPS, RHO, LR = 5, 0.1, 0.5
@@ -46,6 +48,54 @@ def test_lr_schedule_scales_rho_with_the_learning_rate(tmp_path, batch_size, acc
     assert max_abs_diff(constant, reference) > 1e-5  # the schedule changed the run
 
 
+def _sam_trainer_with(tmp_path, model, rows, optimizers, **kw):
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=N_STEPS, rho=RHO, schedule="lr", max_grad_norm=0.0,
+                 weight_decay=0.0, train_sampling_strategy="sequential", **kw)  # fmt: skip
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows), optimizers=optimizers)
+    trainer.train()
+    return trainer
+
+
+def _logged_rhos(trainer) -> list[float]:
+    return [h["sam_rho"] for h in trainer.state.log_history if "sam_rho" in h]
+
+
+def test_lr_schedule_divides_by_the_optimizers_own_learning_rate(tmp_path):
+    """A caller's optimizer (SGD at LR, a constant schedule) and learning_rate left at its default (5e-5): the
+    learning rate never moves, so rho_t = rho on every step (the default learning_rate made it 1e4 rho)."""
+    rows, model = text_rows(4 * N_STEPS), tiny_bert()
+    trained = copy.deepcopy(model)
+    sgd = torch.optim.SGD(trained.parameters(), lr=LR)
+    trainer = _sam_trainer_with(tmp_path, trained, rows, (sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda t: 1.0)))
+    assert trainer.args.learning_rate == 5e-5  # the default, which is not this optimizer's
+    reference = reference_sam_sgd(model, _steps(rows, 4, 1, N_STEPS), RHO, LR)
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert _logged_rhos(trainer) == [pytest.approx(RHO, rel=1e-12)] * N_STEPS
+
+
+def test_lr_schedule_follows_each_groups_own_peak(tmp_path):
+    """Two parameter groups, the body at LR / 10 and the head at LR, under the Trainer's warmup and decay: each
+    group's rate is its own peak times the schedule's factor, and rho_t = rho * that factor (the body's rate over
+    learning_rate made it 10 times too small)."""
+    rows, model = text_rows(4 * N_STEPS), tiny_bert()
+    head = {"classifier.weight", "classifier.bias"}
+    trained = copy.deepcopy(model)
+    named = list(trained.named_parameters())
+    sgd = torch.optim.SGD([{"params": [p for n, p in named if n not in head], "lr": LR / 10},
+                           {"params": [p for n, p in named if n in head], "lr": LR}])  # fmt: skip
+    trainer = _sam_trainer_with(tmp_path, trained, rows, (sgd, None), learning_rate=LR, lr_scheduler_type="linear",
+                                warmup_steps=2)  # fmt: skip
+    factors = [linear_warmup_lr(1.0, t, 2, N_STEPS) for t in range(N_STEPS)]  # 0, .5, 1, 2/3, 1/3
+    scale = {n: (1.0 if n in head else 0.1) for n, _ in named}
+    reference = reference_sam_sgd_per_step(model, _steps(rows, 4, 1, N_STEPS), [RHO * f for f in factors],
+                                           [LR * f for f in factors], lr_scale=scale)  # fmt: skip
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert _logged_rhos(trainer)[1:] == [pytest.approx(RHO * f, rel=1e-9) for f in factors[1:]]
+    too_small = reference_sam_sgd_per_step(model, _steps(rows, 4, 1, N_STEPS), [RHO * f / 10 for f in factors],
+                                           [LR * f for f in factors], lr_scale=scale)  # fmt: skip
+    assert max_abs_diff(too_small, reference) > 1e-5  # the comparison sees a radius 10 times off
+
+
 @GA
 @pytest.mark.parametrize(("start", "stop", "sam_steps"), [(0.4, 0.8, {2, 3}), (2, 4, {1, 2, 3})],
                          ids=["fractions", "step-numbers"])  # fmt: skip
@@ -64,31 +114,58 @@ def test_window_takes_sam_steps_inside_and_plain_steps_outside(tmp_path, batch_s
     assert max_abs_diff(everywhere, reference) > 1e-5
 
 
+class _WeightsAfterEachStep(TrainerCallback):
+    def __init__(self):
+        self.after: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.after[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def test_steps_outside_the_window_are_the_stock_step_to_the_bit(tmp_path):
-    rows = text_rows(8)
-    common = dict(per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3)
-    stock = _train(tiny_bert(), rows, _args(tmp_path, TrainingArguments, **common), Trainer)
-    late = _train(tiny_bert(), rows, _args(tmp_path, rho=RHO, start=3, **common))  # SAM from step 3 of 2
-    s1, s2 = stock.model.state_dict(), late.model.state_dict()
-    assert all(torch.equal(s1[k], s2[k]) for k in s1)
-    assert late.sam_climb_steps == 0
+    """SAM on the last of 3 steps only (start=3): steps 1 and 2 are the stock Trainer's to the bit."""
+    rows = text_rows(12)
+    common = dict(per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3)
+    runs = []
+    for cls, trainer_cls, kw in ((TrainingArguments, Trainer, {}), (SAMArguments, SAMTrainer, dict(rho=RHO, start=3))):
+        weights = _WeightsAfterEachStep()
+        trainer = trainer_cls(model=tiny_bert(), args=_args(tmp_path, cls, **common, **kw),
+                              train_dataset=ListDataset(rows), callbacks=[weights])  # fmt: skip
+        trainer.train()
+        runs.append((trainer, weights.after))
+    (_, stock), (late, sam) = runs
+    for step in (1, 2):
+        assert all(torch.equal(stock[step][k], sam[step][k]) for k in stock[step])
+    assert any(not torch.equal(stock[3][k], sam[3][k]) for k in stock[3])  # step 3 took SAM's step
+    assert late.sam_climb_steps == 1
+
+
+@pytest.mark.parametrize(
+    ("window", "ends"),
+    [
+        ({"stop": 5}, ("start=0.1 puts its first step at step 7", "stop=5 its last at step 5")),
+        ({"start": 61}, ("start=61 puts its first step at step 61", "after the run's last, step 60")),
+    ],
+    ids=["fraction-after-step-number", "start-past-the-end"],
+)
+def test_an_empty_window_is_refused_before_any_step(tmp_path, window, ends):
+    """A window that holds no step of the run (the default start, 10% of 60 steps, after stop=5; a start past the
+    end) would train without SAM and say nothing: refused when training starts, before any step."""
+    model = tiny_bert()
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=60, rho=RHO, **{"start": default_of("start"),
+                                                                                   **window})  # fmt: skip
+    trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(text_rows(8)))
+    with pytest.raises(SAMWindowError) as refused:
+        trainer.train()
+    assert all(end in str(refused.value) for end in ends), str(refused.value)
+    assert trainer.state.global_step == 0 and max_abs_diff(model, tiny_bert()) == 0.0
 
 
 @pytest.mark.parametrize("accumulation", [1, 2], ids=["ga1", "ga2"])
 def test_logged_sharpness_is_the_loss_rise_at_w_plus_e(tmp_path, accumulation):
     """sam_sharpness = L(w + e(w)) - L(w) of the step's mean loss, from the two passes SAM takes anyway."""
     rows, model = text_rows(4), tiny_bert()
-    by_hand = 0.0
-    for batch in micro_batches(rows, 4 // accumulation):
-        probe = copy.deepcopy(model).train()
-        params = [p for p in probe.parameters() if p.requires_grad]
-        loss = probe(**batch).loss
-        grads = torch.autograd.grad(loss, params)
-        norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.add_(RHO * g / (norm + 1e-12))
-            by_hand += (float(probe(**batch).loss) - float(loss)) / accumulation
+    by_hand = reference_sharpness(model, micro_batches(rows, 4 // accumulation), RHO)
     args = _args(tmp_path, per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation,
                  max_steps=1, learning_rate=LR, rho=RHO, **SGD_PLAIN)  # fmt: skip
     trainer = _train(copy.deepcopy(model), rows, args)

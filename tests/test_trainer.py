@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from tiny import (
+    ASAM_ETA,
     ListDataset,
     collate,
     image_rows,
@@ -164,10 +165,15 @@ def test_vit_matches_hand_written_sam(tmp_path):
     assert max_abs_diff(trainer.model, reference) <= 1e-6
 
 
-def test_asam_matches_hand_written_asam(tmp_path):
+@pytest.mark.parametrize("eta", [None, 0.0, 0.1], ids=["default-eta", "davda54", "larger-eta"])
+def test_asam_matches_hand_written_asam(tmp_path, eta):
+    """ASAM's e(w) = rho T^2 g / ||T g||, T = |w| + asam_eta (default: the paper's 0.01; 0: davda54/sam's form).
+    BERT's biases start at exactly 0 (the new head's too): with eta > 0 they climb, with eta 0 they cannot."""
     rows, rho, lr = text_rows(16), 1.0, 0.5
     model = tiny_bert()
-    reference = reference_sam_sgd(model, _steps(rows, 4, 2, 2), rho, lr, adaptive=True)
+    assert torch.count_nonzero(model.classifier.bias) == 0
+    expected_eta = ASAM_ETA if eta is None else eta
+    reference = reference_sam_sgd(model, _steps(rows, 4, 2, 2), rho, lr, adaptive=True, asam_eta=expected_eta)
     args = _args(
         tmp_path,
         per_device_train_batch_size=4,
@@ -176,12 +182,19 @@ def test_asam_matches_hand_written_asam(tmp_path):
         learning_rate=lr,
         rho=rho,
         adaptive=True,
+        **({} if eta is None else {"asam_eta": eta}),
         **SGD_PLAIN,
     )
-    trainer = _train(copy.deepcopy(model), rows, args)
+    trained = copy.deepcopy(model)
+    biases: list[torch.Tensor] = []  # the head's bias at each forward pass: ascent at w, descent at w + e(w)
+    trained.classifier.register_forward_pre_hook(lambda module, _: biases.append(module.bias.detach().clone()))
+    trainer = _train(trained, rows, args)
     assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert torch.count_nonzero(biases[0]) == 0 and bool(torch.count_nonzero(biases[1])) == (expected_eta > 0)
     sam = reference_sam_sgd(model, _steps(rows, 4, 2, 2), rho, lr, adaptive=False)
     assert max_abs_diff(sam, reference) > 1e-5  # ASAM is not SAM
+    other = reference_sam_sgd(model, _steps(rows, 4, 2, 2), rho, lr, adaptive=True, asam_eta=0.05)
+    assert max_abs_diff(other, reference) > 1e-5  # nor ASAM with another eta
 
 
 def test_update_is_mean_over_effective_batch(tmp_path):

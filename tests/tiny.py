@@ -22,6 +22,8 @@ from transformers import (
 )
 
 NUM_LABELS = 3
+# ASAM's eta, T = |w| + eta: the value of Kwon et al.'s paper and official code (SamsungLabs/ASAM).
+ASAM_ETA = 0.01
 
 
 # Two layers of width 32: big enough to have every part of the architecture, small enough for CPU.
@@ -104,11 +106,12 @@ def reference_sam_gradient(
     ascent_batch: dict[str, torch.Tensor] | None = None,
     before_forward: Callable[[], None] | None = None,
     climbing: set[str] | None = None,
+    asam_eta: float = ASAM_ETA,
 ) -> list[torch.Tensor]:
     """The gradient at w + e(w) of one batch's mean loss, by the paper's formula, leaving w as it was.
 
-    e(w) = rho * g / ||g||            (SAM)
-    e(w) = rho * w^2 * g / ||w g||    (ASAM)
+    e(w) = rho * g / ||g||              (SAM)
+    e(w) = rho * T^2 * g / ||T g||      (ASAM, T = |w| + asam_eta elementwise; asam_eta 0: davda54/sam's form)
     with a 1e-12 guard on the norm, as davda54/sam and samtune use. g is the gradient of
     `ascent_batch` (default: the batch itself). `before_forward` runs before each of the two
     forward passes (a test replays the RNG state the trainer's pass saw there, for dropout).
@@ -123,21 +126,35 @@ def reference_sam_gradient(
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
     if climbing is not None:
         grads = [g if n in climbing else torch.zeros_like(g) for (n, _), g in zip(named, grads)]
-    if adaptive:
-        norm = torch.sqrt(sum(((p.detach().abs() * g) ** 2).sum() for p, g in zip(params, grads)))
-    else:
-        norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    scales = [p.detach().abs() + asam_eta if adaptive else torch.ones_like(p) for p in params]  # T
+    norm = torch.sqrt(sum(((t * g) ** 2).sum() for t, g in zip(scales, grads)))
     originals = [p.detach().clone() for p in params]
     with torch.no_grad():
-        for p, g in zip(params, grads):
-            weight = p * p if adaptive else 1.0
-            p.add_(rho * weight * g / (norm + 1e-12))
+        for p, g, t in zip(params, grads, scales):
+            p.add_(rho * t * t * g / (norm + 1e-12))
     before_forward()
     sam_grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
     with torch.no_grad():
         for p, w in zip(params, originals):
             p.copy_(w)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(sam_grads, params)]
+
+
+def reference_sharpness(model: nn.Module, batches: list[dict[str, torch.Tensor]], rho: float) -> float:
+    """SAM's sharpness over one optimizer step's micro-batches: the mean of L(w + e(w)) - L(w), each micro-batch
+    climbing on its own gradient (e(w) = rho * g / ||g||), w left as it was."""
+    rise = 0.0
+    for batch in batches:
+        probe = copy.deepcopy(model).train()
+        params = [p for p in probe.parameters() if p.requires_grad]
+        loss = probe(**batch).loss
+        grads = torch.autograd.grad(loss, params)
+        norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(rho * g / (norm + 1e-12))
+            rise += (float(probe(**batch).loss) - float(loss)) / len(batches)
+    return rise
 
 
 def reference_sam_sgd(
@@ -147,6 +164,7 @@ def reference_sam_sgd(
     lr: float,
     adaptive: bool = False,
     climbing: set[str] | None = None,
+    asam_eta: float = ASAM_ETA,
 ) -> nn.Module:
     """Plain SGD with SAM: each step averages the SAM gradients of its micro-batches (`climbing`: who climbs)."""
     model = copy.deepcopy(model)
@@ -155,7 +173,8 @@ def reference_sam_sgd(
     for step in steps:
         total = [torch.zeros_like(p) for p in params]
         for batch in step:
-            for t, g in zip(total, reference_sam_gradient(model, batch, rho, adaptive, climbing=climbing)):
+            grads = reference_sam_gradient(model, batch, rho, adaptive, climbing=climbing, asam_eta=asam_eta)
+            for t, g in zip(total, grads):
                 t.add_(g / len(step))
         with torch.no_grad():
             for p, t in zip(params, total):
@@ -225,19 +244,25 @@ def reference_sam_sgd_per_step(
     rhos: list[float],
     lrs: list[float],
     climbing: set[str] | None = None,
+    lr_scale: dict[str, float] | None = None,
 ) -> nn.Module:
-    """SGD where step t has its own radius rhos[t] (0: a plain step) and learning rate lrs[t]."""
+    """SGD where step t has its own radius rhos[t] (0: a plain step) and learning rate lrs[t].
+
+    `lr_scale` (parameter names): a parameter's learning rate is lrs[t] times its scale (1 if not named), as for
+    parameter groups with their own rates under one schedule.
+    """
     model = copy.deepcopy(model)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scales = [(lr_scale or {}).get(n, 1.0) for n, _ in named]
     for step, rho, lr in zip(steps, rhos, lrs, strict=True):
-        total = [torch.zeros_like(p) for p in params]
+        total = [torch.zeros_like(p) for _, p in named]
         for batch in step:
             for acc, g in zip(total, reference_sam_gradient(model, batch, rho, climbing=climbing)):
                 acc.add_(g / len(step))
         with torch.no_grad():
-            for p, g in zip(params, total):
-                p.sub_(lr * g)
+            for (_, p), g, scale in zip(named, total, scales):
+                p.sub_(lr * scale * g)
     return model
 
 

@@ -24,6 +24,7 @@ import torch
 
 from samtune.analysis.objective import Objective, Progress, dot, measuring, norm, random_vector
 from samtune.optim.functional import climb_, restore_weights_, sam_perturbation, save_weights
+from samtune.optim.settings import default_of
 
 
 @dataclass
@@ -89,9 +90,14 @@ def hessian_trace(
 
 
 def sam_sharpness(
-    objective: Objective, rhos: Sequence[float], *, adaptive: bool = False, progress: Progress | None = None
+    objective: Objective,
+    rhos: Sequence[float],
+    *,
+    adaptive: bool = False,
+    asam_eta: float = default_of("asam_eta"),
+    progress: Progress | None = None,
 ) -> dict[float, float]:
-    """{rho: L(w + e(w)) - L(w)} with SAM's e(w) = rho * g / ||g|| (ASAM's e(w) if `adaptive`)."""
+    """{rho: L(w + e(w)) - L(w)} with SAM's e(w) = rho * g / ||g|| (ASAM's, T = |w| + asam_eta, if `adaptive`)."""
     params = objective.params
     out: dict[float, float] = {}
     with measuring(objective.model):
@@ -100,7 +106,7 @@ def sam_sharpness(
         saved = save_weights(params)
         try:
             for i, rho in enumerate(rhos):
-                climbing, e, ascent = sam_perturbation([g.clone() for g in grads], params, rho, adaptive)
+                climbing, e, ascent = sam_perturbation([g.clone() for g in grads], params, rho, adaptive, asam_eta)
                 if not torch.isfinite(ascent):
                     raise ValueError(f"the gradient's norm is {float(ascent)}: the loss is not finite at w")
                 climb_(climbing, e)  # climb to "w + e(w)"

@@ -4,7 +4,11 @@ SAM (Foret et al., ICLR 2021) replaces the gradient at w by the gradient at the 
 rho-ball around w, found to first order:
 
     e(w) = rho * g / ||g||                          (SAM)
-    e(w) = rho * |w|^2 * g / || |w| * g ||          (ASAM, Kwon et al., ICML 2021)
+    e(w) = rho * T^2 * g / || T * g ||              (ASAM, Kwon et al., ICML 2021: T = |w| + eta)
+
+ASAM's eta (`asam_eta`) keeps weights at exactly 0 in the climb; eta 0 is davda54/sam's form, T = |w|.
+The functions here take eta 0 unless told (the plain formula); samtune's default, the paper's 0.01, is
+the setting's (samtune.optim.settings), which the Trainer and the standalone optimizer pass.
 
 The step is then: save w, climb to w + e(w), take the gradient there, restore w exactly (by copy,
 never by subtracting e(w), which drifts in low precision), and let the base optimizer step.
@@ -65,33 +69,61 @@ def ascent_norm(
     grads: Sequence[torch.Tensor | None],
     params: Sequence[torch.Tensor] | None = None,
     adaptive: bool | Sequence[bool] = False,
+    asam_eta: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
-    """The global L2 norm that SAM divides by: ||g||, or || |w| * g || for ASAM (a float32 scalar, float64 for float64).
+    """The global L2 norm that SAM divides by: ||g||, or || T * g || for ASAM, T = |w| + asam_eta (a float32 scalar,
+    float64 for float64).
 
-    `adaptive` may be one flag per tensor (the standalone optimizer allows ASAM per param group).
-    Sharded tensors (DTensors) contribute their shards' norms, summed over the processes (one
-    all-reduce): every process of their mesh must call this alike.
+    `adaptive` and `asam_eta` may be one value per tensor (the standalone optimizer allows them per
+    param group). Sharded tensors (DTensors) contribute their shards' norms, summed over the
+    processes (one all-reduce): every process of their mesh must call this alike.
     """
     if isinstance(adaptive, bool):
         adaptive = [adaptive] * len(grads)
+    if isinstance(asam_eta, (int, float)):
+        asam_eta = [float(asam_eta)] * len(grads)
     if params is None:
         if any(adaptive):
-            raise ValueError("ASAM's norm || |w| * g || needs the parameters")
+            raise ValueError("ASAM's norm || T * g || needs the parameters")
         params = [None] * len(grads)  # type: ignore[list-item]
     plain = [g for g, a in zip(grads, adaptive, strict=True) if g is not None and not a]
     scaled = [
-        (g, p) for g, p, a in zip(grads, params, adaptive, strict=True) if g is not None and a
+        (g, p, eta) for g, p, a, eta in zip(grads, params, adaptive, asam_eta, strict=True) if g is not None and a
     ]
     dtype = _norm_dtype(grads)
     norms: list[torch.Tensor] = []
     if plain:
         norms += torch._foreach_norm(locals_(plain), 2, dtype=dtype)
-    # || |w| * g || chunk by chunk: the product is a temporary the size of its inputs.
-    for chunk in _chunks([g for g, _ in scaled]):  # || w g || = || |w| g ||
-        weighted = torch._foreach_mul([local(scaled[i][1].detach()) for i in chunk], [local(scaled[i][0]) for i in chunk])
+    # || T * g || chunk by chunk: the product is a temporary the size of its inputs.
+    for chunk in _chunks([g for g, _, _ in scaled]):
+        weights = asam_scale([scaled[i][1] for i in chunk], [scaled[i][2] for i in chunk])
+        weighted = torch._foreach_mul(weights, [local(scaled[i][0]) for i in chunk])
         norms += torch._foreach_norm(weighted, 2, dtype=dtype)
-        del weighted
-    return global_norm(norms, plain + [g for g, _ in scaled])
+        del weighted, weights
+    return global_norm(norms, plain + [g for g, _, _ in scaled])
+
+
+def asam_scale(params: Sequence[torch.Tensor], asam_eta: float | Sequence[float]) -> list[torch.Tensor]:
+    """ASAM's T = |w| + eta of each parameter (of sharded ones: this process's shard), eta one value or one per tensor.
+
+    Where every eta is 0 this is w itself, no temporary: || |w| g || = || w g || and |w|^2 = w^2,
+    which is all the maths asks of T (davda54/sam's form).
+    """
+    etas = [float(asam_eta)] * len(params) if isinstance(asam_eta, (int, float)) else [float(e) for e in asam_eta]
+    weights = [local(p.detach()) for p in params]
+    if not any(etas):
+        return weights
+    scale = torch._foreach_abs(weights)
+    torch._foreach_add_(scale, etas)
+    return scale
+
+
+def _scale_by_asam_(grads: list[torch.Tensor], params: Sequence[torch.Tensor], asam_eta: float, times: int) -> None:
+    """g <- T^times * g in place (T = |w| + asam_eta), chunk by chunk: T is at most a chunk's temporary."""
+    for chunk in _chunks(grads):
+        scale = asam_scale([params[i] for i in chunk], asam_eta)
+        for _ in range(times):
+            torch._foreach_mul_([grads[i] for i in chunk], scale)
 
 
 def _norm_dtype(tensors: Sequence[torch.Tensor | None]) -> torch.dtype:
@@ -134,8 +166,9 @@ def perturbation_(
     params: Sequence[torch.Tensor],
     scale: torch.Tensor | float,
     adaptive: bool = False,
+    asam_eta: float = 0.0,
 ) -> list[torch.Tensor]:
-    """Turn g into e(w) in place: e = scale * g, or scale * w^2 * g for ASAM; returns the list.
+    """Turn g into e(w) in place: e = scale * g, or scale * T^2 * g for ASAM (T = |w| + asam_eta); returns the list.
 
     `scale` is rho / (norm + eps), from `ascent_norm`. The grads are overwritten: they are the
     ascent gradients, needed for nothing else once e(w) is known (gradients that share memory
@@ -145,9 +178,7 @@ def perturbation_(
     if not grads:
         return grads
     if adaptive:
-        weights = [local(p.detach()) for p in params]
-        torch._foreach_mul_(grads, weights)  # w^2 g as (w g) w: in place, no temporary
-        torch._foreach_mul_(grads, weights)
+        _scale_by_asam_(grads, params, asam_eta, times=2)  # T^2 g as (T g) T, in place
     if isinstance(scale, torch.Tensor):
         devices = {g.device for g in grads}
         # One device: keep the scale on it (no host sync); a model split across devices: a number.
@@ -221,8 +252,9 @@ def sam_perturbation(
     params: Sequence[torch.Tensor],
     rho: float,
     adaptive: bool = False,
+    asam_eta: float = 0.0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """e(w) for the parameters that have a gradient: returns (params, e, ascent norm).
+    """e(w) for the parameters that have a gradient: returns (params, e, ascent norm); ASAM's T = |w| + asam_eta.
 
     The caller decides what a non-finite norm means (the Trainer skips the climb); e(w) is then
     meaningless and must not be applied.
@@ -233,14 +265,13 @@ def sam_perturbation(
         if not grads:
             return params, [], norm
         return params, perturbation_(grads, params, rho / (norm + NORM_EPS)), norm
-    # ASAM, in place and without temporaries: g <- w g, whose norm is || |w| g ||; then
-    # e = rho / || |w| g || * (w g) * w = rho * w^2 g / || |w| g ||.
+    # ASAM, in place: g <- T g, whose norm is || T g ||; then e = rho / || T g || * (T g) * T = rho * T^2 g / || T g ||.
+    # With eta 0, T is w itself (no temporary); otherwise |w| + eta, a chunk at a time.
     refs = grads  # sharded tensors: the norm is summed over their shards
     grads = owned(grads)
-    weights = [local(p.detach()) for p in params]
-    torch._foreach_mul_(grads, weights)
+    _scale_by_asam_(grads, params, asam_eta, times=1)
     norm = global_norm(torch._foreach_norm(grads, 2, dtype=_norm_dtype(grads)), refs)
-    torch._foreach_mul_(grads, weights)
+    _scale_by_asam_(grads, params, asam_eta, times=1)
     return params, perturbation_(grads, params, rho / (norm + NORM_EPS)), norm
 
 

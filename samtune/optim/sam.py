@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from samtune.optim.functional import NORM_EPS, ascent_norm, climb_, perturbation_, restore_weights_, save_weights
+from samtune.optim.settings import default_of, sam_setting_problems
 
 
 class SAM(torch.optim.Optimizer):
@@ -21,9 +22,11 @@ class SAM(torch.optim.Optimizer):
         optimizer.second_step(zero_grad=True)   # back to w, base step with the gradient at w + e(w)
 
     or `optimizer.step(closure)` with a closure that does the forward and backward pass.
-    `rho` and `adaptive` (ASAM) may differ per param group; the norm is global, over all groups.
-    `param_groups` are the base optimizer's, so LR schedulers act on the base optimizer, and
-    `state_dict()` is the base optimizer's state plus `rho`/`adaptive` in each group.
+    `rho`, `adaptive` (ASAM) and `asam_eta` (ASAM's T = |w| + eta: default 0.01, the paper's, as
+    samtune's setting; 0 is davda54/sam's ASAM) may differ per param group; the norm is global,
+    over all groups. `param_groups` are the base optimizer's, so LR schedulers act on the base
+    optimizer, and `state_dict()` is the base optimizer's state plus `rho`/`adaptive`/`asam_eta` in
+    each group.
     """
 
     def __init__(
@@ -32,11 +35,15 @@ class SAM(torch.optim.Optimizer):
         base_optimizer: type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer],
         rho: float = 0.05,
         adaptive: bool = False,
+        asam_eta: float = default_of("asam_eta"),
         **kwargs: Any,
     ) -> None:
         if not rho >= 0.0:
             raise ValueError(f"Invalid rho {rho!r}: SAM's neighbourhood radius must be >= 0")
-        super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, asam_eta=asam_eta, **kwargs))
+        for group in self.param_groups:
+            if problems := sam_setting_problems({"asam_eta": group["asam_eta"]}):
+                raise ValueError(problems[0])
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         # One set of groups and one state, owned by the base optimizer.
         self.param_groups = self.base_optimizer.param_groups
@@ -53,14 +60,15 @@ class SAM(torch.optim.Optimizer):
         groups = self._with_grad()
         params = [p for _, ps in groups for p in ps]
         adaptive = [bool(g["adaptive"]) for g, ps in groups for _ in ps]
-        norm = ascent_norm([p.grad for p in params], params, adaptive)
+        etas = [float(g["asam_eta"]) for g, ps in groups for _ in ps]
+        norm = ascent_norm([p.grad for p in params], params, adaptive, etas)
         self._saved = []
         for group, ps in groups:
             if not ps:
                 continue
             scale = group["rho"] / (norm + NORM_EPS)
             # e(w) from a copy: `.grad` keeps the gradient at w until the caller zeroes it.
-            e = perturbation_([p.grad.clone() for p in ps], ps, scale, group["adaptive"])
+            e = perturbation_([p.grad.clone() for p in ps], ps, scale, group["adaptive"], group["asam_eta"])
             self._saved.append((ps, save_weights(ps)))
             climb_(ps, e)
         if zero_grad:
@@ -103,7 +111,7 @@ class SAM(torch.optim.Optimizer):
         self._saved = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict (its groups carry `rho` and `adaptive`)."""
+        """The base optimizer's state dict (its groups carry `rho`, `adaptive` and `asam_eta`)."""
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -74,7 +74,16 @@ class SAMSettings:
         ge=0, finite=True,
         why="it is the radius SAM climbs in; use 0.05 for SAM, 0.5-2.0 for ASAM, or 0 to train without SAM.",
     )  # fmt: skip
-    adaptive: bool = setting(False, "ASAM (Kwon et al., 2021): scale the climb per weight by |w|.")
+    adaptive: bool = setting(False, "ASAM (Kwon et al., 2021): scale the climb per weight by T = |w| + asam_eta.")
+    asam_eta: float = setting(
+        0.01,
+        "ASAM only: eta in ASAM's per-weight scale T = |w| + eta (e(w) = rho T^2 g / ||T g||). The default, 0.01, "
+        "is the paper's and its official code's: a weight at exactly 0 (LoRA's B at init, a new head's bias) then "
+        "climbs too, and the rho values ASAM is known for (0.5-2.0) were tuned with it. 0 is davda54/sam's form "
+        "(T = |w|), in which a weight at 0 never leaves w in the climb.",
+        ge=0, finite=True,
+        why="T = |w| + eta scales the climb per weight; 0.01 is the paper's, 0 davda54/sam's form.",
+    )  # fmt: skip
     sam_variant: VariantName = setting(
         "sam",
         "Which SAM step: 'sam' (exact, every step), or a cheaper variant: 'every_k' (SAM on one step "
@@ -99,9 +108,10 @@ class SAMSettings:
     )
     schedule: ScheduleName = setting(
         "lr",
-        "How the radius moves: 'lr' (default): rho_t = rho * lr_t / peak lr (GSAM's rule, Zhuang et al. "
-        "2022: the radius ramps up with the warmup and decays with the learning rate), or 'constant' (the "
-        "paper's SAM). The default was chosen on samtune's pretrained fine-tune suite (benchmarks/finetune.py).",
+        "How the radius moves: 'lr' (default): rho_t = rho * lr_t / lr_0 (GSAM's rule, Zhuang et al. "
+        "2022: the radius ramps up with the warmup and decays with the learning rate), lr_0 being the rate the "
+        "optimizer's schedule started from (its first parameter group with a rate above 0 decides), or 'constant' "
+        "(the paper's SAM). The default was chosen on samtune's pretrained fine-tune suite (benchmarks/finetune.py).",
     )
     start: float = setting(
         0.1,
@@ -225,6 +235,24 @@ def sam_window(start: float, stop: float | None, total_steps: int) -> tuple[int,
     first = math.ceil(start * total_steps - 1e-9) if start < 1 else int(start) - 1
     end = total_steps if stop is None else (math.ceil(stop * total_steps - 1e-9) if stop < 1 else int(stop))
     return first, end
+
+
+def empty_window_problem(start: float, stop: float | None, total_steps: int) -> str | None:
+    """Why the SAM window holds no step of a run of `total_steps` optimizer steps (None if it holds one).
+
+    `window_problems` compares start and stop only where both are of one kind; a fraction and a step
+    number, or a start past the run's end, can only be compared once the run's length is known.
+    """
+    first, end = sam_window(start, stop, total_steps)
+    if first < min(end, total_steps):
+        return None
+    starts = f"start={start:g} puts its first step at step {first + 1}"
+    ends = f"after the run's last, step {total_steps}" if first >= total_steps else f"stop={stop:g} its last at step {end}"
+    return (
+        f"the SAM window holds no step of this {total_steps}-step run ({starts}, {ends}): SAM would never climb. "
+        "Move start before stop and the run's end (sam.start / sam.stop in a recipe: a fraction of the steps below "
+        "1, a step number from 1), or set rho=0 to train without SAM."
+    )
 
 
 def _holds(value: float, op: str, bound: float) -> bool:
