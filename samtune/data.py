@@ -53,6 +53,14 @@ class PreparedData:
     augment: Any = None  # the training images' transform, told the epoch by the runner
     picked: dict[str, str] = field(default_factory=dict)  # "label"/"text" -> the column chosen by its values
 
+    @classmethod
+    def of(cls, task: str, splits: dict[str, Dataset], labels: list[str], cols: dict[str, Any], **how: Any) -> PreparedData:
+        """The "train", "eval" (and "test") splits with their labels, the columns as `detect_columns` finds them
+        (those picked by their values too), and `how` they were made (eval_source, eval_split, ...)."""
+        return cls(task=task, train=splits["train"], eval=splits["eval"], test=splits.get("test"), labels=labels,
+                   text_column=cols["text"], text_pair_column=cols.get("pair"), image_column=cols.get("image"),
+                   response_column=cols.get("response"), picked=cols.get("picked", {}), **how)  # fmt: skip
+
     @property
     def label_column(self) -> str:
         return LABELS
@@ -423,23 +431,9 @@ def labelled_data(
                 f"the {name} split is empty after dropping unlabelled or empty rows",
                 "Check the label and text columns (data.label_column, data.text_column).",
             )
-    return PreparedData(
-        task=task.name,
-        train=splits["train"],
-        eval=splits["eval"],
-        test=splits.get("test"),
-        labels=names,
-        text_column=cols["text"],
-        text_pair_column=cols["pair"],
-        image_column=cols["image"],
-        eval_source=eval_source,
-        eval_split=eval_name or "validation",
-        test_split=test_name,
-        notes=notes,
-        dropped=dropped.lines(),
-        is_hub_dataset=from_hub,
-        picked=cols.get("picked", {}),
-    )
+    return PreparedData.of(task.name, splits, names, cols, eval_source=eval_source, eval_split=eval_name or "validation",
+                           test_split=test_name, notes=notes, dropped=dropped.lines(),
+                           is_hub_dataset=from_hub)  # fmt: skip
 
 
 def _check_split_names(raw: Any, data: DataSection) -> None:

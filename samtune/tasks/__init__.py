@@ -30,10 +30,10 @@ from samtune.tasks.base import (
 
 # The built-in tasks, registered in this order, the order detection tries them (keep it: a causal LM given
 # word lists is a tagger only because token classification is tried first).
-from samtune.tasks import classification, multi_label, regression  # noqa: E402, F401
-from samtune.tasks import token_classification  # noqa: E402, F401
-from samtune.tasks import causal_lm  # noqa: E402, F401
-from samtune.tasks.detection import detect_data, detect_model  # noqa: E402
+from samtune.tasks import classification, multi_label, regression  # noqa: F401
+from samtune.tasks import token_classification  # noqa: F401
+from samtune.tasks import causal_lm  # noqa: F401
+from samtune.tasks.detection import detect_data, detect_model
 
 __all__ = ["AUTO", "LOSS", "Metric", "Task", "all_metrics", "default_metrics", "detect_data", "detect_model", "get",
            "metric", "model_outputs", "names", "register", "registered"]  # fmt: skip

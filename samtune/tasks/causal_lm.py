@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 TEXT_GENERATION = "text-generation"
 PROMPT_COLUMNS = ("prompt", "instruction")  # a prompt (not trained on) ...
 RESPONSE_COLUMNS = ("response", "completion", "output")  # ... and its response (trained on)
+NO_TEXT_HINT = ("Name it with data.text_column=COLUMN (samtune looks for 'text' or 'sentence'), or give prompts and "
+                "responses (data.prompt_column, data.response_column; found by themselves as prompt/response, "
+                "instruction/output or prompt/completion).")  # fmt: skip
 # Causal LMs larger than this train LoRA adapters unless the recipe says otherwise (model.lora: false). Full
 # fine-tuning with AdamW holds about 16 bytes per parameter (fp32 weights, gradients, two moments), SAM adds a
 # copy of the weights (4 more): 20 GB at a billion parameters, before activations, more than a 24 GB GPU has left.
@@ -49,12 +52,7 @@ def _generation_columns(columns: list[str], data: DataSection) -> dict[str, str 
             return {"label": None, "image": None, "text": prompt, "pair": None, "response": response}
     text = pick(columns, data.text_column, TEXT_COLUMNS, "text", "data.text_column")
     if text is None:
-        raise DataError(
-            f"causal LM: no text column found (columns: {', '.join(columns)})",
-            "Name it with data.text_column=COLUMN (samtune looks for 'text' or 'sentence'), or give prompts and "
-            "responses (data.prompt_column, data.response_column; found by themselves as prompt/response, "
-            "instruction/output or prompt/completion).",
-        )
+        raise DataError(f"causal LM: no text column found (columns: {', '.join(columns)})", NO_TEXT_HINT)
     return {"label": None, "image": None, "text": text, "pair": None, "response": None}
 
 
@@ -207,21 +205,9 @@ class CausalLM(Task):
             if len(ds) == 0:
                 raise DataError(f"the {key} split has no text after dropping empty rows",
                                 f"Check the column{'s' if len(keep) > 1 else ''} {', '.join(keep)}.")  # fmt: skip
-        return PreparedData(
-            task=self.name,
-            train=splits["train"],
-            eval=splits["eval"],
-            test=splits.get("test"),
-            labels=[],
-            text_column=cols["text"],
-            response_column=cols["response"],
-            eval_source=eval_source,
-            eval_split=eval_name or "validation",
-            test_split=test_name,
-            notes=notes,
-            dropped=dropped.lines(),
-            is_hub_dataset=from_hub,
-        )
+        return PreparedData.of(self.name, splits, [], cols, eval_source=eval_source, eval_split=eval_name or "validation",
+                               test_split=test_name, notes=notes, dropped=dropped.lines(),
+                               is_hub_dataset=from_hub)  # fmt: skip
 
     def check_data(self, train: Any, cols: dict[str, Any], section: Any) -> None:
         if section.labels or section.label_columns:
