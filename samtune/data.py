@@ -264,6 +264,10 @@ def _combine_label_columns(raw: Any, columns: list[str]) -> Any:
         out[split] = ds.cast_column(COMBINED_LABELS, datasets.Sequence(datasets.Value("string")))
     return datasets.DatasetDict(out)
 
+
+# ---- columns, the task, its splits ----------------------------------------------------------
+
+
 def detect_columns(
     columns: list[str], features: Any, data: DataSection, task: str, rows: Dataset | None = None
 ) -> dict[str, str | None]:

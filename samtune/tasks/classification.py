@@ -67,7 +67,6 @@ def encode_labels(
     return encoded, names
 
 
-
 class SingleLabelClassification(PerExampleTask):
     """One class per example."""
 

@@ -70,7 +70,6 @@ def encode_multi_hot(
     return encoded, names
 
 
-
 def sigmoid(logits: Any) -> Any:
     """Each class's own probability."""
     import numpy as np
@@ -94,7 +93,6 @@ def multi_label_metrics(threshold: float = 0.5) -> Callable[[Any], dict[str, flo
             "macro_f1": float(f1_score(targets, preds, average="macro", zero_division=0)),
             "subset_accuracy": float(accuracy_score(targets, preds)),
         }
-
 
     return compute
 

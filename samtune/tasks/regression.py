@@ -60,7 +60,6 @@ def encode_targets(splits: dict[str, Dataset], column: str) -> dict[str, Dataset
     return encoded
 
 
-
 def compute_regression_metrics(eval_pred: Any) -> dict[str, float]:
     """MSE and MAE (scikit-learn), Pearson and Spearman correlations (SciPy) of the single output.
 

@@ -37,7 +37,6 @@ def _word_columns(columns: list[str], data: DataSection) -> dict[str, str | None
     return {"label": tags, "image": None, "text": words, "pair": None}
 
 
-
 def holds_word_lists(ds: Dataset, data: DataSection) -> bool:
     """Whether the data looks like token classification: a words column (data.text_column, else 'tokens' or
     'words') that holds lists of strings."""
@@ -112,7 +111,6 @@ def encode_tags(
         ds = ds.remove_columns(column).add_column(LABELS, rows)
         encoded[split] = ds.cast_column(LABELS, Sequence(ClassLabel(names=names)))
     return encoded, names
-
 
 
 def tokenize_words(ds: Any, tokenizer: Any, words_column: str, max_length: int) -> Any:
