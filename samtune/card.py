@@ -12,20 +12,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from samtune.optim.settings import SAMSettings, setting_specs
 from samtune.optim.variants import SAMVariant
+from samtune import tasks
 from samtune.recipe import Recipe
-from samtune.tasks import (
-    GREATER_IS_BETTER,
-    METRIC_NAMES,
-    GENERATION,
-    METRICS,
-    MULTI_LABEL,
-    REGRESSION,
-    TOKENS,
-    metrics_of,
-    modality,
-    pipeline_tag,
-    problem,
-)
 
 CURVES_FILE = "training_curves.png"
 # What `samtune sharpness` writes into a run directory; the card shows it when present.
@@ -113,8 +101,8 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
                      color="tab:orange")  # fmt: skip
         lowest = 0.0
         # Each task's scores (samtune.tasks: the metrics where higher is better, all within [-1, 1]).
-        scores = [(f"eval_{m}", i) for names in METRICS.values() for i, m in enumerate(n for n in names
-                  if GREATER_IS_BETTER[n])]  # fmt: skip
+        scores = dict.fromkeys((f"eval_{m.name}", i) for task in tasks.registered()
+                               for i, m in enumerate(m for m in task.metrics if m.greater_is_better))  # fmt: skip
         for key, i in scores:
             points = [(h["epoch"], h[key]) for h in evals if key in h]
             if points:
@@ -137,20 +125,21 @@ def _eval_results(facts: CardFacts) -> list[EvalResult]:
     r, m = facts.recipe, facts.metrics
     name = r.data.dataset or "local data"
     results = []
+    task = tasks.get(facts.task)
     for prefix, split in (("eval", facts.eval_split), ("test", facts.test_split)):
-        for metric in METRICS[problem(facts.task)]:
-            if f"{prefix}_{metric}" not in m or not split:
+        for metric in task.metrics:
+            if f"{prefix}_{metric.name}" not in m or not split:
                 continue
             results.append(
                 EvalResult(
-                    task_type=pipeline_tag(facts.task),
+                    task_type=task.pipeline_tag,
                     dataset_type=name if facts.dataset_is_hub_id else "local",
                     dataset_name=name if facts.dataset_is_hub_id else Path(name).name,
                     dataset_config=r.data.config if facts.dataset_is_hub_id else None,
                     dataset_split=split,
-                    metric_type=metric,
-                    metric_name=METRIC_NAMES[metric],
-                    metric_value=round(float(m[f"{prefix}_{metric}"]), 4),
+                    metric_type=metric.name,
+                    metric_name=metric.title,
+                    metric_value=round(float(m[f"{prefix}_{metric.name}"]), 4),
                 )
             )
     return results
@@ -207,8 +196,9 @@ def _sharpness_trend(log_history: list[dict[str, Any]]) -> str:
 
 def _results_table(facts: CardFacts) -> str:
     m = facts.metrics
-    names = metrics_of(facts.task)  # the loss last
-    rows = ["| split | examples | " + " | ".join(METRIC_NAMES[k] for k in names) + " |", "|---" * (len(names) + 2) + "|"]
+    names = tasks.get(facts.task).metric_names  # the loss last
+    rows = ["| split | examples | " + " | ".join(tasks.metric(k).title for k in names) + " |",
+            "|---" * (len(names) + 2) + "|"]  # fmt: skip
     for prefix, split in (("eval", facts.eval_split), ("test", facts.test_split)):
         if f"{prefix}_loss" in m:
             values = " | ".join(f"{m.get(f'{prefix}_{k}', float('nan')):.4f}" for k in names)
@@ -239,64 +229,6 @@ trainable ones only. {merged}
 """
 
 
-def _usage(facts: CardFacts, example: str) -> str:
-    """How to load the model and classify with it: transformers' pipeline, through peft for adapters."""
-    where = facts.recipe.hub.repo_id or "PATH_TO_THIS_FOLDER"
-    tag = pipeline_tag(facts.task)
-    raw = {REGRESSION: ', function_to_apply="none"',  # the number itself
-           MULTI_LABEL: ', function_to_apply="sigmoid", top_k=None',  # every label's own
-           TOKENS: ', aggregation_strategy="simple"'}.get(problem(facts.task), "")  # words' tags joined into entities  # fmt: skip
-    if problem(facts.task) == GENERATION:
-        return _generation_usage(facts, where, example)
-    if not facts.adapter:
-        return f"""from transformers import pipeline
-
-classifier = pipeline("{tag}", model="{where}"{raw})
-print(classifier({example!r}))"""
-    if modality(facts.task) == "text":
-        auto = "AutoPeftModelForTokenClassification" if problem(facts.task) == TOKENS else "AutoPeftModelForSequenceClassification"
-        load = f"""from peft import {auto}
-from transformers import AutoConfig, AutoTokenizer, pipeline
-
-labels = AutoConfig.from_pretrained("{where}").id2label  # the run's labels: config.json beside the adapters
-model = {auto}.from_pretrained(
-    "{where}", id2label=labels, label2id={{v: k for k, v in labels.items()}},
-    ignore_mismatched_sizes=True,  # the head comes from the adapters' folder
-)
-processor = AutoTokenizer.from_pretrained("{where}")"""
-    else:
-        load = f"""from peft import PeftModel
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, pipeline
-
-labels = AutoConfig.from_pretrained("{where}").id2label  # the run's labels: config.json beside the adapters
-base = AutoModelForImageClassification.from_pretrained(
-    "{facts.recipe.model.name}", id2label=labels, label2id={{v: k for k, v in labels.items()}},
-    ignore_mismatched_sizes=True,  # the head comes from the adapters' folder
-)
-model = PeftModel.from_pretrained(base, "{where}")
-processor = AutoImageProcessor.from_pretrained("{where}")"""
-    kind = "tokenizer" if modality(facts.task) == "text" else "image_processor"
-    return f"""{load}
-classifier = pipeline("{tag}", model=model, {kind}=processor{raw})
-print(classifier({example!r}))"""
-
-
-def _generation_usage(facts: CardFacts, where: str, prompt: str) -> str:
-    """A causal LM: continue a prompt with transformers' text-generation pipeline (adapters loaded through peft)."""
-    if not facts.adapter:
-        load = f"""from transformers import pipeline
-
-generator = pipeline("text-generation", model="{where}")"""
-    else:
-        load = f"""from peft import AutoPeftModelForCausalLM
-from transformers import AutoTokenizer, pipeline
-
-model = AutoPeftModelForCausalLM.from_pretrained("{where}")  # the base named in adapter_config.json, adapters on
-generator = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained("{where}"))"""
-    return f"""{load}
-print(generator({prompt!r}, max_new_tokens=20, do_sample=False)[0]["generated_text"])"""
-
-
 def _confusion_section(facts: CardFacts) -> str:
     """Per-class scores on the eval split and the confusion-matrix figure (single-label classification)."""
     c = facts.confusion
@@ -321,44 +253,20 @@ Per class on the {facts.eval_split} split{which}:
 """
 
 
-def _labels_line(facts: CardFacts) -> str:
-    if problem(facts.task) == GENERATION:
-        data = facts.recipe.data
-        what = (f"each prompt's response (`{facts.response_column}`; the prompt's tokens carry no loss)"
-                if facts.response_column else "every token of the text")  # fmt: skip
-        packed = f", packed into blocks of {facts.recipe.model.max_length} tokens" if data.packing else ""
-        return (f"Causal language model: trained to predict {what}, each example ended by the end-of-text "
-                f"token{packed}. Perplexity: exp of the mean negative log-likelihood per predicted token.")
-    if problem(facts.task) == REGRESSION:
-        target = facts.labels[0] if facts.labels else "the label column"
-        return f"Regression: one output, the target `{target}`, trained with a mean squared error loss."
-    if problem(facts.task) == TOKENS:
-        return (f"Token classification: a tag per word, on its first sub-word token; entity-level precision, recall "
-                f"and F1 by seqeval. Tags ({len(facts.labels)}): {', '.join(facts.labels)}.")
-    if problem(facts.task) == MULTI_LABEL:
-        return (f"Labels ({len(facts.labels)}, several per example: multi-label, a sigmoid and a binary cross-entropy "
-                f"per label; predicted from probability {facts.recipe.training.threshold:g}): {', '.join(facts.labels)}.")
-    return f"Labels ({len(facts.labels)}): {', '.join(facts.labels)}."
-
-
 def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str = "") -> ModelCard:
     """A Hub-valid card: metadata (base model, datasets, tags, model-index), SAM's settings, results."""
-    r = facts.recipe
+    r, task = facts.recipe, tasks.get(facts.task)
     data = ModelCardData(
         library_name="peft" if facts.adapter else "transformers",
         base_model=r.model.name if facts.base_model_is_hub_id else None,
         datasets=[r.data.dataset] if facts.dataset_is_hub_id and r.data.dataset else None,
         license=facts.license,
         tags=[*TAGS, facts.task, *(["lora"] if facts.adapter else [])],
-        pipeline_tag=pipeline_tag(facts.task),
+        pipeline_tag=task.pipeline_tag,
         model_name=r.run_name(),
         eval_results=_eval_results(facts) or None,
     )
     sam_table = "\n".join(["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in _sam_rows(facts)]])
-    if problem(facts.task) == GENERATION:
-        example = "This film was"
-    else:
-        example = "This film was a delight from start to finish." if modality(facts.task) == "text" else "image.jpg"
     wall = facts.metrics.get("train_runtime")
     body = f"""
 # {r.run_name()}
@@ -369,7 +277,7 @@ SAM takes each step from the worst point of a
 rho-ball around the weights, which seeks flat minima; it costs about twice the compute of a
 plain step.
 
-{_labels_line(facts)} Evaluated on {facts.eval_source}.
+{task.card_labels_line(facts)} Evaluated on {facts.eval_source}.
 
 ## How SAM was used
 
@@ -383,7 +291,7 @@ plain step.
 ## How to use
 
 ```python
-{_usage(facts, example)}
+{task.card_usage(facts, r.hub.repo_id or "PATH_TO_THIS_FOLDER")}
 ```
 
 ## How to reproduce

@@ -22,7 +22,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from samtune import __version__
+from samtune import __version__, tasks
 from samtune.errors import EXIT_INTERRUPTED, EXIT_TRAINING, SamtuneError, UsageError
 from samtune.launch import launched, relaunch, report_exit, resume_command, without
 from samtune.processes import is_main_process, process_rank
@@ -342,9 +342,7 @@ def _summary(result: Any) -> None:
     table = Table(title=f"{result.recipe.run_name()}: done", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("value", justify="right")
-    from samtune.tasks import metrics_of
-
-    shown = [f"{split}_{k}" for split in ("eval", "test") for k in metrics_of(result.task)]
+    shown = [f"{split}_{k}" for split in ("eval", "test") for k in tasks.get(result.task).metric_names]
     for key in (*shown, "train_loss"):
         if key in m:
             table.add_row(key, f"{m[key]:.4f}")
@@ -379,7 +377,6 @@ def validate(
         check_output_dir(resolved.output_dir(), overwrite, resume)  # (--nproc changes nothing to check here)
         from samtune import modeling
         from samtune.data import load_data
-        from samtune.tasks import GENERATION, REGRESSION, modality, problem
 
         modeling.quiet_transformers()
         # As train reads it: the model's own task helps detect the data's (causal LM + text); max_length must fit it.
@@ -393,14 +390,9 @@ def validate(
             from samtune.runner import describe_picked
 
             table.add_row("picked", describe_picked(data.picked))
-        if problem(data.task) == REGRESSION:
-            table.add_row("target", f"{data.labels[0]} (a number: regression)")
-        elif problem(data.task) == GENERATION:
-            what = f"the responses ({data.response_column})" if data.response_column else "every token of the text"
-            table.add_row("targets", f"{what}{', packed' if resolved.data.packing else ''}")
-        else:
-            table.add_row("labels", f"{len(data.labels)}: {', '.join(data.labels[:10])}{' ...' if len(data.labels) > 10 else ''}")
-        if modality(data.task) == "text":
+        task = tasks.get(data.task)
+        table.add_row(*task.describe_targets(data, resolved.data.packing))
+        if task.uses_max_length:
             table.add_row("max_length", f"{resolved.model.max_length} tokens")
         table.add_row("train / eval", f"{len(data.train)} / {len(data.eval)} (eval: {data.eval_source})")
         console.print(table)

@@ -1,9 +1,9 @@
 """Datasets: hub ids, local files and folders; which columns hold what; labels as classes; splits.
 
 `load_data(recipe.data)` returns the train / eval (/ test) splits with the label column renamed
-`labels` and encoded as a `ClassLabel` (classification), float32 targets (regression), a multi-hot
-vector (multi-label) or a list of tag ids, one per word (token classification), and says which
-columns hold the text (or the words) or the image.
+`labels` and encoded by the task (`samtune.tasks`: a `ClassLabel`, float32 targets, a multi-hot
+vector, a list of tag ids, one per word; a causal LM has none), and says which columns hold the
+text (or the words) or the image.
 Every problem a user can cause ends in a `DataError` (exit 3) that names it and the fix.
 """
 
@@ -15,45 +15,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from samtune.errors import OFFLINE_HINT, DataError, UsageError, hub_unreachable
+from samtune import tasks
+from samtune.errors import OFFLINE_HINT, DataError, hub_unreachable
 from samtune.recipe import DataSection, resolve_package_path
-from samtune.tasks import (
-    CLASSIFICATION,
-    MULTI_LABEL,
-    REGRESSION,
-    TEXT_GENERATION,
-    TOKEN_CLASSIFICATION,
-    TOKENS,
-    modality,
-    problem,
-    task_of,
-)
+from samtune.tasks.columns import COMBINED_LABELS, LABELS, as_names, is_list_column
+from samtune.tasks.per_example import example_columns
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMNS = ("label", "labels")
-IMAGE_COLUMNS = ("image", "img")
-TEXT_COLUMNS = ("text", "sentence")
-WORD_COLUMNS = ("tokens", "words")  # token classification: a list of words per row ...
-TAG_COLUMNS = ("ner_tags", "tags", "labels", "label")  # ... and a list of tags, one per word (conll-style names)
-PROMPT_COLUMNS = ("prompt", "instruction")  # causal LM: a prompt (not trained on) ...
-RESPONSE_COLUMNS = ("response", "completion", "output")  # ... and its response (trained on)
-PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence"))
 EVAL_SPLITS = ("validation", "valid", "val", "dev")  # "test" is kept for the final score
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst", ".zip")
-LABELS = "labels"
-COMBINED_LABELS = "__samtune_labels"  # data.label_columns' 0/1 columns as one column of lists of class names
 
 
 @dataclass
 class PreparedData:
     """The splits to train and evaluate on, and what their columns hold."""
 
-    task: str  # a task of samtune.tasks
+    task: str  # a registered task's name (samtune.tasks)
     train: Dataset
     eval: Dataset
     labels: list[str]  # the class names; for regression, the target's name alone
@@ -71,9 +53,23 @@ class PreparedData:
     augment: Any = None  # the training images' transform, told the epoch by the runner
     picked: dict[str, str] = field(default_factory=dict)  # "label"/"text" -> the column chosen by its values
 
+    @classmethod
+    def of(cls, task: str, splits: dict[str, Dataset], labels: list[str], cols: dict[str, Any], **how: Any) -> PreparedData:
+        """The "train", "eval" (and "test") splits with their labels, the columns as `detect_columns` finds them
+        (those picked by their values too), and `how` they were made (eval_source, eval_split, ...)."""
+        return cls(task=task, train=splits["train"], eval=splits["eval"], test=splits.get("test"), labels=labels,
+                   text_column=cols["text"], text_pair_column=cols.get("pair"), image_column=cols.get("image"),
+                   response_column=cols.get("response"), picked=cols.get("picked", {}), **how)  # fmt: skip
+
     @property
     def label_column(self) -> str:
         return LABELS
+
+    @property
+    def columns(self) -> dict[str, str | None]:
+        """The input columns by what they hold, as a task's `eval_inputs` takes them."""
+        return {"text": self.text_column, "pair": self.text_pair_column, "image": self.image_column,
+                "response": self.response_column}  # fmt: skip
 
 
 def is_local(ref: str) -> bool:
@@ -269,456 +265,22 @@ def _combine_label_columns(raw: Any, columns: list[str]) -> Any:
     return datasets.DatasetDict(out)
 
 
-# ---- columns ------------------------------------------------------------------------------
-
-
-def _pick(columns: list[str], explicit: str | None, candidates: tuple[str, ...], what: str, key: str) -> str | None:
-    if explicit is not None:
-        if explicit not in columns:
-            raise DataError(
-                f"{key} is '{explicit}', but the data has no such column (columns: {', '.join(columns)})",
-                f"Set {key} to one of the columns.",
-            )
-        return explicit
-    found = [c for c in candidates if c in columns]
-    if len(found) > 1:
-        raise DataError(
-            f"more than one column could hold the {what}: {', '.join(found)}", f"Say which with {key}=COLUMN."
-        )
-    return found[0] if found else None
+# ---- columns, the task, its splits ----------------------------------------------------------
 
 
 def detect_columns(
     columns: list[str], features: Any, data: DataSection, task: str, rows: Dataset | None = None
 ) -> dict[str, str | None]:
-    """Which columns hold the label, and the text (and its pair) or the image (token classification: the words).
+    """Which columns hold what for `task` (its `columns`): the label, and the text (and its pair) or the image;
+    the words and tags of token classification; a causal LM's text, or prompt and response. With task auto, a
+    label and a text or an image.
 
     Names decide first (the recipe's, then the usual ones: `label`, `text`, ...). Where they do not, and `rows`
-    (the train split) is given, the values do (`_by_content`); the columns so picked are listed under "picked".
+    (the train split) is given, the values do; the columns so picked are listed under "picked".
     """
-    from datasets import Image
-
-    if task == TOKEN_CLASSIFICATION:
-        return _word_columns(columns, data)
-    if task == TEXT_GENERATION:
-        return _generation_columns(columns, data)
-    explicit = COMBINED_LABELS if data.label_columns else data.label_column
-    label = _pick(columns, explicit, LABEL_COLUMNS, "labels", "data.label_column")
-    want = None if task == "auto" else modality(task)
-    image_candidates = tuple(c for c in columns if isinstance(features.get(c), Image)) or IMAGE_COLUMNS
-    image = None
-    if want != "text":
-        image = _pick(columns, data.image_column, image_candidates, "images", "data.image_column")
-    picked: dict[str, str] = {}  # data.<key>_column -> the column chosen by its values
-    if label is None and rows is not None:
-        text_named = data.text_column or next((c for c in TEXT_COLUMNS if c in columns), None)
-        label = _by_content(rows, columns, "label", exclude=(image, text_named))
-        if label is not None:
-            picked["label"] = label
-    if label is None:
-        raise DataError(
-            f"no label column found (columns: {', '.join(columns)})",
-            "Name it with data.label_column=COLUMN (samtune looks for 'label' or 'labels', then for one column "
-            "whose values repeat: none does here).",
-        )
-    if image is not None or want == "image":
-        if image is None:
-            raise DataError(
-                f"no image column found (columns: {', '.join(columns)})",
-                "Name it with data.image_column=COLUMN (samtune looks for 'image' or 'img').",
-            )
-        return {"label": label, "image": image, "text": None, "pair": None, "picked": picked}
-
-    text = _pick(columns, data.text_column, TEXT_COLUMNS, "text", "data.text_column")
-    if text is None and rows is not None and not data.text_pair_column and not any(
-        all(c in columns for c in pair) for pair in PAIR_COLUMNS
-    ):
-        text = _by_content(rows, columns, "text", exclude=(label,))
-        if text is not None:
-            picked["text"] = text
-    pair = data.text_pair_column
-    if pair is not None and pair not in columns:
-        raise DataError(f"data.text_pair_column is '{pair}', but the data has no such column (columns: {', '.join(columns)})")
-    if data.text_column is None and pair is None:
-        pairs = [p for p in PAIR_COLUMNS if all(c in columns for c in p)]
-        if pairs and (text is None or text in pairs[0]):
-            text, pair = pairs[0]
-    if text is None:
-        raise DataError(
-            f"no text column found (columns: {', '.join(columns)})",
-            "Name it with data.text_column=COLUMN (and data.text_pair_column=COLUMN for sentence pairs); "
-            "samtune looks for 'text', 'sentence' and pairs such as sentence1/sentence2, then for one column of "
-            "mostly distinct sentences.",
-        )
-    return {"label": label, "image": None, "text": text, "pair": pair, "picked": picked}
-
-
-CONTENT_SAMPLE = 5000  # rows read to judge a column by its values
-
-
-def _by_content(rows: Dataset, columns: list[str], what: str, exclude: tuple[str | None, ...] = ()) -> str | None:
-    """The one column whose values look like the `what` ("label" or "text"), where no name said; None if none does.
-
-    A label: strings, whole numbers or booleans that repeat (2 to 100 distinct values, at most a fifth of the
-    rows). A text: strings, mostly distinct (at least half the rows), most with a space in them (sentences, not
-    ids or codes). Two candidates or more is a DataError naming them all: samtune never guesses between columns.
-    """
-    sample = rows.select(range(min(len(rows), CONTENT_SAMPLE)))
-    n, found = len(sample), {}
-    for c in columns:
-        if c in exclude:
-            continue
-        values = [v for v in sample[c] if v is not None]
-        kind = type(values[0]) if values else None
-        if kind not in (str, int, bool) or not all(type(v) is kind for v in values):
-            continue
-        distinct = len(set(values))
-        if what == "label" and 2 <= distinct <= max(2, min(100, n // 5)):
-            found[c] = distinct
-        elif what == "text" and kind is str and distinct >= n / 2 and sum(" " in v.strip() for v in values) >= len(values) / 2:
-            found[c] = distinct
-    if len(found) > 1:
-        described = ", ".join(f"'{c}' ({d} distinct values in {n} rows)" for c, d in found.items())
-        raise DataError(
-            f"more than one column could be the {what}: {described}; samtune does not guess between them",
-            "Say which: " + " or ".join(f"data.{what}_column={c}" for c in found)
-            + (" (and data.text_column=COLUMN for the text)" if what == "label" else "") + ".",
-        )
-    return next(iter(found), None)
-
-
-def _word_columns(columns: list[str], data: DataSection) -> dict[str, str | None]:
-    """Token classification: the column of words (data.text_column) and of their tags (data.label_column)."""
-    words = _pick(columns, data.text_column, WORD_COLUMNS, "words", "data.text_column")
-    tags = _pick(columns, data.label_column, TAG_COLUMNS, "tags", "data.label_column")
-    if words is None or tags is None:
-        what, key, looked = ("words", "text_column", WORD_COLUMNS) if words is None else ("tags", "label_column", TAG_COLUMNS)
-        raise DataError(
-            f"token classification: no column of {what} found (columns: {', '.join(columns)})",
-            f"Name it with data.{key}=COLUMN (samtune looks for {', '.join(repr(c) for c in looked)}); "
-            "each row holds a list of words and a list of tags, one per word.",
-        )
-    return {"label": tags, "image": None, "text": words, "pair": None}
-
-
-def _prompt_and_response(columns: list[str], data: DataSection) -> tuple[str | None, str | None]:
-    """Causal LM: the prompt and response columns, named or found (None, None: there are none)."""
-    prompt = _pick(columns, data.prompt_column, PROMPT_COLUMNS, "prompts", "data.prompt_column")
-    response = _pick(columns, data.response_column, RESPONSE_COLUMNS, "responses", "data.response_column")
-    if (prompt is None) != (response is None):
-        missing, key = ("response", "response_column") if response is None else ("prompt", "prompt_column")
-        raise DataError(
-            f"causal LM: a {'prompt' if prompt else 'response'} column but no {missing} column "
-            f"(columns: {', '.join(columns)})",
-            f"Name it with data.{key}=COLUMN, or train on whole texts with data.text_column=COLUMN.",
-        )
-    return prompt, response
-
-
-def _generation_columns(columns: list[str], data: DataSection) -> dict[str, str | None]:
-    """Causal LM: a prompt and its response (the loss on the response only), or one text column (the loss on all)."""
-    if data.text_column is None:
-        prompt, response = _prompt_and_response(columns, data)
-        if prompt is not None:
-            return {"label": None, "image": None, "text": prompt, "pair": None, "response": response}
-    text = _pick(columns, data.text_column, TEXT_COLUMNS, "text", "data.text_column")
-    if text is None:
-        raise DataError(
-            f"causal LM: no text column found (columns: {', '.join(columns)})",
-            "Name it with data.text_column=COLUMN (samtune looks for 'text' or 'sentence'), or give prompts and "
-            "responses (data.prompt_column, data.response_column; found by themselves as prompt/response, "
-            "instruction/output or prompt/completion).",
-        )
-    return {"label": None, "image": None, "text": text, "pair": None, "response": None}
-
-
-def _looks_like_generation(ds: Dataset, data: DataSection, model_task: str | None) -> bool:
-    """With task auto and no label column: prompt and response columns, or a causal LM (and text)."""
-    columns = list(ds.column_names)
-    if data.label_column is not None or data.label_columns or any(c in columns for c in LABEL_COLUMNS):
-        return False
-    if data.text_column is None:
-        try:
-            if _prompt_and_response(columns, data)[0] is not None:
-                return True
-        except DataError:  # one of the two: a causal LM's recipe says which is missing; anything else is not one
-            pass
-    return model_task == TEXT_GENERATION
-
-
-def holds_word_lists(ds: Dataset, data: DataSection) -> bool:
-    """Whether the data looks like token classification: a words column (data.text_column, else 'tokens' or
-    'words') that holds lists of strings."""
-    column = data.text_column or next((c for c in WORD_COLUMNS if c in ds.column_names), None)
-    if column is None or column not in ds.column_names or not is_list_column(ds, column):
-        return False
-    item = ds.features[column].feature
-    return getattr(item, "dtype", None) in ("string", "large_string")
-
-
-# ---- labels -------------------------------------------------------------------------------
-
-
-def _label_names(train: Dataset, column: str) -> list[str] | None:
-    """Class names for the label column, or None when its values are not classes."""
-    from datasets import ClassLabel
-
-    feature = train.features[column]
-    if isinstance(feature, ClassLabel):
-        return list(feature.names)
-    values = [v for v in train.unique(column) if v is not None]
-    if not values:
-        return []
-    if all(isinstance(v, bool) for v in values):
-        return [str(v) for v in sorted(values)]
-    if all(isinstance(v, str) for v in values):
-        return sorted(values)
-    if all(isinstance(v, (int, float)) for v in values) and all(float(v).is_integer() for v in values):
-        return [str(int(v)) for v in sorted(values)]
-    return None
-
-
-def _as_names(ds: Dataset, column: str) -> Dataset:
-    """The label column as strings: class names for a ClassLabel, whole numbers as text."""
-    from datasets import ClassLabel, Value
-
-    feature = ds.features[column]
-    if isinstance(feature, ClassLabel):
-        ds = ds.filter(lambda v: v is not None and v >= 0, input_columns=column)  # -1: unlabelled
-        return ds.map(lambda v: {column: feature.int2str(v)}, input_columns=column, features=None).cast_column(
-            column, Value("string")
-        )
-    ds = ds.filter(lambda v: v is not None, input_columns=column)
-    as_text = ds.map(
-        lambda v: {column: str(v) if isinstance(v, (str, bool)) else str(int(v))}, input_columns=column
-    )
-    return as_text.cast_column(column, Value("string"))
-
-
-def _renamed_to_labels(ds: Dataset, column: str) -> Dataset:
-    """The encoded label column under the name the models take, `labels` (any other column of that name dropped)."""
-    if column == LABELS:
-        return ds
-    if LABELS in ds.column_names:
-        ds = ds.remove_columns(LABELS)
-    return ds.rename_column(column, LABELS)
-
-
-def encode_labels(
-    splits: dict[str, Dataset], column: str, names: list[str] | None = None
-) -> tuple[dict[str, Dataset], list[str]]:
-    """Each split's label column as `labels`, a ClassLabel named after `names` (default: the train split's)."""
-    from datasets import ClassLabel
-
-    if names is None:
-        train = splits["train"]
-        names = _label_names(train, column)
-        if names is None:
-            sample = ", ".join(repr(v) for v in train.unique(column)[:5])
-            raise DataError(
-                f"the labels in column '{column}' are not classes (values such as {sample})",
-                "A classifier's labels are strings or whole numbers: pick another column with "
-                "data.label_column=COLUMN, or for a numeric target set task to text-regression or image-regression.",
-            )
-        if len(names) > max(100, len(train) // 2):
-            raise DataError(
-                f"column '{column}' has {len(names)} distinct values in {len(train)} rows: it does not look like labels",
-                "Pick the label column with data.label_column=COLUMN.",
-            )
-        if len(names) < 2:
-            raise DataError(
-                f"the train split has {len(names)} class{'es' if len(names) != 1 else ''} in column '{column}'",
-                "A classifier needs at least two classes; check the data and data.label_column.",
-            )
-    target = ClassLabel(names=names)
-    encoded: dict[str, Dataset] = {}
-    for split, ds in splits.items():
-        feature = ds.features[column]
-        if isinstance(feature, ClassLabel) and list(feature.names) == names:
-            ds = ds.filter(lambda v: v is not None and v >= 0, input_columns=column)  # -1: unlabelled
-        else:
-            if not isinstance(feature, ClassLabel) and _label_names(ds, column) is None:
-                raise DataError(f"the labels in the '{split}' split's column '{column}' are not classes")
-            ds = _as_names(ds, column)
-            unseen = sorted(set(ds.unique(column)) - set(names))
-            if unseen:
-                raise DataError(
-                    f"the '{split}' split has labels the model was not trained on: {', '.join(unseen[:10])}",
-                    f"Known labels: {', '.join(names[:20])}. Fix the data or drop those rows.",
-                )
-            ds = ds.cast_column(column, target)
-        encoded[split] = _renamed_to_labels(ds, column)
-    return encoded, names
-
-
-def _number(v: Any) -> float | None:
-    """A regression target as a float (numbers, and text that reads as one); None if it is not a number."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v.strip())
-        except ValueError:
-            return None
-    return None
-
-
-def _is_fractional_numbers(ds: Dataset, column: str) -> bool:
-    """Whether a label column holds numbers, some with a fractional part (so: a regression target)."""
-    values = [v for v in ds.unique(column) if v is not None]
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return bool(values) and len(numbers) == len(values) and any(not float(v).is_integer() for v in numbers)
-
-
-def encode_targets(splits: dict[str, Dataset], column: str) -> dict[str, Dataset]:
-    """Each split's regression target as `labels`, float32; rows without a target dropped, any other value refused."""
-    import math
-
-    from datasets import Value
-
-    encoded: dict[str, Dataset] = {}
-    for split, ds in splits.items():
-        ds = ds.filter(lambda v: v is not None and not (isinstance(v, float) and math.isnan(v)), input_columns=column)
-        bad = [v for v in ds.unique(column) if _number(v) is None or not math.isfinite(_number(v))]
-        if bad:
-            raise DataError(
-                f"the '{split}' split's column '{column}' holds values that are not numbers, such as "
-                f"{', '.join(repr(v) for v in bad[:5])}: a regression target must be a finite number",
-                "Fix or drop those rows, pick the target with data.label_column=COLUMN, or set task to a "
-                "-classification task if the values are classes.",
-            )
-        ds = ds.map(lambda v: {column: _number(v)}, input_columns=column).cast_column(column, Value("float32"))
-        encoded[split] = _renamed_to_labels(ds, column)
-    return encoded
-
-
-def is_list_column(ds: Dataset, column: str) -> bool:
-    """Whether a label column holds lists (several labels per example)."""
-    return getattr(ds.features[column], "_type", "") in ("Sequence", "List", "LargeList")
-
-
-def _list_item_names(ds: Dataset, column: str) -> tuple[Any, list[str] | None]:
-    """A list column's item feature, and its class names when the items are a ClassLabel."""
-    from datasets import ClassLabel
-
-    item = ds.features[column].feature
-    return item, list(item.names) if isinstance(item, ClassLabel) else None
-
-
-def encode_multi_hot(
-    splits: dict[str, Dataset], column: str, names: list[str] | None = None
-) -> tuple[dict[str, Dataset], list[str]]:
-    """Each split's lists of labels as `labels`, a multi-hot float32 vector over `names` (default: the train split's
-    classes: a ClassLabel's names, else every label seen, sorted); a label outside them is a DataError."""
-    from datasets import ClassLabel, Sequence, Value
-
-    def as_names(ds: Dataset) -> list[list[str]]:
-        item, class_names = _list_item_names(ds, column)
-        rows = []
-        for value in ds[column]:
-            items = value or []
-            if class_names is not None:
-                rows.append([class_names[i] for i in items if i is not None and i >= 0])
-            else:
-                rows.append([str(int(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-                             for v in items if v is not None])  # fmt: skip
-        return rows
-
-    if names is None:
-        train = splits["train"]
-        _, class_names = _list_item_names(train, column)
-        names = class_names if class_names is not None else sorted({n for row in as_names(train) for n in row})
-        if len(names) < 2:
-            raise DataError(
-                f"the train split has {len(names)} label{'s' if len(names) != 1 else ''} in column '{column}'",
-                "A multi-label classifier needs at least two classes; check the data and data.label_column.",
-            )
-    index = {n: i for i, n in enumerate(names)}
-    encoded: dict[str, Dataset] = {}
-    for split, ds in splits.items():
-        if not isinstance(ds.features[column], ClassLabel) and not is_list_column(ds, column):
-            raise DataError(f"the '{split}' split's column '{column}' does not hold lists of labels",
-                            "Every split of a multi-label dataset holds a list of labels per row.")  # fmt: skip
-        ds = ds.filter(lambda v: v is not None, input_columns=column)
-        rows = as_names(ds)
-        unseen = sorted({n for row in rows for n in row} - set(names))
-        if unseen:
-            raise DataError(
-                f"the '{split}' split has labels the model was not trained on: {', '.join(unseen[:10])}",
-                f"Known labels: {', '.join(names[:20])}. Fix the data or drop those rows.",
-            )
-        hot = [[0.0] * len(names) for _ in rows]
-        for vector, row in zip(hot, rows):
-            for n in row:
-                vector[index[n]] = 1.0
-        ds = ds.remove_columns(column).add_column(LABELS, hot)
-        encoded[split] = ds.cast_column(LABELS, Sequence(Value("float32"), length=len(names)))
-    return encoded, names
-
-
-def _tag_names(ds: Dataset, column: str) -> list[str]:
-    """The tag set of a words-and-tags split: a ClassLabel's names, else every tag seen (whole numbers in
-    numeric order, text sorted)."""
-    _, class_names = _list_item_names(ds, column)
-    if class_names is not None:
-        return class_names
-    seen = {v for row in ds[column] if row is not None for v in row if v is not None}
-    if seen and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen):
-        return [str(int(v)) for v in sorted(seen)]
-    return sorted(str(v) for v in seen)
-
-
-def encode_tags(
-    splits: dict[str, Dataset], words: str, column: str, names: list[str] | None = None
-) -> tuple[dict[str, Dataset], list[str]]:
-    """Each split's tags as `labels`, a list of tag ids over `names` (default: the train split's tag set), one per
-    word; rows whose tags are not a list as long as their words, or hold a tag outside `names`, are a DataError."""
-    from datasets import ClassLabel, Sequence
-
-    for split, ds in splits.items():
-        if not is_list_column(ds, column):
-            raise DataError(
-                f"token classification: the '{split}' split's column '{column}' holds "
-                f"{ds.features[column]}, not a list of tags per row",
-                "Each row needs a list of tags, one per word (data.label_column names the column).",
-            )
-        if not is_list_column(ds, words):
-            raise DataError(
-                f"token classification: the '{split}' split's column '{words}' does not hold a list of words per row",
-                "Each row needs a list of words (data.text_column names the column).",
-            )
-        for i, (tokens, tags) in enumerate(zip(ds[words], ds[column])):
-            if tags is None or len(tags) != len(tokens):
-                raise DataError(
-                    f"token classification: row {i} of the '{split}' split has {len(tokens)} words but "
-                    f"{'no' if tags is None else len(tags)} tags",
-                    f"Give every row one tag per word in '{column}' (or drop the row).",
-                )
-    if names is None:
-        names = _tag_names(splits["train"], column)
-        if len(names) < 2:
-            raise DataError(f"the train split has {len(names)} tag{'s' if len(names) != 1 else ''} in column '{column}'",
-                            "A tagger needs at least two tags; check the data and data.label_column.")  # fmt: skip
-    index = {n: i for i, n in enumerate(names)}
-    encoded: dict[str, Dataset] = {}
-    for split, ds in splits.items():
-        _, class_names = _list_item_names(ds, column)
-        rows, unseen = [], set()
-        for tags in ds[column]:
-            as_names = [class_names[t] if class_names is not None else
-                        str(int(t)) if isinstance(t, (int, float)) and not isinstance(t, bool) else str(t) for t in tags]  # fmt: skip
-            unseen.update(n for n in as_names if n not in index)
-            rows.append([index.get(n, -1) for n in as_names])
-        if unseen:
-            raise DataError(
-                f"the '{split}' split has tags the model was not trained on: {', '.join(sorted(unseen)[:10])}",
-                f"Known tags: {', '.join(names[:20])}. Fix the data or drop those rows.",
-            )
-        ds = ds.remove_columns(column).add_column(LABELS, rows)
-        encoded[split] = ds.cast_column(LABELS, Sequence(ClassLabel(names=names)))
-    return encoded, names
+    if task == tasks.AUTO:
+        return example_columns(columns, features, data, None, rows)
+    return tasks.get(task).columns(columns, features, data, rows)
 
 
 def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
@@ -804,75 +366,60 @@ def _labelled(feature: Any) -> Callable[[Any], bool]:
 
 
 def drop_unusable_rows(
-    splits: dict[str, Dataset], cols: dict[str, Any], kind: str, names: dict[str, str], dropped: DroppedRows
+    splits: dict[str, Dataset], cols: dict[str, Any], task: tasks.Task, names: dict[str, str], dropped: DroppedRows
 ) -> dict[str, Dataset]:
-    """Each split's rows that have their text (or words) and, but for a tagger's, their label; the rest counted in
-    `dropped` under the split's name in `names`."""
+    """Each split's rows that have their text (or words) and, where the task drops them (a tagger's are an error
+    naming the row), their label; the rest counted in `dropped` under the split's name in `names`."""
     text_columns = [c for c in (cols["text"], cols["pair"]) if c]
     out = {}
     for key, ds in splits.items():
         if text_columns:
             ds = dropped.filter(names[key], ds, _present, text_columns, "with no text")
-        if cols["label"] and kind != TOKENS:  # (a tagger's rows without tags are an error, naming the row)
+        if cols["label"] and task.drops_unlabelled_rows:
             ds = dropped.filter(names[key], ds, _labelled(ds.features[cols["label"]]), [cols["label"]], "with no label")
         out[key] = ds
     return out
 
 
-def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task: str | None = None) -> PreparedData:
-    """Load, detect columns, encode labels, choose or carve the eval split, apply the caps.
+def load_data(data: DataSection, seed: int = 42, task: str = tasks.AUTO, model_task: str | None = None) -> PreparedData:
+    """Load, detect the task and its columns, encode labels, choose or carve the eval split, apply the caps.
 
-    `task` is the recipe's (auto: the modality from `model_task`, the model's own, else from the
-    columns; the problem from the model if it was fine-tuned for regression, else from the labels:
-    numbers with fractions are a regression target, anything else classes).
+    `task` is the recipe's. Auto asks the registered tasks (`samtune.tasks.detection`), given `model_task`, the
+    model's own: lists of words make a tagger, prompts and responses (or a causal LM given text and no labels) a
+    causal LM; else the modality comes from the model, or the columns, and the problem from the model if it was
+    fine-tuned for regression or multi-label, else from the labels (lists: several per example; numbers with
+    fractions: a regression target; anything else: classes).
     """
     raw, from_hub = load_raw(data)
     _check_split_names(raw, data)
     train = raw[data.train_split]
     if len(train) == 0:
         raise DataError(f"the '{data.train_split}' split is empty", "Check the data.")
-    words = task == TOKEN_CLASSIFICATION or (task == "auto" and holds_word_lists(train, data))
-    generation = task == TEXT_GENERATION or (task == "auto" and not words and _looks_like_generation(train, data, model_task))
-    if words or generation:
-        hint = TOKEN_CLASSIFICATION if words else TEXT_GENERATION
+    if task == tasks.AUTO:
+        chosen, cols = tasks.detect_data(train, data, tasks.get(model_task) if model_task else None)
     else:
-        hint = task if task != "auto" else model_task if model_task not in (None, TOKEN_CLASSIFICATION, TEXT_GENERATION) else "auto"
-    cols = detect_columns(list(train.column_names), train.features, data, hint, rows=train)
-    if generation:
-        return _generation_data(raw, data, cols, seed, from_hub)
+        chosen = tasks.get(task)
+        cols = chosen.columns(list(train.column_names), train.features, data, rows=train)
+    chosen.check_data(train, cols, data)
+    return chosen.prepared_data(raw, data, cols, seed, from_hub)
+
+
+def labelled_data(
+    task: tasks.Task, raw: Any, data: DataSection, cols: dict[str, Any], seed: int, from_hub: bool
+) -> PreparedData:
+    """A labelled task's splits (`Task.prepared_data`): the used columns, usable rows, the labels encoded by the
+    task; the eval split named or found (a labelled one), else carved from train (stratified by class where the
+    labels are classes); the caps."""
     eval_name, test_name = _eval_and_test_names(raw, data, cols["label"])
-    splits = {"train": train}
+    splits = {"train": raw[data.train_split]}
     if eval_name is not None:
         splits["eval"] = raw[eval_name]
     if test_name is not None:
         splits["test"] = raw[test_name]
-    if task != "auto" or words:
-        kind = problem(hint)
-    elif is_list_column(train, cols["label"]):
-        kind = MULTI_LABEL
-    elif model_task is not None and problem(model_task) in (REGRESSION, MULTI_LABEL):
-        kind = problem(model_task)
-    else:
-        kind = REGRESSION if _is_fractional_numbers(train, cols["label"]) else CLASSIFICATION
-    if kind != CLASSIFICATION and data.labels:
-        raise UsageError(f"data.labels keeps some classes of a single-label column; this is a {kind} run",
-                         "Remove data.labels, or set task to a -classification task.")  # fmt: skip
-    if kind == MULTI_LABEL and not is_list_column(train, cols["label"]):
-        raise DataError(
-            f"a multi-label run needs a list of labels per row, but column '{cols['label']}' holds single values",
-            "Point data.label_column at a column of lists, or name one 0/1 column per class in data.label_columns.",
-        )
     dropped = DroppedRows()
-    names = {"train": data.train_split, "eval": eval_name or "", "test": test_name or ""}
-    splits = _keep_usable_rows(splits, cols, data, kind, names, dropped)
-    if kind == REGRESSION:
-        splits, names = encode_targets(splits, cols["label"]), [cols["label"]]
-    elif kind == TOKENS:
-        splits, names = encode_tags(splits, cols["text"], cols["label"])
-    elif kind == MULTI_LABEL:
-        splits, names = encode_multi_hot(splits, cols["label"], names=data.label_columns)
-    else:
-        splits, names = encode_labels(splits, cols["label"], names=data.labels)
+    split_names = {"train": data.train_split, "eval": eval_name or "", "test": test_name or ""}
+    splits = _keep_usable_rows(splits, cols, data, task, split_names, dropped)
+    splits, names = task.encode(splits, cols, names=task.recipe_classes(data))
     notes: list[str] = []
     if "eval" in splits:
         eval_source = f"the '{eval_name}' split"
@@ -888,76 +435,9 @@ def load_data(data: DataSection, seed: int = 42, task: str = "auto", model_task:
                 f"the {name} split is empty after dropping unlabelled or empty rows",
                 "Check the label and text columns (data.label_column, data.text_column).",
             )
-    return PreparedData(
-        task=task_of("image" if cols["image"] else "text", kind),
-        train=splits["train"],
-        eval=splits["eval"],
-        test=splits.get("test"),
-        labels=names,
-        text_column=cols["text"],
-        text_pair_column=cols["pair"],
-        image_column=cols["image"],
-        eval_source=eval_source,
-        eval_split=eval_name or "validation",
-        test_split=test_name,
-        notes=notes,
-        dropped=dropped.lines(),
-        is_hub_dataset=from_hub,
-        picked=cols.get("picked", {}),
-    )
-
-
-def _generation_data(raw: Any, data: DataSection, cols: dict[str, str | None], seed: int, from_hub: bool) -> PreparedData:
-    """A causal LM's splits: the text (or prompt and response) columns only, rows with text; no labels (the
-    tokens are the targets). The eval split is named or found, else carved from train at random."""
-    if data.labels or data.label_columns:
-        raise UsageError("data.labels / data.label_columns name classes; a causal LM (text-generation) has none",
-                         "Remove them, or set task to a classification task.")  # fmt: skip
-    eval_name = data.eval_split or next(
-        (s for s in EVAL_SPLITS if s in raw and s not in (data.train_split, data.test_split)), None
-    )
-    test_name = data.test_split or ("test" if "test" in raw and data.eval_split != "test" else None)
-    names = {"train": data.train_split, "eval": eval_name, "test": test_name}
-    keep = [c for c in (cols["text"], cols["response"]) if c]
-    splits: dict[str, Any] = {}
-    dropped = DroppedRows()
-    for key, name in names.items():
-        if name is None:
-            continue
-        ds = raw[name]
-        missing = [c for c in keep if c not in ds.column_names]
-        if missing:
-            raise DataError(f"the '{name}' split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
-        splits[key] = dropped.filter(name, ds.select_columns(keep), has_text, keep, "with no text")
-    notes: list[str] = []
-    if "eval" in splits:
-        eval_source = f"the '{eval_name}' split"
-    else:
-        parts = splits["train"].train_test_split(test_size=data.validation_fraction, seed=seed)
-        splits["train"], splits["eval"] = parts["train"], parts["test"]
-        eval_source = f"{data.validation_fraction:.0%} of '{data.train_split}', random"
-    for key, cap in (("train", data.max_train_samples), ("eval", data.max_eval_samples)):
-        if cap and cap < len(splits[key]):
-            splits[key] = splits[key].shuffle(seed=seed).select(range(cap))
-    for key, ds in splits.items():
-        if len(ds) == 0:
-            raise DataError(f"the {key} split has no text after dropping empty rows",
-                            f"Check the column{'s' if len(keep) > 1 else ''} {', '.join(keep)}.")  # fmt: skip
-    return PreparedData(
-        task=TEXT_GENERATION,
-        train=splits["train"],
-        eval=splits["eval"],
-        test=splits.get("test"),
-        labels=[],
-        text_column=cols["text"],
-        response_column=cols["response"],
-        eval_source=eval_source,
-        eval_split=eval_name or "validation",
-        test_split=test_name,
-        notes=notes,
-        dropped=dropped.lines(),
-        is_hub_dataset=from_hub,
-    )
+    return PreparedData.of(task.name, splits, names, cols, eval_source=eval_source, eval_split=eval_name or "validation",
+                           test_split=test_name, notes=notes, dropped=dropped.lines(),
+                           is_hub_dataset=from_hub)  # fmt: skip
 
 
 def _check_split_names(raw: Any, data: DataSection) -> None:
@@ -993,7 +473,7 @@ def _eval_and_test_names(raw: Any, data: DataSection, label: str) -> tuple[str |
 
 
 def _keep_usable_rows(
-    splits: dict[str, Any], cols: dict[str, Any], data: DataSection, kind: str, names: dict[str, str],
+    splits: dict[str, Any], cols: dict[str, Any], data: DataSection, task: tasks.Task, names: dict[str, str],
     dropped: DroppedRows,
 ) -> dict[str, Any]:
     """The used columns only, rows with text and a label (`drop_unusable_rows`), and (with data.labels) the listed
@@ -1003,9 +483,9 @@ def _keep_usable_rows(
         if missing:
             raise DataError(f"the {name} split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
     keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
-    splits = drop_unusable_rows({k: v.select_columns(keep) for k, v in splits.items()}, cols, kind, names, dropped)
+    splits = drop_unusable_rows({k: v.select_columns(keep) for k, v in splits.items()}, cols, task, names, dropped)
     if data.labels:
-        splits = {k: _as_names(v, cols["label"]) for k, v in splits.items()}
+        splits = {k: as_names(v, cols["label"]) for k, v in splits.items()}
         wanted = set(data.labels)
         present = set(splits["train"].unique(cols["label"]))
         absent = [label for label in data.labels if label not in present]

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from samtune import tasks
 from samtune.errors import DataError, UsageError
-from samtune.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION, modality, problem
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".json")
 
@@ -80,7 +80,7 @@ def read_inputs(source: Path | list[str], image_run: bool, skip_bad: bool = Fals
     return _load_files({"train": path})["train"], []  # a format it cannot tell is a DataError naming the file
 
 
-def _column(rows: Any, named: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
+def input_column(rows: Any, named: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
     """The input's column of `what`: the one the run was trained on (its name), else a usual name."""
     for c in ([named] if named else []) + list(candidates):
         if c in rows.column_names:
@@ -101,7 +101,6 @@ def predict(
     import torch
 
     from samtune import modeling
-    from samtune.data import IMAGE_COLUMNS, TEXT_COLUMNS
     from samtune.recipe import build_recipe, read_recipe_file
     from samtune.rundir import CONFIG_FILE, require_model
     from samtune.saved import load_model, read_run
@@ -111,19 +110,13 @@ def predict(
     recipe = build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
     modeling.quiet_transformers()
     run = read_run(run_dir, recipe)
-    if problem(run.task) not in (CLASSIFICATION, MULTI_LABEL, REGRESSION):
+    task = tasks.get(run.task)
+    if not task.predicts:
         raise UsageError(f"samtune predict classifies and scores whole examples; {run_dir} is a {run.task} run",
                          "Use the code in the run's README.md (transformers' pipeline) for taggers and causal LMs.")  # fmt: skip
-    image_run = modality(run.task) == "image"
-    rows, skipped = read_inputs(source, image_run, skip_bad)
-    _refuse_clashing_columns(rows.column_names, prediction_names(run.task, run.labels))
-    data = recipe.data
-    if image_run:
-        columns = {"image": _column(rows, data.image_column, IMAGE_COLUMNS, "image", "data.image_column")}
-    else:
-        columns = {"text": _column(rows, data.text_column, TEXT_COLUMNS, "text", "data.text_column")}
-        if data.text_pair_column:
-            columns["pair"] = _column(rows, data.text_pair_column, (), "second text", "data.text_pair_column")
+    rows, skipped = task.read_inputs(source, skip_bad)
+    _refuse_clashing_columns(rows.column_names, task.prediction_names(run.labels))
+    columns = task.input_columns(rows, recipe.data)
     processor = modeling.load_processor(run.section, run.task)
     model = load_model(run)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,31 +125,13 @@ def predict(
     starts = range(0, len(rows), batch_size)
     with torch.no_grad():
         for start in progress(starts, len(starts)):
-            batch = rows[start : start + batch_size]
-            if image_run:
-                from samtune.imaging import to_rgb
-
-                inputs = processor([to_rgb(im) for im in batch[columns["image"]]], return_tensors="pt")
-            else:
-                texts = [str(t) if t is not None else "" for t in batch[columns["text"]]]
-                pair = [[str(t) if t is not None else "" for t in batch[columns["pair"]]]] if "pair" in columns else []
-                inputs = processor(texts, *pair, truncation=True, max_length=recipe.model.max_length, padding=True,
-                                   return_tensors="pt")  # fmt: skip
+            inputs = task.batch_inputs(processor, rows[start : start + batch_size], columns, recipe.model.max_length)
             logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
             outputs.append(logits.float().cpu().numpy())
     logits = np.concatenate(outputs) if outputs else np.zeros((0, len(run.labels)))
     table = rows.remove_columns([c for c in rows.column_names if c == columns.get("image")]).to_pandas()
-    added = _prediction_columns(table, logits, run.task, run.labels, recipe.training.threshold)
+    added = task.prediction_columns(table, logits, run.labels, recipe.training.threshold)
     return Predictions(table, added, skipped)
-
-
-def prediction_names(task: str, labels: list[str]) -> list[str]:
-    """The columns predictions are written under: the predicted label (and score), then each class's probability."""
-    kind = problem(task)
-    if kind == REGRESSION:
-        return [f"predicted_{labels[0] if labels else 'value'}"]
-    first = ["predicted_labels"] if kind == MULTI_LABEL else ["predicted_label", "score"]
-    return first + [f"prob_{label}" for label in labels]
 
 
 def _refuse_clashing_columns(columns: list[str], names: list[str]) -> None:
@@ -167,26 +142,6 @@ def _refuse_clashing_columns(columns: list[str], names: list[str]) -> None:
             f"the input has column(s) {', '.join(repr(c) for c in clash)}, the names the predictions are written under",
             "Rename or drop them in the input (predict writes predicted_label, score, prob_<class>), then run again.",
         )
-
-
-def _prediction_columns(table: Any, logits: np.ndarray, task: str, labels: list[str], threshold: float) -> list[str]:
-    """Add the predictions to `table` (in place) under `prediction_names`; those names."""
-    names = prediction_names(task, labels)
-    kind = problem(task)
-    if kind == REGRESSION:
-        table[names[0]] = logits.reshape(-1).astype(np.float64)
-        return names
-    if kind == MULTI_LABEL:
-        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        table[names[0]] = ["|".join(name for name, p in zip(labels, row) if p >= threshold) for row in probs]
-    else:
-        shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        table[names[0]] = [labels[i] for i in probs.argmax(axis=1)]
-        table[names[1]] = probs.max(axis=1)
-    for j, name in enumerate(names[-len(labels) :]):
-        table[name] = probs[:, j]
-    return names
 
 
 def write_predictions(predictions: Predictions, output: Path) -> None:

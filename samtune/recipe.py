@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, crea
 
 from samtune.errors import RecipeError, SamtuneError, UsageError
 from samtune.optim.settings import sam_setting_problems, setting_specs, settings_for_variant, variant_of
-from samtune.tasks import ALL_METRICS, TASKS, metric_problem
+from samtune import tasks
 
 StrictInt = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
@@ -179,6 +179,14 @@ class _SAMSectionRules(_Section):
         return {spec.name: getattr(self, spec.recipe_key) for spec in setting_specs()}
 
 
+def _one_of(value: Any, choices: list[str]) -> Any:
+    """`value` if it is one of `choices`, else the error pydantic gives a Literal (`choices` are read at validation:
+    registered tasks and their metrics)."""
+    if isinstance(value, str) and value in choices:
+        return value
+    raise ValueError("must be " + ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}")
+
+
 def _first_line(text: str) -> str:
     return text.split(". ")[0].rstrip(".") + "."
 
@@ -238,10 +246,11 @@ class TrainingSection(_Section):
         default="stop", description="A NaN/inf loss: stop (exit 1, last good checkpoint kept) or skip the batch."
     )
     load_best_model_at_end: bool = True
-    metric_for_best_model: Literal[ALL_METRICS] | None = Field(  # type: ignore[valid-type]
+    metric_for_best_model: str | None = Field(
         default=None,
-        description="What picks the best checkpoint: accuracy, f1 or loss (classification), mse, mae, pearson, "
-        "spearman or loss (regression); default: accuracy / mse.",
+        description="What picks the best checkpoint: one of the task's metrics ("
+        + "; ".join(f"{t.name}: {', '.join(t.metric_names)}" for t in tasks.registered())
+        + "); default: the task's first.",
     )
     threshold: float = Field(
         default=0.5, gt=0, lt=1, description="Multi-label: a class is predicted when its sigmoid probability reaches this."
@@ -282,6 +291,11 @@ class TrainingSection(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return names
+
+    @field_validator("metric_for_best_model", mode="before")
+    @classmethod
+    def _a_known_metric(cls, v: Any) -> Any:
+        return v if v is None else _one_of(v, list(tasks.all_metrics()))
 
     @model_validator(mode="after")
     def _consistent_schedule(self) -> TrainingSection:
@@ -333,10 +347,10 @@ class Recipe(_Section):
         default=None, description="Short name; names the default run directory, runs/<name> (a name, not a path)."
     )
     description: str | None = None
-    task: Literal[("auto", *TASKS)] = Field(  # type: ignore[valid-type]
-        default="auto",
-        description="auto: from the model and the data (labels with fractions: regression); or one of "
-        + ", ".join(TASKS) + ".",
+    task: str = Field(
+        default=tasks.AUTO,
+        description="auto: from the model and the data (labels with fractions: regression); or a registered task "
+        "(samtune.tasks.names()): " + ", ".join(tasks.names()) + ".",
     )
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
@@ -352,10 +366,15 @@ class Recipe(_Section):
             raise ValueError(problem)
         return v
 
+    @field_validator("task", mode="before")
+    @classmethod
+    def _a_registered_task(cls, v: Any) -> Any:
+        return _one_of(v, [tasks.AUTO, *tasks.names()])  # the registry as it is now: a task of one's own included
+
     @model_validator(mode="after")
     def _metric_fits_the_task(self) -> Recipe:
         metric = self.training.metric_for_best_model
-        if self.task != "auto" and metric is not None and (problem := metric_problem(self.task, metric)):
+        if self.task != tasks.AUTO and metric is not None and (problem := tasks.get(self.task).metric_problem(metric)):
             raise ValueError(problem)
         return self
 

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from samtune import tasks
 from samtune.errors import UsageError
 from samtune.files import Locked, lock_exclusively, lock_holder, unlock
 
@@ -322,8 +323,6 @@ def _describe(run_dir: Path) -> dict[str, Any]:
     """`run_summary`'s fields read from the run's config.yaml, metrics.json and checkpoints (`Unreadable` if not)."""
     import yaml
 
-    from samtune.tasks import default_metric
-
     recipe = _read_mapping(run_dir / CONFIG_FILE, yaml.safe_load)
     section = lambda key: recipe.get(key) if isinstance(recipe.get(key), dict) else {}  # noqa: E731
     model, data, sam, training = section("model"), section("data"), section("sam"), section("training")
@@ -335,11 +334,11 @@ def _describe(run_dir: Path) -> dict[str, Any]:
         steps = int(Path(checkpoint).name.removeprefix(CHECKPOINT_PREFIX))
         status = f"interrupted at step {steps}"
     metric = training.get("metric_for_best_model") or next(
-        (m for m in ("accuracy", "mse", "micro_f1", "entity_f1", "perplexity") if f"eval_{m}" in metrics), None
+        (m for m in tasks.default_metrics() if f"eval_{m}" in metrics), None
     )
     task = recipe.get("task")
-    if metric is None and isinstance(task, str) and task != "auto":
-        metric = default_metric(task)
+    if metric is None and task in tasks.names():
+        metric = tasks.get(task).default_metric
     variant = sam.get("variant", "sam")
     rho = sam.get("rho", 0.05)
     return {

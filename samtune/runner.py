@@ -11,26 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from samtune import tasks
 from samtune.errors import FREE_SPACE_HINT, DataError, DiskFullError, TrainingError, UsageError, chain, disk_full
 from samtune.files import write_json_atomic, write_text_atomic, writable_problem
 from samtune.optim.settings import setting_specs
 from samtune.processes import is_main_process
 from samtune.recipe import Recipe
-from samtune.tasks import (
-    CLASSIFICATION,
-    GREATER_IS_BETTER,
-    MULTI_LABEL,
-    GENERATION,
-    REGRESSION,
-    TOKENS,
-    default_metric,
-    metric_problem,
-    metrics_of,
-    modality,
-    problem,
-)
 from samtune.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -58,138 +44,6 @@ class RunResult:
     wall_time: float
     steps: int
     trainer: Any = None  # the SAMTrainer, for callers that want the in-memory model
-
-
-def _outputs(eval_pred: Any) -> Any:
-    """The model's outputs (logits, or the regression value) in an EvalPrediction (the first, if it holds several)."""
-    return eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-
-
-def compute_metrics(eval_pred: Any) -> dict[str, float]:
-    """Accuracy and macro F1 (scikit-learn) of the argmax predictions."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    preds = np.asarray(_outputs(eval_pred)).argmax(-1)
-    labels = np.asarray(eval_pred.label_ids)
-    return {
-        "accuracy": float(accuracy_score(labels, preds)),
-        "f1": float(f1_score(labels, preds, average="macro")),
-    }
-
-
-def compute_regression_metrics(eval_pred: Any) -> dict[str, float]:
-    """MSE and MAE (scikit-learn), Pearson and Spearman correlations (SciPy) of the single output.
-
-    A correlation is undefined when the predictions (or targets) are all equal: it is reported as 0.0,
-    no linear or rank relation, so that a collapsed model never ranks above one that learned something.
-    """
-    import warnings
-
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import mean_absolute_error, mean_squared_error
-
-    preds = np.asarray(_outputs(eval_pred), dtype=np.float64).reshape(-1)
-    targets = np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1)
-    constant = np.ptp(preds) == 0 or np.ptp(targets) == 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pearson = 0.0 if constant else float(pearsonr(preds, targets)[0])
-        spearman = 0.0 if constant else float(spearmanr(preds, targets)[0])
-    return {
-        "mse": float(mean_squared_error(targets, preds)),
-        "mae": float(mean_absolute_error(targets, preds)),
-        "pearson": pearson,
-        "spearman": spearman,
-    }
-
-
-def multi_label_metrics(threshold: float = 0.5) -> Any:
-    """The `compute_metrics` of a multi-label task: a class is predicted where its sigmoid reaches `threshold`;
-    micro and macro F1 and subset accuracy (every class right), by scikit-learn."""
-
-    def compute(eval_pred: Any) -> dict[str, float]:
-        from sklearn.metrics import accuracy_score, f1_score
-
-        probs = 1.0 / (1.0 + np.exp(-np.asarray(_outputs(eval_pred), dtype=np.float64)))
-        preds = (probs >= threshold).astype(int)
-        targets = (np.asarray(eval_pred.label_ids) >= 0.5).astype(int)
-        return {
-            "micro_f1": float(f1_score(targets, preds, average="micro", zero_division=0)),
-            "macro_f1": float(f1_score(targets, preds, average="macro", zero_division=0)),
-            "subset_accuracy": float(accuracy_score(targets, preds)),
-        }
-
-    return compute
-
-
-def entity_tags(labels: list[str]) -> list[str]:
-    """The tags as seqeval reads them: a tag set in a chunk scheme (B-/I-/E-/S-/L-/U- prefixes, and O) as it is;
-    any other (e.g. part-of-speech tags) with each word its own entity (B-tag; O stays outside), so that the
-    entity scores are then the word-level F1 over the tags other than O."""
-    import re
-
-    scheme = re.compile(r"^[BIESLU]-.")
-    if any(scheme.match(t) for t in labels):
-        return list(labels)
-    return [t if t == "O" else f"B-{t}" for t in labels]
-
-
-def token_classification_metrics(labels: list[str]) -> Any:
-    """The `compute_metrics` of token classification over the tag names `labels`: the argmax tag of each scored
-    word (its first sub-word token; -100 elsewhere), entity-level precision, recall and F1 by seqeval (conlleval's
-    rules, micro-averaged over entity types) and the share of words tagged right."""
-    tags = entity_tags(labels)
-
-    def compute(eval_pred: Any) -> dict[str, float]:
-        from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
-
-        preds = np.asarray(_outputs(eval_pred)).argmax(-1)
-        targets = np.asarray(eval_pred.label_ids)
-        truth, predicted = [], []
-        for p_row, t_row in zip(preds, targets):
-            scored = t_row != -100
-            truth.append([tags[i] for i in t_row[scored]])
-            predicted.append([tags[i] for i in p_row[scored]])
-        return {
-            "entity_f1": float(f1_score(truth, predicted, zero_division=0)),
-            "entity_precision": float(precision_score(truth, predicted, zero_division=0)),
-            "entity_recall": float(recall_score(truth, predicted, zero_division=0)),
-            "word_accuracy": float(accuracy_score(truth, predicted)),
-        }
-
-    return compute
-
-
-def next_token_losses(logits: Any, labels: Any) -> Any:
-    """A causal LM's `preprocess_logits_for_metrics`: per sequence, the summed negative log-likelihood of its
-    targets (each token predicted from those before it: `labels` shifted by one, -100 not scored) and their
-    count, so that evaluation keeps two numbers per sequence rather than a vocabulary's worth per token."""
-    import torch
-
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    targets = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-    )
-    return torch.stack([nll.sum(-1), (targets != -100).sum(-1).to(nll.dtype)], dim=-1)
-
-
-def compute_perplexity(eval_pred: Any) -> dict[str, float]:
-    """Perplexity over every scored token of the split: exp(total negative log-likelihood / tokens). (The Trainer's
-    eval_loss averages its batches' means instead, so batches with fewer tokens weigh more there.)"""
-    sums = np.asarray(_outputs(eval_pred), dtype=np.float64).reshape(-1, 2)
-    return {"perplexity": float(np.exp(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0)))}
-
-
-def metrics_function(task: str, threshold: float = 0.5, labels: list[str] | None = None) -> Any:
-    """The `compute_metrics` of a task (`labels`: the class or tag names, which token classification needs)."""
-    if problem(task) == MULTI_LABEL:
-        return multi_label_metrics(threshold)
-    if problem(task) == TOKENS:
-        return token_classification_metrics(labels or [])
-    if problem(task) == GENERATION:
-        return compute_perplexity
-    return compute_regression_metrics if problem(task) == REGRESSION else compute_metrics
 
 
 # What a checkpoint's weights and its place in the data belong to: a resume that asks for other values is refused
@@ -227,7 +81,7 @@ def recipe_changes(saved: Recipe, current: Recipe, keys: tuple[str, ...] = RUN_D
 
 def best_metric(recipe: Recipe, task: str) -> str:
     """The metric that picks the best checkpoint: the recipe's, else the task's default."""
-    return recipe.training.metric_for_best_model or default_metric(task)
+    return recipe.training.metric_for_best_model or tasks.get(task).default_metric
 
 
 def precision_flags(precision: str) -> tuple[dict[str, bool], str]:
@@ -274,12 +128,12 @@ def training_arguments(recipe: Recipe, run_dir: Path, task: str, model: Any = No
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=t.load_best_model_at_end and evaluating,
         metric_for_best_model=best_metric(recipe, task),
-        greater_is_better=GREATER_IS_BETTER[best_metric(recipe, task)],
+        greater_is_better=tasks.metric(best_metric(recipe, task)).greater_is_better,
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         label_smoothing_factor=t.label_smoothing,
         dataloader_num_workers=t.num_workers,
-        remove_unused_columns=modality(task) != "image",
+        remove_unused_columns=tasks.get(task).remove_unused_columns,
         report_to=t.report_to or "none",
         run_name=t.run_name or recipe.run_name(),
         # FSDP2; sharded checkpoints (exact resume through Accelerate), the finished run saved whole (_save_run).
@@ -325,39 +179,39 @@ def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
     from samtune.data import load_data
 
     config = modeling.checked_config(recipe.model)  # model.max_length: before anything is written or removed
-    model_task = modeling.model_task(config)
-    if recipe.task != "auto" and model_task and modality(model_task) != modality(recipe.task):
+    model_task = tasks.detect_model(config)
+    if recipe.task != tasks.AUTO and model_task and model_task.modality != tasks.get(recipe.task).modality:
         raise UsageError(
-            f"task is {recipe.task}, but '{recipe.model.name}' is a {modality(model_task)} model",
+            f"task is {recipe.task}, but '{recipe.model.name}' is a {model_task.modality} model",
             "Choose a model for the task, or set task: auto.",
         )
-    data = load_data(recipe.data, recipe.training.seed, recipe.task, model_task)
+    data = load_data(recipe.data, recipe.training.seed, recipe.task, model_task.name if model_task else None)
     for line in data.dropped:
         notify(line)
     if data.picked:  # chosen by their values: written into the recipe, so config.yaml reruns the same run
         for what, column in data.picked.items():
             setattr(recipe.data, f"{what}_column", column)
         notify(describe_picked(data.picked))
-    if model_task and modality(data.task) != modality(model_task):
+    task = tasks.get(data.task)
+    if model_task and task.modality != model_task.modality:
         raise DataError(
-            f"'{recipe.model.name}' is a {modality(model_task)} model, but the data looks like {data.task} "
+            f"'{recipe.model.name}' is a {model_task.modality} model, but the data looks like {data.task} "
             f"(columns: {', '.join(data.train.column_names)})",
             "Choose a model that matches the data, or name the columns with data.text_column / data.image_column.",
         )
     metric = recipe.training.metric_for_best_model
-    if metric is not None and (wrong := metric_problem(data.task, metric)):
-        raise UsageError(wrong, f"Choose one of {', '.join(metrics_of(data.task))}, or leave it out.")
-    if problem(data.task) not in (CLASSIFICATION, TOKENS, GENERATION) and recipe.training.label_smoothing > 0:
-        raise UsageError(f"training.label_smoothing smooths single class labels; this is a {problem(data.task)} run",
+    if metric is not None and (wrong := task.metric_problem(metric)):
+        raise UsageError(wrong, f"Choose one of {', '.join(task.metric_names)}, or leave it out.")
+    if not task.smooths_labels and recipe.training.label_smoothing > 0:
+        raise UsageError(f"training.label_smoothing smooths single class labels; this is a {task.problem} run",
                          "Set training.label_smoothing=0.")  # fmt: skip
     processor = modeling.load_processor(recipe.model, data.task)
-    if recipe.data.packing and problem(data.task) != GENERATION:
+    if recipe.data.packing and not task.packs:
         raise UsageError(f"data.packing joins a causal LM's texts; this is a {data.task} run", "Remove data.packing.")
     data = modeling.prepare_inputs(data, processor, recipe.model.max_length, recipe.training.seed, recipe.data.packing)
     model = modeling.load_model(recipe.model, data.task, data.labels)
-    if modality(data.task) == "text" and model.config.pad_token_id is None:
-        model.config.pad_token_id = processor.pad_token_id  # a decoder's classifier reads the last non-pad token
-    if recipe.model.lora is None and modeling.wants_lora_by_default(model, data.task):
+    task.prepare_model(model, processor)
+    if recipe.model.lora is None and task.wants_lora_by_default(model):
         from samtune.recipe import LoraSection
 
         recipe.model.lora = LoraSection()  # saved so in config.yaml: the run is what its recipe says
@@ -601,10 +455,8 @@ def _build_trainer(
             train_dataset=data.train,
             eval_dataset=data.eval,
             processing_class=processor,
-            data_collator=modeling.collator(task, processor),
-            compute_metrics=_with_confusion(metrics_function(task, threshold, data.labels), task),
-            preprocess_logits_for_metrics=next_token_losses if problem(task) == GENERATION else None,
             callbacks=callbacks,
+            **_task_hooks(task, processor, data.labels, threshold),
         )
     except UnsupportedSetupError as e:
         raise UsageError(str(e)) from e
@@ -669,11 +521,14 @@ def _headline(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
 
-def _with_confusion(metrics: Any, task: str) -> Any:
-    """A single-label classifier's `compute_metrics`, recording its predictions for the confusion matrix."""
-    from samtune.confusion import ConfusionRecorder
-
-    return ConfusionRecorder(metrics) if problem(task) == CLASSIFICATION else metrics
+def _task_hooks(task: str, processor: Any, labels: list[str], threshold: float) -> dict[str, Any]:
+    """What the Trainer takes from the task: its collator, its metrics, and the logits' summary its metrics read."""
+    task_ = tasks.get(task)
+    return {
+        "data_collator": task_.collator(processor),
+        "compute_metrics": task_.compute_metrics(labels, threshold),
+        "preprocess_logits_for_metrics": task_.preprocess_logits,
+    }
 
 
 def _confusion_of(trainer: Any, labels: list[str]) -> Any:
@@ -830,7 +685,7 @@ def evaluate_run(
     recipe = build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
     modeling.quiet_transformers()
     run = read_run(run_dir, recipe)
-    if figure_dir is not None and problem(run.task) == CLASSIFICATION and (why := writable_problem(figure_dir)):
+    if figure_dir is not None and tasks.get(run.task).has_confusion_matrix and (why := writable_problem(figure_dir)):
         raise UsageError(f"cannot write the confusion matrix figure into {figure_dir}: {why}",
                          "Choose a writable place for it: --figure PATH.")  # fmt: skip
     section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
@@ -842,14 +697,10 @@ def evaluate_run(
     with tempfile.TemporaryDirectory(prefix="samtune-eval-") as scratch:
         args = SAMArguments(
             output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True, rho=0.0,
-            remove_unused_columns=modality(run.task) != "image", use_cpu=not torch.cuda.is_available(),
+            remove_unused_columns=tasks.get(run.task).remove_unused_columns, use_cpu=not torch.cuda.is_available(),
         )  # fmt: skip
-        trainer = SAMTrainer(
-            model=model, args=args, processing_class=processor,
-            compute_metrics=_with_confusion(metrics_function(run.task, recipe.training.threshold, run.labels), run.task),
-            preprocess_logits_for_metrics=next_token_losses if problem(run.task) == GENERATION else None,
-            data_collator=modeling.collator(run.task, processor),
-        )  # fmt: skip
+        trainer = SAMTrainer(model=model, args=args, processing_class=processor,
+                             **_task_hooks(run.task, processor, run.labels, recipe.training.threshold))  # fmt: skip
         trainer.remove_callback(PrinterCallback)
         metrics = trainer.evaluate(inputs, metric_key_prefix="eval")
     metrics["eval_samples"] = len(inputs)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samtune import tasks
+from samtune.errors import UsageError
 from samtune.recipe import DataSection, ModelSection, Recipe
-from samtune.tasks import TEXT_GENERATION
 
 
 @dataclass
@@ -47,52 +48,24 @@ def read_run(run_dir: Path, recipe: Recipe) -> SavedRun:
 
     model_config = modeling.load_config(ModelSection(name=str(run_dir)))
     task = modeling.model_task(model_config) or recipe.task
-    if task == TEXT_GENERATION:  # a causal LM's config keeps transformers' placeholder labels: it has none
-        return SavedRun(Path(run_dir), recipe, task, [])
-    labels = [model_config.id2label[i] for i in range(len(model_config.id2label))]
-    return SavedRun(Path(run_dir), recipe, task, labels)
+    if task == tasks.AUTO:
+        raise UsageError(f"cannot tell whether {run_dir} classifies text or images", "Set task: in its config.yaml.")
+    return SavedRun(Path(run_dir), recipe, task, tasks.get(task).saved_labels(model_config))
 
 
 def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examples:
     """`split` of the dataset `data` names (default: the validation-like one), its labels matched to the run's by name
-    (a regression run's targets read as numbers)."""
-    from samtune.data import (
-        DroppedRows,
-        detect_columns,
-        drop_unusable_rows,
-        encode_labels,
-        encode_multi_hot,
-        encode_tags,
-        encode_targets,
-        has_text,
-        load_raw,
-        pick_eval_split,
-    )
-    from samtune.tasks import MULTI_LABEL, REGRESSION, TOKENS, problem
+    (`Task.eval_examples`: a regression run's targets read as numbers; a causal LM's text as it is); rows dropped
+    as training drops them, and said (`Examples.dropped`)."""
+    from samtune.data import DroppedRows, detect_columns, load_raw, pick_eval_split
 
     raw, _ = load_raw(data)
     split_name = pick_eval_split(raw, split)
     ds = raw[split_name]
     cols = detect_columns(list(ds.column_names), ds.features, data, run.task)
-    dropped = DroppedRows()  # rows dropped as training drops them, and said
-    if run.task == TEXT_GENERATION:  # no labels: the text (or prompt and response) is all
-        keep = [c for c in (cols["text"], cols["response"]) if c]
-        columns = {"text": cols["text"], "response": cols["response"]}
-        rows = dropped.filter(split_name, ds.select_columns(keep), has_text, keep, "with no text")
-        return Examples(rows, columns, data.dataset or "", split_name, dropped.lines())
-    keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
-    kind = problem(run.task)
-    rows = drop_unusable_rows({"eval": ds.select_columns(keep)}, cols, kind, {"eval": split_name}, dropped)
-    if kind == REGRESSION:
-        encoded = encode_targets(rows, cols["label"])
-    elif kind == MULTI_LABEL:
-        encoded, _ = encode_multi_hot(rows, cols["label"], names=run.labels)
-    elif kind == TOKENS:
-        encoded, _ = encode_tags(rows, cols["text"], cols["label"], names=run.labels)
-    else:
-        encoded, _ = encode_labels(rows, cols["label"], names=run.labels)
-    columns = {"text": cols["text"], "pair": cols["pair"], "image": cols["image"]}
-    return Examples(encoded["eval"], columns, data.dataset or "", split_name, dropped.lines())
+    dropped = DroppedRows()
+    rows, columns = tasks.get(run.task).eval_examples(ds, cols, run.labels, split_name, dropped)
+    return Examples(rows, columns, data.dataset or "", split_name, dropped.lines())
 
 
 def model_inputs(run: SavedRun, examples: Examples, rows: list[int] | None = None) -> tuple[Any, Any]:

@@ -63,7 +63,8 @@ def _nan_on_rank_1(model, forward_call: int) -> None:
 
 def lora_bert() -> torch.nn.Module:
     """tiny_bert with rank-4 LoRA adapters whose B matrices are moved off 0 (so every adapter has a gradient)."""
-    from samtune.modeling import TEXT, apply_lora
+    from samtune.modeling import apply_lora
+    from samtune.tasks.classification import TEXT_CLASSIFICATION as TEXT
     from samtune.recipe import LoraSection
 
     model = apply_lora(tiny_bert(), LoraSection(r=4, dropout=0.0), TEXT)

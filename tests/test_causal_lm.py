@@ -16,8 +16,8 @@ from transformers import EvalPrediction
 from typer.testing import CliRunner
 
 from samtune.cli import app
-from samtune.modeling import tokenize_causal
-from samtune.runner import compute_perplexity, next_token_losses
+from samtune.tasks.causal_lm import tokenize_causal
+from samtune.tasks.causal_lm import compute_perplexity, next_token_losses
 
 runner = CliRunner()
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -199,9 +199,9 @@ def test_packing_trains_on_full_blocks(tmp_path, causal_model_dir, texts_jsonl):
 
 
 def test_big_causal_lms_get_lora_unless_the_recipe_says_no(tmp_path, causal_model_dir, texts_jsonl, monkeypatch):
-    from samtune import modeling
+    from samtune.tasks import causal_lm
 
-    monkeypatch.setattr(modeling, "LORA_BY_DEFAULT_ABOVE", 1000)  # the tiny GPT-2 counts as big
+    monkeypatch.setattr(causal_lm, "LORA_BY_DEFAULT_ABOVE", 1000)  # the tiny GPT-2 counts as big
     args = ["train", "--model", str(causal_model_dir), "--dataset", str(texts_jsonl), "--max-steps", "2",
             "model.max_length=16"]  # fmt: skip
     result = runner.invoke(app, [*args, "--output-dir", str(tmp_path / "big")])

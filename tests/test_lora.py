@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 
 from samtune.cli import app
 from samtune.errors import RecipeError
-from samtune.modeling import IMAGE, TEXT, apply_lora, head_modules, lora_targets
+from samtune.modeling import apply_lora, head_modules, lora_targets
+from samtune.tasks.classification import IMAGE_CLASSIFICATION as IMAGE
+from samtune.tasks.classification import TEXT_CLASSIFICATION as TEXT
 from samtune.recipe import LoraSection, build_recipe
 
 runner = CliRunner()

@@ -18,7 +18,7 @@ from samtune.cli import app
 from samtune.data import load_data
 from samtune.errors import DataError
 from samtune.recipe import DataSection
-from samtune.runner import multi_label_metrics
+from samtune.tasks.multi_label import multi_label_metrics
 
 runner = CliRunner()
 TOPICS = {"acting": ["acting", "cast"], "plot": ["plot", "story"], "music": ["music", "score"]}

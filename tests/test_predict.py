@@ -144,10 +144,10 @@ def test_image_folder_with_a_corrupt_file_and_one_over_the_decompression_bomb_li
     ids=["classification", "multi-label", "regression"],
 )  # fmt: skip
 def test_prediction_columns_are_the_names_the_clash_check_uses(task, labels, logits, expected):
-    from samtune.predict import _prediction_columns, prediction_names
+    from samtune import tasks
 
     table = pd.DataFrame({"text": ["x"]})
-    added = _prediction_columns(table, np.array(logits), task, labels, threshold=0.5)
-    assert added == prediction_names(task, labels) == list(expected) == list(table.columns[1:])
+    added = tasks.get(task).prediction_columns(table, np.array(logits), labels, threshold=0.5)
+    assert added == tasks.get(task).prediction_names(labels) == list(expected) == list(table.columns[1:])
     for name, value in expected.items():
         assert table[name][0] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-12)), name

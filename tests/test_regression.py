@@ -19,7 +19,7 @@ from samtune.cli import app
 from samtune.data import load_data
 from samtune.errors import DataError, UsageError
 from samtune.recipe import DataSection
-from samtune.runner import compute_regression_metrics
+from samtune.tasks.regression import compute_regression_metrics
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from samtune.cli import app
 from samtune.data import load_data
 from samtune.errors import DataError
 from samtune.recipe import DataSection
-from samtune.runner import token_classification_metrics
+from samtune.tasks.token_classification import token_classification_metrics
 
 runner = CliRunner()
 PEOPLE = ["ada", "alan", "grace"]  # ... tagged PER; the sentiment words are tagged as a two-word "REV" entity
@@ -68,7 +68,7 @@ def _wordpiece_tokenizer():
 def test_a_words_tag_goes_on_its_first_sub_word_token_and_minus_100_elsewhere():
     import datasets
 
-    from samtune.modeling import tokenize_words
+    from samtune.tasks.token_classification import tokenize_words
 
     tokenizer = _wordpiece_tokenizer()
     rows = datasets.Dataset.from_dict({"tokens": [["Ada", "Lovelace", "was", "born", "in", "London", "."]],

@@ -57,9 +57,9 @@ from typing import Any
 
 import yaml
 
+from samtune import tasks
 from samtune.analysis.comparison import BASELINE, COMPARISON_FILE, CURVES_FILE, RunRef, build_report, json_safe
 from samtune.analysis.comparison import plot_learning_curves, read_curves
-from samtune.tasks import GREATER_IS_BETTER, METRICS
 from samtune.errors import Interrupted, RecipeError, SamtuneError, TrainingError, UsageError
 from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides, settings_for_variant
 from samtune.recipe import load_yaml, yaml_scalar
@@ -215,7 +215,7 @@ def describe_arm(name: str) -> str:
 def rank_arms(report: dict[str, Any], metric: str) -> dict[str, Any]:
     """The arms ordered by the mean validation metric over seeds (best first); test numbers play no part."""
     key = f"eval_{metric}"
-    higher = GREATER_IS_BETTER[metric]
+    higher = tasks.metric(metric).greater_is_better
     scored = [(a, e["metrics"][key]["mean"]) for a, e in report["arms"].items() if key in e["metrics"]]
     order = sorted(scored, key=lambda x: -x[1] if higher else x[1])
     return {
@@ -234,8 +234,8 @@ def _ranking_metric(run: Any) -> str:
     if run.recipe.training.metric_for_best_model:
         return run.recipe.training.metric_for_best_model
     metrics = json.loads((Path(run.run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
-    # Each problem's default (its first metric), for the problem whose metrics the run computed.
-    return next((names[0] for names in METRICS.values() if f"eval_{names[0]}" in metrics), "accuracy")
+    # Each task's default (its first metric), for the task whose metrics the run computed.
+    return next((name for name in tasks.default_metrics() if f"eval_{name}" in metrics), "accuracy")
 
 
 def arm_sam(arm: str, recipe_sam: SAMSection) -> dict[str, Any]:

@@ -19,18 +19,16 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from samtune import tasks
 from samtune.analysis.paired import ALPHA, BOOTSTRAP_NAME, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, TEST_NAME
 from samtune.analysis.paired import paired_difference, summarise
-from samtune.tasks import GREATER_IS_BETTER
-from samtune.tasks import METRICS as TASK_METRICS
 
 BASELINE = "adamw"
 COMPARISON_FILE = "comparison.json"
 CURVES_FILE = "learning_curves.png"
 # Summarised when every run has them; the table shows QUALITY, and TIME in its cost columns.
 # Every task's metrics (samtune.tasks), the loss last; a report shows those its runs computed.
-QUALITY = tuple(f"{split}_{m}" for split in ("eval", "test")
-                for m in (*dict.fromkeys(m for names in TASK_METRICS.values() for m in names), "loss"))  # fmt: skip
+QUALITY = tuple(f"{split}_{m}" for split in ("eval", "test") for m in tasks.all_metrics())
 METRICS = (*QUALITY, "train_loss", "train_runtime", "wall_time")
 TIME = "train_runtime"  # the training loop's wall-clock time (no loading, no final evaluation): the cost's measure
 CURVES = (("loss", "training loss"), ("eval_loss", "eval loss"), ("eval_accuracy", "eval accuracy"))
@@ -191,7 +189,8 @@ def _judgement(metric: str, diff: Mapping[str, Any]) -> str:
     if not beyond:
         return "no"
     name = metric.split("_", 1)[1] if metric.startswith(("eval_", "test_", "train_")) else metric
-    better = (diff["mean"] > 0) if GREATER_IS_BETTER.get(name, False) else (diff["mean"] < 0)
+    known = tasks.all_metrics().get(name)
+    better = (diff["mean"] > 0) if known is not None and known.greater_is_better else (diff["mean"] < 0)
     return "[green]better[/green]" if better else "[red]worse[/red]"
 
 

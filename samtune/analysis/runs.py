@@ -27,10 +27,7 @@ def open_run(run_dir: Path, option: str = "RUN_DIR") -> SavedRun:
     refuse_if_in_use(run_dir, "Measure it once that run ends.")
     config = run_dir / CONFIG_FILE
     recipe = build_recipe(read_recipe_file(config), source=str(config)) if config.is_file() else build_recipe()
-    run = read_run(run_dir, recipe)
-    if run.task == "auto":
-        raise UsageError(f"cannot tell whether {run_dir} classifies text or images", "Set task: in its config.yaml.")
-    return run
+    return read_run(run_dir, recipe)
 
 
 def load_examples(run: SavedRun, dataset: str | None = None, split: str | None = None) -> Examples:
@@ -56,9 +53,7 @@ def load_examples(run: SavedRun, dataset: str | None = None, split: str | None =
                 f"{', '.join(run.labels[:10])}",
                 "Measure on data with the model's labels: --dataset.",
             )
-        columns = {"text": prepared.text_column, "pair": prepared.text_pair_column, "image": prepared.image_column,
-                   "response": prepared.response_column}  # fmt: skip
-        return Examples(prepared.eval, columns, data.dataset or "", prepared.eval_split)
+        return Examples(prepared.eval, prepared.columns, data.dataset or "", prepared.eval_split)
     section = data.model_copy(update={"dataset": dataset, "config": None, "eval_file": None}) if dataset else data
     return split_examples(run, section, split)
 
