@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from samtune import tasks
 from samtune.errors import OFFLINE_HINT, DataError, hub_unreachable
+from samtune.network import work_offline_if_unresolved
 from samtune.recipe import DataSection, resolve_package_path
 from samtune.tasks.columns import COMBINED_LABELS, LABELS, as_names, is_list_column
 from samtune.tasks.per_example import example_columns
@@ -180,14 +181,15 @@ def _load_hub(data: DataSection) -> DatasetDict:
 
     import datasets
 
+    unresolved = work_offline_if_unresolved()  # the Hub's name does not resolve: the local cache only, at once
     try:
         return datasets.load_dataset(data.dataset, data.config, revision=data.revision)
     except Exception as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") and unresolved is None
         text = _first_line(e)
         if "Config name is missing" in str(e) or "BuilderConfig" in str(e):
             raise DataError(f"dataset '{data.dataset}': {text}", "Set data.config to one of the names above.") from e
-        reason = hub_unreachable(e)
+        reason = unresolved or hub_unreachable(e)
         if reason is not None and not offline:
             raise DataError(
                 f"dataset '{data.dataset}': the Hugging Face Hub could not be reached ({reason})",

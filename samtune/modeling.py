@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samtune.errors import OFFLINE_HINT, UsageError, hub_unreachable
+from samtune.network import work_offline_if_unresolved
 from samtune.recipe import LoraSection, ModelSection, resolve_package_path
 from samtune import tasks
 
@@ -28,6 +30,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def _unreachable(name: str, reason: str) -> UsageError:
+    return UsageError(
+        f"model '{name}': the Hugging Face Hub could not be reached ({reason})",
+        f"Check the network connection; {OFFLINE_HINT}; or give a local folder.",
+    )
+
+
 def _not_found(name: str, e: BaseException) -> UsageError:
     from pathlib import Path
 
@@ -40,10 +49,7 @@ def _not_found(name: str, e: BaseException) -> UsageError:
         return UsageError(f"'{name}' is a file, not a model folder or hub id", "Give a model folder or a hub id.")
     reason = hub_unreachable(e)
     if reason is not None and not _offline():
-        return UsageError(
-            f"model '{name}': the Hugging Face Hub could not be reached ({reason})",
-            f"Check the network connection; {OFFLINE_HINT}; or give a local folder.",
-        )
+        return _unreachable(name, reason)
     if _offline():
         hint = (
             "HF_HUB_OFFLINE=1 is set, so only local folders and models already in the cache load. "
@@ -68,9 +74,12 @@ def load_config(section: ModelSection) -> PretrainedConfig:
     from transformers import AutoConfig
 
     name = model_path(section)
+    unresolved = None if Path(name).expanduser().exists() else work_offline_if_unresolved()
     try:
         return AutoConfig.from_pretrained(name, revision=section.revision, trust_remote_code=section.trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
+        if unresolved is not None:  # the id is not in the local cache, and the Hub's name does not resolve
+            raise _unreachable(section.name or name, unresolved) from e
         raise _not_found(section.name or name, e) from e
 
 
