@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -207,6 +208,22 @@ PushToHubOpt = Annotated[
     Optional[str],
     typer.Option("--push-to-hub", metavar="REPO_ID", help="Push the run to this Hub repo.", rich_help_panel=HUB_PANEL),
 ]
+class LogFormat(str, Enum):
+    """How training logs are written where there is no terminal."""
+
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        help="Without a terminal (a pipe, a file, CI): one line per logging step as key value pairs (text) or JSON "
+        "lines (json); a terminal shows a progress bar (json: JSON lines there too).",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
 PrivateOpt = Annotated[
     Optional[bool],
     typer.Option("--private/--public", help="Visibility of a new repo (default private).", rich_help_panel=HUB_PANEL),
@@ -234,6 +251,7 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "lora": (LoraOpt, False),
     "push_to_hub": (PushToHubOpt, None),
     "private": (PrivateOpt, None),
+    "log_format": (LogFormatOpt, LogFormat.text),
     "debug": (DebugOpt, False),
 }
 
@@ -287,7 +305,7 @@ def train(
             argv = without(sys.argv[1:], set(), {"--nproc"})
             say, warn = console.print, lambda text: err_console.print(f"[red]{escape(text)}[/red]")
             raise typer.Exit(relaunch(argv, nproc, debug, say, warn))
-        _train(resolved, overwrite, resume, debug)
+        _train(resolved, overwrite, resume, debug, LogFormat(run["log_format"]).value)
 
     _guarded(body, debug)
 
@@ -306,7 +324,7 @@ def _check_before_launch(recipe: Any, overwrite: bool, resume: str | None) -> No
     checked_config(recipe.model)  # a missing model (or a max_length it cannot take) fails here, once, not in every process
 
 
-def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> None:
+def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool, log_format: str = "text") -> None:
     from samtune.progress import ProgressCallback
     from samtune.runner import leave_process_group, train
 
@@ -322,7 +340,7 @@ def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool) -> Non
         recipe,
         overwrite=overwrite,
         resume=resume,
-        callbacks=[ProgressCallback(console)],
+        callbacks=[ProgressCallback(console, log_format)],
         command=command,
         resume_command=resume_command(sys.argv[1:]),
         notify=lambda text: err_console.print(f"[yellow]{text}[/yellow]"),
