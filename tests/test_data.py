@@ -118,7 +118,7 @@ def test_dropped_rows_are_said_once_in_training_and_in_eval(tmp_path, text_model
     gaps = _gaps_csv(tmp_path / "gaps.csv")
     out = tmp_path / "run"
     trained = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(gaps), "--output-dir",
-                                       str(out), "--max-steps", "1"])  # fmt: skip
+                                       str(out), "--max-steps", "2"])  # fmt: skip
     assert trained.exit_code == 0, trained.output
     said = "dropped 3 of 23 rows of the 'train' split: 2 with no text, 1 with no label"
     assert " ".join(trained.output.split()).count(said) == 1
@@ -187,6 +187,29 @@ def test_content_and_category_in_jsonl(tmp_path):
     rows = [{"content": t, "category": ["film", "music", "books", "games"][i % 4]} for i, t in enumerate(_sentences(120))]
     data = _load(write_jsonl(tmp_path / "posts.jsonl", rows))
     assert data.picked == {"label": "category", "text": "content"} and len(data.labels) == 4
+
+
+def test_a_column_of_fractional_numbers_is_picked_as_the_regression_target(tmp_path):
+    """text,score with scores in [0, 1]: the float column is the label by its values, and the run is regression."""
+    rows = [{"text": t, "score": round((i * 37 % 101) / 100, 2)} for i, t in enumerate(_sentences(120))]
+    data = _load(write_csv(tmp_path / "scored.csv", rows))
+    assert data.picked == {"label": "score"} and data.task == "text-regression"
+
+
+def test_a_float_column_beside_a_repeating_one_is_ambiguous(tmp_path):
+    """The ambiguity rule of the other columns: a float target and a repeating category are both candidates."""
+    rows = [{"text": t, "score": round(i / 120, 3), "topic": ["a", "b", "c"][i % 3]} for i, t in enumerate(_sentences(120))]
+    with pytest.raises(DataError) as e:
+        _load(write_csv(tmp_path / "both.csv", rows))
+    assert "'score'" in e.value.message and "'topic'" in e.value.message
+    assert "data.label_column=score" in e.value.hint
+
+
+def test_whole_numbers_written_as_floats_are_not_a_regression_target(tmp_path):
+    """1.0, 2.0, ... repeating: classes (as whole numbers are), found by the usual rule, not a float target."""
+    rows = [{"text": t, "stars": float(i % 3 + 1)} for i, t in enumerate(_sentences(90))]
+    data = _load(write_csv(tmp_path / "stars.csv", rows))
+    assert data.picked == {"label": "stars"} and data.task == "text-classification"
 
 
 def test_two_columns_that_could_each_be_the_label_are_a_data_error_naming_both(tmp_path):

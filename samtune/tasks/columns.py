@@ -42,7 +42,7 @@ def by_content(rows: Dataset, columns: list[str], what: str, exclude: tuple[str 
     """The one column whose values look like the `what` ("label" or "text"), where no name said; None if none does.
 
     A label: strings, whole numbers or booleans that repeat (2 to 100 distinct values, at most a fifth of the
-    rows). A text: strings, mostly distinct (at least half the rows), most with a space in them (sentences, not
+    rows), or numbers with fractions (a regression target; floats that are all whole are whole numbers). A text: strings, mostly distinct (at least half the rows), most with a space in them (sentences, not
     ids or codes). Two candidates or more is a DataError naming them all: samtune never guesses between columns.
     """
     sample = rows.select(range(min(len(rows), CONTENT_SAMPLE)))
@@ -50,12 +50,16 @@ def by_content(rows: Dataset, columns: list[str], what: str, exclude: tuple[str 
     for c in columns:
         if c in exclude:
             continue
-        values = [v for v in sample[c] if v is not None]
+        values = [v for v in sample[c] if v is not None and v == v]  # (NaN: a missing number)
         kind = type(values[0]) if values else None
-        if kind not in (str, int, bool) or not all(type(v) is kind for v in values):
+        if kind is float and all(isinstance(v, float) and v.is_integer() for v in values):
+            values, kind = [int(v) for v in values], int  # 1.0, 2.0, ...: whole numbers, as a CSV reader may type them
+        if kind not in (str, int, bool, float) or not all(type(v) is kind for v in values):
             continue
         distinct = len(set(values))
-        if what == "label" and 2 <= distinct <= max(2, min(100, n // 5)):
+        if what == "label" and kind is float and distinct >= 2:
+            found[c] = distinct  # numbers with fractions: a regression target
+        elif what == "label" and kind is not float and 2 <= distinct <= max(2, min(100, n // 5)):
             found[c] = distinct
         elif what == "text" and kind is str and distinct >= n / 2 and sum(" " in v.strip() for v in values) >= len(values) / 2:
             found[c] = distinct
