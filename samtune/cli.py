@@ -481,9 +481,18 @@ def predict_command(
         bool, typer.Option("--skip-bad", help="Skip images that do not decode or are over Pillow's decompression-bomb "
                            "limit (and say which).")
     ] = False,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option(min=1, help="Causal LMs: tokens to generate per prompt (default 50).")
+    ] = None,
+    do_sample: Annotated[
+        bool, typer.Option("--do-sample", help="Causal LMs: sample the tokens (default: greedy, the likeliest).")
+    ] = False,
+    temperature: Annotated[Optional[float], typer.Option(min=0.0, help="Causal LMs, with --do-sample.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Causal LMs, with --do-sample.")] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Predict with a saved run: each input row with its predicted label and every class's probability."""
+    """Predict with a saved run: each input row with its predicted label and every class's probability; a tagger's
+    entities and tags; a causal LM's completion of each prompt."""
 
     def body() -> None:
         from rich.progress import track
@@ -497,9 +506,15 @@ def predict_command(
             )
         if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
             raise UsageError(f"cannot tell the format of --output {output}", "End it with .csv or .jsonl.")
+        if (temperature is not None or top_p is not None) and not do_sample:
+            raise UsageError("--temperature and --top-p shape sampling; without --do-sample generation is greedy",
+                             "Add --do-sample, or drop them.")  # fmt: skip
+        given = dict(max_new_tokens=max_new_tokens, do_sample=do_sample or None, temperature=temperature, top_p=top_p)
+        generation = {k: v for k, v in given.items() if v is not None}
         result = predict(run_dir, source if source is not None else list(text or []), batch_size, skip_bad,
                          progress=lambda it, total: track(it, total=total, description="predicting",
-                                                          console=err_console, transient=True))  # fmt: skip
+                                                          console=err_console, transient=True),
+                         generation=generation)  # fmt: skip
         if result.skipped:
             err_console.print(f"[yellow]skipped {len(result.skipped)} image(s) that cannot be read: "
                               f"{', '.join(result.skipped[:10])}[/yellow]")  # fmt: skip

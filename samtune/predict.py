@@ -3,7 +3,8 @@
 The run's model and processor, its labels and the columns it was trained on (its config.yaml) are read
 back as `samtune eval` reads them (`samtune.saved`); the examples need no labels. Each input row comes
 back with the predicted label and the probability of every class (multi-label: every label's own;
-regression: the predicted number), written as CSV or JSON lines.
+regression: the predicted number; a tagger: the entities and each word's tag; a causal LM: the prompt's completion),
+written as CSV or JSON lines. What each task adds is its own (`Task.predict_batch`, `Task.prediction_columns`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import json
 
 import numpy as np
 
@@ -94,10 +97,11 @@ def input_column(rows: Any, named: str | None, candidates: tuple[str, ...], what
 
 def predict(
     run_dir: Path, source: Path | list[str], batch_size: int = 64, skip_bad: bool = False,
-    progress: Callable[[Any, int], Any] = lambda it, total: it,
+    progress: Callable[[Any, int], Any] = lambda it, total: it, generation: dict[str, Any] | None = None,
 ) -> Predictions:  # fmt: skip
     """Predictions of the run in `run_dir` on `source`, a data file or image folder, or a list of texts (see
-    `read_inputs`); `progress` wraps the batch loop."""
+    `read_inputs`); `progress` wraps the batch loop; `generation`: the generation settings given (max_new_tokens,
+    do_sample, temperature, top_p), for a run that generates text."""
     import torch
 
     from samtune import modeling
@@ -112,25 +116,27 @@ def predict(
     run = read_run(run_dir, recipe)
     task = tasks.get(run.task)
     if not task.predicts:
-        raise UsageError(f"samtune predict classifies and scores whole examples; {run_dir} is a {run.task} run",
-                         "Use the code in the run's README.md (transformers' pipeline) for taggers and causal LMs.")  # fmt: skip
+        raise UsageError(f"samtune predict cannot predict with a {run.task} run ({run_dir})",
+                         "Use the code in the run's README.md (transformers' pipeline).")  # fmt: skip
+    generation = generation or {}
+    if generation and not task.generates:
+        flags = ", ".join("--" + k.replace("_", "-") for k in generation)
+        raise UsageError(f"{flags}: generation settings, but {run_dir} is a {run.task} run, which generates no text",
+                         "Drop them (they apply to causal LMs, text-generation runs).")  # fmt: skip
     rows, skipped = task.read_inputs(source, skip_bad)
     _refuse_clashing_columns(rows.column_names, task.prediction_names(run.labels))
     columns = task.input_columns(rows, recipe.data)
     processor = modeling.load_processor(run.section, run.task)
     model = load_model(run)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    outputs = []
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    outputs: list = []
     starts = range(0, len(rows), batch_size)
     with torch.no_grad():
         for start in progress(starts, len(starts)):
-            inputs = task.batch_inputs(processor, rows[start : start + batch_size], columns, recipe.model.max_length)
-            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
-            outputs.append(logits.float().cpu().numpy())
-    logits = np.concatenate(outputs) if outputs else np.zeros((0, len(run.labels)))
+            batch = rows[start : start + batch_size]
+            outputs += task.predict_batch(model, processor, batch, columns, recipe.model.max_length, generation)
     table = rows.remove_columns([c for c in rows.column_names if c == columns.get("image")]).to_pandas()
-    added = task.prediction_columns(table, logits, run.labels, recipe.training.threshold)
+    added = task.prediction_columns(table, outputs, run.labels, recipe.training.threshold)
     return Predictions(table, added, skipped)
 
 
@@ -140,8 +146,19 @@ def _refuse_clashing_columns(columns: list[str], names: list[str]) -> None:
     if clash:
         raise DataError(
             f"the input has column(s) {', '.join(repr(c) for c in clash)}, the names the predictions are written under",
-            "Rename or drop them in the input (predict writes predicted_label, score, prob_<class>), then run again.",
+            f"Rename or drop them in the input (this run's predictions: {_shown(names)}), then run again.",
         )
+
+
+def _shown(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def _as_text(value: Any) -> Any:
+    """A cell for CSV: a list or a mapping (a tagger's entities, a list of words) as JSON text, else as it is."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
 
 
 def write_predictions(predictions: Predictions, output: Path) -> None:
@@ -151,6 +168,6 @@ def write_predictions(predictions: Predictions, output: Path) -> None:
         raise UsageError(f"cannot tell the format of --output {output}", "End it with .csv or .jsonl.")
     output.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
-        predictions.table.to_csv(output, index=False)
+        predictions.table.map(_as_text).to_csv(output, index=False)
     else:
         predictions.table.to_json(output, orient="records", lines=True, force_ascii=False)

@@ -16,15 +16,19 @@ from samtune.runner import evaluate_run
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, text_model_dir):
-    root = tmp_path_factory.mktemp("predict-text")
-    data = write_csv(root / "train.csv", text_examples(96))
-    out = root / "run"
-    result = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(data), "--output-dir",
-                                 str(out), "--max-steps", "12", "--learning-rate", "5e-3", "--batch-size", "8"])  # fmt: skip
+def _trained(model_dir, data, *args):
+    """A run of the tiny model at `model_dir` on `data`, trained through the command line beside the data."""
+    out = data.parent / "run"
+    result = runner.invoke(app, ["train", "--model", str(model_dir), "--dataset", str(data), "--output-dir", str(out),
+                                 "--batch-size", "8", *args])  # fmt: skip
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, text_model_dir):
+    data = write_csv(tmp_path_factory.mktemp("predict-text") / "train.csv", text_examples(96))
+    return _trained(text_model_dir, data, "--max-steps", "12", "--learning-rate", "5e-3")
 
 
 def test_predictions_agree_with_eval_and_probabilities_sum_to_one(tmp_path, text_run):
@@ -151,3 +155,120 @@ def test_prediction_columns_are_the_names_the_clash_check_uses(task, labels, log
     assert added == tasks.get(task).prediction_names(labels) == list(expected) == list(table.columns[1:])
     for name, value in expected.items():
         assert table[name][0] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-12)), name
+
+
+# ---- taggers and causal LMs: checked against transformers' pipelines on the same run --------------------------
+
+
+@pytest.fixture(scope="module")
+def tagger_run(tmp_path_factory, text_model_dir):
+    from test_token_classification import tagged_examples
+
+    data = write_jsonl(tmp_path_factory.mktemp("predict-tagger") / "ner.jsonl", tagged_examples(96))
+    return _trained(text_model_dir, data, "--epochs", "4", "--learning-rate", "5e-3", "model.max_length=16")
+
+
+def _cells(value):
+    """A list cell as written: a list in JSON lines, its JSON text in CSV."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def test_a_taggers_entities_are_the_token_classification_pipelines(tmp_path, tagger_run):
+    from test_token_classification import tagged_examples
+    from transformers import pipeline
+
+    rows = tagged_examples(12, seed=5)
+    texts = [" ".join(r["tokens"]) for r in rows]
+    words = write_jsonl(tmp_path / "words.jsonl", [{"tokens": r["tokens"]} for r in rows])
+    by_words, by_text = tmp_path / "w.jsonl", tmp_path / "t.csv"
+    result = runner.invoke(app, ["predict", str(tagger_run), str(words), "--output", str(by_words),
+                                 "--batch-size", "5"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    args = [a for t in texts for a in ("--text", t)]
+    result = runner.invoke(app, ["predict", str(tagger_run), *args, "--output", str(by_text), "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    from_words = [json.loads(line) for line in by_words.read_text().splitlines()]
+    from_text = pd.read_csv(by_text)
+    assert list(from_text.columns) == ["text", "entities", "tagged_words"]
+    tagger = pipeline("token-classification", model=str(tagger_run), aggregation_strategy="simple")
+    found = 0
+    for row, line, text_entities, text in zip(rows, from_words, from_text["entities"], texts):
+        expected = tagger(text)
+        found += len(expected)
+        assert [w for w, _ in line["tagged_words"]] == row["tokens"]
+        for entities in (line["entities"], _cells(text_entities)):
+            assert [(e["type"], e["text"]) for e in entities] == [(e["entity_group"], e["word"]) for e in expected]
+            # the same softmax, float32 both ways: a word's score is one token's probability, an entity's their mean
+            assert [e["score"] for e in entities] == pytest.approx([float(e["score"]) for e in expected], abs=1e-6)
+            for e in entities:
+                assert " ".join(row["tokens"][e["start"] : e["end"]]) == e["text"]  # the word span, end exclusive
+                tags = {t for _, t in line["tagged_words"][e["start"] : e["end"]]}
+                assert tags <= {f"B-{e['type']}", f"I-{e['type']}"}
+    assert found >= 5  # the tagger learned something: the comparison is not of empty lists
+
+
+def test_a_taggers_input_with_a_column_named_like_its_predictions_is_refused(tmp_path, tagger_run):
+    data = write_jsonl(tmp_path / "in.jsonl", [{"tokens": ["ada", "was", "here"], "entities": "mine"}])
+    result = runner.invoke(app, ["predict", str(tagger_run), str(data), "--output", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 3 and "'entities'" in result.output, result.output
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def _causal_run(root, model_dir, *extra):
+    from conftest import review_texts
+
+    data = write_jsonl(root / "texts.jsonl", [{"text": r["text"]} for r in review_texts(96)])
+    return _trained(model_dir, data, "--learning-rate", "1e-2", "model.max_length=16", *extra)
+
+
+PROMPTS = ["the film was", "review : the", "a", "the acting was really", "the plot"]  # lengths differ: left padding
+
+
+def _greedy_by_pipeline(generator, max_new_tokens):
+    return [generator(p, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)[0]["generated_text"]
+            for p in PROMPTS]  # fmt: skip
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_causal_lms_greedy_completions_are_the_text_generation_pipelines(tmp_path, causal_model_dir, lora):
+    from transformers import AutoTokenizer, pipeline
+
+    run = _causal_run(tmp_path, causal_model_dir, *(["--lora", "--max-steps", "6"] if lora else ["--epochs", "2"]))
+    out = tmp_path / "completions.jsonl"
+    args = [a for p in PROMPTS for a in ("--text", p)]
+    result = runner.invoke(app, ["predict", str(run), *args, "--max-new-tokens", "6", "--batch-size", "3",
+                                 "--output", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["text"] for line in lines] == PROMPTS and set(lines[0]) == {"text", "completion"}
+    if lora:
+        from peft import AutoPeftModelForCausalLM
+
+        assert (run / "adapter_config.json").is_file()
+        generator = pipeline("text-generation", model=AutoPeftModelForCausalLM.from_pretrained(str(run)),
+                             tokenizer=AutoTokenizer.from_pretrained(str(run)))  # fmt: skip
+    else:
+        generator = pipeline("text-generation", model=str(run))
+    expected = _greedy_by_pipeline(generator, 6)
+    assert [line["completion"] for line in lines] == expected
+    assert any(e.strip() for e in expected)  # something was generated
+
+
+def _completions(run, tmp_path, *flags):
+    out = tmp_path / "c.jsonl"
+    args = [a for p in PROMPTS for a in ("--text", p)]
+    result = runner.invoke(app, ["predict", str(run), *args, "--max-new-tokens", "6", "--output", str(out), *flags])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line)["completion"] for line in out.read_text().splitlines()]
+
+
+def test_sampling_settings_reach_generation_and_a_classifier_refuses_them(tmp_path, causal_model_dir, text_run):
+    run = _causal_run(tmp_path, causal_model_dir, "--epochs", "2")
+    greedy = _completions(run, tmp_path)
+    # Sampling from the top 1e-9 of the probability mass, or at a temperature near 0, keeps only the likeliest token.
+    assert _completions(run, tmp_path, "--do-sample", "--top-p", "1e-9") == greedy
+    assert _completions(run, tmp_path, "--do-sample", "--temperature", "1e-4") == greedy
+    # At temperature 50 the tokens are near uniform over the vocabulary: 30 draws all equal to greedy's would be ~0.
+    assert _completions(run, tmp_path, "--do-sample", "--temperature", "50") != greedy
+    refused = runner.invoke(app, ["predict", str(text_run), "--text", "the film", "--max-new-tokens", "3"])
+    assert refused.exit_code == 2 and "--max-new-tokens" in refused.output, refused.output

@@ -54,6 +54,7 @@ class Task:
     smooths_labels: ClassVar[bool] = False  # training.label_smoothing applies
     packs: ClassVar[bool] = False  # data.packing applies
     predicts: ClassVar[bool] = False  # `samtune predict` scores its examples
+    generates: ClassVar[bool] = False  # `samtune predict` generates text (and takes generation settings)
     has_confusion_matrix: ClassVar[bool] = False  # its metrics record one (`samtune.confusion.ConfusionRecorder`)
     new_head: ClassVar[bool] = True  # the head is new: trained in full beside LoRA's adapters
     lora_task_type: ClassVar[str | None] = None  # peft's TaskType name
@@ -220,12 +221,30 @@ class Task:
         return None
 
     # ---- predict --------------------------------------------------------------------------------------
+    def read_inputs(self, source: Any, skip_bad: bool) -> tuple[Any, list[str]]:
+        """`samtune predict`'s examples (`samtune.predict.read_inputs`: a file, a folder of images, or texts), and the
+        image files skipped."""
+        from samtune.predict import read_inputs  # (samtune.predict imports this package)
+
+        return read_inputs(source, self.modality == "image", skip_bad)
+
+    def input_columns(self, rows: Any, section: Any) -> dict[str, str]:
+        """The columns of `read_inputs`' rows that hold the model's inputs (`section`: the run's data section)."""
+        raise NotImplementedError
+
+    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], columns: dict[str, str],
+                      max_length: int, generation: dict[str, Any]) -> list:  # fmt: skip
+        """The model's output for each row of `batch` (a slice of `read_inputs`' rows), as `prediction_columns` takes
+        them; `generation`: the generation settings given (`generates` tasks only)."""
+        raise NotImplementedError
+
     def prediction_names(self, labels: list[str]) -> list[str]:
         """The columns `samtune predict` writes its predictions under."""
         raise NotImplementedError
 
     def prediction_columns(self, table: Any, logits: Any, labels: list[str], threshold: float) -> list[str]:
-        """Add the predictions to `table` (a DataFrame, in place) under `prediction_names`; those names."""
+        """Add the predictions to `table` (a DataFrame, in place) under `prediction_names`; those names. `logits`:
+        `predict_batch`'s outputs, one per row."""
         raise NotImplementedError
 
     # ---- model card -----------------------------------------------------------------------------------

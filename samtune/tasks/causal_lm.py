@@ -28,6 +28,7 @@ NO_TEXT_HINT = ("Name it with data.text_column=COLUMN (samtune looks for 'text' 
 # fine-tuning with AdamW holds about 16 bytes per parameter (fp32 weights, gradients, two moments), SAM adds a
 # copy of the weights (4 more): 20 GB at a billion parameters, before activations, more than a 24 GB GPU has left.
 LORA_BY_DEFAULT_ABOVE = 1_000_000_000
+MAX_NEW_TOKENS = 50  # `samtune predict`'s completion length, unless --max-new-tokens says
 
 
 def _prompt_and_response(columns: list[str], data: DataSection) -> tuple[str | None, str | None]:
@@ -158,6 +159,8 @@ class CausalLM(Task):
     head_name = "a causal language-model"  # type: ignore[assignment]
     card_example = "This film was"  # type: ignore[assignment]
     preprocess_logits = staticmethod(next_token_losses)
+    predicts = True
+    generates = True
 
     def claims_architecture(self, architectures: list[str]) -> bool:
         # (it may still be fine-tuned as a classifier on labelled data)
@@ -263,6 +266,35 @@ class CausalLM(Task):
 
     def compute_metrics(self, labels: list[str], threshold: float = 0.5) -> Callable[[Any], dict[str, float]]:
         return compute_perplexity
+
+    def input_columns(self, rows: Any, section: Any) -> dict[str, str]:
+        """The prompts: the run's prompt (or text) column, else 'prompt', 'instruction', 'text' or 'sentence'."""
+        from samtune.predict import input_column
+
+        return {"text": input_column(rows, section.prompt_column or section.text_column, PROMPT_COLUMNS + TEXT_COLUMNS,
+                                     "prompt", "data.prompt_column")}  # fmt: skip
+
+    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], columns: dict[str, str],
+                      max_length: int, generation: dict[str, Any]) -> list:  # fmt: skip
+        """Each prompt's completion: `generate` on the batch, padded on the left, greedy unless `generation` says
+        do_sample; the new tokens decoded without special tokens, as transformers' text-generation pipeline does with
+        return_full_text=False. The prompt is tokenised as in training (the tokenizer's own special tokens)."""
+        prompts = [str(t) if t is not None else "" for t in batch[columns["text"]]]
+        processor.padding_side = "left"  # the new tokens follow each prompt's last token
+        try:
+            encoded = processor(prompts, padding=True, return_tensors="pt").to(model.device)
+        finally:
+            processor.padding_side = "right"
+        settings = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, **generation}
+        out = model.generate(**encoded, **settings, pad_token_id=processor.pad_token_id)
+        return processor.batch_decode(out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    def prediction_names(self, labels: list[str]) -> list[str]:
+        return ["completion"]
+
+    def prediction_columns(self, table: Any, logits: Any, labels: list[str], threshold: float) -> list[str]:
+        table["completion"] = list(logits)
+        return self.prediction_names(labels)
 
     def card_labels_line(self, facts: Any) -> str:
         what = (f"each prompt's response (`{facts.response_column}`; the prompt's tokens carry no loss)"

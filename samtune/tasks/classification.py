@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from samtune.errors import DataError
 from samtune.tasks.base import Metric, model_outputs, register
 from samtune.tasks.columns import as_names, label_names, renamed_to_labels
-from samtune.tasks.per_example import PerExampleTask, add_probabilities, probability_names
+from samtune.tasks.per_example import PerExampleTask, add_probabilities, logit_matrix, probability_names
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -115,6 +115,7 @@ class SingleLabelClassification(PerExampleTask):
         import numpy as np
 
         names = self.prediction_names(labels)
+        logits = logit_matrix(logits, labels)
         shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
         probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
         table[names[0]] = [labels[i] for i in probs.argmax(axis=1)]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from samtune.errors import DataError
 from samtune.tasks.base import Metric, model_outputs, register
 from samtune.tasks.columns import LABELS, is_list_column, list_item_names
-from samtune.tasks.per_example import PerExampleTask, add_probabilities, probability_names
+from samtune.tasks.per_example import PerExampleTask, add_probabilities, logit_matrix, probability_names
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -137,7 +137,7 @@ class MultiLabelClassification(PerExampleTask):
         return ["predicted_labels", *probability_names(labels)]
 
     def prediction_columns(self, table: Any, logits: Any, labels: list[str], threshold: float) -> list[str]:
-        probs = sigmoid(logits)
+        probs = sigmoid(logit_matrix(logits, labels))
         table["predicted_labels"] = ["|".join(name for name, p in zip(labels, row) if p >= threshold) for row in probs]
         add_probabilities(table, probs, labels)
         return self.prediction_names(labels)

@@ -101,6 +101,13 @@ def probability_names(labels: list[str]) -> list[str]:
     return [f"prob_{label}" for label in labels]
 
 
+def logit_matrix(outputs: Any, labels: list[str]) -> Any:
+    """`samtune predict`'s outputs of a per-example model (a row of logits per example) as one matrix."""
+    import numpy as np
+
+    return np.asarray(outputs).reshape(-1, max(len(labels), 1))
+
+
 def add_probabilities(table: Any, probs: Any, labels: list[str]) -> None:
     """Each class's probability, in its `probability_names` column (in place)."""
     for j, name in enumerate(probability_names(labels)):
@@ -163,13 +170,6 @@ class PerExampleTask(Task):
 
         return DataCollatorWithPadding(processor) if self.modality == "text" else None
 
-    def read_inputs(self, source: Any, skip_bad: bool) -> tuple[Any, list[str]]:
-        """`samtune predict`'s examples (`samtune.predict.read_inputs`: a file, a folder of images, or texts), and the
-        image files skipped."""
-        from samtune.predict import read_inputs  # (samtune.predict imports this package)
-
-        return read_inputs(source, self.modality == "image", skip_bad)
-
     def input_columns(self, rows: Any, section: Any) -> dict[str, str]:
         """The columns of `read_inputs`' rows that hold the text (and its pair) or the image, as the run's data
         section names them, else by their usual names."""
@@ -191,3 +191,10 @@ class PerExampleTask(Task):
         texts = [str(t) if t is not None else "" for t in batch[columns["text"]]]
         pair = [[str(t) if t is not None else "" for t in batch[columns["pair"]]]] if "pair" in columns else []
         return processor(texts, *pair, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], columns: dict[str, str],
+                      max_length: int, generation: dict[str, Any]) -> list:  # fmt: skip
+        """Each example's logits (a row of floats)."""
+        inputs = self.batch_inputs(processor, batch, columns, max_length)
+        logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits
+        return list(logits.float().cpu().numpy())

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from samtune.errors import DataError
 from samtune.tasks.base import Metric, model_outputs, register
 from samtune.tasks.columns import is_list_column, renamed_to_labels
-from samtune.tasks.per_example import PerExampleTask
+from samtune.tasks.per_example import PerExampleTask, logit_matrix
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -120,7 +120,7 @@ class Regression(PerExampleTask):
         import numpy as np
 
         names = self.prediction_names(labels)
-        table[names[0]] = logits.reshape(-1).astype(np.float64)
+        table[names[0]] = logit_matrix(logits, labels).reshape(-1).astype(np.float64)
         return names
 
     def describe_targets(self, data: Any, packing: bool) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from samtune.errors import DataError, UsageError
 from samtune.tasks.base import Metric, Task, model_outputs, register
-from samtune.tasks.columns import LABELS, is_list_column, list_item_names, pick
+from samtune.tasks.columns import LABELS, TEXT_COLUMNS, is_list_column, list_item_names, pick
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -180,8 +180,66 @@ def token_classification_metrics(labels: list[str]) -> Any:
     return compute
 
 
+# ---- predictions -------------------------------------------------------------------------------
+
+
+def _words_of_texts(encoded: Any, texts: list[str]) -> list[list[tuple[str, int]]]:
+    """Each text's words (as the tokenizer's pre-tokenizer splits it) with their first token's index."""
+    rows = []
+    for row, text in enumerate(texts):
+        spans: dict[int, list[int]] = {}  # word -> [its first token, char start, char end]
+        for t, (word, (a, b)) in enumerate(zip(encoded.word_ids(row), encoded["offset_mapping"][row].tolist())):
+            if word is not None:
+                spans.setdefault(word, [t, a, b])[2] = b
+        rows.append([(text[a:b], t) for t, a, b in spans.values()])
+    return rows
+
+
+def _words_given(encoded: Any, words: list[list[str]]) -> list[list[tuple[str, int | None]]]:
+    """Each row's words with their first token's index (None: cut off by max_length)."""
+    rows = []
+    for row, row_words in enumerate(words):
+        first: dict[int, int] = {}
+        for t, word in enumerate(encoded.word_ids(row)):
+            if word is not None:
+                first.setdefault(word, t)
+        rows.append([(str(w), first.get(i)) for i, w in enumerate(row_words)])
+    return rows
+
+
+def entities_of(tagged: list[tuple[str, str | None, float]]) -> list[dict[str, Any]]:
+    """A row's entities from its words, tags and scores, grouped as transformers' token-classification pipeline
+    groups tokens (aggregation_strategy="simple"): a word joins the previous one's group when its type (the tag
+    without B-/I-) is the same and it is not a B- tag; a group's type is its first tag's, its score the mean of its
+    words'; groups of O are not entities. `start`, `end`: the words' span (end exclusive)."""
+
+    def kind(tag: str) -> tuple[str, str]:
+        return (tag[0], tag[2:]) if tag.startswith(("B-", "I-")) else ("I", tag)
+
+    import numpy as np
+
+    groups: list[list[int]] = []
+    for i, (_, tag, _) in enumerate(tagged):
+        if tag is None:  # a word cut off by max_length: not tagged
+            continue
+        bi, type_ = kind(tag)
+        if groups and bi != "B" and type_ == kind(tagged[groups[-1][-1]][1])[1]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    entities = []
+    for group in groups:
+        type_ = tagged[group[0]][1].split("-", 1)[-1]
+        if type_ != "O":
+            entities.append({"type": type_, "text": " ".join(tagged[i][0] for i in group), "start": group[0],
+                             "end": group[-1] + 1, "score": float(np.mean([tagged[i][2] for i in group]))})  # fmt: skip
+    return entities
+
+
 class TokenClassification(Task):
     """A tag per word."""
+
+    predicts = True
 
     metrics = (Metric("entity_f1", "entity F1", True), Metric("entity_precision", "entity precision", True),
                Metric("entity_recall", "entity recall", True), Metric("word_accuracy", "word accuracy", True))  # fmt: skip
@@ -232,6 +290,55 @@ class TokenClassification(Task):
 
     def compute_metrics(self, labels: list[str], threshold: float = 0.5) -> Callable[[Any], dict[str, float]]:
         return token_classification_metrics(labels)
+
+    def input_columns(self, rows: Any, section: Any) -> dict[str, str]:
+        """A column of lists of words (the run's words column, else 'tokens' or 'words'), else of texts."""
+        from samtune.predict import input_column
+
+        named = [section.text_column] if section.text_column else []
+        for c in [*named, *WORD_COLUMNS]:
+            if c in rows.column_names and is_list_column(rows, c):
+                return {"words": c}
+        return {"text": input_column(rows, None, TEXT_COLUMNS + tuple(named + list(WORD_COLUMNS)), "text or words",
+                                     "data.text_column")}  # fmt: skip
+
+    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], columns: dict[str, str],
+                      max_length: int, generation: dict[str, Any]) -> list:  # fmt: skip
+        """Each row's words with their tags (the argmax on the word's first sub-word token, as trained) and score
+        (that tag's softmax probability), and its entities (`entities_of`)."""
+        import numpy as np
+
+        given = "words" in columns
+        if given:
+            inputs = [[str(w) for w in row or []] for row in batch[columns["words"]]]
+        else:
+            inputs = [str(t) if t is not None else "" for t in batch[columns["text"]]]
+        encoded = processor(inputs, is_split_into_words=given, truncation=True, max_length=max_length, padding=True,
+                            return_offsets_mapping=not given, return_tensors="pt")  # fmt: skip
+        offsets = encoded.pop("offset_mapping", None)
+        logits = model(**{k: v.to(model.device) for k, v in encoded.items()}).logits.float().cpu().numpy()
+        if offsets is not None:
+            encoded["offset_mapping"] = offsets
+        words = _words_given(encoded, inputs) if given else _words_of_texts(encoded, inputs)
+        labels = [model.config.id2label[i] for i in range(logits.shape[-1])]
+        out = []
+        for row, row_words in enumerate(words):
+            exp = np.exp(logits[row] - logits[row].max(axis=-1, keepdims=True))  # as the pipeline: float32 softmax
+            probs = exp / exp.sum(axis=-1, keepdims=True)
+            tagged = [(w, None, 0.0) if t is None else (w, labels[int(probs[t].argmax())], float(probs[t].max()))
+                      for w, t in row_words]  # fmt: skip
+            out.append({"entities": entities_of(tagged), "tagged_words": [[w, tag] for w, tag, _ in tagged]})
+        return out
+
+    def prediction_names(self, labels: list[str]) -> list[str]:
+        """The entities (type, text, word span, score) and each word with its tag."""
+        return ["entities", "tagged_words"]
+
+    def prediction_columns(self, table: Any, logits: Any, labels: list[str], threshold: float) -> list[str]:
+        names = self.prediction_names(labels)
+        for name in names:
+            table[name] = [row[name] for row in logits]
+        return names
 
     def card_labels_line(self, facts: Any) -> str:
         return (f"Token classification: a tag per word, on its first sub-word token; entity-level precision, recall "
