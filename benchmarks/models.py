@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# The tests' tiny models (tests/tiny.py): two layers of width 32.
+# The tests' tiny models (tests/support/tiny.py): two layers of width 32.
 TINY_DIMS: dict[str, int] = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 
 

@@ -13,12 +13,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TESTS = Path(__file__).parent
+SUPPORT = TESTS / "support"  # tiny.py, the subprocess workers and drivers, the shared helpers
 
 
 def pythonpath(*first: Path | str) -> str:
-    """PYTHONPATH for a test's subprocess: `first`, then tests/ and this checkout's root, so that the subprocess
-    imports the samtune under test rather than an installed one (an editable install may point at another tree)."""
-    return os.pathsep.join(str(p) for p in (*first, TESTS, TESTS.parent))
+    """PYTHONPATH for a test's subprocess: `first`, then tests/support/, tests/ and this checkout's root, so that the
+    subprocess imports the samtune under test rather than an installed one (an editable install may point at another
+    tree)."""
+    return os.pathsep.join(str(p) for p in (*first, SUPPORT, TESTS, TESTS.parent))
 
 
 os.environ["COLUMNS"] = "200"  # rich wraps at the terminal width; keep messages on one line for asserts
@@ -216,7 +218,7 @@ def image_folder(tmp_path) -> Path:
 def sam_sgd_trainer(tmp_path: Path, model, rows: list, batch_size: int, accumulation: int, n_steps: int, rho: float,
                     lr: float):  # fmt: skip
     """A SAMTrainer with the paper's SAM over plain SGD (constant rate, no clipping, no decay, rows in order), trained:
-    the setting tests/tiny.py's reference_sam_sgd follows step for step."""
+    the setting tests/support/tiny.py's reference_sam_sgd follows step for step."""
     from tiny import ListDataset
 
     from samtune import SAMArguments, SAMTrainer
@@ -235,7 +237,7 @@ def sam_sgd_trainer(tmp_path: Path, model, rows: list, batch_size: int, accumula
 def sam_and_reference(tmp_path: Path, model, rows: list, batch_size: int, accumulation: int, reference=None,
                       n_steps: int = 3, rho: float = 0.05, lr: float = 0.5):  # fmt: skip
     """`model` trained by the SAMTrainer (paper's SAM over plain SGD, rows in order) and by the hand-written
-    `reference` loop (default: tests/tiny.py's reference_sam_sgd) on the same micro-batches; also the reference
+    `reference` loop (default: tests/support/tiny.py's reference_sam_sgd) on the same micro-batches; also the reference
     without the climb (rho 0). Returns (trained, reference, no_climb, micro-batches)."""
     import copy
 

@@ -23,15 +23,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_ddp import torchrun
+from fsdp_runs import _run, _worst, fsdp_against_no_fsdp_on_one_process
+from launch import torchrun
 from tiny import reference_looksam_sgd, reference_sam_sgd, tiny_bert
-
-HERE = Path(__file__).parent
-
-
-def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())
 
 
 # ---- the SAM maths on sharded parameters (no Trainer) ----------------------------------------------
@@ -45,7 +39,7 @@ def standalone(tmp_path_factory):
 
 
 class _WithLoss(torch.nn.Module):
-    """The workers' MLP with the interface tests/tiny.py's hand-written SAM loops take: model(**batch).loss."""
+    """The workers' MLP with the interface tests/support/tiny.py's hand-written SAM loops take: model(**batch).loss."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
@@ -67,14 +61,14 @@ def _together(ga: int = 1) -> list[list[dict[str, torch.Tensor]]]:
 
 
 def _hand_written_sam(rho: float, adaptive: bool = False, ga: int = 1) -> dict[str, torch.Tensor]:
-    """SAM with SGD by the paper's formulas on one process (tests/tiny.py), on the processes' batches together."""
+    """SAM with SGD by the paper's formulas on one process (tests/support/tiny.py), the processes' batches together."""
     from fsdp_worker import LR, mlp
 
     return reference_sam_sgd(_WithLoss(mlp()), _together(ga), rho=rho, lr=LR, adaptive=adaptive).net.state_dict()
 
 
 def _hand_written_looksam(rho: float, k: int, alpha: float) -> dict[str, torch.Tensor]:
-    """LookSAM (Liu et al. 2022, Algorithm 1; tests/tiny.py) with SGD on one process, the batches together."""
+    """LookSAM (Liu et al. 2022, Algorithm 1; tests/support/tiny.py) with SGD on one process, the batches together."""
     from fsdp_worker import LR, mlp
 
     return reference_looksam_sgd(_WithLoss(mlp()), _together(), rho=rho, lr=LR, k=k, alpha=alpha).net.state_dict()
@@ -170,10 +164,6 @@ def trainer_runs(trainer_run):
     return trainer_run("sam")
 
 
-def _run(out: Path, name: str, rank: int = 0) -> dict:
-    return torch.load(out / f"{name}-rank{rank}.pt", weights_only=False)
-
-
 def _merged_micro_batches(out: Path, name: str, ga: int = 2) -> list[list[dict[str, torch.Tensor]]]:
     """Per optimizer step, micro-batch m of both processes together (what FSDP2's averaged ascent sees)."""
     s0, s1 = _run(out, name, 0)["seen"], _run(out, name, 1)["seen"]
@@ -265,24 +255,6 @@ def test_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(trainer_r
         assert resumed["climb_steps"] == whole["climb_steps"]
 
 
-def fsdp_against_no_fsdp_on_one_process(tmp_path: Path, device: str, precision: str) -> tuple[float, float]:
-    """SAMTrainer under FSDP2 at world size 1 against the same run without FSDP: (the largest weight
-    difference, SAM's own effect: the largest difference between the run without FSDP and rho=0)."""
-    runs = {}
-    for sharded in ("1", "0"):
-        out = tmp_path / f"fsdp{sharded}"
-        env = {"WORKER_DEVICE": device, "WORKER_PRECISION": precision, "WORKER_FSDP": sharded}
-        torchrun("fsdp_trainer_worker.py", str(out), "sam", nproc=1, env=env, timeout=300)
-        runs[sharded] = _run(out, "sam")
-        if sharded == "1":
-            torchrun("fsdp_trainer_worker.py", str(out), "rho0", nproc=1, env=env, timeout=300)
-            runs["rho0"] = _run(out, "rho0")
-    assert runs["1"]["param_type"] == "DTensor" and runs["0"]["param_type"] == "Parameter"
-    assert runs["1"]["climb_steps"] == runs["0"]["climb_steps"] == 3
-    fsdp, plain, rho0 = runs["1"]["state"], runs["0"]["state"], runs["rho0"]["state"]
-    return _worst(fsdp, plain), _worst(plain, rho0)
-
-
 def test_samtrainer_under_fsdp2_on_one_process_equals_the_run_without_fsdp(tmp_path):
     """World size 1 (as on one GPU, test_gpu.py): FSDP2's sharding is trivial, so its path trains the weights of
     the run without it. 1e-6: the same maths in float32, FSDP's all-gathered copies of the weights computed
@@ -308,7 +280,7 @@ def test_samtune_train_with_fsdp_writes_a_whole_run_and_resumes_from_sharded_che
     train_csv = write_csv(tmp_path / "train.csv", text_examples(48))
     valid_csv = write_csv(tmp_path / "valid.csv", text_examples(12, seed=3))
     site = sitecustomize(tmp_path / "site")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath(site, HERE)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath(site)}
 
     def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(train_csv),

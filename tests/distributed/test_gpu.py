@@ -1,6 +1,6 @@
 """What only a CUDA GPU shows: the fp16 GradScaler path, bf16 autocast and the variants on the device.
 
-These run where a GPU is present (`pytest tests/test_gpu.py` on a GPU machine) and are skipped on
+These run where a GPU is present (`pytest tests/distributed/test_gpu.py` on a GPU machine) and are skipped on
 CPU-only machines such as CI; the CPU suite covers the same logic with a simulated GradScaler.
 """
 
@@ -10,7 +10,6 @@ import copy
 
 import pytest
 import torch
-from test_trainer import SGD_PLAIN, _args, _steps
 from tiny import (
     ListDataset,
     max_abs_diff,
@@ -20,6 +19,7 @@ from tiny import (
     text_rows,
     tiny_bert,
 )
+from trainer_setup import SGD_PLAIN, _args, _steps
 
 from samtune import SAMTrainer
 
@@ -136,7 +136,7 @@ def test_samtrainer_under_accelerate_fsdp2_on_one_gpu_equals_the_run_without_fsd
     weights of the run without FSDP. fp32: 1e-5 (the same maths; cuBLAS may pick other kernels for the
     all-gathered weights). bf16: FSDP2 computes with bf16 copies of the weights (MixedPrecisionPolicy) where
     the plain run autocasts, so the two round differently: within a tenth of SAM's own effect."""
-    from test_fsdp import fsdp_against_no_fsdp_on_one_process
+    from fsdp_runs import fsdp_against_no_fsdp_on_one_process
 
     diff, effect = fsdp_against_no_fsdp_on_one_process(tmp_path, "cuda", precision)
     assert effect > 1e-4

@@ -12,7 +12,6 @@ import os
 
 import pytest
 import torch
-from test_trainer import SGD_PLAIN, _args, _NaNLoss, _poison_rows, _steps, _train
 from tiny import (
     ListDataset,
     collate,
@@ -25,6 +24,7 @@ from tiny import (
     tiny_vit,
 )
 from torch import nn
+from trainer_setup import SGD_PLAIN, _args, _NaNLoss, _poison_rows, _steps, _train
 from transformers import ViTForImageClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_callback import TrainerState

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, run_card_example, sam_and_reference, write_jsonl
+from conftest import run_card_example, sam_and_reference, write_jsonl
+from task_examples import TOPICS, topic_examples
 from tiny import max_abs_diff, tiny_bert
 from transformers import EvalPrediction
 from typer.testing import CliRunner
@@ -21,20 +21,6 @@ from samtune.recipe import DataSection
 from samtune.tasks.multi_label import multi_label_metrics
 
 runner = CliRunner()
-TOPICS = {"acting": ["acting", "cast"], "plot": ["plot", "story"], "music": ["music", "score"]}
-
-
-def topic_examples(n: int, seed: int = 0) -> list[dict]:
-    """Sentences that mention any subset of three topics (by their words), with a sentiment word; tags = topics."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        tags = [t for t in TOPICS if rng.random() < 0.5]
-        words = rng.sample(FILLER, 2) + [rng.choice(TOPICS[t]) for t in tags] + [rng.choice(POSITIVE + NEGATIVE)]
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "tags": tags})
-    return rows
-
 
 @pytest.fixture
 def topics_jsonl(tmp_path) -> Path:
@@ -96,7 +82,7 @@ def _multi_hot_rows(n: int, seed: int = 4) -> list[dict[str, torch.Tensor]]:
 @pytest.mark.parametrize(("batch_size", "accumulation"), [(8, 1), (4, 2)], ids=["ga1", "ga2"])
 def test_sam_on_multi_label_and_regression_heads_matches_the_hand_written_loop(tmp_path, head, batch_size, accumulation):
     """BCE over sigmoids, and MSE on one output: the SAM step is the paper's whatever the loss."""
-    from test_regression import regression_rows
+    from task_examples import regression_rows
 
     if head == "multi-label":
         rows, model = _multi_hot_rows(24), tiny_bert(num_labels=3, problem_type="multi_label_classification")

@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import text_examples, write_csv
 from safetensors.torch import load_file
-from test_ddp import _free_port
+from launch import _free_port
 
 
 

@@ -249,7 +249,7 @@ def test_a_recipe_name_with_a_path_is_refused_before_anything_is_written(tmp_pat
 def test_an_alias_bomb_recipe_fails_fast_with_a_short_message(tmp_path):
     """A 1 KB "billion laughs" (9**9 strings in data.labels by YAML aliases) is a recipe error within seconds.
     The child runs under a time limit and a 2 GiB address-space limit: a regression fails, it does not hang."""
-    from test_recipe import _alias_bomb
+    from bombs import _alias_bomb
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_alias_bomb(9))

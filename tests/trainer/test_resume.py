@@ -14,12 +14,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import pythonpath, text_examples, write_csv, write_jsonl
+from conftest import SUPPORT, pythonpath, text_examples, write_csv, write_jsonl
 from safetensors.torch import load_file
 
 from samtune.optim.settings import default_of, sam_window
-
-HERE = Path(__file__).parent
 
 
 # A SAM window across the kill (SAM on steps 4-10 of 12), a radius that follows the learning rate,
@@ -48,8 +46,8 @@ def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | Non
 
 def _samtune(args: list, interrupt: str = "", at_step: int = 4) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SAMTUNE_TEST_INTERRUPT": interrupt,
-           "SAMTUNE_TEST_STEP": str(at_step), "PYTHONPATH": pythonpath(HERE), "COLUMNS": "300"}  # fmt: skip
-    cmd = [sys.executable, str(HERE / "interrupt_driver.py"), *map(str, args)]
+           "SAMTUNE_TEST_STEP": str(at_step), "PYTHONPATH": pythonpath(), "COLUMNS": "300"}  # fmt: skip
+    cmd = [sys.executable, str(SUPPORT / "interrupt_driver.py"), *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -94,17 +92,17 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir, causal_mode
             elif task == "text-lora":  # adapter dropout on: the RNG state across the kill matters
                 recipe = _recipe(root, text_model_dir, accumulation, lora={"r": 4, "dropout": 0.1})
             elif task == "text-regression":
-                from test_regression import score_examples
+                from task_examples import score_examples
 
                 scores = write_csv(root / "scores.csv", score_examples(96))
                 recipe = _recipe(root, text_model_dir, accumulation, scores, label_column="score")
             elif task == "text-multi-label":
-                from test_multilabel import topic_examples
+                from task_examples import topic_examples
 
                 topics = write_jsonl(root / "topics.jsonl", topic_examples(96))
                 recipe = _recipe(root, text_model_dir, accumulation, topics, label_column="tags")
             elif task == "token":
-                from test_token_classification import tagged_examples
+                from task_examples import tagged_examples
 
                 tagged = write_jsonl(root / "ner.jsonl", tagged_examples(96))
                 recipe = _recipe(root, text_model_dir, accumulation, tagged)
@@ -275,7 +273,7 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp
     """The first run is slowed by a long training; the second starts while it holds the lock."""
     data = write_csv(tmp_path / "train.csv", text_examples(400))
     run = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath(HERE)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath()}
     first = subprocess.Popen(
         [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(data),
          "--output-dir", str(run), "--epochs", "4", "--batch-size", "4"],

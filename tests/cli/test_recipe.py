@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bombs import _alias_bomb
 from conftest import pythonpath
 
 from samtune.errors import RecipeError, UsageError
@@ -108,15 +109,6 @@ def test_variant_settings_need_their_variant():
     assert any("sam.every_k only applies to sam.variant=every_k" in p for p in err.value.problems)
     with pytest.raises(RecipeError, match="sam.variant"):
         build_recipe({"sam": {"variant": "esam"}})
-
-
-def _alias_bomb(levels: int) -> str:
-    """`data.labels` as a "billion laughs": each level lists the one below nine times, by alias, so `levels`
-    lines of YAML (about 100 bytes each) expand to 9**levels strings."""
-    value = "&x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"
-    for i in range(1, levels):
-        value = f"&x{i} [{value}, " + ", ".join([f"*x{i - 1}"] * 8) + "]"
-    return f"data:\n  labels: {value}\n"
 
 
 def test_a_value_a_message_quotes_is_cut_short():

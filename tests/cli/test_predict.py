@@ -104,7 +104,7 @@ def test_a_folder_that_is_not_a_run_is_a_usage_error(tmp_path):
 def test_image_folder_with_a_corrupt_file_and_one_over_the_decompression_bomb_limit(
     tmp_path, image_model_dir, image_folder, monkeypatch
 ):
-    from test_errors import _decompression_bomb
+    from bombs import _decompression_bomb
 
     out = tmp_path / "run"
     trained = runner.invoke(app, ["train", "--model", str(image_model_dir), "--dataset", str(image_folder),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from bombs import _decompression_bomb
 from conftest import text_examples, write_csv
 from typer.testing import CliRunner
 
@@ -256,15 +257,6 @@ def test_corrupt_image_is_named(image_model_dir, image_folder, tmp_path):
     _fails(["train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out], EXIT_DATA,
            "cannot read the image", "broken.png")  # fmt: skip
     assert not out.exists()
-
-
-def _decompression_bomb(path, monkeypatch):
-    """A 64x64 PNG at `path`, over Pillow's decompression-bomb limit once that is lowered to 1000 pixels (Pillow refuses
-    an image of more than twice the limit: 4096 > 2000; the fixtures' 20x20 images, 400 pixels, stay under it)."""
-    from PIL import Image
-
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
 
 
 def test_an_image_over_the_decompression_bomb_limit_is_a_data_error_naming_it(image_model_dir, image_folder, tmp_path,

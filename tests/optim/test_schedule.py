@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from test_trainer import SGD_PLAIN, _args, _steps, _train
 from tiny import (
     ListDataset,
     linear_warmup_lr,
@@ -18,6 +17,7 @@ from tiny import (
     text_rows,
     tiny_bert,
 )
+from trainer_setup import SGD_PLAIN, _args, _steps, _train
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from samtune import SAMArguments, SAMTrainer

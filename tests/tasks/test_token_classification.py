@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, card_example, measure_sharpness, run_card_example, sam_and_reference, write_jsonl
+from conftest import card_example, measure_sharpness, run_card_example, sam_and_reference, write_jsonl
+from task_examples import tagged_examples
 from tiny import max_abs_diff
 from transformers import BertConfig, BertForTokenClassification, EvalPrediction
 from typer.testing import CliRunner
@@ -21,27 +21,6 @@ from samtune.recipe import DataSection
 from samtune.tasks.token_classification import token_classification_metrics
 
 runner = CliRunner()
-PEOPLE = ["ada", "alan", "grace"]  # ... tagged PER; the sentiment words are tagged as a two-word "REV" entity
-
-
-def tagged_examples(n: int, seed: int = 0) -> list[dict]:
-    """Rows of words with BIO tags: a name is B-PER; 'really' + a sentiment word is a B-REV I-REV entity."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words, tags = [], []
-        for _ in range(rng.randint(3, 7)):
-            kind = rng.random()
-            if kind < 0.2:
-                words.append(rng.choice(PEOPLE)), tags.append("B-PER")
-            elif kind < 0.35:
-                words += ["really", rng.choice(POSITIVE + NEGATIVE)]
-                tags += ["B-REV", "I-REV"]
-            else:
-                words.append(rng.choice([w for w in FILLER if w != "really"])), tags.append("O")
-        rows.append({"tokens": words, "ner_tags": tags})
-    return rows
-
 
 @pytest.fixture
 def tags_jsonl(tmp_path) -> Path:

@@ -251,7 +251,7 @@ def test_taggers_and_causal_lms_push_with_their_pipeline_tag(tmp_path, text_mode
     """The new tasks' runs upload like any other, their card metadata naming the Hub pipeline they serve."""
     from conftest import review_texts, write_jsonl
     from huggingface_hub import ModelCard
-    from test_token_classification import tagged_examples
+    from task_examples import tagged_examples
 
     if task == "token-classification":
         model, data = text_model_dir, write_jsonl(tmp_path / "ner.jsonl", tagged_examples(32))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from samtune.cli import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
 

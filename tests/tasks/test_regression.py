@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from conftest import FILLER, NEGATIVE, POSITIVE, run_card_example, write_csv
+from conftest import run_card_example, write_csv
+from task_examples import score_examples
 from transformers import EvalPrediction
 from typer.testing import CliRunner
 
@@ -22,18 +21,6 @@ from samtune.recipe import DataSection
 from samtune.tasks.regression import compute_regression_metrics
 
 runner = CliRunner()
-
-
-def score_examples(n: int, seed: int = 0) -> list[dict]:
-    """Sentences with k positive and 3 - k negative words; the score k/3 plus a little noise (fractions: regression)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        k = rng.randint(0, 3)
-        words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE) for _ in range(k)] + [rng.choice(NEGATIVE) for _ in range(3 - k)]
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "score": round(k / 3 + rng.uniform(-0.05, 0.05), 3)})
-    return rows
 
 
 @pytest.fixture
@@ -105,14 +92,6 @@ def test_class_subsets_make_no_sense_for_regression(scores_csv):
 
 
 # ---- SAM ----------------------------------------------------------------------------------
-
-
-def regression_rows(n: int, seed: int = 3) -> list[dict[str, torch.Tensor]]:
-    """Token ids with a float target each (for a one-output regression head)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 64, (n, 8), generator=g)
-    targets = torch.rand(n, generator=g)
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long), "labels": targets[i]} for i in range(n)]
 
 
 # ---- end to end ---------------------------------------------------------------------------

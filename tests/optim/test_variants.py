@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from test_trainer import SGD_PLAIN, _args, _steps, _train
 from tiny import (
     ListDataset,
     max_abs_diff,
@@ -20,6 +19,7 @@ from tiny import (
     tiny_resnet,
     image_rows,
 )
+from trainer_setup import SGD_PLAIN, _args, _steps, _train
 from transformers import Trainer, TrainingArguments
 
 from samtune import SAMArguments, SAMTrainer

@@ -1,4 +1,4 @@
-"""SAMTrainer against the stock Trainer and against the hand-written SAM loop in tests/tiny.py."""
+"""SAMTrainer against the stock Trainer and against the hand-written SAM loop in tests/support/tiny.py."""
 
 from __future__ import annotations
 
@@ -22,50 +22,11 @@ from tiny import (
     tiny_vit,
 )
 from torch import nn
+from trainer_setup import SGD_PLAIN, _args, _NaNLoss, _poison_rows, _steps, _train
 from transformers import Trainer, TrainingArguments
 
-from samtune import SAMArguments, SAMTrainer
+from samtune import SAMTrainer
 from samtune.trainer import UnsupportedSetupError
-
-# Plain SGD at a constant rate, no clipping, no shuffling: the reference loop can follow it exactly.
-SGD_PLAIN = dict(
-    optim="sgd",
-    lr_scheduler_type="constant",
-    max_grad_norm=0.0,
-    weight_decay=0.0,
-    train_sampling_strategy="sequential",
-)
-
-
-# The paper's SAM: a constant radius from the first step (samtune's defaults ramp it with the learning
-# rate and start after 10% of the steps). The hand-written loops below are the paper's.
-PAPER_SAM = dict(schedule="constant", start=0.0)
-
-
-def _args(tmp_path, cls=SAMArguments, **kw) -> TrainingArguments:
-    base = dict(
-        **(PAPER_SAM if issubclass(cls, SAMArguments) else {}),
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        logging_steps=1,
-        seed=0,
-    )
-    return cls(**{**base, **kw})
-
-
-def _train(model, rows, args, trainer_cls=SAMTrainer) -> Trainer:
-    trainer = trainer_cls(model=model, args=args, train_dataset=ListDataset(rows))
-    trainer.train()
-    return trainer
-
-
-def _steps(rows, batch_size, accumulation, n_steps):
-    batches = micro_batches(rows, batch_size)
-    return [batches[i * accumulation : (i + 1) * accumulation] for i in range(n_steps)]
-
 
 def test_rho_zero_is_the_stock_trainer(tmp_path):
     rows = text_rows(24)
@@ -287,12 +248,6 @@ class _Poisoned(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
-def _poison_rows():
-    g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(4, 4, generator=g), torch.tensor([0, 1, 2, 1])
-    return [{"x": x[i], "labels": y[i]} for i in range(4)], x, y
-
-
 def _with_cpu_grad_scaler(trainer: SAMTrainer, init_scale: float = 2.0**8) -> torch.amp.GradScaler:
     # accelerate makes a GradScaler only for fp16 on an accelerator; give the CPU run one, as fp16
     # on a GPU would have, so the overflow path runs through the real scaler.
@@ -441,26 +396,6 @@ def test_context_parallelism_is_refused(tmp_path):
     args.parallelism_config = ParallelismConfig(cp_size=2)
     with pytest.raises(UnsupportedSetupError, match="context or sequence parallelism"):
         SAMTrainer(model=tiny_bert(), args=args)
-
-
-class _NaNLoss(nn.Module):
-    """A linear classifier whose loss is NaN on chosen forward calls (a diverged batch)."""
-
-    def __init__(self, nan_calls: set[int]):
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = nn.Linear(4, 3)
-        self.nan_calls, self.calls = nan_calls, 0
-
-    def forward(self, x, labels):
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
-        self.calls += 1
-        logits = self.linear(x)
-        loss = nn.functional.cross_entropy(logits, labels)
-        if self.calls in self.nan_calls:
-            loss = loss * float("nan")
-        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def test_nonfinite_loss_stops_before_the_update(tmp_path):
