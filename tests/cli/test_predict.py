@@ -162,7 +162,7 @@ def test_prediction_columns_are_the_names_the_clash_check_uses(task, labels, log
 
 @pytest.fixture(scope="module")
 def tagger_run(tmp_path_factory, text_model_dir):
-    from test_token_classification import tagged_examples
+    from task_examples import tagged_examples
 
     data = write_jsonl(tmp_path_factory.mktemp("predict-tagger") / "ner.jsonl", tagged_examples(96))
     return _trained(text_model_dir, data, "--epochs", "4", "--learning-rate", "5e-3", "model.max_length=16")
@@ -174,7 +174,7 @@ def _cells(value):
 
 
 def test_a_taggers_entities_are_the_token_classification_pipelines(tmp_path, tagger_run):
-    from test_token_classification import tagged_examples
+    from task_examples import tagged_examples
     from transformers import pipeline
 
     rows = tagged_examples(12, seed=5)
