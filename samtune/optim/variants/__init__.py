@@ -21,16 +21,14 @@ optimizer step (and the seed), never of the micro-batch or the process: all micr
 accumulated step and all processes agree, and a resumed run makes the same choices.
 
 A variant's settings are fields of `samtune.optim.settings.SAMSettings` (SAMArguments, the recipe's
-`sam` section and the card derive from them); its class lists them in `settings`. A variant with no new
-setting is one module, anywhere (a test file will do)::
+`sam` section and the card derive from them, with their defaults and bounds); its class lists them in
+`settings` and finds them as attributes (`self.every_k`). A variant with no new setting is one module,
+anywhere (tests/test_variant_registry.py registers one from a test file)::
 
     @register_variant
-    class OddSteps(Variant):
+    class OddSteps(Variant):  # SAM on odd optimizer steps only
         name = "odd_steps"
-        summary = "SAM on odd optimizer steps only"
-
-        def climbs_on(self, step: int) -> bool:
-            return step % 2 == 1
+        def climbs_on(self, step): return step % 2 == 1
 
 and `sam.variant=odd_steps` (recipe), `--variant odd_steps` or `SAMArguments(sam_variant="odd_steps")`
 picks it once its module is imported. The modules here import torch only where they touch tensors, so
@@ -72,10 +70,21 @@ class Variant:
     summary: ClassVar[str] = ""  # one line: the command line's help, compare's arms
     settings: ClassVar[tuple[str, ...]] = ()  # its own SAMSettings fields, e.g. ("every_k",)
 
+    def __init__(self, seed: int = 0, **values: Any) -> None:
+        """Its own settings' values (the others: their defaults in SAMSettings), and the run's seed."""
+        from samtune.optim.settings import default_of
+
+        stray = sorted(set(values) - set(self.settings))
+        if stray:
+            raise TypeError(f"{', '.join(stray)} is not a setting of the SAM variant {self.name!r}")
+        for setting in self.settings:
+            setattr(self, setting, values[setting] if setting in values else default_of(setting))
+        self.seed = seed
+
     @classmethod
     def from_settings(cls, settings: Any, seed: int = 0) -> Variant:
         """This variant with its own settings' values, read from `settings` (SAMSettings, SAMArguments)."""
-        return cls(**{k: getattr(settings, k) for k in cls.settings})
+        return cls(seed=seed, **{k: getattr(settings, k) for k in cls.settings})
 
     def climbs_on(self, step: int) -> bool:
         """Whether optimizer step `step` (0-based, inside the SAM window) takes SAM's two passes."""

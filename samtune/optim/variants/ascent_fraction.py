@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from samtune.optim.settings import default_of
 from samtune.optim.variants import Variant, register_variant
 
 
 @register_variant
-@dataclass(frozen=True)
 class AscentFraction(Variant):
     """SAM on every step, the ascent on the first ceil(fraction * batch) examples of each micro-batch."""
 
     name = "ascent_fraction"
     summary = "the climb on sam.ascent_fraction of each batch"
     settings = ("ascent_fraction",)
-
-    ascent_fraction: float = default_of("ascent_fraction")
+    ascent_fraction: float
 
     def ascent_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any] | None:
         size = batch_size_of(inputs)

@@ -5,22 +5,17 @@ Extra cost 1/k of a pass. Between SAM steps nothing of the sharpness direction i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from samtune.optim.settings import default_of
 from samtune.optim.variants import Variant, register_variant
 
 
 @register_variant
-@dataclass(frozen=True)
 class EveryK(Variant):
     """SAM on the optimizer steps where step % every_k == 0."""
 
     name = "every_k"
     summary = "SAM on one step in sam.every_k"
     settings = ("every_k",)
-
-    every_k: int = default_of("every_k")
+    every_k: int
 
     def climbs_on(self, step: int) -> bool:
         return step % self.every_k == 0

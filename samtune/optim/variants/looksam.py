@@ -22,32 +22,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from samtune.optim.settings import default_of
 from samtune.optim.variants import Processes, Variant, register_variant
 
 if TYPE_CHECKING:
     import torch
 
-Tensors = list["torch.Tensor | None"]
-
 
 @register_variant
-@dataclass(eq=False)
 class LookSAM(Variant):
     """An exact SAM step every `looksam_k` steps (and whenever there is no g_v); g_v reused in between."""
 
     name = "looksam"
     summary = "LookSAM: exact SAM every sam.looksam_k steps"
     settings = ("looksam_k", "looksam_alpha")
+    looksam_k: int
+    looksam_alpha: float
 
-    looksam_k: int = default_of("looksam_k")
-    looksam_alpha: float = default_of("looksam_alpha")
-    g_v: Tensors | None = field(default=None, init=False)  # one per climbing parameter, from the last SAM step
-    _plain: Tensors | None = field(default=None, init=False, repr=False)  # this SAM step's g, summed so far
-    _saved: Tensors | None = field(default=None, init=False, repr=False)  # g_v from a checkpoint, until `attach`
+    def __init__(self, seed: int = 0, **values: Any) -> None:
+        super().__init__(seed, **values)
+        self.g_v: list[torch.Tensor | None] | None = None  # one per climbing parameter, from the last SAM step
+        self._plain: list[torch.Tensor | None] | None = None  # this SAM step's g, summed over its micro-batches
+        self._saved: list[torch.Tensor | None] | None = None  # g_v from a checkpoint, until `attach`
 
     def climbs_on(self, step: int) -> bool:
         return step % self.looksam_k == 0 or self.g_v is None

@@ -6,28 +6,20 @@ every process and after a resume.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from samtune.optim.settings import default_of
 from samtune.optim.variants import Variant, register_variant
 
 
 @register_variant
-@dataclass(frozen=True)
 class RST(Variant):
-    """SAM on a step with probability `rst_probability`, a plain step otherwise."""
+    """SAM on a step with probability `rst_probability`, a plain step otherwise.
+
+    The coin is drawn from the optimizer step and the run's seed (`rst_draw`), not from a running generator.
+    """
 
     name = "rst"
     summary = "SAM on a step with probability sam.rst_probability"
     settings = ("rst_probability",)
-
-    rst_probability: float = default_of("rst_probability")
-    seed: int = 0
-
-    @classmethod
-    def from_settings(cls, settings: Any, seed: int = 0) -> RST:
-        return cls(settings.rst_probability, seed=seed)
+    rst_probability: float
 
     def climbs_on(self, step: int) -> bool:
         return rst_draw(step, self.rst_probability, self.seed)
