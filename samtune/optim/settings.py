@@ -1,4 +1,5 @@
-"""SAM's settings, defined once: name, default, bound, help, the variant each belongs to, whether it defines a run.
+"""SAM's settings, defined once: name, default, bound, help, whether it defines a run (and, read from the variants'
+modules, the variant each belongs to).
 
 `SAMSettings` is the single definition. Everything else is derived from it:
 

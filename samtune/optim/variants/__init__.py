@@ -70,7 +70,7 @@ class Variant:
     summary: ClassVar[str] = ""  # one line: the command line's help, compare's arms
     settings: ClassVar[tuple[str, ...]] = ()  # its own SAMSettings fields, e.g. ("every_k",)
 
-    def __init__(self, seed: int = 0, **values: Any) -> None:
+    def __init__(self, *, seed: int = 0, **values: Any) -> None:
         """Its own settings' values (the others: their defaults in SAMSettings), and the run's seed."""
         from samtune.optim.settings import default_of
 
@@ -80,6 +80,9 @@ class Variant:
         for setting in self.settings:
             setattr(self, setting, values[setting] if setting in values else default_of(setting))
         self.seed = seed
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self.settings)})"
 
     @classmethod
     def from_settings(cls, settings: Any, seed: int = 0) -> Variant:

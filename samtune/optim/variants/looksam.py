@@ -40,8 +40,8 @@ class LookSAM(Variant):
     looksam_k: int
     looksam_alpha: float
 
-    def __init__(self, seed: int = 0, **values: Any) -> None:
-        super().__init__(seed, **values)
+    def __init__(self, *, seed: int = 0, **values: Any) -> None:
+        super().__init__(seed=seed, **values)
         self.g_v: list[torch.Tensor | None] | None = None  # one per climbing parameter, from the last SAM step
         self._plain: list[torch.Tensor | None] | None = None  # this SAM step's g, summed over its micro-batches
         self._saved: list[torch.Tensor | None] | None = None  # g_v from a checkpoint, until `attach`
