@@ -689,9 +689,10 @@ def compare_command(
     overrides: OverridesArg = None,
     arms: Annotated[
         str,
-        typer.Option(help=f"Comma-separated: adamw (the baseline, always run), sam, asam, {', '.join(_cheaper_variants())}; "
-                     "each may carry its own SAM settings: sam:rho=0.02,schedule=lr,start=0.1 "
-                     "(a KEY=VALUE after a comma belongs to the arm before it).", rich_help_panel=COMPARE_PANEL),
+        typer.Option(help="Comma-separated: adamw (the baseline, always run), sam, asam, "
+                     f"{', '.join(_cheaper_variants())}; each may carry its own SAM settings: "
+                     "sam:rho=0.02,schedule=lr,start=0.1 (a KEY=VALUE after a comma belongs to the arm before it).",
+                     rich_help_panel=COMPARE_PANEL),
     ] = "adamw,sam",  # fmt: skip
     seeds: Annotated[
         int, typer.Option(min=1, help="Seeds per arm: training.seed, +1, ...", rich_help_panel=COMPARE_PANEL)

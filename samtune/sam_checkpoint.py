@@ -48,7 +48,7 @@ class SAMCheckpointing:
         return super().train(resume_from_checkpoint, *a, **kw)  # type: ignore[misc]
 
     def _save_rng_state(self, output_dir: str) -> None:
-        """Write the SAM variant's state into the checkpoint, then the Trainer's RNG state (see the module docstring)."""
+        """Write the SAM variant's state into the checkpoint, then the Trainer's RNG state (see the docstring above)."""
         self.sam_state.save_variant_state(output_dir, self.args.process_index, sharded=self.is_fsdp2,
                                           main=self.args.should_save)  # fmt: skip
         super()._save_rng_state(output_dir)  # type: ignore[misc]

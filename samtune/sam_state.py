@@ -130,8 +130,9 @@ class SAMState(TrainerCallback, ExportableState):
     # ---- checkpoint form -----------------------------------------------------------------------
 
     def _record(self) -> dict[str, Any]:
-        return {"rho": self.rho, "adaptive": self.adaptive, "variant": self.variant.name, "climb_steps": self.climb_steps,
-                "perturbations_skipped": self.perturbations_skipped, "nonfinite_skipped": self.nonfinite_skipped}  # fmt: skip
+        return {"rho": self.rho, "adaptive": self.adaptive, "variant": self.variant.name,
+                "climb_steps": self.climb_steps, "perturbations_skipped": self.perturbations_skipped,
+                "nonfinite_skipped": self.nonfinite_skipped}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         """The counters, the variant's name and (when it has any) its state: what a resumed run needs."""

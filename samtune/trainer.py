@@ -34,8 +34,9 @@ DeepSpeed and FSDP1 are refused (the README says why).
 At the edges: gradients that autograd returns aliased are cloned before e(w) is computed in
 place (samtune.optim.functional.owned); an exception anywhere in the step leaves the weights at
 w; a NaN/inf loss (`on_nonfinite`) is decided on every process alike (one all-reduce of a flag),
-and under fp16 a skipped step goes through the GradScaler. Checkpoints carry samtune's state,
-written before `trainer_state.json`, and resuming (a path, or True) restores it.
+and under fp16 a skipped step goes through the GradScaler. Checkpoints carry SAM's state (its
+counters in `trainer_state.json`, a variant's tensors written before it), and resuming (a path, or
+True) restores it.
 
 `sam_variant` picks the variant (samtune.optim.variants, one module each): it says which optimizer
 steps climb (the others take the stock step), which part of a micro-batch the ascent sees, and
@@ -236,7 +237,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         # SAM's counters, the figures for the next log and the variant; saved in checkpoints (a stateful callback).
         self.sam_state = SAMState(self.args.variant(), rho=self.args.rho, adaptive=self.args.adaptive)
         self.add_callback(self.sam_state)
-        self._processes = Processes(self._mean_over_processes, ascent_averaged=self.is_fsdp2, device=self.accelerator.device)
+        self._processes = Processes(self._mean_over_processes, self.is_fsdp2, self.accelerator.device)  # for variants
         self._saved_weights: list[torch.Tensor] | None = None  # the copy of w, reused between CPU steps
         self._nonfinite_in_step = False  # this micro-batch's loss was NaN/inf (on this process)
         self._nonfinite_in_optimizer_step = False  # ... or an earlier micro-batch's of this optimizer step

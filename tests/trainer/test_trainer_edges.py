@@ -232,8 +232,8 @@ def test_resume_is_exact_from_the_old_format_and_with_the_trainers_callback_rest
     still resumes and is saved again (checkpoint-4's record counts the climb at step 3)."""
     rows, model = text_rows(8 * 5), tiny_bert()
     common = dict(per_device_train_batch_size=8, learning_rate=0.5, rho=0.05, sam_variant="looksam", looksam_k=3,
-                  save_strategy="steps", save_steps=2, restore_callback_states_from_checkpoint=how.startswith("restore"),
-                  **SGD_PLAIN)  # fmt: skip
+                  save_strategy="steps", save_steps=2, **SGD_PLAIN,
+                  restore_callback_states_from_checkpoint=how.startswith("restore"))  # fmt: skip
     whole = _train(copy.deepcopy(model), rows, _args(tmp_path / "whole", max_steps=5, **common))
     SAMTrainer(model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=2, **common),
                train_dataset=ListDataset(rows)).train()  # fmt: skip

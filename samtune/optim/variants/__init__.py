@@ -163,7 +163,8 @@ def register_variant(cls: type[Variant]) -> type[Variant]:
         raise ValueError(f"{cls.__qualname__}.name must be a Python identifier (got {name!r})")
     earlier = _REGISTRY.get(name)
     if earlier is not None and (earlier.__module__, earlier.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(f"a SAM variant named {name!r} is registered already ({earlier.__module__}.{earlier.__qualname__})")
+        where = f"{earlier.__module__}.{earlier.__qualname__}"
+        raise ValueError(f"a SAM variant named {name!r} is registered already ({where})")
     declared = {s.name for s in setting_specs()}
     owners = {s: other for other, c in _REGISTRY.items() if other != name for s in c.settings}
     for setting in cls.settings:

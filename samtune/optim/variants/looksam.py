@@ -91,7 +91,8 @@ class LookSAM(Variant):
 
     def after_plain_step(self, params: Sequence[torch.nn.Parameter], processes: Processes) -> None:
         """Between SAM steps: .grad <- g + alpha * (||g|| / ||g_v||) * g_v, one pass only."""
-        pairs = [(p.grad, v) for p, v in zip(params, self.g_v or [], strict=False) if p.grad is not None and v is not None]
+        g_v = self.g_v or []
+        pairs = [(p.grad, v) for p, v in zip(params, g_v, strict=False) if p.grad is not None and v is not None]
         looksam_gradient_([g for g, _ in pairs], [v for _, v in pairs], self.looksam_alpha)
 
     def abandon_step(self) -> None:
@@ -180,4 +181,5 @@ def looksam_gradient_(grads: Sequence[torch.Tensor], g_v: Sequence[torch.Tensor]
     with torch.no_grad():
         scale = alpha * ascent_norm(grads) / ascent_norm(g_v).clamp_min(1e-30)
         shards = locals_(grads)
-        torch._foreach_add_(shards, [(v * scale.to(v.device)).to(x.dtype) for v, x in zip(locals_(g_v), shards, strict=True)])
+        added = [(v * scale.to(v.device)).to(x.dtype) for v, x in zip(locals_(g_v), shards, strict=True)]
+        torch._foreach_add_(shards, added)
