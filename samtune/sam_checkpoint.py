@@ -6,8 +6,10 @@
   of the `SAMState` callback (samtune.sam_state says why there). The variant's own state, tensors
   (LookSAM's g_v), is written by `_save_rng_state`: the Trainer writes the RNG state as the last file
   before trainer_state.json, on every process, so a kill can never leave a "complete" checkpoint
-  without it. (With `save_only_model` the Trainer skips that save, and its checkpoints hold no
-  optimizer state to resume from either.)
+  without it. That is a private method of transformers 5.x's Trainer: no public hook runs there on
+  every process (`on_save` comes after the mark, a stateful callback's `state()` on the main process
+  only). (With `save_only_model` the Trainer skips that save, and its checkpoints hold no optimizer
+  state to resume from either.)
 - resuming: `train(resume_from_checkpoint=PATH or True)` restores SAM's state and the weights (through
   `compat.renamed_weights`), then lets the Trainer resume the rest;
 - the best model at the end is loaded the same exact way.
