@@ -8,8 +8,8 @@ import json
 
 import pytest
 import yaml
-from test_trainer import SGD_PLAIN, _args, _steps, _train
 from tiny import max_abs_diff, reference_scheduled_sam_sgd, text_rows, tiny_bert
+from trainer_setup import SGD_PLAIN, _args, _steps, _train
 from typer.testing import CliRunner
 
 from samtune.optim.settings import setting_specs
