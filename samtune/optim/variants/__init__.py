@@ -23,7 +23,7 @@ accumulated step and all processes agree, and a resumed run makes the same choic
 A variant's settings are fields of `samtune.optim.settings.SAMSettings` (SAMArguments, the recipe's
 `sam` section and the card derive from them, with their defaults and bounds); its class lists them in
 `settings` and finds them as attributes (`self.every_k`). A variant with no new setting is one module,
-anywhere (tests/test_variant_registry.py registers one from a test file)::
+anywhere (tests/optim/test_variant_registry.py registers one from a test file)::
 
     @register_variant
     class OddSteps(Variant):  # SAM on odd optimizer steps only
