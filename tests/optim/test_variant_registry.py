@@ -73,6 +73,10 @@ def test_the_registry_lists_looks_up_and_refuses():
     with pytest.raises(ValueError, match="belongs to the variant 'every_k'"):
         register_variant(type("Every", (Variant,), {"name": "every_j", "settings": ("every_k",)}))
     assert "odd_k" not in variant_names() and "every_j" not in variant_names()
+    with pytest.raises(ValueError, match=r"every_k must be a whole number >= 1 \(got 0\)"):  # SAMSettings' bounds
+        variant_class("every_k")(every_k=0)
+    with pytest.raises(TypeError, match="looksam_k is not a setting of the SAM variant 'every_k'"):
+        variant_class("every_k")(looksam_k=3)
 
 
 def test_each_variant_setting_belongs_to_the_variant_whose_module_lists_it():

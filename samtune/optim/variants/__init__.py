@@ -72,13 +72,16 @@ class Variant:
 
     def __init__(self, *, seed: int = 0, **values: Any) -> None:
         """Its own settings' values (the others: their defaults in SAMSettings), and the run's seed."""
-        from samtune.optim.settings import default_of
+        from samtune.optim.settings import default_of, sam_setting_problems
 
         stray = sorted(set(values) - set(self.settings))
         if stray:
             raise TypeError(f"{', '.join(stray)} is not a setting of the SAM variant {self.name!r}")
-        for setting in self.settings:
-            setattr(self, setting, values[setting] if setting in values else default_of(setting))
+        own = {setting: values[setting] if setting in values else default_of(setting) for setting in self.settings}
+        if problems := sam_setting_problems(own):  # the bounds SAMSettings declares
+            raise ValueError("; ".join(problems))
+        for setting, value in own.items():
+            setattr(self, setting, value)
         self.seed = seed
 
     def __repr__(self) -> str:
