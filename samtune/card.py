@@ -11,8 +11,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from samtune.optim.settings import SAMSettings, setting_specs
-from samtune.optim.variants import SAMVariant
 from samtune import tasks
+from samtune.optim.variants import make_variant
 from samtune.recipe import Recipe
 
 CURVES_FILE = "training_curves.png"
@@ -150,7 +150,7 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
     if r.sam.rho == 0:
         variant, share = "none (rho = 0: plain training)", 0.0
     else:
-        chosen = SAMVariant.from_settings(SAMSettings(**r.sam.arguments()))
+        chosen = make_variant(SAMSettings(**r.sam.arguments()))
         variant = f"ASAM, {chosen.describe()}" if r.sam.adaptive else chosen.describe()
         share = chosen.extra_pass_share
     length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"

@@ -162,14 +162,25 @@ RhoOpt = Annotated[Optional[float], typer.Option(help="SAM radius (0: no SAM).",
 AdaptiveOpt = Annotated[
     Optional[bool], typer.Option("--adaptive/--no-adaptive", help="ASAM.", rich_help_panel=SAM_PANEL)
 ]
-VariantOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        help="sam (exact) or a cheaper variant: every_k, looksam, ascent_fraction, rst "
-        "(their settings: sam.every_k=4, sam.looksam_k=5, ...).",
-        rich_help_panel=SAM_PANEL,
-    ),
-]
+
+
+def _cheaper_variants() -> tuple[str, ...]:
+    """The registered SAM variants but exact SAM (samtune.optim.variants: light, no torch)."""
+    from samtune.optim.variants import variant_names
+
+    return variant_names()[1:]
+
+
+def _variant_help() -> str:
+    """--variant's help, from the registry of SAM variants."""
+    from samtune.optim.variants import variant_class
+
+    cheaper = _cheaper_variants()
+    own = [f"sam.{s}" for name in cheaper for s in variant_class(name).settings]
+    return f"sam (exact) or a cheaper variant: {', '.join(cheaper)} (their settings: {', '.join(own)})."
+
+
+VariantOpt = Annotated[Optional[str], typer.Option(help=_variant_help(), rich_help_panel=SAM_PANEL)]
 EpochsOpt = Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)]
 MaxStepsOpt = Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)]
 BatchSizeOpt = Annotated[Optional[int], typer.Option(help="Per device.", rich_help_panel=TRAIN_PANEL)]
@@ -678,9 +689,10 @@ def compare_command(
     overrides: OverridesArg = None,
     arms: Annotated[
         str,
-        typer.Option(help="Comma-separated: adamw (the baseline, always run), sam, asam, every_k, looksam, "
-                     "ascent_fraction, rst; each may carry its own SAM settings: sam:rho=0.02,schedule=lr,start=0.1 "
-                     "(a KEY=VALUE after a comma belongs to the arm before it).", rich_help_panel=COMPARE_PANEL),
+        typer.Option(help="Comma-separated: adamw (the baseline, always run), sam, asam, "
+                     f"{', '.join(_cheaper_variants())}; each may carry its own SAM settings: "
+                     "sam:rho=0.02,schedule=lr,start=0.1 (a KEY=VALUE after a comma belongs to the arm before it).",
+                     rich_help_panel=COMPARE_PANEL),
     ] = "adamw,sam",  # fmt: skip
     seeds: Annotated[
         int, typer.Option(min=1, help="Seeds per arm: training.seed, +1, ...", rich_help_panel=COMPARE_PANEL)

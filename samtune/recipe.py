@@ -207,8 +207,19 @@ def _sam_section() -> type[_SAMSectionRules]:
         )
         for spec in specs
     }
+    def checked(check: Any) -> Any:
+        def validate(v: Any) -> Any:
+            if (problem := check(v)) is not None:
+                raise ValueError(problem)
+            return v
+
+        return validate
+
     finite_keys = [spec.recipe_key for spec in specs if spec.finite]
     validators = {"_finite": field_validator(*finite_keys)(finite)} if finite_keys else {}
+    # Values no bound describes (sam.variant: a registered variant), checked by the setting's own rule.
+    validators.update({f"_check_{spec.recipe_key}": field_validator(spec.recipe_key)(checked(spec.check))
+                       for spec in specs if spec.check is not None})  # fmt: skip
     return create_model("SAMSection", __base__=_SAMSectionRules, __doc__="Sharpness-Aware Minimization's settings.",
                         __validators__=validators, **fields)  # fmt: skip
 

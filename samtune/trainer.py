@@ -2,8 +2,9 @@
 
 The step lives in `training_step` (with `compute_loss`'s NaN/inf check and `log`'s SAM figures);
 `__init__` refuses setups SAM cannot run exactly, and an optimizer-step wrapper skips a step
-with a NaN/inf loss (`on_nonfinite="skip"`). samtune's state in checkpoints is
-`samtune.sam_checkpoint`; workarounds for given library versions are `samtune.compat`.
+with a NaN/inf loss (`on_nonfinite="skip"`). SAM's own state across steps (counters, the figures
+it logs, the variant) is one `samtune.sam_state.SAMState`; checkpoint I/O is `samtune.sam_checkpoint`;
+workarounds for given library versions are `samtune.compat`.
 
 Per micro-batch:
 
@@ -33,21 +34,22 @@ DeepSpeed and FSDP1 are refused (the README says why).
 At the edges: gradients that autograd returns aliased are cloned before e(w) is computed in
 place (samtune.optim.functional.owned); an exception anywhere in the step leaves the weights at
 w; a NaN/inf loss (`on_nonfinite`) is decided on every process alike (one all-reduce of a flag),
-and under fp16 a skipped step goes through the GradScaler. Checkpoints carry samtune's state,
-written before `trainer_state.json`, and resuming (a path, or True) restores it.
+and under fp16 a skipped step goes through the GradScaler. Checkpoints carry SAM's state (its
+counters in `trainer_state.json`, a variant's tensors written before it), and resuming (a path, or
+True) restores it.
 
-`sam_variant` picks a cheaper step (samtune.optim.variants): `every_k` and `rst` take the stock
-step on some optimizer steps, `ascent_fraction` climbs along part of each micro-batch, and
-`looksam` takes the stock step between its SAM steps and adds its recorded sharpness direction to
-the accumulated gradient before clipping. Which steps climb depends on the optimizer step only, so
-every micro-batch and every process agrees.
+`sam_variant` picks the variant (samtune.optim.variants, one module each): it says which optimizer
+steps climb (the others take the stock step), which part of a micro-batch the ascent sees, and
+takes hooks after each ascent and after each step (LookSAM records a direction on its SAM steps and
+adds it to the gradient of the others, before clipping). The step calls the hooks and never asks
+which variant it runs. Which steps climb depends on the optimizer step only, so every micro-batch
+and every process agrees.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -59,7 +61,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from samtune.compat.grad_scaler import keep_scheduler_wrapper_mark, mark_stepped, record_overflow
 from samtune.compat.loss_normalisation import loss_ignores_num_items, loss_is_scaled_for_ga, loss_shifts_labels
 from samtune.optim.functional import (
-    ascent_norm,
     frozen_running_stats,
     gradients_by_backward,
     restore_weights_,
@@ -70,8 +71,9 @@ from samtune.optim.functional import (
 from samtune.optim.selection import SelectionError, climbing_names
 from samtune.optim.settings import SAMSettings, empty_window_problem, sam_window
 from samtune.optim.shards import is_sharded
-from samtune.optim.variants import SAMVariant, looksam_direction, looksam_gradient_
+from samtune.optim.variants import Processes, Variant, make_variant
 from samtune.sam_checkpoint import SAMCheckpointing
+from samtune.sam_state import SAMState
 
 _LOMO = ("lomo", "adalomo")
 
@@ -114,9 +116,9 @@ class SAMArguments(SAMSettings, TrainingArguments):
         super().__post_init__()  # SAMSettings' checks, then TrainingArguments'
         self.rho = float(self.rho)
 
-    def variant(self) -> SAMVariant:
-        """The SAM variant these arguments select, with its parameters."""
-        return SAMVariant.from_settings(self, seed=self.seed)
+    def variant(self) -> Variant:
+        """The SAM variant these arguments select, with its own settings."""
+        return make_variant(self, seed=self.seed)
 
 
 _DEEPSPEED = (
@@ -232,29 +234,33 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # labels[..., 1:], as its loss does, so the update is the mean over the targets it predicts.
             self._loss_shifts_labels = True
         self._climbing = self._resolve_climbing_parameters()
-        self._sam_norm_sum = 0.0
-        self._sam_norm_count = 0
-        self.sam_perturbations_skipped = 0
-        self.sam_nonfinite_skipped = 0
+        # SAM's counters, the figures for the next log and the variant; saved in checkpoints (a stateful callback).
+        self.sam_state = SAMState(self.args.variant(), rho=self.args.rho, adaptive=self.args.adaptive)
+        self.add_callback(self.sam_state)
+        self._processes = Processes(self._mean_over_processes, self.is_fsdp2, self.accelerator.device)  # for variants
+        self._saved_weights: list[torch.Tensor] | None = None  # the copy of w, reused between CPU steps
         self._nonfinite_in_step = False  # this micro-batch's loss was NaN/inf (on this process)
         self._nonfinite_in_optimizer_step = False  # ... or an earlier micro-batch's of this optimizer step
         self._nonfinite_loss = float("nan")  # the first such loss of the step, for the error message
         self._skip_optimizer_step = False
-        self.sam_variant = self.args.variant()
-        self._saved_weights: list[torch.Tensor] | None = None  # the copy of w, reused between CPU steps
-        self.sam_climb_steps = 0  # optimizer steps that took SAM's two passes (the variants skip some)
-        self._looksam_g: list[torch.Tensor | None] | None = None  # plain gradient, summed over micro-batches
-        self._looksam_v: list[torch.Tensor | None] | None = None  # LookSAM's g_v, from its last SAM step
-        self._missed_climb = False  # a micro-batch of this SAM step did not climb (non-finite ||g||)
-        self._step_sharpness: torch.Tensor | float = 0.0  # L(w + e) - L(w) over this step's micro-batches
-        self._sharpness_sum: torch.Tensor | float = 0.0  # ... summed over the SAM steps since the last log
-        self._sharpness_count = 0
-        self._last_rho = self.args.rho  # the radius of the latest SAM step (schedule="lr" moves it)
         if self.args.on_nonfinite == "skip":
             self.add_callback(_StepSkipper(self))
-        if self.is_fsdp2:
-            self.add_callback(_ShardCheck(self))
-        self.add_callback(_WindowCheck(self))
+        self.add_callback(_TrainBegin(self))
+
+    @property
+    def sam_climb_steps(self) -> int:
+        """Optimizer steps that took SAM's two passes (the window, the schedule and the variants skip some)."""
+        return self.sam_state.climb_steps
+
+    @property
+    def sam_perturbations_skipped(self) -> int:
+        """Climbs skipped because ||g|| was not finite (on this process)."""
+        return self.sam_state.perturbations_skipped
+
+    @property
+    def sam_nonfinite_skipped(self) -> int:
+        """Optimizer steps skipped for a NaN/inf loss (`on_nonfinite="skip"`)."""
+        return self.sam_state.nonfinite_skipped
 
     # ---- the step ------------------------------------------------------------------------
 
@@ -272,7 +278,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # The weights are back at w (save_and_climb_ and the restore undo the climb); drop
             # what this optimizer step had accumulated of its own, so a caller that retries
             # (auto_find_batch_size, a notebook) starts the step afresh.
-            self._looksam_g, self._missed_climb, self._step_sharpness = None, False, 0.0
+            self.sam_state.abandon_step()
             self._nonfinite_in_optimizer_step = False
             raise
         here = self._nonfinite_in_step
@@ -313,15 +319,12 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         rho = self._rho_now()
         if rho == 0 or not self._in_sam_window():
             return super().training_step(model, inputs, num_items_in_batch)
-        looksam = self.sam_variant.name == "looksam"
-        if looksam and self._looksam_shards is not None:
-            self.looksam_from_shards(self.sam_parameters(model))
-        if self.sam_variant.climbs_on(self.state.global_step) or (looksam and self._looksam_v is None):
+        variant = self.sam_state.variant
+        if variant.climbs_on(self.state.global_step):
             return self._sam_step(model, inputs, num_items_in_batch, rho)
-        # A plain step (every_k, rst), or LookSAM reusing g_v.
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if looksam and self.accelerator.sync_gradients:
-            self._looksam_reuse(model)
+        loss = super().training_step(model, inputs, num_items_in_batch)  # the variant's plain step
+        if self.accelerator.sync_gradients:
+            variant.after_plain_step(self.sam_parameters(model), self._processes)
         return loss
 
     def _resolve_climbing_parameters(self) -> set[str] | None:
@@ -390,11 +393,10 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         rho: float,
     ) -> torch.Tensor:
         """SAM on one micro-batch: ascent at w, climb to w + e(w), the stock descent there, back to w."""
-        variant = self.sam_variant
-        looksam = variant.name == "looksam"
+        variant = self.sam_state.variant
         last_micro_batch = self.accelerator.sync_gradients
         params = self.sam_parameters(model)
-        part = variant.ascent_part(inputs)
+        part = variant.ascent_inputs(inputs)
         # BatchNorm's running statistics move once per micro-batch, as in the stock step: in the ascent, whose
         # forward at w is the stock step's own; where the ascent takes part of the micro-batch, in the descent.
         whole = part is None
@@ -414,8 +416,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             contextlib.nullcontext() if whole else frozen_running_stats(model),
         ):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
-        if looksam:
-            self._looksam_accumulate(grads, num_items_in_batch)
+        # The variant sees g as the descent's gradient is normalised (divided by the accumulation steps or not).
+        variant.after_ascent(grads, 1.0 if loss_is_scaled_for_ga(self, num_items_in_batch) else
+                             1.0 / self.current_gradient_accumulation_steps)  # fmt: skip
         perturbed, e, norm = sam_perturbation(grads, params, rho, self.args.adaptive, self.args.asam_eta)
         del grads
         finite = not self._nonfinite_in_step and self._record_ascent(norm)
@@ -436,69 +439,13 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         # MiniLM's 87 MB): keep the copy for the next step. GPU allocators cache blocks themselves.
         on_cpu = bool(perturbed) and perturbed[0].device.type == "cpu"
         self._saved_weights = saved if saved is not None and on_cpu else None
-        self._missed_climb = self._missed_climb or not finite
-        # L(w + e) - L(w), both normalised as the step's loss: summed, the step's sharpness (not with
-        # ascent_fraction, whose ascent loss is that of part of the batch).
-        if finite and variant.name != "ascent_fraction":
-            self._step_sharpness = descent_loss - ascent_loss + self._step_sharpness
+        # L(w + e) - L(w), both normalised as the step's loss: summed, the step's sharpness (not where the ascent
+        # took part of the micro-batch: its loss is that part's).
+        self.sam_state.micro_batch_done(finite, descent_loss - ascent_loss if finite and whole else None)
         if last_micro_batch:
-            self.sam_climb_steps += 1
-            self._last_rho = rho
-            if not self._missed_climb:
-                self._sharpness_sum = self._step_sharpness + self._sharpness_sum
-                self._sharpness_count += 1
-            if looksam:
-                # g_v needs the SAM gradient of the whole effective batch: every micro-batch climbed.
-                self._looksam_refresh(params, climbed=not self._missed_climb)
-            self._missed_climb, self._step_sharpness = False, 0.0
+            complete = self.sam_state.sam_step_done(rho)  # every micro-batch climbed
+            variant.after_sam_step(params, complete, self._processes)
         return ascent_loss
-
-    # ---- LookSAM -------------------------------------------------------------------------
-
-    def _looksam_accumulate(self, grads: tuple[torch.Tensor | None, ...], num_items_in_batch: Any) -> None:
-        """Add this micro-batch's plain gradient at w to the effective batch's, normalised as the descent is."""
-        scaled = loss_is_scaled_for_ga(self, num_items_in_batch)
-        weight = 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
-        if self._looksam_g is None:
-            self._looksam_g = [None] * len(grads)
-        for i, g in enumerate(grads):
-            if g is None:
-                continue
-            acc = self._looksam_g[i]
-            self._looksam_g[i] = g.float() * weight if acc is None else acc.add_(g.float(), alpha=weight)
-
-    def _looksam_refresh(self, params: list[nn.Parameter], climbed: bool) -> None:
-        """After LookSAM's SAM step: g_v from the plain gradient g and the SAM gradient g_s now in `.grad`.
-
-        Every process takes the same path, whatever it saw (an fp16 ascent may overflow on one rank
-        only): the plain gradients and whether this process climbed travel in one all-reduce, and
-        g_v is kept only if every process climbed.
-        """
-        plain, self._looksam_g = self._looksam_g or [None] * len(params), None
-        index = [i for i, p in enumerate(params) if p.grad is not None]  # after DDP's all-reduce: alike everywhere
-        g = [plain[i] if plain[i] is not None else torch.zeros_like(params[i].grad, dtype=torch.float32) for i in index]
-        climbed_share = torch.tensor([1.0 if climbed else 0.0], device=self.accelerator.device)
-        if self.is_fsdp2:  # the ascent gradients are already FSDP's averages (and each process holds other shards)
-            (climbed_share,) = self._mean_over_processes([climbed_share])
-        else:
-            *g, climbed_share = self._mean_over_processes([*g, climbed_share])
-        if float(climbed_share) < 1.0 or not index:
-            self._looksam_v = None  # no SAM gradient this step (somewhere): the next step refreshes again
-            return
-        g_v = looksam_direction(g, [params[i].grad for i in index])
-        size = float(ascent_norm(g_v))  # ||g_v|| (over all shards under FSDP2)
-        if not (math.isfinite(size) and size > 0):  # fp16 overflow (the scaler skips this step) or g_s parallel to g
-            self._looksam_v = None
-            return
-        self._looksam_v = [None] * len(params)
-        for i, v in zip(index, g_v, strict=True):
-            self._looksam_v[i] = v
-
-    def _looksam_reuse(self, model: nn.Module) -> None:
-        """LookSAM between its SAM steps: .grad <- g + alpha * (||g|| / ||g_v||) * g_v, one pass only."""
-        params = self.sam_parameters(model)
-        pairs = [(p.grad, v) for p, v in zip(params, self._looksam_v or [], strict=False) if p.grad is not None and v is not None]
-        looksam_gradient_([g for g, _ in pairs], [v for _, v in pairs], self.sam_variant.looksam_alpha)
 
     def _mean_over_processes(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """The mean of each tensor over the data-parallel processes (one all-reduce), as DDP does for `.grad`."""
@@ -582,61 +529,32 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         scaler = self.accelerator.scaler
         if scaler is not None:
             value /= float(scaler.get_scale())
-        if not math.isfinite(value):
-            self.sam_perturbations_skipped += 1
-            return False
-        self._sam_norm_sum += value
-        self._sam_norm_count += 1
-        return True
+        return self.sam_state.count_ascent(value)
 
     # ---- logging -------------------------------------------------------------------------
-
-    def _mean_sharpness(self) -> float | None:
-        """The mean sharpness of the SAM steps since the last log, over every process's steps (the logged loss is
-        averaged over the processes too; each process climbs on its own micro-batches), then reset. Every process
-        calls it at a logging step (one all-reduce); None if no step climbed."""
-        totals = torch.tensor([float(self._sharpness_sum), float(self._sharpness_count)], dtype=torch.float32,
-                              device=self.accelerator.device)  # fmt: skip
-        (totals,) = self._mean_over_processes([totals])
-        self._sharpness_sum, self._sharpness_count = 0.0, 0
-        return float(totals[0] / totals[1]) if totals[1] > 0 else None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add SAM's own figures to the Trainer's training logs."""
         if "loss" in logs:
-            logs["sam_rho"] = self._last_rho
-            if self._sam_norm_count:
-                logs["sam_ascent_grad_norm"] = self._sam_norm_sum / self._sam_norm_count
-            sharpness = self._mean_sharpness()
-            if sharpness is not None:
-                logs["sam_sharpness"] = sharpness
-            logs["sam_perturbations_skipped"] = self.sam_perturbations_skipped
-            logs["sam_climb_steps"] = self.sam_climb_steps
-            if self.sam_nonfinite_skipped:
-                logs["sam_nonfinite_skipped"] = self.sam_nonfinite_skipped
-            self._sam_norm_sum, self._sam_norm_count = 0.0, 0
+            logs.update(self.sam_state.log_entries(self._processes))
         super().log(logs, start_time)
 
 
-class _ShardCheck(TrainerCallback):
-    """Under FSDP2, refuse a climbing parameter FSDP did not shard once the model is prepared, before any step."""
+class _TrainBegin(TrainerCallback):
+    """Once the model is prepared (sharded under FSDP2), before any step: refuse what cannot train, and hand the
+    variant its parameters (with the state a resume loaded)."""
 
     def __init__(self, trainer: SAMTrainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.trainer.args.rho > 0:
-            self.trainer._check_sharded(self.trainer.sam_parameters(self.trainer.model))
-
-
-class _WindowCheck(TrainerCallback):
-    """Refuse an empty SAM window once the run's length is known, before any step."""
-
-    def __init__(self, trainer: SAMTrainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer.check_sam_window(state.max_steps)
+        trainer = self.trainer
+        params = trainer.sam_parameters(trainer.model)
+        if trainer.is_fsdp2 and trainer.args.rho > 0:
+            trainer._check_sharded(params)  # a climbing parameter FSDP did not shard
+        trainer.check_sam_window(state.max_steps)  # an empty SAM window
+        trainer.sam_state.adopt(trainer.callback_handler.callbacks, state)
+        trainer.sam_state.variant.attach(params)
 
 
 class _StepSkipper(TrainerCallback):
@@ -658,7 +576,7 @@ class _StepSkipper(TrainerCallback):
         def skippable_step(*a: Any, **kw: Any) -> Any:
             if trainer._skip_optimizer_step:
                 trainer._skip_optimizer_step = False
-                trainer.sam_nonfinite_skipped += 1
+                trainer.sam_state.nonfinite_skipped += 1
                 scaler = getattr(optimizer, "scaler", None)
                 if scaler is not None:
                     # fp16: skip through the GradScaler, as its own overflow skip does: the step is

@@ -13,8 +13,9 @@ The arms (`--arms`), each the recipe (with the KEY=VALUE overrides) plus its own
                      where the recipe has rho 0)
     asam             ASAM (sam.adaptive=true): the recipe's rho if the recipe is adaptive already, else 0.5
                      (Kwon et al. 2021 use 0.5-2.0; SAM's usual 0.05 barely moves an adaptive climb)
-    every_k, looksam, ascent_fraction, rst
-                     the cheaper variant with the `sam` arm's rho and adaptive flag, and the recipe's
+    every_k, looksam, ...
+                     each cheaper SAM variant (samtune.optim.variants: every registered one, described
+                     by its own module) with the `sam` arm's rho and adaptive flag, and the recipe's
                      settings for that variant (sam.every_k, sam.looksam_k, ...)
 
 An arm may carry its own SAM settings, on top of the recipe's: `NAME:KEY=VALUE,KEY=VALUE`, where KEY
@@ -64,15 +65,19 @@ from samtune.errors import Interrupted, RecipeError, SamtuneError, TrainingError
 from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides, settings_for_variant
 from samtune.recipe import load_yaml, yaml_scalar
 
-ARMS: dict[str, str] = {
+OWN_ARMS: dict[str, str] = {
     "adamw": "the base optimizer alone (sam.rho=0)",
     "sam": "exact SAM, the recipe's rho and adaptive flag",
     "asam": "ASAM (sam.adaptive=true), rho 0.5 unless the recipe is adaptive",
-    "every_k": "SAM on one step in sam.every_k",
-    "looksam": "LookSAM: exact SAM every sam.looksam_k steps",
-    "ascent_fraction": "the climb on sam.ascent_fraction of each batch",
-    "rst": "SAM on a step with probability sam.rst_probability",
 }
+
+
+def arm_kinds() -> dict[str, str]:
+    """Every kind of arm and what it is: compare's own three, then each cheaper SAM variant, as its module says."""
+    from samtune.optim.variants import variant_class, variant_names
+
+    return {**OWN_ARMS, **{name: variant_class(name).summary for name in variant_names() if name not in OWN_ARMS}}
+
 DEFAULT_ARMS = ("adamw", "sam")
 DEFAULT_SEEDS = 3
 COMPARE_MARK = ".samtune-compare"  # what --overwrite may delete
@@ -100,7 +105,7 @@ class ArmRun:
 
 @dataclass(frozen=True)
 class ArmSpec:
-    """One arm as given: its kind (a name of ARMS) and its own SAM settings (recipe keys, values as text)."""
+    """One arm as given: its kind (a name of `arm_kinds()`) and its own SAM settings (recipe keys, values as text)."""
 
     kind: str
     settings: tuple[tuple[str, str], ...] = ()
@@ -135,19 +140,19 @@ def read_arms(spec: str | Sequence[str]) -> tuple[list[ArmSpec], list[str]]:
     """
     items = [spec] if isinstance(spec, str) else list(spec)
     tokens = [t.strip() for item in items for t in item.split(",") if t.strip()]
-    keys = _sam_keys()
+    keys, kinds = _sam_keys(), arm_kinds()
     arms: list[list[Any]] = []  # [kind, [(key, text), ...]]
     problems: list[str] = []
     for token in tokens:
         head, colon, rest = token.partition(":")
         if colon or "=" not in token:
             name = head.strip()
-            if name not in ARMS:
+            if name not in kinds:
                 if arms and arms[-1][1] and arms[-1][1][-1][0] == "params" and not colon:
                     arms[-1][1][-1] = ("params", f"{arms[-1][1][-1][1]},{token}")  # one more params pattern
                     continue
-                close = difflib.get_close_matches(name, list(ARMS), n=1)
-                problems.append(f"unknown arm '{name}': the arms are {', '.join(ARMS)}"
+                close = difflib.get_close_matches(name, list(kinds), n=1)
+                problems.append(f"unknown arm '{name}': the arms are {', '.join(kinds)}"
                                 + (f" (did you mean '{close[0]}'?)" if close else ""))  # fmt: skip
                 arms.append([None, []])
                 continue
@@ -209,7 +214,7 @@ def parse_arms(spec: str | Sequence[str]) -> list[str]:
 def describe_arm(name: str) -> str:
     """What an arm is: its kind's description, and the settings it sets on top."""
     kind, _, settings = name.partition(":")
-    return ARMS[kind] + (f"; with {settings.replace(',', ', ')}" if settings else "")
+    return arm_kinds()[kind] + (f"; with {settings.replace(',', ', ')}" if settings else "")
 
 
 def rank_arms(report: dict[str, Any], metric: str) -> dict[str, Any]:

@@ -1,15 +1,17 @@
-"""SAM's settings, defined once: name, default, bound, help, the variant each belongs to, whether it defines a run.
+"""SAM's settings, defined once: name, default, bound, help, whether it defines a run (and, read from the variants'
+modules, the variant each belongs to).
 
 `SAMSettings` is the single definition. Everything else is derived from it:
 
 - `samtune.SAMArguments` (the Trainer's arguments) inherits its fields, help texts included;
 - the recipe's `sam` section (`samtune.recipe`) is built from `setting_specs()`: the same
   defaults, the same bounds (as pydantic constraints), the same help;
-- `samtune.optim.variants.SAMVariant` takes its defaults and its checks from here;
+- the variants (samtune.optim.variants) take their defaults from here, and each variant's module
+  says which of these settings are its own (`Variant.settings`; `SettingSpec.variant` reads it);
 - the run-change check on resume and the model card's table list `setting_specs()`.
 
-A new setting is one `setting(...)` field below, plus its use in the step. Pure Python: nothing
-here imports transformers (or even torch).
+A new setting is one `setting(...)` field below, plus its use in the step (a variant's: in its
+module). Pure Python: nothing here imports transformers (or even torch).
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from __future__ import annotations
 import functools
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
 from samtune.optim.selection import spec_problem
 
-VariantName = Literal["sam", "every_k", "looksam", "ascent_fraction", "rst"]
-VARIANTS: tuple[str, ...] = typing.get_args(VariantName)
 ScheduleName = Literal["constant", "lr"]
 
 
@@ -35,15 +36,15 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     finite: bool = False,
-    variant: str | None = None,
+    check: Callable[[Any], str | None] | None = None,
     recipe_key: str | None = None,
     defines_run: bool = True,
     why: str = "",
 ) -> Any:
     """One SAM setting: a dataclass field whose metadata carries its bound, help and role.
 
-    `variant`: the SAM variant the setting belongs to (None: every variant). `recipe_key`: its
-    key in the recipe's `sam` section when it differs from the field name. `defines_run`: a
+    `check`: returns the problem with a value (None: none), for values no bound describes. `recipe_key`:
+    its key in the recipe's `sam` section when it differs from the field name. `defines_run`: a
     resume that changes it trains another run (samtune warns). `why`: appended to the error
     message of a value out of bounds.
     """
@@ -52,12 +53,20 @@ def setting(
     # can live there; the rest is kept beside it, keyed by the field object (which dataclasses
     # and their subclasses share).
     declared = field(default=default, metadata={"help": help})
-    _DECLARED[id(declared)] = dict(bounds=bounds, finite=finite, variant=variant, recipe_key=recipe_key,
+    _DECLARED[id(declared)] = dict(bounds=bounds, finite=finite, check=check, recipe_key=recipe_key,
                                    defines_run=defines_run, why=why)  # fmt: skip
     return declared
 
 
 _DECLARED: dict[int, dict[str, Any]] = {}
+
+
+def _registered_variant(name: Any) -> str | None:
+    """None if `name` is a registered SAM variant (samtune.optim.variants), else the problem."""
+    from samtune.optim.variants import variant_names
+
+    names = variant_names()
+    return None if name in names else f"unknown SAM variant: choose one of {', '.join(names)}"
 
 
 @dataclass
@@ -84,22 +93,20 @@ class SAMSettings:
         ge=0, finite=True,
         why="T = |w| + eta scales the climb per weight; 0.01 is the paper's, 0 davda54/sam's form.",
     )  # fmt: skip
-    sam_variant: VariantName = setting(
+    sam_variant: str = setting(
         "sam",
-        "Which SAM step: 'sam' (exact, every step), or a cheaper variant: 'every_k' (SAM on one step "
-        "in every_k), 'looksam' (LookSAM: SAM every looksam_k steps, its sharpness direction reused in "
-        "between), 'ascent_fraction' (ascent on a fraction of each batch), 'rst' (SAM on a random share "
-        "rst_probability of the steps). See samtune.optim.variants.",
-        recipe_key="variant",
-    )
-    every_k: int = setting(2, "every_k: SAM on optimizer steps where step % every_k == 0.", ge=1, variant="every_k",
+        "Which SAM step: 'sam' (exact, every step), or a cheaper variant registered in samtune.optim.variants "
+        "(one module each: SAM on some steps only, on part of each batch, LookSAM's reused direction; "
+        "`samtune train --help` lists them). A variant's own settings follow.",
+        recipe_key="variant", check=_registered_variant,
+    )  # fmt: skip
+    every_k: int = setting(2, "every_k: SAM on optimizer steps where step % every_k == 0.", ge=1,
                            why="SAM runs on one step in k.")  # fmt: skip
-    looksam_k: int = setting(5, "looksam: an exact SAM step every looksam_k steps.", ge=1, variant="looksam")
-    looksam_alpha: float = setting(0.7, "looksam: weight of the reused sharpness direction g_v.", ge=0, finite=True,
-                                   variant="looksam")  # fmt: skip
+    looksam_k: int = setting(5, "looksam: an exact SAM step every looksam_k steps.", ge=1)
+    looksam_alpha: float = setting(0.7, "looksam: weight of the reused sharpness direction g_v.", ge=0, finite=True)
     ascent_fraction: float = setting(0.25, "ascent_fraction: share of each micro-batch the ascent gradient uses.",
-                                     gt=0, le=1, variant="ascent_fraction")  # fmt: skip
-    rst_probability: float = setting(0.5, "rst: probability that a step is a SAM step.", ge=0, le=1, variant="rst")
+                                     gt=0, le=1)  # fmt: skip
+    rst_probability: float = setting(0.5, "rst: probability that a step is a SAM step.", ge=0, le=1)
     params: str = setting(
         "all",
         "Which parameters climb: a preset (all, weights, norms, head, body; see samtune.optim.selection) or "
@@ -148,9 +155,16 @@ class SettingSpec:
     help: str
     bounds: dict[str, float]
     finite: bool
-    variant: str | None
+    check: Callable[[Any], str | None] | None
     defines_run: bool
     why: str
+
+    @property
+    def variant(self) -> str | None:
+        """The SAM variant this setting belongs to (None: every variant), as that variant's module says."""
+        from samtune.optim.variants import variant_of
+
+        return variant_of(self.name)
 
 
 @functools.cache
@@ -164,7 +178,7 @@ def setting_specs() -> tuple[SettingSpec, ...]:
             SettingSpec(
                 name=f.name, recipe_key=m["recipe_key"] or f.name, type=hints[f.name],
                 default=None if f.default is MISSING else f.default, help=f.metadata["help"], bounds=m["bounds"],
-                finite=m["finite"], variant=m["variant"], defines_run=m["defines_run"], why=m["why"],
+                finite=m["finite"], check=m["check"], defines_run=m["defines_run"], why=m["why"],
             )  # fmt: skip
         )
     return tuple(out)
@@ -189,9 +203,9 @@ def sam_setting_problems(values: dict[str, Any]) -> list[str]:
         if spec.name not in values:
             continue
         value = values[spec.name]
-        if spec.name == "sam_variant":
-            if value not in VARIANTS:
-                problems.append(f"unknown SAM variant {value!r}: choose one of {', '.join(VARIANTS)}")
+        if spec.check is not None:
+            if (problem := spec.check(value)) is not None:
+                problems.append(f"{problem} (got {value!r})")
             continue
         if typing.get_origin(spec.type) is Literal:
             if value not in typing.get_args(spec.type):

@@ -244,7 +244,8 @@ def test_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(trainer_r
     samtune's counters and, for LookSAM, each process's shards of g_v; resumed, the run ends where the
     uninterrupted one did (step 2 of LookSAM k=3 reuses the saved g_v: without it, it would climb)."""
     checkpoint = trainer_runs / scenario / "checkpoint-2"
-    assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and (checkpoint / "samtune_state.json").is_file()
+    records = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and records["SAMState"]["attributes"]["variant"] == scenario
     if scenario == "looksam":
         assert {p.name for p in checkpoint.glob("samtune_looksam_rank*.pt")} == {
             "samtune_looksam_rank0.pt", "samtune_looksam_rank1.pt"}  # fmt: skip

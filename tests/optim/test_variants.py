@@ -23,8 +23,10 @@ from trainer_setup import SGD_PLAIN, _args, _steps, _train
 from transformers import Trainer, TrainingArguments
 
 from samtune import SAMArguments, SAMTrainer
-from samtune.optim.variants import SAMVariant, ascent_rows, looksam_direction, looksam_gradient_, rst_draw
-from samtune.sam_checkpoint import LOOKSAM_STATE_FILE
+from samtune.optim.variants import variant_class
+from samtune.optim.variants.ascent_fraction import ascent_rows
+from samtune.optim.variants.looksam import looksam_direction, looksam_gradient_
+from samtune.optim.variants.rst import rst_draw
 
 RHO, LR, N_STEPS = 0.05, 0.5, 5
 GA = pytest.mark.parametrize(("batch_size", "accumulation"), [(8, 1), (4, 2)], ids=["ga1", "ga2"])
@@ -148,8 +150,9 @@ def test_looksam_resumes_with_its_sharpness_direction(tmp_path):
     partial = _args(tmp_path / "first", max_steps=2, save_strategy="steps", save_steps=2, **common)
     SAMTrainer(model=copy.deepcopy(model), args=partial, train_dataset=ListDataset(rows)).train()
     checkpoint = tmp_path / "first" / "out" / "checkpoint-2"
-    assert (checkpoint / LOOKSAM_STATE_FILE).is_file()
-    assert json.loads((checkpoint / "samtune_state.json").read_text())["variant"] == "looksam"
+    assert (checkpoint / "samtune_looksam.pt").is_file()  # g_v, written before trainer_state.json marks it complete
+    records = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert records["SAMState"]["attributes"]["variant"] == "looksam"
     resumed = SAMTrainer(model=copy.deepcopy(model), args=first, train_dataset=ListDataset(rows))
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert max_abs_diff(resumed.model, whole.model) <= 1e-6
@@ -222,7 +225,7 @@ def test_bad_variant_settings_are_refused(tmp_path, field, value, says):
 
 
 def test_variant_extra_cost_shares():
-    assert SAMVariant("sam").extra_pass_share == 1.0
-    assert SAMVariant("every_k", every_k=4).extra_pass_share == 0.25
-    assert SAMVariant("looksam", looksam_k=5).extra_pass_share == 0.2
-    assert SAMVariant("rst", rst_probability=0.3).extra_pass_share == 0.3
+    assert variant_class("sam")().extra_pass_share == 1.0
+    assert variant_class("every_k")(every_k=4).extra_pass_share == 0.25
+    assert variant_class("looksam")(looksam_k=5).extra_pass_share == 0.2
+    assert variant_class("rst")(rst_probability=0.3).extra_pass_share == 0.3

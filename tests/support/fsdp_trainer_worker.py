@@ -99,6 +99,7 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
     sharded = type(next(trainer.model.parameters())).__name__
     state = {k: _full(v) for k, v in trainer.model.state_dict().items()}
     rank = trainer.args.process_index
+    g_v = getattr(getattr(getattr(trainer, "sam_state", None), "variant", None), "g_v", None)  # LookSAM's
     torch.save(
         {
             "state": state,
@@ -107,8 +108,7 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
             "climb_steps": getattr(trainer, "sam_climb_steps", None),
             "perturbations_skipped": getattr(trainer, "sam_perturbations_skipped", None),
             "log": trainer.state.log_history,
-            "looksam_v": None if getattr(trainer, "_looksam_v", None) is None
-            else [_full(v) if v is not None else None for v in trainer._looksam_v],
+            "looksam_v": None if g_v is None else [_full(v) if v is not None else None for v in g_v],
         },
         out / f"{scenario}{'-resumed' if resume else ''}-rank{rank}.pt",
     )

@@ -30,7 +30,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from samtune.optim import SAM
 from samtune.optim.functional import gradients_by_backward, restore_weights_, sam_perturbation, save_and_climb_
-from samtune.optim.variants import looksam_direction, looksam_gradient_
+from samtune.optim.variants.looksam import looksam_direction, looksam_gradient_
 
 STEPS, BATCH, LR = 3, 8, 0.3  # BATCH rows per process per optimizer step
 

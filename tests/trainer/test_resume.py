@@ -195,7 +195,9 @@ def test_a_second_sigint_stops_at_once(tmp_path, text_model_dir):
 def test_checkpoints_carry_samtunes_state(tmp_path, text_model_dir):
     recipe = _recipe(tmp_path, text_model_dir, 1)
     assert _samtune(["train", recipe, "--output-dir", tmp_path / "run"], interrupt="kill").returncode == -9
-    state = json.loads((tmp_path / "run" / "checkpoint-6" / "samtune_state.json").read_text())
+    # In trainer_state.json, the file whose presence marks the checkpoint complete (SAMState's record).
+    trainer_state = json.loads((tmp_path / "run" / "checkpoint-6" / "trainer_state.json").read_text())
+    state = trainer_state["stateful_callbacks"]["SAMState"]["attributes"]
     first, _ = sam_window(default_of("start"), None, 12)  # the default window: from 10% of the 12 steps
     assert first == 2
     assert state == {
@@ -440,7 +442,7 @@ def _damage(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damaged", ["model.safetensors", "trainer_state.json", "optimizer.pt", "samtune_state.json"])
+@pytest.mark.parametrize("damaged", ["model.safetensors", "trainer_state.json", "optimizer.pt"])
 def test_a_damaged_checkpoint_is_named_with_the_complete_one_before_it(tmp_path, text_model_dir, text_csv, damaged):
     from samtune.errors import EXIT_USAGE
 

@@ -31,7 +31,7 @@ from transformers.trainer_callback import TrainerState
 
 from samtune import SAMTrainer
 from samtune.optim import functional
-from samtune.sam_checkpoint import LOOKSAM_STATE_FILE, SAM_STATE_FILE
+from samtune.sam_state import variant_file
 
 # ---- aliased ascent gradients ---------------------------------------------------------------
 
@@ -214,25 +214,60 @@ def test_resume_from_checkpoint_true_restores_samtunes_state(tmp_path):
     assert max_abs_diff(resumed.model, whole.model) <= 1e-6
 
 
+def _as_samtune_0_1(checkpoint) -> None:
+    """Rewrite a checkpoint as samtune 0.1 wrote it: SAM's record in samtune_state.json (not in trainer_state.json),
+    LookSAM's file holding the list g_v alone."""
+    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
+    record = trainer_state["stateful_callbacks"].pop("SAMState")["attributes"]
+    (checkpoint / "trainer_state.json").write_text(json.dumps(trainer_state))
+    (checkpoint / "samtune_state.json").write_text(json.dumps(record))
+    g_v = torch.load(checkpoint / "samtune_looksam.pt", weights_only=True)["g_v"]
+    torch.save(g_v, checkpoint / "samtune_looksam.pt")
+
+
+@pytest.mark.parametrize("how", ["samtune-0.1-checkpoint", "restore-callback-states"])
+def test_resume_is_exact_from_the_old_format_and_with_the_trainers_callback_restore(tmp_path, how):
+    """A checkpoint of samtune 0.1 (its own samtune_state.json) resumes as exactly as a current one; and with
+    `restore_callback_states_from_checkpoint`, which makes the Trainer re-create stateful callbacks, SAM's state
+    still resumes and is saved again (checkpoint-4's record counts the climb at step 3)."""
+    rows, model = text_rows(8 * 5), tiny_bert()
+    common = dict(per_device_train_batch_size=8, learning_rate=0.5, rho=0.05, sam_variant="looksam", looksam_k=3,
+                  save_strategy="steps", save_steps=2, **SGD_PLAIN,
+                  restore_callback_states_from_checkpoint=how.startswith("restore"))  # fmt: skip
+    whole = _train(copy.deepcopy(model), rows, _args(tmp_path / "whole", max_steps=5, **common))
+    SAMTrainer(model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=2, **common),
+               train_dataset=ListDataset(rows)).train()  # fmt: skip
+    if how == "samtune-0.1-checkpoint":
+        _as_samtune_0_1(tmp_path / "cut" / "out" / "checkpoint-2")
+    resumed = SAMTrainer(model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=5, **common),
+                         train_dataset=ListDataset(rows))  # fmt: skip
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "out" / "checkpoint-2"))
+    assert resumed.sam_climb_steps == whole.sam_climb_steps == 2  # steps 0 and 3: step 2 reused the saved g_v
+    assert max_abs_diff(resumed.model, whole.model) <= 1e-6
+    later = json.loads((tmp_path / "cut" / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert later["stateful_callbacks"]["SAMState"]["attributes"]["climb_steps"] == 2
+
+
 def test_samtunes_state_is_written_before_the_checkpoint_is_marked_complete(tmp_path, monkeypatch):
-    """trainer_state.json marks a complete checkpoint: samtune's files must already be there when it is written."""
-    present_at_mark: list[tuple[bool, bool]] = []
+    """trainer_state.json marks a complete checkpoint: SAM's counters are in it (the write that marks it), and the
+    variant's file (LookSAM's g_v) must already be there when it is written."""
+    at_mark: list[tuple[bool, int]] = []  # (g_v's file there, the climb steps in the record written)
     real = TrainerState.save_to_json
 
     def save_to_json(self, json_path):
         folder = os.path.dirname(json_path)
         if os.path.basename(folder).startswith("checkpoint-"):
-            files = (SAM_STATE_FILE, LOOKSAM_STATE_FILE)
-            present_at_mark.append(tuple(os.path.isfile(os.path.join(folder, f)) for f in files))
+            record = self.stateful_callbacks["SAMState"]["attributes"]
+            at_mark.append((os.path.isfile(os.path.join(folder, variant_file("looksam"))), record["climb_steps"]))
         return real(self, json_path)
 
     monkeypatch.setattr(TrainerState, "save_to_json", save_to_json)
     args = _args(tmp_path, per_device_train_batch_size=4, max_steps=2, save_strategy="steps", save_steps=1,
                  sam_variant="looksam", looksam_k=1, **SGD_PLAIN)  # fmt: skip
     trainer = _train(tiny_bert(), text_rows(8), args)
-    assert present_at_mark == [(True, True), (True, True)]
-    saved = json.loads((tmp_path / "out" / "checkpoint-2" / SAM_STATE_FILE).read_text())
-    assert saved["climb_steps"] == trainer.sam_climb_steps == 2
+    assert at_mark == [(True, 1), (True, 2)]
+    saved = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["SAMState"]["attributes"]["climb_steps"] == trainer.sam_climb_steps == 2
 
 
 def test_best_model_at_end_is_the_best_checkpoint_exactly_for_a_vit(tmp_path):
