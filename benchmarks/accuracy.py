@@ -478,10 +478,14 @@ def _recorder_class() -> type:
             val_preds = predict(model, s.val, s.collate, self.device)
             test_preds = predict(model, s.test, s.collate, self.device)
             self.epochs.append(
-                {"epoch": self._epoch, "train_time": self.train_time,
-                 "val_acc": _accuracy(val_preds, s.val["labels"]), "test_acc": _accuracy(test_preds, s.test["labels"]),
-                 "test_top_share": _top_share(test_preds, s.num_labels)}
-            )  # fmt: skip
+                {
+                    "epoch": self._epoch,
+                    "train_time": self.train_time,
+                    "val_acc": _accuracy(val_preds, s.val["labels"]),
+                    "test_acc": _accuracy(test_preds, s.test["labels"]),
+                    "test_top_share": _top_share(test_preds, s.num_labels),
+                }
+            )
 
     return EpochRecorder
 

@@ -98,7 +98,11 @@ def time_arms(
                 climbs[a] += getattr(trainer, "sam_climb_steps", 0) - before
                 steps[a] += blocks[a]
             if log:
-                log(f"  [{spec.name}] repeat {r + 1}/{repeats}: " + ", ".join(f"{a} {per_step[a][-1] * 1e3:.1f}" for a in arms) + " ms/step")
+                log(
+                    f"  [{spec.name}] repeat {r + 1}/{repeats}: "
+                    + ", ".join(f"{a} {per_step[a][-1] * 1e3:.1f}" for a in arms)
+                    + " ms/step"
+                )
         stats = param_stats(trainers[arms[0]].model)
         del trainers
     gc.collect()
@@ -220,7 +224,9 @@ def cost_markdown(results: dict[str, Any], date: str) -> str:
     lines.append("| model | trainable parameters | tensors | batch |")
     lines.append("|---|---:|---:|---|")
     for name, m in models.items():
-        lines.append(f"| {name}: {m['description']} | {m['params']['parameters']:,} | {m['params']['tensors']} | {m['batch']} |")
+        lines.append(
+            f"| {name}: {m['description']} | {m['params']['parameters']:,} | {m['params']['tensors']} | {m['batch']} |"
+        )
     lines.append("")
     if results.get("skipped_arms"):
         lines.append(f"Skipped (SAMArguments lacks their keywords): {results['skipped_arms']}")

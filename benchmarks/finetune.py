@@ -63,14 +63,26 @@ BASELINE = "adamw"
 #: A seed whose test predictions put at least this share in one class "sits at the majority class".
 COLLAPSED = 0.95
 
-_RT = dict(data="rt", model="minilm", batch_size=16, learning_rate=1e-4, weight_decay=0.01,
-           lr_scheduler_type="linear", warmup_ratio=0.1, max_grad_norm=1.0, n_val=1000, n_test=None,
-           max_length=48)  # fmt: skip
+_RT = dict(
+    data="rt",
+    model="minilm",
+    batch_size=16,
+    learning_rate=1e-4,
+    weight_decay=0.01,
+    lr_scheduler_type="linear",
+    warmup_ratio=0.1,
+    max_grad_norm=1.0,
+    n_val=1000,
+    n_test=None,
+    max_length=48,
+)
 
 TASKS: dict[str, TaskConfig] = {
     "a": TaskConfig(name="a", epochs=1, n_train=3000, **_RT),
     "b": TaskConfig(name="b", epochs=3, n_train=3000, **_RT),
-    "c": TaskConfig(name="c", epochs=10, n_train=256, eval_every=5, **_RT),  # 2 evaluations: they cost more than training
+    "c": TaskConfig(
+        name="c", epochs=10, n_train=256, eval_every=5, **_RT
+    ),  # 2 evaluations: they cost more than training
     "d": TaskConfig(name="d", epochs=3, n_train=3000, noise=0.3, **_RT),
 }
 TASK_TITLES = {
@@ -91,8 +103,10 @@ ARMS: dict[str, tuple[dict[str, Any], str]] = {
     "sam-lr-after-warmup": ({**_PAPER, "schedule": "lr", "start": 0.1}, "both"),
     "sam-0.02-lr-after-warmup": ({**_PAPER, "rho": 0.02, "schedule": "lr", "start": 0.1}, "both, a smaller radius"),
     "sam-0.1-lr-after-warmup": ({**_PAPER, "rho": 0.1, "schedule": "lr", "start": 0.1}, "both, a larger radius"),
-    "sam-body-lr-after-warmup": ({**_PAPER, "params": "body", "schedule": "lr", "start": 0.1},
-                                 "both, the new head left out of the climb"),  # fmt: skip
+    "sam-body-lr-after-warmup": (
+        {**_PAPER, "params": "body", "schedule": "lr", "start": 0.1},
+        "both, the new head left out of the climb",
+    ),
     "sam-second-half": ({**_PAPER, "start": 0.5}, "the cheap mode: SAM on the second half of the steps only"),
     "default": ({}, "what samtune ships: SAMArguments' defaults"),
 }
@@ -137,8 +151,15 @@ def _job(task: dict[str, Any], arm: str, settings: dict[str, Any], seed: int, pa
         return path  # trained meanwhile by another command on the same folder
     config = TaskConfig(**task)
     result = train_one(config, settings, seed)
-    record = {"task": task, "arm": arm, "settings": settings, "seed": seed, "result": result,
-              "machine": machine_info(), "finished": dt.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+    record = {
+        "task": task,
+        "arm": arm,
+        "settings": settings,
+        "seed": seed,
+        "result": result,
+        "machine": machine_info(),
+        "finished": dt.datetime.now().isoformat(timespec="seconds"),
+    }
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
@@ -151,8 +172,9 @@ def _stored(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def plan(out: Path, tasks: Sequence[str], arms: Sequence[str], seeds: Sequence[int],
-         redo_changed: bool) -> list[tuple[str, str, int]]:  # fmt: skip
+def plan(
+    out: Path, tasks: Sequence[str], arms: Sequence[str], seeds: Sequence[int], redo_changed: bool
+) -> list[tuple[str, str, int]]:
     """The (task, arm, seed) runs still to train; a stored run with other settings is an error (or redone)."""
     todo, changed = [], []
     for task in tasks:
@@ -173,25 +195,37 @@ def plan(out: Path, tasks: Sequence[str], arms: Sequence[str], seeds: Sequence[i
     return todo
 
 
-def run(out: Path, tasks: Sequence[str], arms: Sequence[str], seeds: Sequence[int], jobs: int = 2,
-        redo_changed: bool = False) -> None:  # fmt: skip
+def run(
+    out: Path,
+    tasks: Sequence[str],
+    arms: Sequence[str],
+    seeds: Sequence[int],
+    jobs: int = 2,
+    redo_changed: bool = False,
+) -> None:
     """Train every run not yet on disk, `jobs` at a time (one thread each when jobs > 1)."""
     todo = plan(out, tasks, arms, seeds, redo_changed)
     print(f"{len(todo)} run(s) to train, {jobs} at a time -> {out}", file=sys.stderr, flush=True)
     if not todo:
         return
     threads = 1 if jobs > 1 else max(1, os.cpu_count() or 1)
-    jobs_args = [(dataclasses.asdict(TASKS[t]), a, resolved_settings(ARMS[a][0]), s, str(run_path(out, t, a, s)),
-                  threads) for t, a, s in todo]  # fmt: skip
+    jobs_args = [
+        (dataclasses.asdict(TASKS[t]), a, resolved_settings(ARMS[a][0]), s, str(run_path(out, t, a, s)), threads)
+        for t, a, s in todo
+    ]
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the workers too, not just this process
     pool = multiprocessing.get_context("spawn").Pool(jobs)
     try:
         for path in pool.imap_unordered(_job_star, jobs_args):
             record = _stored(Path(path)) or {}
             r = record.get("result", {})
-            print(f"[{record.get('task', {}).get('name')}] {record.get('arm')} seed {record.get('seed')}: "
-                  f"val {r.get('last_val', math.nan):.4f} test {r.get('last_test', math.nan):.4f} "
-                  f"train {r.get('train_time', math.nan):.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"[{record.get('task', {}).get('name')}] {record.get('arm')} seed {record.get('seed')}: "
+                f"val {r.get('last_val', math.nan):.4f} test {r.get('last_test', math.nan):.4f} "
+                f"train {r.get('train_time', math.nan):.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
         pool.close()
     except KeyboardInterrupt:
         pool.terminate()
@@ -237,8 +271,12 @@ def summarise(out: Path, tasks: Sequence[str] | None = None) -> dict[str, Any]:
         if BASELINE not in records:
             continue
         seeds = sorted(records[BASELINE])  # each arm is paired with AdamW on the seeds both finished
-        arms = [BASELINE, *sorted((a for a in records if a != BASELINE), key=lambda a: list(ARMS).index(a)
-                                  if a in ARMS else len(ARMS))]  # fmt: skip
+        arms = [
+            BASELINE,
+            *sorted(
+                (a for a in records if a != BASELINE), key=lambda a: list(ARMS).index(a) if a in ARMS else len(ARMS)
+            ),
+        ]
         base = records[BASELINE]
         entries = {}
         for arm in arms:
@@ -257,21 +295,31 @@ def summarise(out: Path, tasks: Sequence[str] | None = None) -> dict[str, Any]:
                 "first_epoch_test": _ms([r["epochs"][0]["test_acc"] for r in rs]),
             }
             # seeds whose first of several evaluations predicted (nearly) one class: SAM's slow start, per seed
-            e["first_epoch_collapsed_seeds"] = [s for s, r in zip(arm_seeds, rs) if len(r["epochs"]) > 1
-                                                and (r["epochs"][0].get("test_top_share") or 0) >= COLLAPSED]  # fmt: skip
-            e["collapsed_seeds"] = [s for s, share in zip(arm_seeds, e["top_share"])
-                                    if share is not None and share >= COLLAPSED]  # fmt: skip
+            e["first_epoch_collapsed_seeds"] = [
+                s
+                for s, r in zip(arm_seeds, rs)
+                if len(r["epochs"]) > 1 and (r["epochs"][0].get("test_top_share") or 0) >= COLLAPSED
+            ]
+            e["collapsed_seeds"] = [
+                s for s, share in zip(arm_seeds, e["top_share"]) if share is not None and share >= COLLAPSED
+            ]
             if arm != BASELINE:
                 b = [base[s]["result"] for s in arm_seeds]
                 for key, field in (("val", "last_val"), ("test", "last_test"), ("best_val_test", "best_test")):
-                    e[f"vs_{BASELINE}_{key}"] = paired_difference([r[field] for r in rs], [x[field] for x in b]).to_dict()
+                    e[f"vs_{BASELINE}_{key}"] = paired_difference(
+                        [r[field] for r in rs], [x[field] for x in b]
+                    ).to_dict()
                 e["time_ratio"] = statistics.fmean(r["train_time"] / x["train_time"] for r, x in zip(rs, b))
             entries[arm] = e
         # arms measured on every AdamW seed first, then the ones still being measured; each by validation
         ranked = sorted(entries, key=lambda a: (len(entries[a]["seeds"]) < len(seeds), -entries[a]["val"]["mean"]))
-        report["tasks"][task] = {"title": TASK_TITLES.get(task, task), "config": dataclasses.asdict(TASKS[task])
-                                 if task in TASKS else None, "seeds": seeds, "arms": entries,
-                                 "ranked_by_validation": ranked}  # fmt: skip
+        report["tasks"][task] = {
+            "title": TASK_TITLES.get(task, task),
+            "config": dataclasses.asdict(TASKS[task]) if task in TASKS else None,
+            "seeds": seeds,
+            "arms": entries,
+            "ranked_by_validation": ranked,
+        }
     report["machines"] = sorted(report["machines"])
     return report
 
@@ -325,10 +373,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine(s): {'; '.join(report['machines'])}.",
     ]
     for task, t in report["tasks"].items():
-        lines += ["", f"**({task}) {t['title']}**, AdamW seeds {', '.join(map(str, t['seeds']))}", "",
-                  "| rank | arm | settings | seeds | val | test (last epoch) | Δ test | p | best-val test | Δ | p | "
-                  "first epoch test | collapsed | time × |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"**({task}) {t['title']}**, AdamW seeds {', '.join(map(str, t['seeds']))}",
+            "",
+            "| rank | arm | settings | seeds | val | test (last epoch) | Δ test | p | best-val test | Δ | p | "
+            "first epoch test | collapsed | time × |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for rank, arm in enumerate(t["ranked_by_validation"], 1):
             e = t["arms"][arm]
             d, db = e.get(f"vs_{BASELINE}_test"), e.get(f"vs_{BASELINE}_best_val_test")
@@ -339,13 +391,26 @@ def markdown(report: dict[str, Any]) -> str:
                 p = x.get("p_value")
                 return f"{100 * x['mean']:+.1f}", "-" if p is None or not math.isfinite(p) else f"{p:.3f}"
 
-            lines.append("| " + " | ".join([
-                str(rank), arm, _settings_text(e["settings"]), _seed_text(e["seeds"]), _pct(e["val"]),
-                _pct(e["test"]), *delta(d),
-                _pct(e["best_val_test"]), *delta(db), _pct(e["first_epoch_test"]) + _first_collapsed(e),
-                ", ".join(map(str, e["collapsed_seeds"])) or "none",
-                "" if arm == BASELINE else f"{e['time_ratio']:.2f}",
-            ]) + " |")  # fmt: skip
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        str(rank),
+                        arm,
+                        _settings_text(e["settings"]),
+                        _seed_text(e["seeds"]),
+                        _pct(e["val"]),
+                        _pct(e["test"]),
+                        *delta(d),
+                        _pct(e["best_val_test"]),
+                        *delta(db),
+                        _pct(e["first_epoch_test"]) + _first_collapsed(e),
+                        ", ".join(map(str, e["collapsed_seeds"])) or "none",
+                        "" if arm == BASELINE else f"{e['time_ratio']:.2f}",
+                    ]
+                )
+                + " |"
+            )
     lines += ["", "Arms: " + "; ".join(f"`{a}`: {why}" for a, (_, why) in ARMS.items())]
     return "\n".join(lines) + "\n"
 

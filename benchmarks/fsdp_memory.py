@@ -43,9 +43,17 @@ def _model():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=1024, max_position_embeddings=128, num_labels=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    config = BertConfig(
+        vocab_size=8192,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=128,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -63,8 +71,10 @@ def _shard(model):
 
 def _batch(rank: int, rows: int = 8, length: int = 64) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(rank)
-    return {"input_ids": torch.randint(0, 8192, (rows, length), generator=g),
-            "labels": torch.randint(0, 2, (rows,), generator=g)}  # fmt: skip
+    return {
+        "input_ids": torch.randint(0, 8192, (rows, length), generator=g),
+        "labels": torch.randint(0, 2, (rows,), generator=g),
+    }
 
 
 def _plain_step(model, opt, micro):
@@ -116,8 +126,12 @@ def worker(out: Path) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = {}
-    for name, step, ga in (("fsdp2-adamw", _plain_step, 1), ("fsdp2-sam", _sam_step, 1),
-                           ("fsdp2-adamw-ga2", _plain_step, 2), ("fsdp2-sam-ga2", _sam_step, 2)):  # fmt: skip
+    for name, step, ga in (
+        ("fsdp2-adamw", _plain_step, 1),
+        ("fsdp2-sam", _sam_step, 1),
+        ("fsdp2-adamw-ga2", _plain_step, 2),
+        ("fsdp2-sam-ga2", _sam_step, 2),
+    ):
         model = _shard(_model())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         micro = [_batch(rank + 10 * m) for m in range(ga)]
@@ -131,14 +145,20 @@ def worker(out: Path) -> None:
     rows["chunk_bound"] = max(CHUNK_FLOOR, int(shard * CHUNK_SHARE))
     for ga in ("", "-ga2"):
         extra = (rows[f"fsdp2-sam{ga}"]["peak"] - rows[f"fsdp2-sam{ga}"]["start"]) - (
-            rows[f"fsdp2-adamw{ga}"]["peak"] - rows[f"fsdp2-adamw{ga}"]["start"])  # fmt: skip
+            rows[f"fsdp2-adamw{ga}"]["peak"] - rows[f"fsdp2-adamw{ga}"]["start"]
+        )
         rows[f"extra{ga}"] = extra
         rows[f"extra{ga}_per_shard"] = extra / shard
     gathered: list = [None] * world
     dist.all_gather_object(gathered, rows)
     if rank == 0:
-        result = {"suite": "fsdp-memory", "processes": world, "machine": machine_info("cpu"),
-                  "method": "torch MemTracker (dispatch mode), per process", "ranks": gathered}  # fmt: skip
+        result = {
+            "suite": "fsdp-memory",
+            "processes": world,
+            "machine": machine_info("cpu"),
+            "method": "torch MemTracker (dispatch mode), per process",
+            "ranks": gathered,
+        }
         stamp = time.strftime("%Y%m%d")
         out.mkdir(parents=True, exist_ok=True)
         (out / f"fsdp-memory-cpu-{stamp}.json").write_text(json.dumps(result, indent=2))
@@ -149,11 +169,15 @@ def worker(out: Path) -> None:
 
 def markdown(result: dict) -> str:
     mb = 2**20
-    lines = [f"# SAM's peak memory per process under FSDP2 ({result['processes']} CPU processes, gloo)", "",
-             f"Machine: {result['machine'].get('cpu', '?')}; {result['method']}.", "",
-             "| process | w (whole) | its shard of w | FSDP2+AdamW step peak | SAM step peak | SAM extra | extra / shard | "
-             "GA 2: SAM extra | GA 2: extra / shard | chunk bound |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# SAM's peak memory per process under FSDP2 ({result['processes']} CPU processes, gloo)",
+        "",
+        f"Machine: {result['machine'].get('cpu', '?')}; {result['method']}.",
+        "",
+        "| process | w (whole) | its shard of w | FSDP2+AdamW step peak | SAM step peak | SAM extra | extra / shard | "
+        "GA 2: SAM extra | GA 2: extra / shard | chunk bound |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for rank, r in enumerate(result["ranks"]):
         plain, sam = r["fsdp2-adamw"], r["fsdp2-sam"]
         lines.append(
@@ -177,8 +201,20 @@ def main() -> None:
     with socket.socket() as s:  # a free port for the processes' rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(port), str(Path(__file__).resolve()), "--out", str(args.out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(args.nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(Path(__file__).resolve()),
+        "--out",
+        str(args.out),
+    ]
     raise SystemExit(subprocess.call(cmd, env=env))
 
 

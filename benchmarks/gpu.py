@@ -51,8 +51,19 @@ def _vit(dry: bool) -> Callable[[], torch.nn.Module]:
         from transformers import ViTConfig, ViTForImageClassification
 
         torch.manual_seed(0)
-        config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=37, num_labels=10) if dry else ViTConfig(num_labels=10)  # fmt: skip
+        config = (
+            ViTConfig(
+                image_size=16,
+                patch_size=4,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=37,
+                num_labels=10,
+            )
+            if dry
+            else ViTConfig(num_labels=10)
+        )
         return ViTForImageClassification(config)
 
     return build
@@ -63,8 +74,18 @@ def _bert(dry: bool) -> Callable[[], torch.nn.Module]:
         from transformers import BertConfig, BertForSequenceClassification
 
         torch.manual_seed(0)
-        config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=37, num_labels=2) if dry else BertConfig(num_labels=2)  # fmt: skip
+        config = (
+            BertConfig(
+                vocab_size=64,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=37,
+                num_labels=2,
+            )
+            if dry
+            else BertConfig(num_labels=2)
+        )
         return BertForSequenceClassification(config)
 
     return build
@@ -77,13 +98,33 @@ def models(dry: bool) -> list[tuple[BenchModel, str, int]]:
     vocab = (1, 64) if dry else (1000, 30522)
     block, repeats = (2, 1) if dry else (10, 7)
     return [
-        (BenchModel("vit-b16", "ViT-B/16 from its config (86M parameters), 10 classes", f"{images} images 3x{size}x{size}",
-                    _vit(dry), _image_batch(images, size, 10), min_block=block, repeats=repeats),
-         "images", images),
-        (BenchModel("bert-base", "BERT-base from its config (110M parameters), 2 classes", f"{rows} x {length} tokens",
-                    _bert(dry), _text_batch(rows, length, vocab, 2), min_block=block, repeats=repeats),
-         "tokens", rows * length),
-    ]  # fmt: skip
+        (
+            BenchModel(
+                "vit-b16",
+                "ViT-B/16 from its config (86M parameters), 10 classes",
+                f"{images} images 3x{size}x{size}",
+                _vit(dry),
+                _image_batch(images, size, 10),
+                min_block=block,
+                repeats=repeats,
+            ),
+            "images",
+            images,
+        ),
+        (
+            BenchModel(
+                "bert-base",
+                "BERT-base from its config (110M parameters), 2 classes",
+                f"{rows} x {length} tokens",
+                _bert(dry),
+                _text_batch(rows, length, vocab, 2),
+                min_block=block,
+                repeats=repeats,
+            ),
+            "tokens",
+            rows * length,
+        ),
+    ]
 
 
 def peak_memory(spec: BenchModel, arm: str, device: str, precision: str) -> dict[str, int]:
@@ -104,38 +145,72 @@ def run(dry: bool, log: Callable[[str], None] = print) -> dict:
     device = "cpu" if dry else "cuda"
     precision = "fp32" if dry else "bf16"  # bf16 autocast needs a GPU that has it; the dry run checks the paths
     info = machine_info(device)
-    result: dict = {"suite": "gpu", "dry_run": dry, "device": device, "precision": precision, "machine": info,
-                    "date": time.strftime("%Y-%m-%d %H:%M"), "models": {}}  # fmt: skip
+    result: dict = {
+        "suite": "gpu",
+        "dry_run": dry,
+        "device": device,
+        "precision": precision,
+        "machine": info,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "models": {},
+    }
     for spec, unit, units in models(dry):
         log(f"{spec.name}: timing {', '.join(ARMS)} ({spec.repeats} repeats of {spec.min_block}-step blocks)")
         timed = time_arms(spec, ARMS, device=device, precision=precision, log=log)
         step = {a: median(timed["per_step_s"][a]) for a in ARMS}
         memory = {a: peak_memory(spec, a, device, precision) for a in ARMS}
-        rows = {a: {"step_s": step[a], "ratio": step[a] / step["adamw"], "peak_bytes": memory[a]["peak"],
-                    "per_s": units / step[a]} for a in ARMS}  # fmt: skip
+        rows = {
+            a: {
+                "step_s": step[a],
+                "ratio": step[a] / step["adamw"],
+                "peak_bytes": memory[a]["peak"],
+                "per_s": units / step[a],
+            }
+            for a in ARMS
+        }
         half = (step["adamw"] + step["sam"]) / 2
-        rows["sam-second-half"] = {"step_s": half, "ratio": half / step["adamw"], "peak_bytes": memory["sam"]["peak"],
-                                   "per_s": units / half, "derived": True}  # fmt: skip
-        result["models"][spec.name] = {"description": spec.description, "batch": spec.batch_desc, "unit": unit,
-                                       "params": timed["params"]["parameters"], "arms": rows,
-                                       "per_step_s": timed["per_step_s"]}  # fmt: skip
+        rows["sam-second-half"] = {
+            "step_s": half,
+            "ratio": half / step["adamw"],
+            "peak_bytes": memory["sam"]["peak"],
+            "per_s": units / half,
+            "derived": True,
+        }
+        result["models"][spec.name] = {
+            "description": spec.description,
+            "batch": spec.batch_desc,
+            "unit": unit,
+            "params": timed["params"]["parameters"],
+            "arms": rows,
+            "per_step_s": timed["per_step_s"],
+        }
     return result
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
     gpu = m.get("gpu") or "no GPU (dry run)"
-    lines = [f"# samtune on {gpu}: SAM vs AdamW, {result['precision']} ({result['date']})", "",
-             f"torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}; CPU {m.get('cpu', '?')}."
-             + (" **Dry run: tiny models on the CPU, the figures mean nothing.**" if result["dry_run"] else ""), ""]  # fmt: skip
+    lines = [
+        f"# samtune on {gpu}: SAM vs AdamW, {result['precision']} ({result['date']})",
+        "",
+        f"torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}; CPU {m.get('cpu', '?')}."
+        + (" **Dry run: tiny models on the CPU, the figures mean nothing.**" if result["dry_run"] else ""),
+        "",
+    ]
     for name, r in result["models"].items():
         unit = r["unit"]
-        lines += [f"## {name}: {r['description']}; {r['params']:,} parameters measured; batch {r['batch']}", "",
-                  f"| arm | step (median) | vs AdamW | peak memory | {unit}/s |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {name}: {r['description']}; {r['params']:,} parameters measured; batch {r['batch']}",
+            "",
+            f"| arm | step (median) | vs AdamW | peak memory | {unit}/s |",
+            "|---|---|---|---|---|",
+        ]
         for arm, a in r["arms"].items():
             note = " (derived: half AdamW's steps, half SAM's)" if a.get("derived") else ""
-            lines.append(f"| {arm}{note} | {a['step_s'] * 1e3:.1f} ms | {a['ratio']:.2f}x | "
-                         f"{a['peak_bytes'] / 2**20:,.0f} MiB | {a['per_s']:,.0f} |")  # fmt: skip
+            lines.append(
+                f"| {arm}{note} | {a['step_s'] * 1e3:.1f} ms | {a['ratio']:.2f}x | "
+                f"{a['peak_bytes'] / 2**20:,.0f} MiB | {a['per_s']:,.0f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -146,8 +221,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: benchmarks/results)")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu.sh needs a CUDA GPU (torch.cuda.is_available() is False); "
-                         "--dry-run checks the script on the CPU")  # fmt: skip
+        raise SystemExit(
+            "benchmarks/gpu.sh needs a CUDA GPU (torch.cuda.is_available() is False); "
+            "--dry-run checks the script on the CPU"
+        )
     if not args.dry_run and not torch.cuda.is_bf16_supported():
         raise SystemExit("this GPU does not support bf16, which these figures are for")
     result = run(args.dry_run)

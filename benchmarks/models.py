@@ -35,7 +35,9 @@ def _tiny_bert() -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=64, max_position_embeddings=64, num_labels=3, **TINY_DIMS))
+    return BertForSequenceClassification(
+        BertConfig(vocab_size=64, max_position_embeddings=64, num_labels=3, **TINY_DIMS)
+    )
 
 
 def _tiny_vit() -> nn.Module:
@@ -147,7 +149,6 @@ def bench_models(quick: bool = False, device: str = "cpu") -> list[BenchModel]:
 
 def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
-
 
 
 def param_stats(model: nn.Module) -> dict[str, int]:

@@ -188,7 +188,9 @@ def run_perturbation(
                 "block_steps": timing["block_steps"]["sam"],
             }
         results["models"][spec.name] = entry
-    results["most_tensors"] = max(results["models"], key=lambda m: results["models"][m]["params"]["tensors"], default=None)
+    results["most_tensors"] = max(
+        results["models"], key=lambda m: results["models"][m]["params"]["tensors"], default=None
+    )
     results["checks"] = perturbation_checks(results)
     results["contention"] = monitor.result()
     results["elapsed_s"] = time.perf_counter() - started
@@ -233,15 +235,27 @@ def perturbation_markdown(results: dict[str, Any], date: str) -> str:
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, m in results["models"].items():
         p = m["params"]
-        cells = [name + (" (most tensors)" if name == results.get("most_tensors") else ""), str(p["tensors"]), f"{p['bytes'] / 2**20:.1f}"]
+        cells = [
+            name + (" (most tensors)" if name == results.get("most_tensors") else ""),
+            str(p["tensors"]),
+            f"{p['bytes'] / 2**20:.1f}",
+        ]
         for kind in ("sam", "asam"):
             k = m[kind]
             r = k["loop_over_samtune"]
-            cells += [f"{k['samtune_ms']['median']:.3f}", f"{k['loop_ms']['median']:.3f}", f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]"]
+            cells += [
+                f"{k['samtune_ms']['median']:.3f}",
+                f"{k['loop_ms']['median']:.3f}",
+                f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]",
+            ]
         if "full_step" in m:
             f = m["full_step"]
             r = f["loop_over_samtune"]
-            cells += [f"{f['samtune_ms']['median']:.1f}", f"{f['loop_ms']['median']:.1f}", f"{r['median']:.3f}x [{r['min']:.2f}-{r['max']:.2f}]"]
+            cells += [
+                f"{f['samtune_ms']['median']:.1f}",
+                f"{f['loop_ms']['median']:.1f}",
+                f"{r['median']:.3f}x [{r['min']:.2f}-{r['max']:.2f}]",
+            ]
         else:
             cells += ["-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -58,7 +58,11 @@ def run_suite(name: str, args: argparse.Namespace, date: str) -> tuple[dict[str,
 
         overrides: list[str] = []
         if args.quick:
-            overrides = ["epochs=1", "n_train=200", "n_val=100", "n_test=200"] if args.accuracy_suite == "rt-minilm" else ["epochs=2"]
+            overrides = (
+                ["epochs=1", "n_train=200", "n_val=100", "n_test=200"]
+                if args.accuracy_suite == "rt-minilm"
+                else ["epochs=2"]
+            )
         results = accuracy.run_accuracy(
             args.accuracy_suite,
             seeds=args.seeds,
@@ -100,13 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites, from {', '.join(SUITES)}")
     p.add_argument("--quick", action="store_true", help="a smoke run: few repeats, a smaller MiniLM batch")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (SAMArguments(bf16=True))")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (SAMArguments(bf16=True))"
+    )
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and markdown files")
     p.add_argument("--seeds", type=int, default=None, help="accuracy: number of seeds (default 3; 1 with --quick)")
     p.add_argument("--accuracy-suite", default="digits-noise", help="accuracy: the suite of benchmarks/accuracy.py")
     p.add_argument("--arms", default=None, help="comma-separated arms (cost, accuracy; default: each suite's own)")
-    p.add_argument("--models", default=None, help="comma-separated models for cost/perturbation/memory "
-                   "(tiny-bert, tiny-vit, minilm-l6, minilm-l6-lora; default all)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated models for cost/perturbation/memory "
+        "(tiny-bert, tiny-vit, minilm-l6, minilm-l6-lora; default all)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = p.parse_args(argv)
     suites = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -229,7 +229,5 @@ def _quiet_gc() -> Iterator[None]:
             gc.enable()
 
 
-
 def _summary(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-

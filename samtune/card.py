@@ -97,12 +97,16 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
     if sharpness:  # L(w + e) - L(w): the sharpness SAM minimises, on the loss's scale
         ax_loss.plot(*zip(*sharpness), "--", label="SAM sharpness", color="tab:red", alpha=0.8)
     if evals:
-        ax_loss.plot([h["epoch"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="eval loss",
-                     color="tab:orange")  # fmt: skip
+        ax_loss.plot(
+            [h["epoch"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="eval loss", color="tab:orange"
+        )
         lowest = 0.0
         # Each task's scores (samtune.tasks: the metrics where higher is better, all within [-1, 1]).
-        scores = dict.fromkeys((f"eval_{m.name}", i) for task in tasks.registered()
-                               for i, m in enumerate(m for m in task.metrics if m.greater_is_better))  # fmt: skip
+        scores = dict.fromkeys(
+            (f"eval_{m.name}", i)
+            for task in tasks.registered()
+            for i, m in enumerate(m for m in task.metrics if m.greater_is_better)
+        )
         for key, i in scores:
             points = [(h["epoch"], h[key]) for h in evals if key in h]
             if points:
@@ -155,8 +159,11 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
         share = chosen.extra_pass_share
     length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"
     # Every other setting of every variant, from SAM's one definition (a variant's own are in its description).
-    others = [(s.recipe_key, getattr(r.sam, s.recipe_key)) for s in setting_specs()
-              if s.variant is None and s.recipe_key not in ("rho", "adaptive", "variant")]  # fmt: skip
+    others = [
+        (s.recipe_key, getattr(r.sam, s.recipe_key))
+        for s in setting_specs()
+        if s.variant is None and s.recipe_key not in ("rho", "adaptive", "variant")
+    ]
     return [
         ("rho", r.sam.rho),
         ("adaptive (ASAM)", r.sam.adaptive),
@@ -167,8 +174,11 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
         ("learning rate", t.learning_rate),
         ("schedule", f"{t.scheduler}, warmup {t.warmup:g}"),
         ("training length", length),
-        ("effective batch size", f"{t.batch_size * t.gradient_accumulation_steps} per device "
-                                 f"({t.batch_size} x {t.gradient_accumulation_steps} accumulation)"),  # fmt: skip
+        (
+            "effective batch size",
+            f"{t.batch_size * t.gradient_accumulation_steps} per device "
+            f"({t.batch_size} x {t.gradient_accumulation_steps} accumulation)",
+        ),
         ("gradient accumulation", t.gradient_accumulation_steps),
         ("the climb's batch", _ascent_batch(t.batch_size, facts.metrics)),
         ("precision", facts.precision),
@@ -197,8 +207,10 @@ def _sharpness_trend(log_history: list[dict[str, Any]]) -> str:
 def _results_table(facts: CardFacts) -> str:
     m = facts.metrics
     names = tasks.get(facts.task).metric_names  # the loss last
-    rows = ["| split | examples | " + " | ".join(tasks.metric(k).title for k in names) + " |",
-            "|---" * (len(names) + 2) + "|"]  # fmt: skip
+    rows = [
+        "| split | examples | " + " | ".join(tasks.metric(k).title for k in names) + " |",
+        "|---" * (len(names) + 2) + "|",
+    ]
     for prefix, split in (("eval", facts.eval_split), ("test", facts.test_split)):
         if f"{prefix}_loss" in m:
             values = " | ".join(f"{m.get(f'{prefix}_{k}', float('nan')):.4f}" for k in names)
@@ -216,8 +228,12 @@ def _adapter_section(facts: CardFacts) -> str:
         return ""
     targets = a["target_modules"] if isinstance(a["target_modules"], str) else ", ".join(a["target_modules"])
     share = a["trainable_parameters"] / a["total_parameters"] if a["total_parameters"] else 0.0
-    merged = (f"The base with the adapters merged in is in `{a['merged']}/` (a whole model: `from_pretrained` "
-              "loads it without peft)." if a["merged"] else "No merged model was saved (`model.lora.merge: true` saves one).")
+    merged = (
+        f"The base with the adapters merged in is in `{a['merged']}/` (a whole model: `from_pretrained` "
+        "loads it without peft)."
+        if a["merged"]
+        else "No merged model was saved (`model.lora.merge: true` saves one)."
+    )
     return f"""
 ## LoRA adapters
 
@@ -237,9 +253,13 @@ def _confusion_section(facts: CardFacts) -> str:
     from samtune.confusion import FIGURE_FILE
 
     keep = c.shown()
-    rows = "\n".join(f"| {_cell(c.labels[i])} | {c.precision[i]:.3f} | {c.recall[i]:.3f} | {c.f1[i]:.3f} | {c.support[i]} |"
-                     for i in keep)  # fmt: skip
-    which = "" if len(keep) == len(c.labels) else f" (the {len(keep)} classes most involved in errors, of {len(c.labels)})"
+    rows = "\n".join(
+        f"| {_cell(c.labels[i])} | {c.precision[i]:.3f} | {c.recall[i]:.3f} | {c.f1[i]:.3f} | {c.support[i]} |"
+        for i in keep
+    )
+    which = (
+        "" if len(keep) == len(c.labels) else f" (the {len(keep)} classes most involved in errors, of {len(c.labels)})"
+    )
     return f"""
 ## Where it errs
 
@@ -348,18 +368,23 @@ def sharpness_section(run_dir: Path) -> str:
             "|---" * (len(runs) + 1) + "|",
             "| loss at the trained weights | " + " | ".join(_num(r["loss"]) for r in runs) + " |",
             "| top Hessian eigenvalue (power iteration) | "
-            + " | ".join(_num(r["hessian_top_eigenvalue"]) for r in runs) + " |",
+            + " | ".join(_num(r["hessian_top_eigenvalue"]) for r in runs)
+            + " |",
             f"| Hessian trace (Hutchinson, {settings.get('trace_samples', '?')} samples) | "
-            + " | ".join(f"{_num(r['hessian_trace'])} ± {_num(r['hessian_trace_stderr'], 2)}" for r in runs) + " |",
+            + " | ".join(f"{_num(r['hessian_trace'])} ± {_num(r['hessian_trace_stderr'], 2)}" for r in runs)
+            + " |",
         ]
         for i, point in enumerate(s["sam_sharpness"]):
             rows.append(
                 f"| SAM sharpness L(w + e) - L(w), rho = {point['rho']:g} | "
-                + " | ".join(_num(r["sam_sharpness"][i]["loss_increase"]) for r in runs) + " |"
+                + " | ".join(_num(r["sam_sharpness"][i]["loss_increase"]) for r in runs)
+                + " |"
             )
     except (OSError, ValueError, KeyError, IndexError, TypeError):  # absent or not ours: no section
         return ""
-    where = f"{settings.get('examples', '?')} examples of `{settings.get('dataset', '?')}` [{settings.get('split', '?')}]"
+    where = (
+        f"{settings.get('examples', '?')} examples of `{settings.get('dataset', '?')}` [{settings.get('split', '?')}]"
+    )
     figures = [
         f"![{title}]({name})"
         for name, title in ((LANDSCAPE_1D_FILE, "1-D loss landscape"), (LANDSCAPE_2D_FILE, "2-D loss landscape"))

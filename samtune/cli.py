@@ -88,8 +88,9 @@ def _guarded(fn: Any, debug: bool) -> Any:
         from samtune.errors import FREE_SPACE_HINT, DiskFullError, disk_full
 
         if (reason := disk_full(e)) is not None:  # a write cut short where samtune did not name the file
-            _fail(DiskFullError(f"a file could not be written: {reason}", f"{FREE_SPACE_HINT}, and run it again."),
-                  debug)  # fmt: skip
+            _fail(
+                DiskFullError(f"a file could not be written: {reason}", f"{FREE_SPACE_HINT}, and run it again."), debug
+            )
         if debug:
             err_console.print_exception()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -197,21 +198,26 @@ NprocOpt = Annotated[
 ResumeOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--resume", metavar="auto|CHECKPOINT", help="Continue from the newest (auto) or a named checkpoint.",
+        "--resume",
+        metavar="auto|CHECKPOINT",
+        help="Continue from the newest (auto) or a named checkpoint.",
         rich_help_panel=RUN_PANEL,
     ),
 ]
 InitFromOpt = Annotated[
     Optional[Path],
     typer.Option(
-        "--init-from", metavar="RUN_DIR", help="Start from a finished run's weights, with a new schedule.",
+        "--init-from",
+        metavar="RUN_DIR",
+        help="Start from a finished run's weights, with a new schedule.",
         rich_help_panel=MODEL_PANEL,
     ),
 ]
 LoraOpt = Annotated[
     bool,
     typer.Option(
-        "--lora", help="Train LoRA adapters (peft) instead of every weight; their settings: model.lora.r=16, ...",
+        "--lora",
+        help="Train LoRA adapters (peft) instead of every weight; their settings: model.lora.r=16, ...",
         rich_help_panel=MODEL_PANEL,
     ),
 ]
@@ -219,6 +225,8 @@ PushToHubOpt = Annotated[
     Optional[str],
     typer.Option("--push-to-hub", metavar="REPO_ID", help="Push the run to this Hub repo.", rich_help_panel=HUB_PANEL),
 ]
+
+
 class LogFormat(str, Enum):
     """How training logs are written where there is no terminal."""
 
@@ -269,9 +277,15 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 def run_command(fn: Any) -> Any:
     """`fn(own parameters..., **run)` as a command whose options are its own followed by RUN_OPTIONS (in `run`)."""
-    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-              for name, (annotation, default) in RUN_OPTIONS.items()]  # fmt: skip
+    own = [
+        p
+        for p in inspect.signature(fn, eval_str=True).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in RUN_OPTIONS.items()
+    ]
 
     @functools.wraps(fn)
     def command(**kwargs: Any) -> Any:
@@ -332,7 +346,9 @@ def _check_before_launch(recipe: Any, overwrite: bool, resume: str | None) -> No
         from samtune.runner import push_target
 
         preflight(push_target(recipe))
-    checked_config(recipe.model)  # a missing model (or a max_length it cannot take) fails here, once, not in every process
+    checked_config(
+        recipe.model
+    )  # a missing model (or a max_length it cannot take) fails here, once, not in every process
 
 
 def _train(recipe: Any, overwrite: bool, resume: str | None, debug: bool, log_format: str = "text") -> None:
@@ -439,8 +455,10 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     figure: Annotated[
         Optional[Path],
-        typer.Option(help="Where the confusion matrix figure goes (single-label classification); default: in the "
-                     "run directory, eval-<data>-<split>-confusion_matrix.png."),
+        typer.Option(
+            help="Where the confusion matrix figure goes (single-label classification); default: in the "
+            "run directory, eval-<data>-<split>-confusion_matrix.png."
+        ),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -489,8 +507,11 @@ def predict_command(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip images that do not decode or are over Pillow's decompression-bomb "
-                           "limit (and say which).")
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Skip images that do not decode or are over Pillow's decompression-bomb limit (and say which).",
+        ),
     ] = False,
     max_new_tokens: Annotated[
         Optional[int], typer.Option(min=1, help="Causal LMs: tokens to generate per prompt (default 50).")
@@ -518,17 +539,27 @@ def predict_command(
         if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
             raise UsageError(f"cannot tell the format of --output {output}", "End it with .csv or .jsonl.")
         if (temperature is not None or top_p is not None) and not do_sample:
-            raise UsageError("--temperature and --top-p shape sampling; without --do-sample generation is greedy",
-                             "Add --do-sample, or drop them.")  # fmt: skip
+            raise UsageError(
+                "--temperature and --top-p shape sampling; without --do-sample generation is greedy",
+                "Add --do-sample, or drop them.",
+            )
         given = dict(max_new_tokens=max_new_tokens, do_sample=do_sample or None, temperature=temperature, top_p=top_p)
         generation = {k: v for k, v in given.items() if v is not None}
-        result = predict(run_dir, source if source is not None else list(text or []), batch_size, skip_bad,
-                         progress=lambda it, total: track(it, total=total, description="predicting",
-                                                          console=err_console, transient=True),
-                         generation=generation)  # fmt: skip
+        result = predict(
+            run_dir,
+            source if source is not None else list(text or []),
+            batch_size,
+            skip_bad,
+            progress=lambda it, total: track(
+                it, total=total, description="predicting", console=err_console, transient=True
+            ),
+            generation=generation,
+        )
         if result.skipped:
-            err_console.print(f"[yellow]skipped {len(result.skipped)} image(s) that cannot be read: "
-                              f"{', '.join(result.skipped[:10])}[/yellow]")  # fmt: skip
+            err_console.print(
+                f"[yellow]skipped {len(result.skipped)} image(s) that cannot be read: "
+                f"{', '.join(result.skipped[:10])}[/yellow]"
+            )
         if output is not None:
             write_predictions(result, output)
             console.print(f"[green]wrote[/green] {len(result.table)} predictions to {output}")
@@ -549,13 +580,20 @@ def predict_command(
 def _print_confusion(confusion: Any) -> None:
     """Per-class scores, and the confusion matrix as a table (up to 12 classes) or its largest confusions."""
     keep = confusion.shown()
-    scores = Table(title="per class" + ("" if len(keep) == len(confusion.labels)
-                                        else f" (the {len(keep)} most confused of {len(confusion.labels)})"))  # fmt: skip
+    scores = Table(
+        title="per class"
+        + ("" if len(keep) == len(confusion.labels) else f" (the {len(keep)} most confused of {len(confusion.labels)})")
+    )
     for name in ("class", "precision", "recall", "F1", "examples"):
         scores.add_column(name, justify="left" if name == "class" else "right")
     for i in keep:
-        scores.add_row(escape(confusion.labels[i]), f"{confusion.precision[i]:.3f}", f"{confusion.recall[i]:.3f}",
-                       f"{confusion.f1[i]:.3f}", str(confusion.support[i]))  # fmt: skip
+        scores.add_row(
+            escape(confusion.labels[i]),
+            f"{confusion.precision[i]:.3f}",
+            f"{confusion.recall[i]:.3f}",
+            f"{confusion.f1[i]:.3f}",
+            str(confusion.support[i]),
+        )
     console.print(scores)
     if len(keep) <= 12:
         matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
@@ -603,8 +641,17 @@ def runs_command(
             wall = f"{r['wall_time']:.0f} s" if r["wall_time"] is not None else "—"
             when = datetime.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M")
             steps = str(r["steps"] if r["steps"] is not None else "—")
-            table.add_row(escape(r["run"]), escape(str(r["model"] or "")), escape(str(r["data"] or "")),
-                          escape(str(r["sam"] or "")), metric, steps, wall, escape(r["status"]), when)  # fmt: skip
+            table.add_row(
+                escape(r["run"]),
+                escape(str(r["model"] or "")),
+                escape(str(r["data"] or "")),
+                escape(str(r["sam"] or "")),
+                metric,
+                steps,
+                wall,
+                escape(r["status"]),
+                when,
+            )
         console.print(table)
 
     _guarded(body, debug)
@@ -620,7 +667,9 @@ def sharpness_command(
         Optional[str], typer.Option(help="Hub id, local file or folder (default: the run's own eval split).")
     ] = None,
     split: Annotated[Optional[str], typer.Option(help="Split to measure on (default: validation/test).")] = None,
-    batches: Annotated[int, typer.Option(min=1, help="Batches the loss is averaged over.", rich_help_panel=MEASURE_PANEL)] = 4,
+    batches: Annotated[
+        int, typer.Option(min=1, help="Batches the loss is averaged over.", rich_help_panel=MEASURE_PANEL)
+    ] = 4,
     batch_size: Annotated[
         Optional[int], typer.Option(min=1, help="Default: the run's eval batch size.", rich_help_panel=MEASURE_PANEL)
     ] = None,
@@ -628,16 +677,19 @@ def sharpness_command(
         Optional[Path],
         typer.Option("--against", metavar="RUN_DIR2", help="A second run of the same model, measured beside it."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Examples, random directions and vectors.", rich_help_panel=MEASURE_PANEL)] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Examples, random directions and vectors.", rich_help_panel=MEASURE_PANEL)
+    ] = 0,
     grid: Annotated[int, typer.Option(min=3, help="Landscape points per axis.", rich_help_panel=MEASURE_PANEL)] = 21,
     span: Annotated[
         float, typer.Option(min=0.0, help="Landscapes from -span to span.", rich_help_panel=MEASURE_PANEL)
     ] = 1.0,
     rho: Annotated[
         Optional[list[float]],
-        typer.Option(help="SAM sharpness radius; repeat for several (default 0.01 0.05 0.1 0.2).",
-                     rich_help_panel=MEASURE_PANEL),
-    ] = None,  # fmt: skip
+        typer.Option(
+            help="SAM sharpness radius; repeat for several (default 0.01 0.05 0.1 0.2).", rich_help_panel=MEASURE_PANEL
+        ),
+    ] = None,
     samples: Annotated[
         int, typer.Option(min=2, help="Hutchinson samples for the Hessian trace.", rich_help_panel=MEASURE_PANEL)
     ] = 32,
@@ -649,9 +701,19 @@ def sharpness_command(
         from samtune.analysis.report import DEFAULT_RHOS, measure_sharpness
 
         report = measure_sharpness(
-            run_dir, dataset, split, batches=batches, batch_size=batch_size, against=against, seed=seed,
-            grid_points=grid, span=span, rhos=rho or DEFAULT_RHOS, trace_samples=samples, console=err_console,
-        )  # fmt: skip
+            run_dir,
+            dataset,
+            split,
+            batches=batches,
+            batch_size=batch_size,
+            against=against,
+            seed=seed,
+            grid_points=grid,
+            span=span,
+            rhos=rho or DEFAULT_RHOS,
+            trace_samples=samples,
+            console=err_console,
+        )
         _sharpness_table(report)
 
     _guarded(body, debug)
@@ -669,15 +731,24 @@ def _sharpness_table(report: dict[str, Any]) -> None:
         return "n/a" if x is None else f"{x:.4g}"  # null in the JSON: not finite
 
     table.add_row("loss", *[fmt(r["loss"]) for r in runs])
-    table.add_row("top Hessian eigenvalue",
-                  *[fmt(r["hessian_top_eigenvalue"]) + ("" if r["power_converged"] else " (not converged)") for r in runs])
-    table.add_row(f"Hessian trace (± s.e., {s['trace_samples']} samples)",
-                  *[f"{fmt(r['hessian_trace'])} ± {fmt(r['hessian_trace_stderr'])}" for r in runs])  # fmt: skip
+    table.add_row(
+        "top Hessian eigenvalue",
+        *[fmt(r["hessian_top_eigenvalue"]) + ("" if r["power_converged"] else " (not converged)") for r in runs],
+    )
+    table.add_row(
+        f"Hessian trace (± s.e., {s['trace_samples']} samples)",
+        *[f"{fmt(r['hessian_trace'])} ± {fmt(r['hessian_trace_stderr'])}" for r in runs],
+    )
     for i, point in enumerate(report["sam_sharpness"]):
-        table.add_row(f"SAM sharpness, rho={point['rho']:g}", *[fmt(r["sam_sharpness"][i]["loss_increase"]) for r in runs])
+        table.add_row(
+            f"SAM sharpness, rho={point['rho']:g}", *[fmt(r["sam_sharpness"][i]["loss_increase"]) for r in runs]
+        )
     console.print(table)
-    console.print(f"wrote sharpness.json, {report['figures']['landscape_1d']} and "
-                  f"{report['figures']['landscape_2d']} in {report['run_dir']}", markup=False)  # fmt: skip
+    console.print(
+        f"wrote sharpness.json, {report['figures']['landscape_1d']} and "
+        f"{report['figures']['landscape_2d']} in {report['run_dir']}",
+        markup=False,
+    )
 
 
 COMPARE_PANEL = "Comparison"
@@ -689,11 +760,13 @@ def compare_command(
     overrides: OverridesArg = None,
     arms: Annotated[
         str,
-        typer.Option(help="Comma-separated: adamw (the baseline, always run), sam, asam, "
-                     f"{', '.join(_cheaper_variants())}; each may carry its own SAM settings: "
-                     "sam:rho=0.02,schedule=lr,start=0.1 (a KEY=VALUE after a comma belongs to the arm before it).",
-                     rich_help_panel=COMPARE_PANEL),
-    ] = "adamw,sam",  # fmt: skip
+        typer.Option(
+            help="Comma-separated: adamw (the baseline, always run), sam, asam, "
+            f"{', '.join(_cheaper_variants())}; each may carry its own SAM settings: "
+            "sam:rho=0.02,schedule=lr,start=0.1 (a KEY=VALUE after a comma belongs to the arm before it).",
+            rich_help_panel=COMPARE_PANEL,
+        ),
+    ] = "adamw,sam",
     seeds: Annotated[
         int, typer.Option(min=1, help="Seeds per arm: training.seed, +1, ...", rich_help_panel=COMPARE_PANEL)
     ] = 3,
@@ -705,9 +778,12 @@ def compare_command(
     ] = False,
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Keep its finished runs, continue an interrupted one, train the rest "
-                     "(also adds arms or seeds).", rich_help_panel=RUN_PANEL),
-    ] = False,  # fmt: skip
+        typer.Option(
+            "--resume",
+            help="Keep its finished runs, continue an interrupted one, train the rest (also adds arms or seeds).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Train the baseline (rho=0) and SAM arms on the same seeds; rank them on validation, compare (comparison.json)."""
@@ -723,17 +799,26 @@ def compare_command(
         quiet_transformers()
         again = shlex.join(["samtune", *without(sys.argv[1:], {"--overwrite", "--resume"}, set()), "--resume"])
         report = compare(
-            ref, items, arms=arms, seeds=seeds, output_dir=output_dir, overwrite=overwrite, resume=resume,
-            callbacks=[ProgressCallback(console)], resume_command=again,
+            ref,
+            items,
+            arms=arms,
+            seeds=seeds,
+            output_dir=output_dir,
+            overwrite=overwrite,
+            resume=resume,
+            callbacks=[ProgressCallback(console)],
+            resume_command=again,
             notify=lambda text: console.print(text, markup=False),
-        )  # fmt: skip
+        )
         console.print(comparison_table(report))
         console.print(best_arm_line(report), markup=False)
         if has_test_metrics(report):
             console.print(comparison_table(report, split="test"))
         console.print(cost_table(report))
         out = report["settings"]["output_dir"]
-        console.print(f"wrote {COMPARISON_FILE} and {CURVES_FILE} in {out}; each run in {out}/<arm>/seed-<n>", markup=False)
+        console.print(
+            f"wrote {COMPARISON_FILE} and {CURVES_FILE} in {out}; each run in {out}/<arm>/seed-<n>", markup=False
+        )
 
     _guarded(body, debug)
 
@@ -791,8 +876,9 @@ def recipes_list() -> None:
         dataset = data.get("dataset", "")
         if data.get("config"):
             dataset += f" ({data['config']})"
-        table.add_row(name, raw.get("task", "auto"), (raw.get("model") or {}).get("name", ""), dataset,
-                      raw.get("description", ""))  # fmt: skip
+        table.add_row(
+            name, raw.get("task", "auto"), (raw.get("model") or {}).get("name", ""), dataset, raw.get("description", "")
+        )
     console.print(table)
 
 

@@ -109,9 +109,18 @@ def plot_confusion(confusion: Confusion, path: Path, title: str = "") -> Path:
     if len(keep) <= 12:
         for t in range(len(keep)):
             for p in range(len(keep)):
-                ax.text(p, t, str(matrix[t, p]), ha="center", va="center", fontsize=8,
-                        color="white" if shares[t, p] > 0.5 else "black")  # fmt: skip
-    note = "" if len(keep) == len(confusion.labels) else f" ({len(keep)} most confused of {len(confusion.labels)} classes)"
+                ax.text(
+                    p,
+                    t,
+                    str(matrix[t, p]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shares[t, p] > 0.5 else "black",
+                )
+    note = (
+        "" if len(keep) == len(confusion.labels) else f" ({len(keep)} most confused of {len(confusion.labels)} classes)"
+    )
     ax.set_title(f"{title}{note}", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()

@@ -55,12 +55,24 @@ class PreparedData:
     picked: dict[str, str] = field(default_factory=dict)  # "label"/"text" -> the column chosen by its values
 
     @classmethod
-    def of(cls, task: str, splits: dict[str, Dataset], labels: list[str], cols: dict[str, Any], **how: Any) -> PreparedData:
+    def of(
+        cls, task: str, splits: dict[str, Dataset], labels: list[str], cols: dict[str, Any], **how: Any
+    ) -> PreparedData:
         """The "train", "eval" (and "test") splits with their labels, the columns as `detect_columns` finds them
         (those picked by their values too), and `how` they were made (eval_source, eval_split, ...)."""
-        return cls(task=task, train=splits["train"], eval=splits["eval"], test=splits.get("test"), labels=labels,
-                   text_column=cols["text"], text_pair_column=cols.get("pair"), image_column=cols.get("image"),
-                   response_column=cols.get("response"), picked=cols.get("picked", {}), **how)  # fmt: skip
+        return cls(
+            task=task,
+            train=splits["train"],
+            eval=splits["eval"],
+            test=splits.get("test"),
+            labels=labels,
+            text_column=cols["text"],
+            text_pair_column=cols.get("pair"),
+            image_column=cols.get("image"),
+            response_column=cols.get("response"),
+            picked=cols.get("picked", {}),
+            **how,
+        )
 
     @property
     def label_column(self) -> str:
@@ -69,8 +81,12 @@ class PreparedData:
     @property
     def columns(self) -> dict[str, str | None]:
         """The input columns by what they hold, as a task's `eval_inputs` takes them."""
-        return {"text": self.text_column, "pair": self.text_pair_column, "image": self.image_column,
-                "response": self.response_column}  # fmt: skip
+        return {
+            "text": self.text_column,
+            "pair": self.text_pair_column,
+            "image": self.image_column,
+            "response": self.response_column,
+        }
 
 
 def is_local(ref: str) -> bool:
@@ -160,7 +176,11 @@ def check_image_files(folder: Path) -> None:
     from samtune.imaging import image_problem
 
     image_ext = {ext.lower() for ext in Image.registered_extensions()}
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)]
+    files = [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)
+    ]
     images = [p for p in files if p.suffix.lower() in image_ext]
     if not images:
         return
@@ -214,7 +234,9 @@ def _load_raw(data: DataSection) -> tuple[DatasetDict, bool]:
     if path.exists():
         if path.is_dir():
             if data.eval_file:
-                raise DataError("data.eval_file goes with a data file, not a folder", "Put the eval split in the folder.")
+                raise DataError(
+                    "data.eval_file goes with a data file, not a folder", "Put the eval split in the folder."
+                )
             return _load_folder(path), False
         files = {"train": path}
         if data.eval_file:
@@ -289,7 +311,9 @@ def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
     """The split to evaluate: the one named, else validation-like, else the only one."""
     if split is not None:
         if split not in raw:
-            raise DataError(f"unknown split '{split}' (the dataset has: {', '.join(raw)})", "Pass --split with one of them.")
+            raise DataError(
+                f"unknown split '{split}' (the dataset has: {', '.join(raw)})", "Pass --split with one of them."
+            )
         return split
     for name in (*EVAL_SPLITS, "test"):
         if name in raw:
@@ -343,8 +367,11 @@ class DroppedRows:
 
     def lines(self) -> list[str]:
         """One line per split that lost rows: how many of how many, and why."""
-        return [f"dropped {sum(c.values())} of {self.rows[split]} rows of the '{split}' split: "
-                + ", ".join(f"{n} {why}" for why, n in c.items()) for split, c in self.reasons.items()]  # fmt: skip
+        return [
+            f"dropped {sum(c.values())} of {self.rows[split]} rows of the '{split}' split: "
+            + ", ".join(f"{n} {why}" for why, n in c.items())
+            for split, c in self.reasons.items()
+        ]
 
 
 def has_text(*values: Any) -> bool:
@@ -437,9 +464,18 @@ def labelled_data(
                 f"the {name} split is empty after dropping unlabelled or empty rows",
                 "Check the label and text columns (data.label_column, data.text_column).",
             )
-    return PreparedData.of(task.name, splits, names, cols, eval_source=eval_source, eval_split=eval_name or "validation",
-                           test_split=test_name, notes=notes, dropped=dropped.lines(),
-                           is_hub_dataset=from_hub)  # fmt: skip
+    return PreparedData.of(
+        task.name,
+        splits,
+        names,
+        cols,
+        eval_source=eval_source,
+        eval_split=eval_name or "validation",
+        test_split=test_name,
+        notes=notes,
+        dropped=dropped.lines(),
+        is_hub_dataset=from_hub,
+    )
 
 
 def _check_split_names(raw: Any, data: DataSection) -> None:
@@ -464,10 +500,13 @@ def _eval_and_test_names(raw: Any, data: DataSection, label: str) -> tuple[str |
     eval_name = data.eval_split
     if eval_name is None:
         eval_name = next(
-            (s for s in EVAL_SPLITS if s in raw and s != data.train_split and s != data.test_split
-             and _has_labels(raw[s], label)),
+            (
+                s
+                for s in EVAL_SPLITS
+                if s in raw and s != data.train_split and s != data.test_split and _has_labels(raw[s], label)
+            ),
             None,
-        )  # fmt: skip
+        )
     test_name = data.test_split
     if test_name is None and "test" in raw and data.eval_split != "test" and _has_labels(raw["test"], label):
         test_name = "test"  # scored at the end, never used to pick the checkpoint
@@ -475,15 +514,23 @@ def _eval_and_test_names(raw: Any, data: DataSection, label: str) -> tuple[str |
 
 
 def _keep_usable_rows(
-    splits: dict[str, Any], cols: dict[str, Any], data: DataSection, task: tasks.Task, names: dict[str, str],
+    splits: dict[str, Any],
+    cols: dict[str, Any],
+    data: DataSection,
+    task: tasks.Task,
+    names: dict[str, str],
     dropped: DroppedRows,
 ) -> dict[str, Any]:
     """The used columns only, rows with text and a label (`drop_unusable_rows`), and (with data.labels) the listed
     labels only."""
     for name, ds in splits.items():
-        missing = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c and c not in ds.column_names]
+        missing = [
+            c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c and c not in ds.column_names
+        ]
         if missing:
-            raise DataError(f"the {name} split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
+            raise DataError(
+                f"the {name} split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})"
+            )
     keep = [c for c in (cols["label"], cols["text"], cols["pair"], cols["image"]) if c]
     splits = drop_unusable_rows({k: v.select_columns(keep) for k, v in splits.items()}, cols, task, names, dropped)
     if data.labels:
@@ -509,7 +556,9 @@ def _carve_validation(splits: dict[str, Any], data: DataSection, seed: int, note
         splits["train"], splits["eval"] = parts["train"], parts["test"]
         return f"{data.validation_fraction:.0%} of '{data.train_split}', random"
     try:
-        parts = splits["train"].train_test_split(test_size=data.validation_fraction, stratify_by_column=LABELS, seed=seed)
+        parts = splits["train"].train_test_split(
+            test_size=data.validation_fraction, stratify_by_column=LABELS, seed=seed
+        )
         how = "stratified"
     except ValueError:
         parts = splits["train"].train_test_split(test_size=data.validation_fraction, seed=seed)

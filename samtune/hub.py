@@ -20,12 +20,26 @@ from samtune.rundir import CHECKPOINT_PREFIX, require_model
 # What a saved model is made of (transformers' and peft's save_pretrained: weights, configs, the tokenizer's or
 # image processor's files); in a run directory and, for a merged LoRA run, in its merged/ folder. fnmatch patterns.
 MODEL_FILES = (
-    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-    "chat_template.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "preprocessor_config.json",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "preprocessor_config.json",
     "processor_config.json",
-)  # fmt: skip
+)
 # Left out of a push without a word: checkpoints (optimizer state, large), the pickled TrainingArguments (it can
 # hold a hub token), hidden files (the run's mark and lock), TensorBoard's event files.
 NOT_PUSHED = (f"{CHECKPOINT_PREFIX}*", "training_args.bin", ".*", "runs")
@@ -120,8 +134,19 @@ def run_files() -> tuple[str, ...]:
     from samtune.rundir import CONFIG_FILE, METRICS_FILE, TRAINER_STATE_FILE
     from samtune.runner import CONFUSION_FILE
 
-    return ("README.md", CONFIG_FILE, METRICS_FILE, TRAINER_STATE_FILE, CURVES_FILE, CONFUSION_FILE, FIGURE_FILE,
-            f"eval-*-{FIGURE_FILE}", SHARPNESS_FILE, LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE)  # fmt: skip
+    return (
+        "README.md",
+        CONFIG_FILE,
+        METRICS_FILE,
+        TRAINER_STATE_FILE,
+        CURVES_FILE,
+        CONFUSION_FILE,
+        FIGURE_FILE,
+        f"eval-*-{FIGURE_FILE}",
+        SHARPNESS_FILE,
+        LANDSCAPE_1D_FILE,
+        LANDSCAPE_2D_FILE,
+    )
 
 
 def files_to_push(run_dir: Path) -> tuple[list[str], list[str]]:

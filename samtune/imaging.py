@@ -37,9 +37,7 @@ def load_image_processor(name_or_path: str, **kwargs: Any) -> BaseImageProcessor
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil", **kwargs)
     except ValueError as err:  # transformers found candidate classes but none it could import
-        raise ValueError(
-            f"Could not load a torchvision-free image processor for {name_or_path!r}: {err}"
-        ) from err
+        raise ValueError(f"Could not load a torchvision-free image processor for {name_or_path!r}: {err}") from err
     # With torchvision installed, transformers falls back to a torchvision-only class when the
     # model type has no PIL one: samtune does not depend on torchvision, so refuse it here.
     if isinstance(processor, TorchvisionBackend):
@@ -241,7 +239,7 @@ class TrainTransform(_Transform):
         else:
             images = [self.augment(image) for image in self._images(batch)]
         # The images already have the target size: only rescale and normalize are left to do.
-        pixel_values = self.processor(
-            images, do_resize=False, do_center_crop=False, return_tensors="pt"
-        )["pixel_values"]
+        pixel_values = self.processor(images, do_resize=False, do_center_crop=False, return_tensors="pt")[
+            "pixel_values"
+        ]
         return self._output(batch, pixel_values)

@@ -131,8 +131,9 @@ def load_tokenizer(path: str, section: ModelSection, **kwargs: Any) -> Any:
     as a classifier)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=section.revision,
-                                              trust_remote_code=section.trust_remote_code, **kwargs)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=section.revision, trust_remote_code=section.trust_remote_code, **kwargs
+    )
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -219,9 +220,7 @@ def lora_targets(model: PreTrainedModel, lora: LoraSection) -> list[str] | str:
 def head_modules(model: PreTrainedModel) -> list[str]:
     """The task head: the model's top-level modules with weights outside its pretrained body (e.g. `classifier`)."""
     body = getattr(model, "base_model_prefix", "")
-    return [
-        n for n, m in model.named_children() if n != body and any(True for _ in m.parameters())
-    ]
+    return [n for n, m in model.named_children() if n != body and any(True for _ in m.parameters())]
 
 
 def _adaptable_layers(model: PreTrainedModel) -> list[str]:
@@ -277,7 +276,9 @@ def eval_inputs(ds: Any, task: str, processor: Any, columns: dict[str, str | Non
     return tasks.get(task).eval_inputs(ds, processor, columns, max_length)
 
 
-def prepare_inputs(data: PreparedData, processor: Any, max_length: int, seed: int, packing: bool = False) -> PreparedData:
+def prepare_inputs(
+    data: PreparedData, processor: Any, max_length: int, seed: int, packing: bool = False
+) -> PreparedData:
     """Every split as model inputs; the training split as the task trains on it (images augmented, seeded per epoch
     and example; a causal LM's texts packed if asked)."""
     task = tasks.get(data.task)
@@ -328,4 +329,3 @@ def fsdp_wrap_classes(model: Any) -> list[str]:
     embed = getattr(model, "get_input_embeddings", lambda: None)()
     holding = {type(m).__name__ for m in model.modules() if embed is not None and any(c is embed for c in m.modules())}
     return sorted(names - holding)
-

@@ -50,12 +50,15 @@ def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
         elif skip_bad:
             bad.append(str(p.relative_to(folder)))
         else:
-            raise DataError(f"cannot read the image {p}: {why}",
-                            "Remove or replace the file, or pass --skip-bad to predict on the others.")  # fmt: skip
+            raise DataError(
+                f"cannot read the image {p}: {why}",
+                "Remove or replace the file, or pass --skip-bad to predict on the others.",
+            )
     if not good:
         raise DataError(f"no image that decodes in {folder}", "Give a folder of images (png, jpg, ...).")
-    rows = datasets.Dataset.from_dict({"file": [str(p.relative_to(folder)) for p in good],
-                                       "image": [str(p) for p in good]})  # fmt: skip
+    rows = datasets.Dataset.from_dict(
+        {"file": [str(p.relative_to(folder)) for p in good], "image": [str(p) for p in good]}
+    )
     return rows.cast_column("image", datasets.Image()), bad
 
 
@@ -71,12 +74,16 @@ def read_inputs(source: Path | list[str], image_run: bool, skip_bad: bool = Fals
         return datasets.Dataset.from_dict({"text": [str(t) for t in source]}), []
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"input not found: {path}", "Check the path (it is relative to where you run)"
-                        + ("." if image_run else '; to classify a text itself, give it as --text "...".'))  # fmt: skip
+        raise DataError(
+            f"input not found: {path}",
+            "Check the path (it is relative to where you run)"
+            + ("." if image_run else '; to classify a text itself, give it as --text "...".'),
+        )
     if path.is_dir():
         if not image_run:
-            raise UsageError(f"{path} is a folder; this run classifies text",
-                             'Give a csv/jsonl/parquet file, or --text "...".')  # fmt: skip
+            raise UsageError(
+                f"{path} is a folder; this run classifies text", 'Give a csv/jsonl/parquet file, or --text "...".'
+            )
         return _image_folder(path, skip_bad)
     if image_run and _builder_for(path) is None:
         raise UsageError(f"{path} is not a folder of images or a data file", "Give a folder of images.")
@@ -96,9 +103,13 @@ def input_column(rows: Any, named: str | None, candidates: tuple[str, ...], what
 
 
 def predict(
-    run_dir: Path, source: Path | list[str], batch_size: int = 64, skip_bad: bool = False,
-    progress: Callable[[Any, int], Any] = lambda it, total: it, generation: dict[str, Any] | None = None,
-) -> Predictions:  # fmt: skip
+    run_dir: Path,
+    source: Path | list[str],
+    batch_size: int = 64,
+    skip_bad: bool = False,
+    progress: Callable[[Any, int], Any] = lambda it, total: it,
+    generation: dict[str, Any] | None = None,
+) -> Predictions:
     """Predictions of the run in `run_dir` on `source`, a data file or image folder, or a list of texts (see
     `read_inputs`); `progress` wraps the batch loop; `generation`: the generation settings given (max_new_tokens,
     do_sample, temperature, top_p), for a run that generates text."""
@@ -111,18 +122,24 @@ def predict(
 
     run_dir = Path(run_dir)
     require_model(run_dir)
-    recipe = build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
+    recipe = (
+        build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
+    )
     modeling.quiet_transformers()
     run = read_run(run_dir, recipe)
     task = tasks.get(run.task)
     if not task.predicts:
-        raise UsageError(f"samtune predict cannot predict with a {run.task} run ({run_dir})",
-                         "Use the code in the run's README.md (transformers' pipeline).")  # fmt: skip
+        raise UsageError(
+            f"samtune predict cannot predict with a {run.task} run ({run_dir})",
+            "Use the code in the run's README.md (transformers' pipeline).",
+        )
     generation = generation or {}
     if generation and not task.generates:
         flags = ", ".join("--" + k.replace("_", "-") for k in generation)
-        raise UsageError(f"{flags}: generation settings, but {run_dir} is a {run.task} run, which generates no text",
-                         "Drop them (they apply to causal LMs, text-generation runs).")  # fmt: skip
+        raise UsageError(
+            f"{flags}: generation settings, but {run_dir} is a {run.task} run, which generates no text",
+            "Drop them (they apply to causal LMs, text-generation runs).",
+        )
     rows, skipped = task.read_inputs(source, skip_bad)
     _refuse_clashing_columns(rows.column_names, task.prediction_names(run.labels))
     columns = task.input_columns(rows, recipe.data)

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from samtune.errors import RecipeError, SamtuneError, UsageError
 from samtune.optim.settings import sam_setting_problems, setting_specs, settings_for_variant, variant_of
@@ -126,7 +135,8 @@ class DataSection(_Section):
         default=None, description="Causal LM: the prompt (not trained on); default: 'prompt' or 'instruction'."
     )
     response_column: str | None = Field(
-        default=None, description="Causal LM: the response (the loss is on it); default: 'response', 'completion', 'output'."
+        default=None,
+        description="Causal LM: the response (the loss is on it); default: 'response', 'completion', 'output'.",
     )
     packing: bool = Field(
         default=False,
@@ -136,6 +146,7 @@ class DataSection(_Section):
     labels: list[str] | None = Field(
         default=None, description="Keep only rows with these labels (classes in this order); default: all."
     )
+
     @field_validator("labels", "label_columns")
     @classmethod
     def _two_classes(cls, v: list[str] | None) -> list[str] | None:
@@ -146,7 +157,9 @@ class DataSection(_Section):
     @model_validator(mode="after")
     def _one_way_to_name_the_labels(self) -> DataSection:
         if self.label_columns is not None and self.label_column is not None:
-            raise ValueError("set data.label_column (one column) or data.label_columns (one 0/1 column per class), not both")
+            raise ValueError(
+                "set data.label_column (one column) or data.label_columns (one 0/1 column per class), not both"
+            )
         return self
 
     validation_fraction: float = Field(
@@ -207,6 +220,7 @@ def _sam_section() -> type[_SAMSectionRules]:
         )
         for spec in specs
     }
+
     def checked(check: Any) -> Any:
         def validate(v: Any) -> Any:
             if (problem := check(v)) is not None:
@@ -218,10 +232,20 @@ def _sam_section() -> type[_SAMSectionRules]:
     finite_keys = [spec.recipe_key for spec in specs if spec.finite]
     validators = {"_finite": field_validator(*finite_keys)(finite)} if finite_keys else {}
     # Values no bound describes (sam.variant: a registered variant), checked by the setting's own rule.
-    validators.update({f"_check_{spec.recipe_key}": field_validator(spec.recipe_key)(checked(spec.check))
-                       for spec in specs if spec.check is not None})  # fmt: skip
-    return create_model("SAMSection", __base__=_SAMSectionRules, __doc__="Sharpness-Aware Minimization's settings.",
-                        __validators__=validators, **fields)  # fmt: skip
+    validators.update(
+        {
+            f"_check_{spec.recipe_key}": field_validator(spec.recipe_key)(checked(spec.check))
+            for spec in specs
+            if spec.check is not None
+        }
+    )
+    return create_model(
+        "SAMSection",
+        __base__=_SAMSectionRules,
+        __doc__="Sharpness-Aware Minimization's settings.",
+        __validators__=validators,
+        **fields,
+    )
 
 
 SAMSection = _sam_section()
@@ -264,16 +288,22 @@ class TrainingSection(_Section):
         + "); default: the task's first.",
     )
     threshold: float = Field(
-        default=0.5, gt=0, lt=1, description="Multi-label: a class is predicted when its sigmoid probability reaches this."
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Multi-label: a class is predicted when its sigmoid probability reaches this.",
     )
     num_workers: Annotated[int, Strict(), Field(ge=0)] = 0
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     report_to: list[str] = Field(
         default_factory=list,
-        description="Experiment trackers, through the Trainer's integrations: " + ", ".join(TRACKERS)
+        description="Experiment trackers, through the Trainer's integrations: "
+        + ", ".join(TRACKERS)
         + " (a list, or one name; none by default). SAM's sam_* values are logged with the rest.",
     )
-    run_name: str | None = Field(default=None, description="The run's name in the trackers; default: the recipe's name.")
+    run_name: str | None = Field(
+        default=None, description="The run's name in the trackers; default: the recipe's name."
+    )
     fsdp: bool = Field(
         default=False,
         description="Shard weights, gradients and optimizer state over the processes with FSDP2 (GPUs only; "
@@ -295,10 +325,15 @@ class TrainingSection(_Section):
         for name in names:
             if name not in TRACKERS:
                 close = difflib.get_close_matches(str(name), TRACKERS, n=1)
-                problems.append(f"unknown tracker '{name}'" + (f": did you mean '{close[0]}'?" if close else "")
-                                + f" (the trackers: {', '.join(TRACKERS)})")  # fmt: skip
+                problems.append(
+                    f"unknown tracker '{name}'"
+                    + (f": did you mean '{close[0]}'?" if close else "")
+                    + f" (the trackers: {', '.join(TRACKERS)})"
+                )
             elif importlib.util.find_spec(TRACKERS[name]) is None:
-                problems.append(f"the tracker '{name}' needs its package, which is not installed: pip install {TRACKERS[name]}")
+                problems.append(
+                    f"the tracker '{name}' needs its package, which is not installed: pip install {TRACKERS[name]}"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return names
@@ -411,8 +446,10 @@ class Recipe(_Section):
 def run_name_problem(name: str) -> str | None:
     """What keeps `name` from being a run's name, one folder in runs/ (None: nothing)."""
     if any(sep in name for sep in ("/", "\\", os.sep)) or name in (".", "..") or any(ord(c) < 32 for c in name):
-        return ("must be a plain run name, one folder in runs/ (no '/', no '..', not absolute, no control "
-                "character); to write the run elsewhere, set output.dir (or --output-dir) to the path")  # fmt: skip
+        return (
+            "must be a plain run name, one folder in runs/ (no '/', no '..', not absolute, no control "
+            "character); to write the run elsewhere, set output.dir (or --output-dir) to the path"
+        )
     return None
 
 
@@ -537,13 +574,17 @@ class _RecipeYAML(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             if event.anchor in self._open:
-                raise YAMLRefused(f"the alias *{event.anchor} is inside its own anchor &{event.anchor} (a cycle)",
-                                  event.start_mark, "Write the value out instead of the alias.")  # fmt: skip
+                raise YAMLRefused(
+                    f"the alias *{event.anchor} is inside its own anchor &{event.anchor} (a cycle)",
+                    event.start_mark,
+                    "Write the value out instead of the alias.",
+                )
             node = super().compose_node(parent, index)
             self._aliased += _values_under(node, self._sizes)
             if self._aliased > ALIAS_LIMIT:
                 raise YAMLRefused(
-                    f"the aliases expand to more than {ALIAS_LIMIT:,} values (an alias bomb?)", event.start_mark,
+                    f"the aliases expand to more than {ALIAS_LIMIT:,} values (an alias bomb?)",
+                    event.start_mark,
                     "Write the values out, or use fewer aliases: a recipe needs no more.",
                 )
             return node
@@ -563,8 +604,11 @@ class _RecipeYAML(yaml.SafeLoader):
                 continue  # `<<: *base` merges keys that the mapping's own may replace
             key = self.construct_object(key_node)
             if key in first:
-                raise YAMLRefused(f"duplicate key {quote(key)} (first on line {first[key].start_mark.line + 1})",
-                                  key_node.start_mark, "Keep one of the two: YAML would silently take the last.")  # fmt: skip
+                raise YAMLRefused(
+                    f"duplicate key {quote(key)} (first on line {first[key].start_mark.line + 1})",
+                    key_node.start_mark,
+                    "Keep one of the two: YAML would silently take the last.",
+                )
             first[key] = key_node
         return node
 
@@ -694,8 +738,10 @@ def _branch(part: Any) -> bool:
 def _without_union_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pydantic's errors with the union branches taken out of their locs: `model.lora: false` or a section, so a
     bad key in the section reads `model.lora.r: ...`, without a second error saying it is not `false` either."""
-    kept = [{**err, "loc": tuple(p for p in err["loc"] if not _branch(p)), "branch": any(map(_branch, err["loc"]))}
-            for err in errors]  # fmt: skip
+    kept = [
+        {**err, "loc": tuple(p for p in err["loc"] if not _branch(p)), "branch": any(map(_branch, err["loc"]))}
+        for err in errors
+    ]
     out = []
     for err in kept:
         alternatives = [o for o in kept if o is not err and o["loc"][: len(err["loc"])] == err["loc"]]
@@ -726,9 +772,11 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden" and loc[-1] in ("fp16", "bf16"):
         return f"{key}: precision is one key, training.precision: auto, fp32, bf16 or fp16 (fp16 and bf16 exclude each other)"
     if err["type"] == "extra_forbidden" and loc[-1] == "deepspeed":
-        return (f"{key}: samtune does not train with DeepSpeed: its engine reduces and steps on the gradients inside "
-                "backward, so SAM's two-pass step would be silently wrong. To shard a large model use FSDP2 "
-                "(training.fsdp=true with --nproc N); otherwise plain data parallelism (--nproc N).")
+        return (
+            f"{key}: samtune does not train with DeepSpeed: its engine reduces and steps on the gradients inside "
+            "backward, so SAM's two-pass step would be silently wrong. To shard a large model use FSDP2 "
+            "(training.fsdp=true with --nproc N); otherwise plain data parallelism (--nproc N)."
+        )
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1, cutoff=0.6)
         section = ".".join(str(p) for p in loc[:-1])
@@ -773,9 +821,7 @@ def build_recipe(
     return recipe
 
 
-def load_recipe(
-    ref: str | None, overrides: list[str] | None = None, flags: dict[str, Any] | None = None
-) -> Recipe:
+def load_recipe(ref: str | None, overrides: list[str] | None = None, flags: dict[str, Any] | None = None) -> Recipe:
     """A recipe from a YAML path or built-in name (or none), with overrides and flags applied."""
     if ref is None:
         return build_recipe({}, overrides, flags, source="the command line")

@@ -127,8 +127,10 @@ def find_checkpoint(run_dir: Path, resume: str) -> str:
     else:
         found = resume
         if not _is_complete(Path(found)):
-            raise UsageError(f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})",
-                             f"Give a {CHECKPOINT_PREFIX}N folder, or auto.")  # fmt: skip
+            raise UsageError(
+                f"{resume} is not a checkpoint (no {TRAINER_STATE_FILE})",
+                f"Give a {CHECKPOINT_PREFIX}N folder, or auto.",
+            )
     if (damage := damaged_file(Path(found))) is not None:
         file, why = damage
         before = [c for c in complete_checkpoints(run_dir) if _step(c) < _step(Path(found))]
@@ -136,9 +138,10 @@ def find_checkpoint(run_dir: Path, resume: str) -> str:
         raise UsageError(
             f"checkpoint {found} cannot be resumed: {file} is damaged ({why})",
             f"Continue from the complete checkpoint before it: --resume {earlier} (or move {found} away: --resume "
-            f"auto then takes {earlier.name})." if earlier else
-            "No earlier checkpoint is complete and intact: train the run again with --overwrite.",
-        )  # fmt: skip
+            f"auto then takes {earlier.name})."
+            if earlier
+            else "No earlier checkpoint is complete and intact: train the run again with --overwrite.",
+        )
     return str(found)
 
 
@@ -358,5 +361,9 @@ def find_runs(root: Path) -> list[dict[str, Any]]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [run_summary(mark.parent, root) for mark in root.rglob(RUN_MARK) if CHECKPOINT_PREFIX not in str(mark.parent.name)]
+    runs = [
+        run_summary(mark.parent, root)
+        for mark in root.rglob(RUN_MARK)
+        if CHECKPOINT_PREFIX not in str(mark.parent.name)
+    ]
     return sorted(runs, key=lambda r: r["modified"], reverse=True)

@@ -49,18 +49,45 @@ class RunResult:
 # What a checkpoint's weights and its place in the data belong to: a resume that asks for other values is refused
 # (the weights would not load, or the run would go on over other examples as if they were the same).
 RESUME_FIXED = (
-    "model.name", "model.revision", "model.lora",
-    *(f"data.{key}" for key in ("dataset", "config", "revision", "train_split", "text_column", "text_pair_column",
-                                "label_column", "label_columns", "image_column", "prompt_column", "response_column",
-                                "packing", "labels", "validation_fraction", "max_train_samples")),
-)  # fmt: skip
+    "model.name",
+    "model.revision",
+    "model.lora",
+    *(
+        f"data.{key}"
+        for key in (
+            "dataset",
+            "config",
+            "revision",
+            "train_split",
+            "text_column",
+            "text_pair_column",
+            "label_column",
+            "label_columns",
+            "image_column",
+            "prompt_column",
+            "response_column",
+            "packing",
+            "labels",
+            "validation_fraction",
+            "max_train_samples",
+        )
+    ),
+)
 # What changes a run if it differs between a checkpoint's recipe and the one resuming it: said, and the recipe's
 # values win. SAM's own come from its one definition (samtune.optim.settings: `defines_run`).
 RUN_DEFINING = (
-    "model.max_length", "data.eval_file", "data.eval_split", "data.max_eval_samples", "training.seed",
-    "training.batch_size", "training.gradient_accumulation_steps", "training.learning_rate", "training.optimizer",
-    "training.scheduler", *(f"sam.{spec.recipe_key}" for spec in setting_specs() if spec.defines_run),
-)  # fmt: skip
+    "model.max_length",
+    "data.eval_file",
+    "data.eval_split",
+    "data.max_eval_samples",
+    "training.seed",
+    "training.batch_size",
+    "training.gradient_accumulation_steps",
+    "training.learning_rate",
+    "training.optimizer",
+    "training.scheduler",
+    *(f"sam.{spec.recipe_key}" for spec in setting_specs() if spec.defines_run),
+)
 # How long a run trains: a finished run resumed with another length is refused (--init-from trains on from it).
 RUN_LENGTH = ("training.epochs", "training.max_steps")
 # Left open by a recipe, chosen when the run starts (columns by their values, LoRA for a large model) and saved in
@@ -203,8 +230,10 @@ def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
     if metric is not None and (wrong := task.metric_problem(metric)):
         raise UsageError(wrong, f"Choose one of {', '.join(task.metric_names)}, or leave it out.")
     if not task.smooths_labels and recipe.training.label_smoothing > 0:
-        raise UsageError(f"training.label_smoothing smooths single class labels; this is a {task.problem} run",
-                         "Set training.label_smoothing=0.")  # fmt: skip
+        raise UsageError(
+            f"training.label_smoothing smooths single class labels; this is a {task.problem} run",
+            "Set training.label_smoothing=0.",
+        )
     processor = modeling.load_processor(recipe.model, data.task)
     if recipe.data.packing and not task.packs:
         raise UsageError(f"data.packing joins a causal LM's texts; this is a {data.task} run", "Remove data.packing.")
@@ -270,8 +299,9 @@ def train(
     if lock is not None:
         lock.acquire()  # a second run on this directory is refused while this one lives
     try:
-        options = _RunOptions(recipe, run_dir, overwrite, resume, callbacks or [], command, resume_command, notify,
-                              on_accepted)
+        options = _RunOptions(
+            recipe, run_dir, overwrite, resume, callbacks or [], command, resume_command, notify, on_accepted
+        )
         return _train_locked(options)
     finally:
         if lock is not None:
@@ -402,8 +432,11 @@ def _finished_run(o: _RunOptions, saved: Recipe | None) -> RunResult:
 
     changes = recipe_changes(saved, o.recipe, RUN_DEFINING + RUN_LENGTH) if saved is not None else []
     if changes or o.resume != "auto":
-        why = (f"this command asks for other settings ({'; '.join(changes)})" if changes
-               else f"resuming {o.resume} would train its last steps again and replace its results")  # fmt: skip
+        why = (
+            f"this command asks for other settings ({'; '.join(changes)})"
+            if changes
+            else f"resuming {o.resume} would train its last steps again and replace its results"
+        )
         raise UsageError(
             f"{o.run_dir} has finished ({METRICS_FILE}): {why}",
             f"Train on from its weights in a new run: --init-from {o.run_dir} --output-dir NEW (a schedule of its "
@@ -413,8 +446,9 @@ def _finished_run(o: _RunOptions, saved: Recipe | None) -> RunResult:
         o.notify(f"{o.run_dir} finished earlier ({METRICS_FILE}): nothing to resume, nothing changed")
     metrics = json.loads((o.run_dir / METRICS_FILE).read_text(encoding="utf-8"))
     run = read_run(o.run_dir, saved or o.recipe)
-    return RunResult(o.run_dir, metrics, o.recipe, run.task, run.labels, metrics.get("wall_time", 0.0),
-                     metrics.get("train_steps", 0))  # fmt: skip
+    return RunResult(
+        o.run_dir, metrics, o.recipe, run.task, run.labels, metrics.get("wall_time", 0.0), metrics.get("train_steps", 0)
+    )
 
 
 def _once_resumed(accept: Any) -> Any:
@@ -516,8 +550,11 @@ def _cut_short(error: Exception, run_dir: Path, said: str) -> DiskFullError:
 
 def _headline(metrics: dict[str, Any]) -> str:
     """A run's evaluation metrics in one line ('eval_accuracy 0.9120, eval_loss 0.2710, ...')."""
-    shown = {k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float)
-             and not k.endswith(("_runtime", "_per_second"))}  # fmt: skip
+    shown = {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith(("eval_", "test_")) and isinstance(v, float) and not k.endswith(("_runtime", "_per_second"))
+    }
     return ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
 
 
@@ -634,7 +671,8 @@ def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[st
         "r": lora.r,
         "alpha": lora.alpha,
         "dropout": lora.dropout,
-        "target_modules": sorted(peft_config.target_modules) if not isinstance(peft_config.target_modules, str)
+        "target_modules": sorted(peft_config.target_modules)
+        if not isinstance(peft_config.target_modules, str)
         else peft_config.target_modules,
         "modules_to_save": modeling.modules_trained_in_full(model),
         "trainable_parameters": trainable,
@@ -682,12 +720,16 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     require_model(run_dir)
-    recipe = build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
+    recipe = (
+        build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
+    )
     modeling.quiet_transformers()
     run = read_run(run_dir, recipe)
     if figure_dir is not None and tasks.get(run.task).has_confusion_matrix and (why := writable_problem(figure_dir)):
-        raise UsageError(f"cannot write the confusion matrix figure into {figure_dir}: {why}",
-                         "Choose a writable place for it: --figure PATH.")  # fmt: skip
+        raise UsageError(
+            f"cannot write the confusion matrix figure into {figure_dir}: {why}",
+            "Choose a writable place for it: --figure PATH.",
+        )
     section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
     examples = split_examples(run, section, split)
     for line in examples.dropped:
@@ -696,11 +738,20 @@ def evaluate_run(
     model = load_model(run)
     with tempfile.TemporaryDirectory(prefix="samtune-eval-") as scratch:
         args = SAMArguments(
-            output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True, rho=0.0,
-            remove_unused_columns=tasks.get(run.task).remove_unused_columns, use_cpu=not torch.cuda.is_available(),
-        )  # fmt: skip
-        trainer = SAMTrainer(model=model, args=args, processing_class=processor,
-                             **_task_hooks(run.task, processor, run.labels, recipe.training.threshold))  # fmt: skip
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size,
+            report_to="none",
+            disable_tqdm=True,
+            rho=0.0,
+            remove_unused_columns=tasks.get(run.task).remove_unused_columns,
+            use_cpu=not torch.cuda.is_available(),
+        )
+        trainer = SAMTrainer(
+            model=model,
+            args=args,
+            processing_class=processor,
+            **_task_hooks(run.task, processor, run.labels, recipe.training.threshold),
+        )
         trainer.remove_callback(PrinterCallback)
         metrics = trainer.evaluate(inputs, metric_key_prefix="eval")
     metrics["eval_samples"] = len(inputs)

@@ -51,11 +51,14 @@ class SAMCheckpointing:
 
     def _save_rng_state(self, output_dir: str) -> None:
         """Write the SAM variant's state into the checkpoint, then the Trainer's RNG state (see the docstring above)."""
-        self.sam_state.save_variant_state(output_dir, self.args.process_index, sharded=self.is_fsdp2,
-                                          main=self.args.should_save)  # fmt: skip
+        self.sam_state.save_variant_state(
+            output_dir, self.args.process_index, sharded=self.is_fsdp2, main=self.args.should_save
+        )
         super()._save_rng_state(output_dir)  # type: ignore[misc]
 
     def _load_best_model(self) -> None:
         """Load the best checkpoint through `from_pretrained` (exact for renamed keys); else the Trainer's way."""
-        if self.is_fsdp2 or not reload_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint):
+        if self.is_fsdp2 or not reload_weights(
+            self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint
+        ):
             super()._load_best_model()  # type: ignore[misc]

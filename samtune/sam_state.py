@@ -115,8 +115,9 @@ class SAMState(TrainerCallback, ExportableState):
         logs: dict[str, Any] = {"sam_rho": self.last_rho}
         if self.norm_count:
             logs["sam_ascent_grad_norm"] = self.norm_sum / self.norm_count
-        totals = torch.tensor([float(self.sharpness_sum), float(self.sharpness_count)], dtype=torch.float32,
-                              device=processes.device)  # fmt: skip
+        totals = torch.tensor(
+            [float(self.sharpness_sum), float(self.sharpness_count)], dtype=torch.float32, device=processes.device
+        )
         (totals,) = processes.mean([totals])
         if totals[1] > 0:
             logs["sam_sharpness"] = float(totals[0] / totals[1])
@@ -130,9 +131,14 @@ class SAMState(TrainerCallback, ExportableState):
     # ---- checkpoint form -----------------------------------------------------------------------
 
     def _record(self) -> dict[str, Any]:
-        return {"rho": self.rho, "adaptive": self.adaptive, "variant": self.variant.name,
-                "climb_steps": self.climb_steps, "perturbations_skipped": self.perturbations_skipped,
-                "nonfinite_skipped": self.nonfinite_skipped}  # fmt: skip
+        return {
+            "rho": self.rho,
+            "adaptive": self.adaptive,
+            "variant": self.variant.name,
+            "climb_steps": self.climb_steps,
+            "perturbations_skipped": self.perturbations_skipped,
+            "nonfinite_skipped": self.nonfinite_skipped,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """The counters, the variant's name and (when it has any) its state: what a resumed run needs."""

@@ -229,7 +229,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # accumulation steps and make the update N times too large. Divide for them; models
             # whose loss honours `num_items_in_batch` (token-level losses) keep the stock rule.
             self.model_accepts_loss_kwargs = False
-        if getattr(self, "_loss_shifts_labels", True) is False and loss_shifts_labels(self.accelerator.unwrap_model(self.model)):
+        if getattr(self, "_loss_shifts_labels", True) is False and loss_shifts_labels(
+            self.accelerator.unwrap_model(self.model)
+        ):
             # A causal LM whose loss_type transformers leaves unset (GPT-2's): count its step's targets over
             # labels[..., 1:], as its loss does, so the update is the mean over the targets it predicts.
             self._loss_shifts_labels = True
@@ -417,8 +419,10 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         ):
             ascent_loss, grads = self._ascent_gradient(model, ascent_inputs, params, num_items_in_batch)
         # The variant sees g as the descent's gradient is normalised (divided by the accumulation steps or not).
-        variant.after_ascent(grads, 1.0 if loss_is_scaled_for_ga(self, num_items_in_batch) else
-                             1.0 / self.current_gradient_accumulation_steps)  # fmt: skip
+        variant.after_ascent(
+            grads,
+            1.0 if loss_is_scaled_for_ga(self, num_items_in_batch) else 1.0 / self.current_gradient_accumulation_steps,
+        )
         perturbed, e, norm = sam_perturbation(grads, params, rho, self.args.adaptive, self.args.asam_eta)
         del grads
         finite = not self._nonfinite_in_step and self._record_ascent(norm)
@@ -494,8 +498,11 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         if getattr(self, "_sharding_checked", False):
             return
         climbing = {id(p) for p in params}
-        plain = [n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
-                 if id(p) in climbing and not is_sharded(p)]  # fmt: skip
+        plain = [
+            n
+            for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+            if id(p) in climbing and not is_sharded(p)
+        ]
         if plain:
             raise UnsupportedSetupError(
                 f"under FSDP2 every parameter SAM perturbs must be sharded by FSDP, and {len(plain)} are not "

@@ -63,7 +63,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def card_example(run_dir: Path) -> str:
     """The Python code of a run's card ("How to use"), pointed at the run directory."""
     card = (Path(run_dir) / "README.md").read_text()
-    return card.split("## How to use")[1].split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(run_dir))
+    return (
+        card.split("## How to use")[1]
+        .split("```python\n")[1]
+        .split("```")[0]
+        .replace("PATH_TO_THIS_FOLDER", str(run_dir))
+    )
 
 
 def run_card_example(run_dir: Path, **replace: str) -> list:
@@ -82,8 +87,9 @@ def measure_sharpness(run_dir: Path) -> dict:
 
     from samtune.cli import app
 
-    measured = CliRunner().invoke(app, ["sharpness", str(run_dir), "--batches", "2", "--batch-size", "8", "--grid",
-                                        "3", "--samples", "2"])  # fmt: skip
+    measured = CliRunner().invoke(
+        app, ["sharpness", str(run_dir), "--batches", "2", "--batch-size", "8", "--grid", "3", "--samples", "2"]
+    )
     assert measured.exit_code == 0, measured.output
     report = json.loads((Path(run_dir) / "sharpness.json").read_text())
     assert report["loss"] > 0 and report["landscape"]["loss_1d"][1] == pytest.approx(report["loss"], rel=1e-6)
@@ -136,8 +142,9 @@ def causal_tokenizer():
     vocab = {t: i for i, t in enumerate(["<|endoftext|>", "[UNK]", *sorted(set(CAUSAL_WORDS))])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>")  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -159,8 +166,13 @@ def review_texts(n: int, seed: int = 0) -> list[dict[str, str]]:
     for i in range(n):
         positive = i % 2 == 0
         review = _sentence(rng, POSITIVE if positive else NEGATIVE) + " ."
-        rows.append({"text": review, "prompt": f"review : {review} sentiment :",
-                     "response": "positive" if positive else "negative"})  # fmt: skip
+        rows.append(
+            {
+                "text": review,
+                "prompt": f"review : {review} sentiment :",
+                "response": "positive" if positive else "negative",
+            }
+        )
     return rows
 
 
@@ -215,8 +227,9 @@ def image_folder(tmp_path) -> Path:
     return root
 
 
-def sam_sgd_trainer(tmp_path: Path, model, rows: list, batch_size: int, accumulation: int, n_steps: int, rho: float,
-                    lr: float):  # fmt: skip
+def sam_sgd_trainer(
+    tmp_path: Path, model, rows: list, batch_size: int, accumulation: int, n_steps: int, rho: float, lr: float
+):
     """A SAMTrainer with the paper's SAM over plain SGD (constant rate, no clipping, no decay, rows in order), trained:
     the setting tests/support/tiny.py's reference_sam_sgd follows step for step."""
     from tiny import ListDataset
@@ -224,18 +237,41 @@ def sam_sgd_trainer(tmp_path: Path, model, rows: list, batch_size: int, accumula
     from samtune import SAMArguments, SAMTrainer
 
     args = SAMArguments(
-        output_dir=str(tmp_path / "out"), use_cpu=True, save_strategy="no", report_to="none", disable_tqdm=True,
-        seed=0, schedule="constant", start=0.0, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation, max_steps=n_steps, learning_rate=lr, rho=rho, optim="sgd",
-        lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, train_sampling_strategy="sequential",
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        schedule="constant",
+        start=0.0,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=n_steps,
+        learning_rate=lr,
+        rho=rho,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        train_sampling_strategy="sequential",
+    )
     trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows))
     trainer.train()
     return trainer
 
 
-def sam_and_reference(tmp_path: Path, model, rows: list, batch_size: int, accumulation: int, reference=None,
-                      n_steps: int = 3, rho: float = 0.05, lr: float = 0.5):  # fmt: skip
+def sam_and_reference(
+    tmp_path: Path,
+    model,
+    rows: list,
+    batch_size: int,
+    accumulation: int,
+    reference=None,
+    n_steps: int = 3,
+    rho: float = 0.05,
+    lr: float = 0.5,
+):
     """`model` trained by the SAMTrainer (paper's SAM over plain SGD, rows in order) and by the hand-written
     `reference` loop (default: tests/support/tiny.py's reference_sam_sgd) on the same micro-batches; also the reference
     without the climb (rho 0). Returns (trained, reference, no_climb, micro-batches)."""
@@ -248,4 +284,3 @@ def sam_and_reference(tmp_path: Path, model, rows: list, batch_size: int, accumu
     steps = [batches[i * accumulation : (i + 1) * accumulation] for i in range(n_steps)]
     trainer = sam_sgd_trainer(tmp_path, copy.deepcopy(model), rows, batch_size, accumulation, n_steps, rho, lr)
     return trainer.model, reference(model, steps, rho, lr), reference(model, steps, 0.0, lr), batches
-

@@ -78,6 +78,7 @@ def arm_kinds() -> dict[str, str]:
 
     return {**OWN_ARMS, **{name: variant_class(name).summary for name in variant_names() if name not in OWN_ARMS}}
 
+
 DEFAULT_ARMS = ("adamw", "sam")
 DEFAULT_SEEDS = 3
 COMPARE_MARK = ".samtune-compare"  # what --overwrite may delete
@@ -152,8 +153,10 @@ def read_arms(spec: str | Sequence[str]) -> tuple[list[ArmSpec], list[str]]:
                     arms[-1][1][-1] = ("params", f"{arms[-1][1][-1][1]},{token}")  # one more params pattern
                     continue
                 close = difflib.get_close_matches(name, list(kinds), n=1)
-                problems.append(f"unknown arm '{name}': the arms are {', '.join(kinds)}"
-                                + (f" (did you mean '{close[0]}'?)" if close else ""))  # fmt: skip
+                problems.append(
+                    f"unknown arm '{name}': the arms are {', '.join(kinds)}"
+                    + (f" (did you mean '{close[0]}'?)" if close else "")
+                )
                 arms.append([None, []])
                 continue
             arms.append([name, []])
@@ -175,10 +178,14 @@ def read_arms(spec: str | Sequence[str]) -> tuple[list[ArmSpec], list[str]]:
             problems.append(f"'{token}': the arm's name sets its variant (write {value.strip()}:... as an arm)")
         elif key not in keys:
             close = difflib.get_close_matches(key, list(keys), n=1)
-            problems.append(f"unknown SAM setting '{key}' in arm '{kind}': the settings are {', '.join(keys)}"
-                            + (f" (did you mean '{close[0]}'?)" if close else ""))  # fmt: skip
+            problems.append(
+                f"unknown SAM setting '{key}' in arm '{kind}': the settings are {', '.join(keys)}"
+                + (f" (did you mean '{close[0]}'?)" if close else "")
+            )
         elif kind is not None and keys[key] not in (None, kind):
-            problems.append(f"'{key}' is a setting of the {keys[key]} arm, not of '{kind}': write {keys[key]}:{key}=...")
+            problems.append(
+                f"'{key}' is a setting of the {keys[key]} arm, not of '{kind}': write {keys[key]}:{key}=..."
+            )
         elif kind == BASELINE:
             problems.append(f"the {BASELINE} arm is the baseline (rho 0) and takes no SAM settings (got {key})")
         elif kind == "asam" and key == "adaptive":
@@ -204,8 +211,9 @@ def parse_arms(spec: str | Sequence[str]) -> list[str]:
     arms, problems = read_arms(spec)
     if problems:
         raise UsageError(
-            "; ".join(problems) if len(problems) == 1 else f"{len(problems)} problems in --arms:\n"
-            + "\n".join(f"  - {p}" for p in problems),
+            "; ".join(problems)
+            if len(problems) == 1
+            else f"{len(problems)} problems in --arms:\n" + "\n".join(f"  - {p}" for p in problems),
             "Arms are comma-separated names with optional settings: --arms adamw,sam,sam:rho=0.02,schedule=lr.",
         )
     return [a.name for a in arms]
@@ -249,8 +257,11 @@ def arm_sam(arm: str, recipe_sam: SAMSection) -> dict[str, Any]:
     if arm == BASELINE:
         return {"rho": 0.0, "adaptive": False, "variant": "sam"}
     if arm == "asam":
-        return {"rho": recipe_sam.rho if recipe_sam.adaptive and recipe_sam.rho > 0 else 0.5, "adaptive": True,
-                "variant": "sam"}  # fmt: skip
+        return {
+            "rho": recipe_sam.rho if recipe_sam.adaptive and recipe_sam.rho > 0 else 0.5,
+            "adaptive": True,
+            "variant": "sam",
+        }
     return {"rho": own_rho, "adaptive": recipe_sam.adaptive, "variant": "sam" if arm == "sam" else arm}
 
 
@@ -320,8 +331,12 @@ def plan_runs(
             problems += [f"arm '{arm.name}': {p.removeprefix('sam.').removeprefix('sam: ')}" for p in e.problems]
         arm_recipes[arm.name] = (sam, flags)
     if problems:
-        raise RecipeError(problems, "--arms", "Arms look like --arms adamw,sam,sam:rho=0.02,schedule=lr,start=0.1 "
-                          "(keys: the recipe's sam section; see samtune compare --help).")  # fmt: skip
+        raise RecipeError(
+            problems,
+            "--arms",
+            "Arms look like --arms adamw,sam,sam:rho=0.02,schedule=lr,start=0.1 "
+            "(keys: the recipe's sam section; see samtune compare --help).",
+        )
     runs = []
     for seed in range(base.training.seed, base.training.seed + seeds):
         for arm in arm_specs:
@@ -389,8 +404,16 @@ def _saved_differences(run: ArmRun) -> list[str]:
     return [d for d in walk(saved, now, "") if not d.startswith(("hub.", "output.", "description:"))]
 
 
-def _run_one(run: ArmRun, index: int, total: int, resume: bool, callbacks: list[Any] | None, notify: Notify,
-             again: str, on_accepted: Callable[[], None] | None = None) -> None:  # fmt: skip
+def _run_one(
+    run: ArmRun,
+    index: int,
+    total: int,
+    resume: bool,
+    callbacks: list[Any] | None,
+    notify: Notify,
+    again: str,
+    on_accepted: Callable[[], None] | None = None,
+) -> None:
     """Train one arm on one seed, or keep it if it finished earlier (resume); errors name the arm and seed.
 
     `on_accepted` is called once the run's inputs are accepted, before it writes anything (see `runner.train`).
@@ -415,8 +438,15 @@ def _run_one(run: ArmRun, index: int, total: int, resume: bool, callbacks: list[
     done = f"{index - 1} run{'s' if index != 2 else ''} finished before it"
     kept = f"{done} and {'are' if index != 2 else 'is'} kept; continue the comparison with:\n  {again}"
     try:
-        train(run.recipe, overwrite=started and not checkpoint, resume="auto" if checkpoint else None,
-              callbacks=callbacks, resume_command=again, notify=notify, on_accepted=on_accepted)  # fmt: skip
+        train(
+            run.recipe,
+            overwrite=started and not checkpoint,
+            resume="auto" if checkpoint else None,
+            callbacks=callbacks,
+            resume_command=again,
+            notify=notify,
+            on_accepted=on_accepted,
+        )
     except Interrupted as e:
         hint = f"{done}. Continue the comparison (and this run) with:\n  {again}"
         raise Interrupted(f"the comparison stopped during {run.label}: {e.message}", hint, e.exit_code) from e

@@ -74,10 +74,14 @@ def build_report(runs: Sequence[RunRef], settings: Mapping[str, Any] | None = No
     arms = list(dict.fromkeys(r.arm for r in runs))
     seeds = list(dict.fromkeys(r.seed for r in runs))
     records = [
-        {"arm": r.arm, "seed": r.seed, "run_dir": str(r.run_dir),
-         "metrics": json.loads((Path(r.run_dir) / METRICS_FILE).read_text(encoding="utf-8"))}
+        {
+            "arm": r.arm,
+            "seed": r.seed,
+            "run_dir": str(r.run_dir),
+            "metrics": json.loads((Path(r.run_dir) / METRICS_FILE).read_text(encoding="utf-8")),
+        }
         for r in runs
-    ]  # fmt: skip
+    ]
     found = {(rec["arm"], rec["seed"]): rec["metrics"] for rec in records}
     if BASELINE not in arms or len(found) != len(arms) * len(seeds):
         raise ValueError(f"every arm, {BASELINE} among them, needs one run on every seed")
@@ -86,9 +90,13 @@ def build_report(runs: Sequence[RunRef], settings: Mapping[str, Any] | None = No
     for arm in [BASELINE, *[a for a in arms if a != BASELINE]]:
         first = found[(arm, seeds[0])]
         entry: dict[str, Any] = {
-            "sam": {"rho": first.get("sam_rho"), "adaptive": first.get("sam_adaptive"), "variant": first.get("sam_variant")},
+            "sam": {
+                "rho": first.get("sam_rho"),
+                "adaptive": first.get("sam_adaptive"),
+                "variant": first.get("sam_variant"),
+            },
             "metrics": {},
-        }  # fmt: skip
+        }
         for metric in present:
             values = [found[(arm, s)][metric] for s in seeds]
             entry["metrics"][metric] = summarise(values).to_dict()
@@ -155,8 +163,13 @@ def plot_learning_curves(curves: Mapping[str, Sequence[Mapping[str, Mapping[int,
                 continue
             values = np.array([[r[key][s] for s in steps] for r in runs])
             colour = f"C{i % 10}"
-            ax.plot(steps, values.mean(axis=0), color=colour, marker="." if len(steps) <= 30 else None,
-                    label=f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")  # fmt: skip
+            ax.plot(
+                steps,
+                values.mean(axis=0),
+                color=colour,
+                marker="." if len(steps) <= 30 else None,
+                label=f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
+            )
             if len(runs) > 1:
                 ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.2, linewidth=0)
         ax.set(xlabel="step", title=title)
@@ -234,10 +247,17 @@ def comparison_table(report: Mapping[str, Any], split: str = "eval") -> Table:
         f"mean ± sample std over seeds. Δ: arm - {BASELINE}, paired by seed, with the 95% percentile bootstrap "
         f"interval of its mean. p: two-sided paired t-test on the per-seed Δ; beyond noise when p < {ALPHA} "
         f"(no test with one seed).{note}",
-        ("#" if split == "eval" else "", "arm", "metric", "mean ± std", f"Δ vs {BASELINE}\n[95% CI]", "p",
-         "beyond\nnoise?"),
+        (
+            "#" if split == "eval" else "",
+            "arm",
+            "metric",
+            "mean ± std",
+            f"Δ vs {BASELINE}\n[95% CI]",
+            "p",
+            "beyond\nnoise?",
+        ),
         left=3,
-    )  # fmt: skip
+    )
     shown = [m for m in QUALITY if m in s["metrics"] and m.startswith(f"{split}_")]
     for rank, arm in enumerate(order, 1):
         entry = report["arms"][arm]

@@ -84,8 +84,10 @@ def plot_surfaces(landscapes: Sequence[Landscape], path: Path) -> Path:
     w_in, h_in = width / DPI, height / DPI
     # Placed in inches (left 0.8, bottom 0.6, 3.9 x 3.4 per panel), so the layout does not depend on the count.
     fig = plt.figure(figsize=(w_in, h_in), dpi=DPI)
-    axes = [fig.add_axes(((i * PANEL_2D[0] + 0.8) / w_in, 0.6 / h_in, 3.9 / w_in, 3.4 / h_in))
-            for i in range(len(landscapes))]  # fmt: skip
+    axes = [
+        fig.add_axes(((i * PANEL_2D[0] + 0.8) / w_in, 0.6 / h_in, 3.9 / w_in, 3.4 / h_in))
+        for i in range(len(landscapes))
+    ]
     levels = _levels(landscapes)
     filled = None
     for ax, land in zip(axes, landscapes):

@@ -43,9 +43,12 @@ class _Steps:
     def __enter__(self) -> _Steps:
         if self.console is not None and self.console.is_terminal:
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 console=self.console,
-            )  # fmt: skip
+            )
             self.progress.start()
         return self
 
@@ -96,8 +99,9 @@ def _measure(
     if not math.isfinite(loss):
         raise TrainingError(f"the loss of {run.run_dir} is {loss} on these batches", "Check the run and the data.")
     with steps.step(f"{label}: top Hessian eigenvalue", settings["power_max_iter"]) as report:
-        top = hessian_top_eigenvalue(objective, max_iter=settings["power_max_iter"], tol=settings["power_tol"],
-                                     seed=seed, progress=report)  # fmt: skip
+        top = hessian_top_eigenvalue(
+            objective, max_iter=settings["power_max_iter"], tol=settings["power_tol"], seed=seed, progress=report
+        )
     with steps.step(f"{label}: Hessian trace", settings["trace_samples"]) as report:
         trace = hessian_trace(objective, samples=settings["trace_samples"], seed=seed, progress=report)
     with steps.step(f"{label}: SAM sharpness", len(settings["rhos"])) as report:
@@ -166,8 +170,10 @@ def measure_sharpness(
     quiet_transformers()
     run = open_run(Path(run_dir))
     if (why := writable_problem(run.run_dir)) is not None:  # before minutes of measuring, not after
-        raise UsageError(f"cannot write the measurements into {run.run_dir}: {why}",
-                         "Measure a copy of the run in a writable place (cp -r RUN_DIR COPY).")  # fmt: skip
+        raise UsageError(
+            f"cannot write the measurements into {run.run_dir}: {why}",
+            "Measure a copy of the run in a writable place (cp -r RUN_DIR COPY).",
+        )
     other = open_run(Path(against), "--against") if against is not None else None
     if other is not None and (other.task, other.labels) != (run.task, run.labels):
         raise UsageError(
@@ -182,12 +188,24 @@ def measure_sharpness(
     rows = pick_rows(len(examples.rows), batches * batch_size, seed)
     device = device or _default_device()
     settings: dict[str, Any] = {
-        "dataset": examples.dataset, "split": examples.split, "examples": len(rows),
-        "batches": math.ceil(len(rows) / batch_size), "batch_size": batch_size, "seed": seed, "rhos": list(rhos),
-        "grid": grid_points, "span": span, "alphas": grid(grid_points, span), "trace_samples": trace_samples,
-        "power_max_iter": power_max_iter, "power_tol": power_tol, "mode": MODE, "directions": DIRECTIONS,
-        "device": device, "samtune": __version__,
-    }  # fmt: skip
+        "dataset": examples.dataset,
+        "split": examples.split,
+        "examples": len(rows),
+        "batches": math.ceil(len(rows) / batch_size),
+        "batch_size": batch_size,
+        "seed": seed,
+        "rhos": list(rhos),
+        "grid": grid_points,
+        "span": span,
+        "alphas": grid(grid_points, span),
+        "trace_samples": trace_samples,
+        "power_max_iter": power_max_iter,
+        "power_tol": power_tol,
+        "mode": MODE,
+        "directions": DIRECTIONS,
+        "device": device,
+        "samtune": __version__,
+    }
 
     # Both runs loaded (on the CPU) before anything is measured: a mismatch fails in seconds, not after run 1.
     runs = [run, *([other] if other else [])]
@@ -213,7 +231,11 @@ def _check_options(
         *(["--grid must be at least 3"] if grid_points < 3 else []),
         *(["--span must be a positive number"] if not (math.isfinite(span) and span > 0) else []),
         *(["--samples must be at least 2"] if trace_samples < 2 else []),
-        *(["--rho must be positive numbers"] if not rhos or any(not (math.isfinite(r) and r > 0) for r in rhos) else []),
+        *(
+            ["--rho must be positive numbers"]
+            if not rhos or any(not (math.isfinite(r) and r > 0) for r in rhos)
+            else []
+        ),
     ]
     if problems:
         raise UsageError("; ".join(problems), "Fix the options above.")
@@ -248,14 +270,18 @@ def _write_report(out_dir: Path, results: list[dict[str, Any]], settings: dict[s
     from samtune.files import atomic_path, write_json_atomic
 
     alphas = settings["alphas"]
-    report = {**results[0], "settings": settings, "figures": {"landscape_1d": LANDSCAPE_1D_FILE,
-                                                              "landscape_2d": LANDSCAPE_2D_FILE}}  # fmt: skip
+    report = {
+        **results[0],
+        "settings": settings,
+        "figures": {"landscape_1d": LANDSCAPE_1D_FILE, "landscape_2d": LANDSCAPE_2D_FILE},
+    }
     if len(results) > 1:
         report["against"] = results[1]
     report = _json_safe(report)
     write_json_atomic(out_dir / SHARPNESS_FILE, report)  # the numbers first: a full disk then loses a figure at most
-    lands = [Landscape(r["name"], alphas, r["landscape"]["loss_1d"], alphas, r["landscape"]["loss_2d"])
-             for r in results]  # fmt: skip
+    lands = [
+        Landscape(r["name"], alphas, r["landscape"]["loss_1d"], alphas, r["landscape"]["loss_2d"]) for r in results
+    ]
     try:
         for name, plot in ((LANDSCAPE_1D_FILE, plot_curves), (LANDSCAPE_2D_FILE, plot_surfaces)):
             with atomic_path(out_dir / name) as tmp:

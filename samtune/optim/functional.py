@@ -198,8 +198,12 @@ def save_and_climb_(
     by an earlier step, is reused when it matches the parameters (no new allocation).
     """
     shards = locals_(params)
-    reuse = out is not None and len(out) == len(params) and all(
-        o.shape == p.shape and o.dtype == p.dtype and o.device == p.device for o, p in zip(out, shards, strict=True)
+    reuse = (
+        out is not None
+        and len(out) == len(params)
+        and all(
+            o.shape == p.shape and o.dtype == p.dtype and o.device == p.device for o, p in zip(out, shards, strict=True)
+        )
     )
     saved: list[torch.Tensor] = []
     try:
@@ -319,7 +323,9 @@ def frozen_running_stats(model: nn.Module) -> Iterator[None]:
     """
     batchnorms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     others = [
-        m for m in model.modules() if isinstance(m, _NormBase) and not isinstance(m, _BatchNorm) and m.track_running_stats
+        m
+        for m in model.modules()
+        if isinstance(m, _NormBase) and not isinstance(m, _BatchNorm) and m.track_running_stats
     ]
     saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in others]
     for m in batchnorms:

@@ -73,9 +73,11 @@ def _body_prefix(model: nn.Module) -> str:
 def _preset(model: nn.Module, name: str) -> Callable[[str], bool]:
     norms, embeddings = _norm_or_embedding(model)
     body = _body_prefix(model)
-    in_body = (lambda n: n.startswith(body + ".")) if body and any(
-        n.startswith(body + ".") for n, _ in model.named_parameters()
-    ) else (lambda n: True)  # fmt: skip
+    in_body = (
+        (lambda n: n.startswith(body + "."))
+        if body and any(n.startswith(body + ".") for n, _ in model.named_parameters())
+        else (lambda n: True)
+    )
     return {
         "all": lambda n: True,
         "weights": lambda n: not n.endswith("bias") and n not in norms and n not in embeddings,
@@ -91,8 +93,10 @@ def spec_problem(spec: str) -> str | None:
         return None
     parts = [p.strip() for p in spec.split(",")]
     if not spec.strip() or any(not p or p == "!" for p in parts):
-        return (f"params must be a preset ({', '.join(PRESETS)}) or comma-separated name patterns, "
-                f"'!pattern' to leave some out (got {spec!r})")  # fmt: skip
+        return (
+            f"params must be a preset ({', '.join(PRESETS)}) or comma-separated name patterns, "
+            f"'!pattern' to leave some out (got {spec!r})"
+        )
     return None
 
 
@@ -143,6 +147,8 @@ def climbing_names(model: nn.Module, spec: str) -> list[str]:
             matched = {n for n in names if fnmatch.fnmatchcase(n, part.removeprefix("!"))}
             picked = picked - matched if part.startswith("!") else picked | matched
     if not picked:
-        raise SelectionError(f"sam.params={spec!r} selects no trainable parameter: use a preset "
-                             f"({', '.join(PRESETS)}) or patterns that match names such as {', '.join(names[:3])}")  # fmt: skip
+        raise SelectionError(
+            f"sam.params={spec!r} selects no trainable parameter: use a preset "
+            f"({', '.join(PRESETS)}) or patterns that match names such as {', '.join(names[:3])}"
+        )
     return [n for n in names if n in picked]

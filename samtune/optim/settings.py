@@ -53,8 +53,9 @@ def setting(
     # can live there; the rest is kept beside it, keyed by the field object (which dataclasses
     # and their subclasses share).
     declared = field(default=default, metadata={"help": help})
-    _DECLARED[id(declared)] = dict(bounds=bounds, finite=finite, check=check, recipe_key=recipe_key,
-                                   defines_run=defines_run, why=why)  # fmt: skip
+    _DECLARED[id(declared)] = dict(
+        bounds=bounds, finite=finite, check=check, recipe_key=recipe_key, defines_run=defines_run, why=why
+    )
     return declared
 
 
@@ -80,9 +81,10 @@ class SAMSettings:
         "num_items_in_batch; with accumulation, classification heads that accept but ignore it get their loss "
         "divided by the accumulation steps (the stock update is N times too large for them). "
         "0.05 is the paper's value for SAM; ASAM's scale-invariant climb wants larger values (0.5-2.0).",
-        ge=0, finite=True,
+        ge=0,
+        finite=True,
         why="it is the radius SAM climbs in; use 0.05 for SAM, 0.5-2.0 for ASAM, or 0 to train without SAM.",
-    )  # fmt: skip
+    )
     adaptive: bool = setting(False, "ASAM (Kwon et al., 2021): scale the climb per weight by T = |w| + asam_eta.")
     asam_eta: float = setting(
         0.01,
@@ -90,22 +92,26 @@ class SAMSettings:
         "is the paper's and its official code's: a weight at exactly 0 (LoRA's B at init, a new head's bias) then "
         "climbs too, and the rho values ASAM is known for (0.5-2.0) were tuned with it. 0 is davda54/sam's form "
         "(T = |w|), in which a weight at 0 never leaves w in the climb.",
-        ge=0, finite=True,
+        ge=0,
+        finite=True,
         why="T = |w| + eta scales the climb per weight; 0.01 is the paper's, 0 davda54/sam's form.",
-    )  # fmt: skip
+    )
     sam_variant: str = setting(
         "sam",
         "Which SAM step: 'sam' (exact, every step), or a cheaper variant registered in samtune.optim.variants "
         "(one module each: SAM on some steps only, on part of each batch, LookSAM's reused direction; "
         "`samtune train --help` lists them). A variant's own settings follow.",
-        recipe_key="variant", check=_registered_variant,
-    )  # fmt: skip
-    every_k: int = setting(2, "every_k: SAM on optimizer steps where step % every_k == 0.", ge=1,
-                           why="SAM runs on one step in k.")  # fmt: skip
+        recipe_key="variant",
+        check=_registered_variant,
+    )
+    every_k: int = setting(
+        2, "every_k: SAM on optimizer steps where step % every_k == 0.", ge=1, why="SAM runs on one step in k."
+    )
     looksam_k: int = setting(5, "looksam: an exact SAM step every looksam_k steps.", ge=1)
     looksam_alpha: float = setting(0.7, "looksam: weight of the reused sharpness direction g_v.", ge=0, finite=True)
-    ascent_fraction: float = setting(0.25, "ascent_fraction: share of each micro-batch the ascent gradient uses.",
-                                     gt=0, le=1)  # fmt: skip
+    ascent_fraction: float = setting(
+        0.25, "ascent_fraction: share of each micro-batch the ascent gradient uses.", gt=0, le=1
+    )
     rst_probability: float = setting(0.5, "rst: probability that a step is a SAM step.", ge=0, le=1)
     params: str = setting(
         "all",
@@ -126,14 +132,16 @@ class SAMSettings:
         "or a step number (from 1: SAM from that step on); plain steps, exactly the stock ones, before it. "
         "0 is the paper's SAM, from the first step; the default keeps SAM out of a 10% warmup, where it stalled "
         "fine-tunes of pretrained models (benchmarks/finetune.py).",
-        ge=0, finite=True,
-    )  # fmt: skip
+        ge=0,
+        finite=True,
+    )
     stop: float | None = setting(
         None,
         "Where SAM stops: a fraction of the optimizer steps (below 1) or the last SAM step's number (from 1); "
         "plain steps after it. None: to the end.",
-        ge=0, finite=True,
-    )  # fmt: skip
+        ge=0,
+        finite=True,
+    )
 
     def __post_init__(self) -> None:
         problems = sam_setting_problems({s.name: getattr(self, s.name) for s in setting_specs()})
@@ -176,10 +184,17 @@ def setting_specs() -> tuple[SettingSpec, ...]:
         m = _DECLARED[id(f)]
         out.append(
             SettingSpec(
-                name=f.name, recipe_key=m["recipe_key"] or f.name, type=hints[f.name],
-                default=None if f.default is MISSING else f.default, help=f.metadata["help"], bounds=m["bounds"],
-                finite=m["finite"], check=m["check"], defines_run=m["defines_run"], why=m["why"],
-            )  # fmt: skip
+                name=f.name,
+                recipe_key=m["recipe_key"] or f.name,
+                type=hints[f.name],
+                default=None if f.default is MISSING else f.default,
+                help=f.metadata["help"],
+                bounds=m["bounds"],
+                finite=m["finite"],
+                check=m["check"],
+                defines_run=m["defines_run"],
+                why=m["why"],
+            )
         )
     return tuple(out)
 
@@ -221,8 +236,10 @@ def sam_setting_problems(values: dict[str, Any]) -> list[str]:
         ok = ok and all(_holds(value, op, bound) for op, bound in spec.bounds.items())
         if not ok:
             bound = " and ".join(f"{_WORDS[op]} {b:g}" for op, b in spec.bounds.items())
-            problems.append(f"{spec.name} must be {_kind(spec)}{' ' + bound if bound else ''} (got {value!r})"
-                            + (f": {spec.why}" if spec.why else ""))  # fmt: skip
+            problems.append(
+                f"{spec.name} must be {_kind(spec)}{' ' + bound if bound else ''} (got {value!r})"
+                + (f": {spec.why}" if spec.why else "")
+            )
     if isinstance(values.get("params"), str) and (problem := spec_problem(values["params"])):
         problems.append(problem)
     return problems + window_problems(values.get("start"), values.get("stop"))
@@ -261,7 +278,9 @@ def empty_window_problem(start: float, stop: float | None, total_steps: int) -> 
     if first < min(end, total_steps):
         return None
     starts = f"start={start:g} puts its first step at step {first + 1}"
-    ends = f"after the run's last, step {total_steps}" if first >= total_steps else f"stop={stop:g} its last at step {end}"
+    ends = (
+        f"after the run's last, step {total_steps}" if first >= total_steps else f"stop={stop:g} its last at step {end}"
+    )
     return (
         f"the SAM window holds no step of this {total_steps}-step run ({starts}, {ends}): SAM would never climb. "
         "Move start before stop and the run's end (sam.start / sam.stop in a recipe: a fraction of the steps below "

@@ -35,5 +35,19 @@ from samtune.tasks import token_classification  # noqa: F401
 from samtune.tasks import causal_lm  # noqa: F401
 from samtune.tasks.detection import detect_data, detect_model
 
-__all__ = ["AUTO", "LOSS", "Metric", "Task", "all_metrics", "default_metrics", "detect_data", "detect_model", "get",
-           "metric", "model_outputs", "names", "register", "registered"]  # fmt: skip
+__all__ = [
+    "AUTO",
+    "LOSS",
+    "Metric",
+    "Task",
+    "all_metrics",
+    "default_metrics",
+    "detect_data",
+    "detect_model",
+    "get",
+    "metric",
+    "model_outputs",
+    "names",
+    "register",
+    "registered",
+]

@@ -115,8 +115,10 @@ class Task:
         """What is wrong with choosing checkpoints by `metric` (None: nothing)."""
         if metric in self.metric_names:
             return None
-        return (f"training.metric_for_best_model is '{metric}', which a {self.name} run does not compute "
-                f"(it reports {', '.join(self.metric_names)})")  # fmt: skip
+        return (
+            f"training.metric_for_best_model is '{metric}', which a {self.name} run does not compute "
+            f"(it reports {', '.join(self.metric_names)})"
+        )
 
     def compute_metrics(self, labels: list[str], threshold: float = 0.5) -> Callable[[Any], dict[str, float]]:
         """The Trainer's `compute_metrics` (`labels`: the class or tag names; `threshold`: training.threshold)."""
@@ -147,8 +149,10 @@ class Task:
     def check_data(self, train: Any, cols: dict[str, Any], section: Any) -> None:
         """Refuse recipe keys or columns that do not fit the task, before any work."""
         if section.labels:
-            raise UsageError(f"data.labels keeps some classes of a single-label column; this is a {self.problem} run",
-                             "Remove data.labels, or set task to a -classification task.")  # fmt: skip
+            raise UsageError(
+                f"data.labels keeps some classes of a single-label column; this is a {self.problem} run",
+                "Remove data.labels, or set task to a -classification task.",
+            )
 
     def recipe_classes(self, section: Any) -> list[str] | None:
         """The class names the recipe gives, in their order (None: the train split's)."""
@@ -164,7 +168,9 @@ class Task:
 
         return labelled_data(self, raw, section, cols, seed, from_hub)
 
-    def eval_examples(self, ds: Any, cols: dict[str, Any], names: list[str], split: str, dropped: Any) -> tuple[Any, dict]:
+    def eval_examples(
+        self, ds: Any, cols: dict[str, Any], names: list[str], split: str, dropped: Any
+    ) -> tuple[Any, dict]:
         """The split `split` (`ds`) to evaluate a saved run on, its labels encoded over the run's `names`, its unusable
         rows left out and counted in `dropped` (a samtune.data.DroppedRows); and its input columns."""
         from samtune.data import drop_unusable_rows  # (samtune.data imports this package)
@@ -194,8 +200,11 @@ class Task:
 
     def head_config(self, labels: list[str]) -> dict[str, Any]:
         """What `from_pretrained` takes to fit the head to `labels` (classes: one output each, their names)."""
-        return dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                    label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
+        return dict(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
 
     def prepare_model(self, model: Any, processor: Any) -> None:
         """Set up a loaded model to train: a text model's pad token (a decoder's classifier reads the last non-pad)."""
@@ -232,8 +241,15 @@ class Task:
         """The columns of `read_inputs`' rows that hold the model's inputs (`section`: the run's data section)."""
         raise NotImplementedError
 
-    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], columns: dict[str, str],
-                      max_length: int, generation: dict[str, Any]) -> list:  # fmt: skip
+    def predict_batch(
+        self,
+        model: Any,
+        processor: Any,
+        batch: dict[str, list],
+        columns: dict[str, str],
+        max_length: int,
+        generation: dict[str, Any],
+    ) -> list:
         """The model's output for each row of `batch` (a slice of `read_inputs`' rows), as `prediction_columns` takes
         them; `generation`: the generation settings given (`generates` tasks only)."""
         raise NotImplementedError

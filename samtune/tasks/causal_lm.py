@@ -21,9 +21,11 @@ if TYPE_CHECKING:
 TEXT_GENERATION = "text-generation"
 PROMPT_COLUMNS = ("prompt", "instruction")  # a prompt (not trained on) ...
 RESPONSE_COLUMNS = ("response", "completion", "output")  # ... and its response (trained on)
-NO_TEXT_HINT = ("Name it with data.text_column=COLUMN (samtune looks for 'text' or 'sentence'), or give prompts and "
-                "responses (data.prompt_column, data.response_column; found by themselves as prompt/response, "
-                "instruction/output or prompt/completion).")  # fmt: skip
+NO_TEXT_HINT = (
+    "Name it with data.text_column=COLUMN (samtune looks for 'text' or 'sentence'), or give prompts and "
+    "responses (data.prompt_column, data.response_column; found by themselves as prompt/response, "
+    "instruction/output or prompt/completion)."
+)
 # Causal LMs larger than this train LoRA adapters unless the recipe says otherwise (model.lora: false). Full
 # fine-tuning with AdamW holds about 16 bytes per parameter (fp32 weights, gradients, two moments), SAM adds a
 # copy of the weights (4 more): 20 GB at a billion parameters, before activations, more than a 24 GB GPU has left.
@@ -118,8 +120,9 @@ def tokenize_causal(
             ids, targets = [x[:max_length] for x in ids], [y[:max_length] for y in targets]
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": targets}
 
-    out = ds.map(encode, batched=True, batch_size=None if packing else 1000, remove_columns=ds.column_names,
-                 desc="Tokenizing")  # fmt: skip
+    out = ds.map(
+        encode, batched=True, batch_size=None if packing else 1000, remove_columns=ds.column_names, desc="Tokenizing"
+    )
     return out.filter(lambda labels: any(t != -100 for t in labels[1:]), input_columns="labels")
 
 
@@ -192,7 +195,9 @@ class CausalLM(Task):
             ds = raw[name]
             missing = [c for c in keep if c not in ds.column_names]
             if missing:
-                raise DataError(f"the '{name}' split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})")
+                raise DataError(
+                    f"the '{name}' split lacks column(s) {', '.join(missing)} (it has: {', '.join(ds.column_names)})"
+                )
             splits[key] = dropped.filter(name, ds.select_columns(keep), has_text, keep, "with no text")
         notes: list[str] = []
         if "eval" in splits:
@@ -206,18 +211,33 @@ class CausalLM(Task):
                 splits[key] = splits[key].shuffle(seed=seed).select(range(cap))
         for key, ds in splits.items():
             if len(ds) == 0:
-                raise DataError(f"the {key} split has no text after dropping empty rows",
-                                f"Check the column{'s' if len(keep) > 1 else ''} {', '.join(keep)}.")  # fmt: skip
-        return PreparedData.of(self.name, splits, [], cols, eval_source=eval_source, eval_split=eval_name or "validation",
-                               test_split=test_name, notes=notes, dropped=dropped.lines(),
-                               is_hub_dataset=from_hub)  # fmt: skip
+                raise DataError(
+                    f"the {key} split has no text after dropping empty rows",
+                    f"Check the column{'s' if len(keep) > 1 else ''} {', '.join(keep)}.",
+                )
+        return PreparedData.of(
+            self.name,
+            splits,
+            [],
+            cols,
+            eval_source=eval_source,
+            eval_split=eval_name or "validation",
+            test_split=test_name,
+            notes=notes,
+            dropped=dropped.lines(),
+            is_hub_dataset=from_hub,
+        )
 
     def check_data(self, train: Any, cols: dict[str, Any], section: Any) -> None:
         if section.labels or section.label_columns:
-            raise UsageError("data.labels / data.label_columns name classes; a causal LM (text-generation) has none",
-                             "Remove them, or set task to a classification task.")  # fmt: skip
+            raise UsageError(
+                "data.labels / data.label_columns name classes; a causal LM (text-generation) has none",
+                "Remove them, or set task to a classification task.",
+            )
 
-    def eval_examples(self, ds: Any, cols: dict[str, Any], names: list[str], split: str, dropped: Any) -> tuple[Any, dict]:
+    def eval_examples(
+        self, ds: Any, cols: dict[str, Any], names: list[str], split: str, dropped: Any
+    ) -> tuple[Any, dict]:
         """No labels: the text (or prompt and response) is all, rows without it left out."""
         from samtune.data import has_text
 
@@ -271,11 +291,25 @@ class CausalLM(Task):
         """The prompts: the run's prompt (or text) column, else 'prompt', 'instruction', 'text' or 'sentence'."""
         from samtune.predict import input_column
 
-        return {"text": input_column(rows, section.prompt_column or section.text_column, PROMPT_COLUMNS + TEXT_COLUMNS,
-                                     "prompt", "data.prompt_column")}  # fmt: skip
+        return {
+            "text": input_column(
+                rows,
+                section.prompt_column or section.text_column,
+                PROMPT_COLUMNS + TEXT_COLUMNS,
+                "prompt",
+                "data.prompt_column",
+            )
+        }
 
-    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], columns: dict[str, str],
-                      max_length: int, generation: dict[str, Any]) -> list:  # fmt: skip
+    def predict_batch(
+        self,
+        model: Any,
+        processor: Any,
+        batch: dict[str, list],
+        columns: dict[str, str],
+        max_length: int,
+        generation: dict[str, Any],
+    ) -> list:
         """Each prompt's completion: `generate` on the batch, padded on the left, greedy unless `generation` says
         do_sample; the new tokens decoded without special tokens, as transformers' text-generation pipeline does with
         return_full_text=False. The prompt is tokenised as in training (the tokenizer's own special tokens)."""
@@ -297,11 +331,16 @@ class CausalLM(Task):
         return self.prediction_names(labels)
 
     def card_labels_line(self, facts: Any) -> str:
-        what = (f"each prompt's response (`{facts.response_column}`; the prompt's tokens carry no loss)"
-                if facts.response_column else "every token of the text")  # fmt: skip
+        what = (
+            f"each prompt's response (`{facts.response_column}`; the prompt's tokens carry no loss)"
+            if facts.response_column
+            else "every token of the text"
+        )
         packed = f", packed into blocks of {facts.recipe.model.max_length} tokens" if facts.recipe.data.packing else ""
-        return (f"Causal language model: trained to predict {what}, each example ended by the end-of-text "
-                f"token{packed}. Perplexity: exp of the mean negative log-likelihood per predicted token.")
+        return (
+            f"Causal language model: trained to predict {what}, each example ended by the end-of-text "
+            f"token{packed}. Perplexity: exp of the mean negative log-likelihood per predicted token."
+        )
 
     def card_usage(self, facts: Any, where: str) -> str:
         """Continue a prompt with transformers' text-generation pipeline (adapters loaded through peft)."""

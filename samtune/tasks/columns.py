@@ -15,7 +15,12 @@ COMBINED_LABELS = "__samtune_labels"  # data.label_columns' 0/1 columns as one c
 LABEL_COLUMNS = ("label", "labels")
 IMAGE_COLUMNS = ("image", "img")
 TEXT_COLUMNS = ("text", "sentence")
-PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence"))
+PAIR_COLUMNS = (
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+)
 
 
 def pick(columns: list[str], explicit: str | None, candidates: tuple[str, ...], what: str, key: str) -> str | None:
@@ -61,14 +66,21 @@ def by_content(rows: Dataset, columns: list[str], what: str, exclude: tuple[str 
             found[c] = distinct  # numbers with fractions: a regression target
         elif what == "label" and kind is not float and 2 <= distinct <= max(2, min(100, n // 5)):
             found[c] = distinct
-        elif what == "text" and kind is str and distinct >= n / 2 and sum(" " in v.strip() for v in values) >= len(values) / 2:
+        elif (
+            what == "text"
+            and kind is str
+            and distinct >= n / 2
+            and sum(" " in v.strip() for v in values) >= len(values) / 2
+        ):
             found[c] = distinct
     if len(found) > 1:
         described = ", ".join(f"'{c}' ({d} distinct values in {n} rows)" for c, d in found.items())
         raise DataError(
             f"more than one column could be the {what}: {described}; samtune does not guess between them",
-            "Say which: " + " or ".join(f"data.{what}_column={c}" for c in found)
-            + (" (and data.text_column=COLUMN for the text)" if what == "label" else "") + ".",
+            "Say which: "
+            + " or ".join(f"data.{what}_column={c}" for c in found)
+            + (" (and data.text_column=COLUMN for the text)" if what == "label" else "")
+            + ".",
         )
     return next(iter(found), None)
 
@@ -103,9 +115,7 @@ def as_names(ds: Dataset, column: str) -> Dataset:
             column, Value("string")
         )
     ds = ds.filter(lambda v: v is not None, input_columns=column)
-    as_text = ds.map(
-        lambda v: {column: str(v) if isinstance(v, (str, bool)) else str(int(v))}, input_columns=column
-    )
+    as_text = ds.map(lambda v: {column: str(v) if isinstance(v, (str, bool)) else str(int(v))}, input_columns=column)
     return as_text.cast_column(column, Value("string"))
 
 
@@ -129,4 +139,3 @@ def list_item_names(ds: Dataset, column: str) -> tuple[Any, list[str] | None]:
 
     item = ds.features[column].feature
     return item, list(item.names) if isinstance(item, ClassLabel) else None
-

@@ -34,8 +34,13 @@ def encode_multi_hot(
             if class_names is not None:
                 rows.append([class_names[i] for i in items if i is not None and i >= 0])
             else:
-                rows.append([str(int(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-                             for v in items if v is not None])  # fmt: skip
+                rows.append(
+                    [
+                        str(int(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+                        for v in items
+                        if v is not None
+                    ]
+                )
         return rows
 
     if names is None:
@@ -51,8 +56,10 @@ def encode_multi_hot(
     encoded: dict[str, Dataset] = {}
     for split, ds in splits.items():
         if not isinstance(ds.features[column], ClassLabel) and not is_list_column(ds, column):
-            raise DataError(f"the '{split}' split's column '{column}' does not hold lists of labels",
-                            "Every split of a multi-label dataset holds a list of labels per row.")  # fmt: skip
+            raise DataError(
+                f"the '{split}' split's column '{column}' does not hold lists of labels",
+                "Every split of a multi-label dataset holds a list of labels per row.",
+            )
         ds = ds.filter(lambda v: v is not None, input_columns=column)
         rows = as_names(ds)
         unseen = sorted({n for row in rows for n in row} - set(names))
@@ -100,8 +107,11 @@ def multi_label_metrics(threshold: float = 0.5) -> Callable[[Any], dict[str, flo
 class MultiLabelClassification(PerExampleTask):
     """Several classes per example."""
 
-    metrics = (Metric("micro_f1", "micro F1", True), Metric("macro_f1", "macro F1", True),
-               Metric("subset_accuracy", "subset accuracy", True))  # fmt: skip
+    metrics = (
+        Metric("micro_f1", "micro F1", True),
+        Metric("macro_f1", "macro F1", True),
+        Metric("subset_accuracy", "subset accuracy", True),
+    )
     problem = "multi-label"
     problem_type = "multi_label_classification"
     pipeline_options = ', function_to_apply="sigmoid", top_k=None'  # every label's own
@@ -143,8 +153,10 @@ class MultiLabelClassification(PerExampleTask):
         return self.prediction_names(labels)
 
     def card_labels_line(self, facts: Any) -> str:
-        return (f"Labels ({len(facts.labels)}, several per example: multi-label, a sigmoid and a binary cross-entropy "
-                f"per label; predicted from probability {facts.recipe.training.threshold:g}): {', '.join(facts.labels)}.")
+        return (
+            f"Labels ({len(facts.labels)}, several per example: multi-label, a sigmoid and a binary cross-entropy "
+            f"per label; predicted from probability {facts.recipe.training.threshold:g}): {', '.join(facts.labels)}."
+        )
 
 
 register(MultiLabelClassification("text-multi-label", "text"))

@@ -62,15 +62,20 @@ def example_columns(
         return {"label": label, "image": image, "text": None, "pair": None, "picked": picked}
 
     text = pick(columns, data.text_column, TEXT_COLUMNS, "text", "data.text_column")
-    if text is None and rows is not None and not data.text_pair_column and not any(
-        all(c in columns for c in pair) for pair in PAIR_COLUMNS
+    if (
+        text is None
+        and rows is not None
+        and not data.text_pair_column
+        and not any(all(c in columns for c in pair) for pair in PAIR_COLUMNS)
     ):
         text = by_content(rows, columns, "text", exclude=(label,))
         if text is not None:
             picked["text"] = text
     pair = data.text_pair_column
     if pair is not None and pair not in columns:
-        raise DataError(f"data.text_pair_column is '{pair}', but the data has no such column (columns: {', '.join(columns)})")
+        raise DataError(
+            f"data.text_pair_column is '{pair}', but the data has no such column (columns: {', '.join(columns)})"
+        )
     if data.text_column is None and pair is None:
         pairs = [p for p in PAIR_COLUMNS if all(c in columns for c in p)]
         if pairs and (text is None or text in pairs[0]):
@@ -152,8 +157,9 @@ class PerExampleTask(Task):
             return super().train_inputs(data, processor, max_length, seed, packing)
         from samtune.imaging import TrainTransform
 
-        augment = TrainTransform(processor, image_column=data.image_column, label_column=LABELS, seed=seed,
-                                 index_column=INDEX)  # fmt: skip
+        augment = TrainTransform(
+            processor, image_column=data.image_column, label_column=LABELS, seed=seed, index_column=INDEX
+        )
         return data.train.add_column(INDEX, list(range(len(data.train)))).with_transform(augment), augment
 
     def eval_inputs(self, ds: Any, processor: Any, columns: dict[str, Any], max_length: int) -> Any:
@@ -192,8 +198,15 @@ class PerExampleTask(Task):
         pair = [[str(t) if t is not None else "" for t in batch[columns["pair"]]]] if "pair" in columns else []
         return processor(texts, *pair, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
-    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], columns: dict[str, str],
-                      max_length: int, generation: dict[str, Any]) -> list:  # fmt: skip
+    def predict_batch(
+        self,
+        model: Any,
+        processor: Any,
+        batch: dict[str, list],
+        columns: dict[str, str],
+        max_length: int,
+        generation: dict[str, Any],
+    ) -> list:
         """Each example's logits (a row of floats)."""
         inputs = self.batch_inputs(processor, batch, columns, max_length)
         logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits

@@ -90,8 +90,12 @@ def compute_regression_metrics(eval_pred: Any) -> dict[str, float]:
 class Regression(PerExampleTask):
     """A number per example."""
 
-    metrics = (Metric("mse", "mean squared error", False), Metric("mae", "mean absolute error", False),
-               Metric("pearson", "Pearson r", True), Metric("spearman", "Spearman rho", True))  # fmt: skip
+    metrics = (
+        Metric("mse", "mean squared error", False),
+        Metric("mae", "mean absolute error", False),
+        Metric("pearson", "Pearson r", True),
+        Metric("spearman", "Spearman rho", True),
+    )
     problem = "regression"
     problem_type = "regression"
     pipeline_options = ', function_to_apply="none"'  # the number itself

@@ -28,7 +28,9 @@ def _word_columns(columns: list[str], data: DataSection) -> dict[str, str | None
     words = pick(columns, data.text_column, WORD_COLUMNS, "words", "data.text_column")
     tags = pick(columns, data.label_column, TAG_COLUMNS, "tags", "data.label_column")
     if words is None or tags is None:
-        what, key, looked = ("words", "text_column", WORD_COLUMNS) if words is None else ("tags", "label_column", TAG_COLUMNS)
+        what, key, looked = (
+            ("words", "text_column", WORD_COLUMNS) if words is None else ("tags", "label_column", TAG_COLUMNS)
+        )
         raise DataError(
             f"token classification: no column of {what} found (columns: {', '.join(columns)})",
             f"Name it with data.{key}=COLUMN (samtune looks for {', '.join(repr(c) for c in looked)}); "
@@ -91,16 +93,24 @@ def encode_tags(
     if names is None:
         names = _tag_names(splits["train"], column)
         if len(names) < 2:
-            raise DataError(f"the train split has {len(names)} tag{'s' if len(names) != 1 else ''} in column '{column}'",
-                            "A tagger needs at least two tags; check the data and data.label_column.")  # fmt: skip
+            raise DataError(
+                f"the train split has {len(names)} tag{'s' if len(names) != 1 else ''} in column '{column}'",
+                "A tagger needs at least two tags; check the data and data.label_column.",
+            )
     index = {n: i for i, n in enumerate(names)}
     encoded: dict[str, Dataset] = {}
     for split, ds in splits.items():
         _, class_names = list_item_names(ds, column)
         rows, unseen = [], set()
         for tags in ds[column]:
-            as_names = [class_names[t] if class_names is not None else
-                        str(int(t)) if isinstance(t, (int, float)) and not isinstance(t, bool) else str(t) for t in tags]  # fmt: skip
+            as_names = [
+                class_names[t]
+                if class_names is not None
+                else str(int(t))
+                if isinstance(t, (int, float)) and not isinstance(t, bool)
+                else str(t)
+                for t in tags
+            ]
             unseen.update(n for n in as_names if n not in index)
             rows.append([index.get(n, -1) for n in as_names])
         if unseen:
@@ -231,8 +241,15 @@ def entities_of(tagged: list[tuple[str, str | None, float]]) -> list[dict[str, A
     for group in groups:
         type_ = tagged[group[0]][1].split("-", 1)[-1]
         if type_ != "O":
-            entities.append({"type": type_, "text": " ".join(tagged[i][0] for i in group), "start": group[0],
-                             "end": group[-1] + 1, "score": float(np.mean([tagged[i][2] for i in group]))})  # fmt: skip
+            entities.append(
+                {
+                    "type": type_,
+                    "text": " ".join(tagged[i][0] for i in group),
+                    "start": group[0],
+                    "end": group[-1] + 1,
+                    "score": float(np.mean([tagged[i][2] for i in group])),
+                }
+            )
     return entities
 
 
@@ -241,8 +258,12 @@ class TokenClassification(Task):
 
     predicts = True
 
-    metrics = (Metric("entity_f1", "entity F1", True), Metric("entity_precision", "entity precision", True),
-               Metric("entity_recall", "entity recall", True), Metric("word_accuracy", "word accuracy", True))  # fmt: skip
+    metrics = (
+        Metric("entity_f1", "entity F1", True),
+        Metric("entity_precision", "entity precision", True),
+        Metric("entity_recall", "entity recall", True),
+        Metric("word_accuracy", "word accuracy", True),
+    )
     problem = "tokens"
     drops_unlabelled_rows = False  # a row without tags is an error naming the row (encode_tags)
     smooths_labels = True
@@ -299,11 +320,21 @@ class TokenClassification(Task):
         for c in [*named, *WORD_COLUMNS]:
             if c in rows.column_names and is_list_column(rows, c):
                 return {"words": c}
-        return {"text": input_column(rows, None, TEXT_COLUMNS + tuple(named + list(WORD_COLUMNS)), "text or words",
-                                     "data.text_column")}  # fmt: skip
+        return {
+            "text": input_column(
+                rows, None, TEXT_COLUMNS + tuple(named + list(WORD_COLUMNS)), "text or words", "data.text_column"
+            )
+        }
 
-    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], columns: dict[str, str],
-                      max_length: int, generation: dict[str, Any]) -> list:  # fmt: skip
+    def predict_batch(
+        self,
+        model: Any,
+        processor: Any,
+        batch: dict[str, list],
+        columns: dict[str, str],
+        max_length: int,
+        generation: dict[str, Any],
+    ) -> list:
         """Each row's words with their tags (the argmax on the word's first sub-word token, as trained) and score
         (that tag's softmax probability), and its entities (`entities_of`)."""
         import numpy as np
@@ -313,8 +344,15 @@ class TokenClassification(Task):
             inputs = [[str(w) for w in row or []] for row in batch[columns["words"]]]
         else:
             inputs = [str(t) if t is not None else "" for t in batch[columns["text"]]]
-        encoded = processor(inputs, is_split_into_words=given, truncation=True, max_length=max_length, padding=True,
-                            return_offsets_mapping=not given, return_tensors="pt")  # fmt: skip
+        encoded = processor(
+            inputs,
+            is_split_into_words=given,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_offsets_mapping=not given,
+            return_tensors="pt",
+        )
         offsets = encoded.pop("offset_mapping", None)
         logits = model(**{k: v.to(model.device) for k, v in encoded.items()}).logits.float().cpu().numpy()
         if offsets is not None:
@@ -325,8 +363,10 @@ class TokenClassification(Task):
         for row, row_words in enumerate(words):
             exp = np.exp(logits[row] - logits[row].max(axis=-1, keepdims=True))  # as the pipeline: float32 softmax
             probs = exp / exp.sum(axis=-1, keepdims=True)
-            tagged = [(w, None, 0.0) if t is None else (w, labels[int(probs[t].argmax())], float(probs[t].max()))
-                      for w, t in row_words]  # fmt: skip
+            tagged = [
+                (w, None, 0.0) if t is None else (w, labels[int(probs[t].argmax())], float(probs[t].max()))
+                for w, t in row_words
+            ]
             out.append({"entities": entities_of(tagged), "tagged_words": [[w, tag] for w, tag, _ in tagged]})
         return out
 
@@ -341,8 +381,10 @@ class TokenClassification(Task):
         return names
 
     def card_labels_line(self, facts: Any) -> str:
-        return (f"Token classification: a tag per word, on its first sub-word token; entity-level precision, recall "
-                f"and F1 by seqeval. Tags ({len(facts.labels)}): {', '.join(facts.labels)}.")
+        return (
+            f"Token classification: a tag per word, on its first sub-word token; entity-level precision, recall "
+            f"and F1 by seqeval. Tags ({len(facts.labels)}): {', '.join(facts.labels)}."
+        )
 
 
 register(TokenClassification(TOKEN_CLASSIFICATION, "text"))

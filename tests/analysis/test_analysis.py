@@ -211,8 +211,9 @@ def test_filter_normalisation_matches_each_filter_norm_and_zeroes_biases(make):
             if w.dim() <= 1:
                 assert torch.count_nonzero(x) == 0  # biases, LayerNorm, BatchNorm
             else:
-                torch.testing.assert_close(x.flatten(1).norm(dim=1), w.detach().flatten(1).norm(dim=1), rtol=1e-5,
-                                           atol=1e-7)  # fmt: skip
+                torch.testing.assert_close(
+                    x.flatten(1).norm(dim=1), w.detach().flatten(1).norm(dim=1), rtol=1e-5, atol=1e-7
+                )
 
 
 def test_two_models_share_raw_directions_each_normalised_to_its_own_weights():
@@ -222,8 +223,11 @@ def test_two_models_share_raw_directions_each_normalised_to_its_own_weights():
     assert not all(torch.equal(x, y) for x, y in zip(random_directions(a, 1, seed=6)[0], raw_a[0]))  # the seed matters
     na, nb = filter_normalize(raw_a[0], a), filter_normalize(raw_b[0], b)
     # A weight with no all-zero filter (an embedding's padding row is zero, and its direction filter with it).
-    i = next(i for i, (w, v) in enumerate(zip(a, b)) if w.dim() > 1 and min(w.flatten(1).norm(dim=1).min(),
-                                                                              v.flatten(1).norm(dim=1).min()) > 0)
+    i = next(
+        i
+        for i, (w, v) in enumerate(zip(a, b))
+        if w.dim() > 1 and min(w.flatten(1).norm(dim=1).min(), v.flatten(1).norm(dim=1).min()) > 0
+    )
     # Same raw filter, rescaled: the normalised filters are parallel, with the two models' own norms.
     ratio = na[i].flatten(1).norm(dim=1) / nb[i].flatten(1).norm(dim=1)
     torch.testing.assert_close(ratio, a[i].detach().flatten(1).norm(dim=1) / b[i].detach().flatten(1).norm(dim=1))
@@ -233,8 +237,19 @@ def test_two_models_share_raw_directions_each_normalised_to_its_own_weights():
 # ---- the command, end to end ------------------------------------------------------------------
 
 runner = CliRunner()
-KEYS = {"name", "run_dir", "parameters", "loss", "hessian_top_eigenvalue", "power_iterations", "power_converged",
-        "hessian_trace", "hessian_trace_stderr", "sam_sharpness", "landscape"}  # fmt: skip
+KEYS = {
+    "name",
+    "run_dir",
+    "parameters",
+    "loss",
+    "hessian_top_eigenvalue",
+    "power_iterations",
+    "power_converged",
+    "hessian_trace",
+    "hessian_trace_stderr",
+    "sam_sharpness",
+    "landscape",
+}
 MEASURE = ["--batches", "2", "--batch-size", "4", "--grid", "5", "--samples", "4", "--rho", "0.05", "--rho", "0.1"]
 
 
@@ -252,8 +267,22 @@ def two_runs(tmp_path_factory, text_model_dir):
     data = write_csv(root / "reviews.csv", text_examples(80))
     runs = []
     for name, rho, lr in (("plain", "0", "5e-3"), ("sam", "0.1", "2e-2")):
-        result = cli("train", "--model", text_model_dir, "--dataset", data, "--output-dir", root / name,
-                     "--max-steps", "4", "--rho", rho, "--learning-rate", lr, "training.batch_size=8")  # fmt: skip
+        result = cli(
+            "train",
+            "--model",
+            text_model_dir,
+            "--dataset",
+            data,
+            "--output-dir",
+            root / name,
+            "--max-steps",
+            "4",
+            "--rho",
+            rho,
+            "--learning-rate",
+            lr,
+            "training.batch_size=8",
+        )
         assert result.exit_code == 0, result.output
         runs.append(root / name)
     return runs
@@ -313,8 +342,14 @@ def _narrower_copy(run, dest):
 
     shutil.copytree(run, dest)
     labels = AutoConfig.from_pretrained(run).id2label
-    narrow = tiny_bert(vocab_size=len(AutoTokenizer.from_pretrained(run)), num_labels=len(labels), hidden_size=16,
-                       intermediate_size=20, id2label=labels, label2id={v: k for k, v in labels.items()})  # fmt: skip
+    narrow = tiny_bert(
+        vocab_size=len(AutoTokenizer.from_pretrained(run)),
+        num_labels=len(labels),
+        hidden_size=16,
+        intermediate_size=20,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     narrow.save_pretrained(dest)
     return dest
 
@@ -339,10 +374,18 @@ def test_bad_run_dir_or_option_is_one_clear_message(tmp_path, two_runs, where):
 
 def test_card_section_shows_what_was_measured(tmp_path):
     assert sharpness_section(tmp_path) == ""  # nothing measured: no section
-    measured = {"name": "run", "loss": 0.5, "hessian_top_eigenvalue": None, "hessian_trace": 3.0,
-                "hessian_trace_stderr": 0.25, "sam_sharpness": [{"rho": 0.05, "loss_increase": 0.001}]}  # fmt: skip
-    report = {**measured, "settings": {"examples": 8, "dataset": "d.csv", "split": "validation", "seed": 0,
-                                       "trace_samples": 4}}  # fmt: skip
+    measured = {
+        "name": "run",
+        "loss": 0.5,
+        "hessian_top_eigenvalue": None,
+        "hessian_trace": 3.0,
+        "hessian_trace_stderr": 0.25,
+        "sam_sharpness": [{"rho": 0.05, "loss_increase": 0.001}],
+    }
+    report = {
+        **measured,
+        "settings": {"examples": 8, "dataset": "d.csv", "split": "validation", "seed": 0, "trace_samples": 4},
+    }
     (tmp_path / SHARPNESS_FILE).write_text(json.dumps(report))
     (tmp_path / LANDSCAPE_1D_FILE).write_bytes(b"")
     section = sharpness_section(tmp_path)

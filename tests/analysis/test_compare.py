@@ -27,9 +27,17 @@ SEEDS = (42, 43)
 ARMS = ("adamw", "sam")
 # Four optimizer steps on 32 examples (one epoch of batches of 8), evaluated at steps 2 and 4.
 TINY = {
-    "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_strategy": "steps", "eval_steps": 2,
-                 "logging_steps": 1, "save_strategy": "no", "load_best_model_at_end": False},
-}  # fmt: skip
+    "training": {
+        "max_steps": 4,
+        "batch_size": 8,
+        "learning_rate": 5e-3,
+        "eval_strategy": "steps",
+        "eval_steps": 2,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+    },
+}
 
 
 def cli(*args: object):
@@ -38,8 +46,12 @@ def cli(*args: object):
 
 def _recipe(folder: Path, model_dir: Path, csv: Path) -> Path:
     recipe = folder / "tiny.yaml"
-    raw = {"name": "tiny", "model": {"name": str(model_dir), "max_length": 16},
-           "data": {"dataset": str(csv), "max_train_samples": 32}, **TINY}  # fmt: skip
+    raw = {
+        "name": "tiny",
+        "model": {"name": str(model_dir), "max_length": 16},
+        "data": {"dataset": str(csv), "max_train_samples": 32},
+        **TINY,
+    }
     recipe.write_text(yaml.safe_dump(raw))
     return recipe
 
@@ -167,9 +179,12 @@ def _previous_comparison(out: Path) -> dict[Path, str]:
     from samtune.analysis.compare import COMPARE_MARK
     from samtune.rundir import RUN_MARK
 
-    files = {out / COMPARE_MARK: "written by samtune compare; --overwrite may replace this folder\n",
-             out / "comparison.json": '{"arms": {"sam": {}}}',
-             out / "sam-rho=0.3" / "seed-42" / RUN_MARK: "x", out / "sam-rho=0.3" / "seed-42" / "metrics.json": "{}"}
+    files = {
+        out / COMPARE_MARK: "written by samtune compare; --overwrite may replace this folder\n",
+        out / "comparison.json": '{"arms": {"sam": {}}}',
+        out / "sam-rho=0.3" / "seed-42" / RUN_MARK: "x",
+        out / "sam-rho=0.3" / "seed-42" / "metrics.json": "{}",
+    }
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -258,21 +273,39 @@ RAW = {"name": "r", "model": {"name": "m"}, "data": {"dataset": "d.csv"}, "sam":
 def test_arms_with_settings_parse_a_comma_after_an_arm_as_its_setting():
     arms, problems = read_arms("adamw,sam:rho=0.01,sam:schedule=lr,start=0.1,looksam:looksam_k=3,sam")
     assert problems == []
-    assert [a.name for a in arms] == ["adamw", "sam:rho=0.01", "sam:schedule=lr,start=0.1", "looksam:looksam_k=3",
-                                      "sam"]  # fmt: skip
+    assert [a.name for a in arms] == [
+        "adamw",
+        "sam:rho=0.01",
+        "sam:schedule=lr,start=0.1",
+        "looksam:looksam_k=3",
+        "sam",
+    ]
     assert arms[2].values() == {"schedule": "lr", "start": 0.1} and arms[1].folder == "sam-rho=0.01"
     params, problems = read_arms(["sam:params=encoder.*,!*.bias,rho=0.02", "asam:sam.rho=1"])
-    assert problems == [] and [a.name for a in params] == ["adamw", "sam:params=encoder.*,!*.bias,rho=0.02",
-                                                           "asam:rho=1"]  # fmt: skip
+    assert problems == [] and [a.name for a in params] == [
+        "adamw",
+        "sam:params=encoder.*,!*.bias,rho=0.02",
+        "asam:rho=1",
+    ]
     assert params[1].values() == {"params": "encoder.*,!*.bias", "rho": 0.02}
 
 
 def test_each_arm_trains_the_recipe_with_its_own_settings_on_top():
-    plan = plan_runs(RAW, ["training.seed=3"], "sam,sam:rho=0.02,start=0.25,sam:schedule=constant,"
-                     "every_k:every_k=4,asam:rho=1.5", seeds=1)  # fmt: skip
+    plan = plan_runs(
+        RAW,
+        ["training.seed=3"],
+        "sam,sam:rho=0.02,start=0.25,sam:schedule=constant,every_k:every_k=4,asam:rho=1.5",
+        seeds=1,
+    )
     sam = {r.arm: r.recipe.sam for r in plan.runs}
-    assert list(sam) == ["adamw", "sam", "sam:rho=0.02,start=0.25", "sam:schedule=constant", "every_k:every_k=4",
-                         "asam:rho=1.5"]  # fmt: skip
+    assert list(sam) == [
+        "adamw",
+        "sam",
+        "sam:rho=0.02,start=0.25",
+        "sam:schedule=constant",
+        "every_k:every_k=4",
+        "asam:rho=1.5",
+    ]
     assert sam["adamw"].rho == 0.0
     assert (sam["sam"].rho, sam["sam"].schedule, sam["sam"].start) == (0.1, "lr", default_of("start"))  # the recipe's
     assert (sam["sam:rho=0.02,start=0.25"].rho, sam["sam:rho=0.02,start=0.25"].start) == (0.02, 0.25)
@@ -286,17 +319,26 @@ def test_each_arm_trains_the_recipe_with_its_own_settings_on_top():
 
 
 def test_every_problem_in_every_arm_is_reported_at_once():
-    arms = ("sharp,sam:rho=-1,sam:looksam_k=3,adamw:rho=0.1,sam:rhoo=1,sam:schedule=cosine,asam:adaptive=false,"
-            "sam:start=0.5,stop=0.2,every_k:every_k=0,sam:variant=rst,sam:rho")
+    arms = (
+        "sharp,sam:rho=-1,sam:looksam_k=3,adamw:rho=0.1,sam:rhoo=1,sam:schedule=cosine,asam:adaptive=false,"
+        "sam:start=0.5,stop=0.2,every_k:every_k=0,sam:variant=rst,sam:rho"
+    )
     with pytest.raises(RecipeError) as caught:
         plan_runs(RAW, [], arms, seeds=1)
     problems = caught.value.problems
-    expected = ["unknown arm 'sharp'", "arm 'sam:rho=-1': rho: should be greater than or equal to 0 (got -1)",
-                "'looksam_k' is a setting of the looksam arm", "the adamw arm is the baseline",
-                "unknown SAM setting 'rhoo' in arm 'sam'", "schedule: must be 'constant' or 'lr' (got 'cosine')",
-                "asam arm is adaptive by definition", "arm 'sam:start=0.5,stop=0.2': stop (0.2) must come after start",
-                "every_k: should be greater than or equal to 1 (got 0)", "the arm's name sets its variant",
-                "'rho' is not KEY=VALUE"]  # fmt: skip
+    expected = [
+        "unknown arm 'sharp'",
+        "arm 'sam:rho=-1': rho: should be greater than or equal to 0 (got -1)",
+        "'looksam_k' is a setting of the looksam arm",
+        "the adamw arm is the baseline",
+        "unknown SAM setting 'rhoo' in arm 'sam'",
+        "schedule: must be 'constant' or 'lr' (got 'cosine')",
+        "asam arm is adaptive by definition",
+        "arm 'sam:start=0.5,stop=0.2': stop (0.2) must come after start",
+        "every_k: should be greater than or equal to 1 (got 0)",
+        "the arm's name sets its variant",
+        "'rho' is not KEY=VALUE",
+    ]
     for text in expected:
         assert sum(text in p for p in problems) == 1, (text, problems)
     assert len(problems) == len(expected) and "(did you mean 'rho'?)" in problems[3]
@@ -307,7 +349,9 @@ def test_a_bad_arm_exits_2_with_every_problem_and_writes_nothing(tmp_path, text_
     recipe = _recipe(tmp_path, text_model_dir, write_csv(tmp_path / "r.csv", text_examples(40)))
     result = cli("compare", recipe, "--arms", "adamw,sam:rho=-1,sam:schedul=lr", "--output-dir", tmp_path / "cmp")
     assert result.exit_code == EXIT_USAGE
-    assert "2 problems in --arms" in result.output and "rho: should be" in result.output and "'schedul'" in result.output
+    assert (
+        "2 problems in --arms" in result.output and "rho: should be" in result.output and "'schedul'" in result.output
+    )
     assert "Traceback" not in result.output and not (tmp_path / "cmp").exists()
 
 
@@ -325,11 +369,17 @@ def _fake_runs(root: Path, metrics: dict[str, list[dict[str, float]]]) -> list[R
 
 def test_arms_are_ranked_on_validation_never_on_test(tmp_path):
     # sam:rho=0.02 is best on validation, sam:rho=0.1 on test: the ranking follows validation only.
-    evals = {"adamw": [0.70, 0.72, 0.71], "sam": [0.70, 0.72, 0.74], "sam:rho=0.02": [0.74, 0.75, 0.73],
-             "sam:rho=0.1": [0.60, 0.62, 0.61]}  # fmt: skip
+    evals = {
+        "adamw": [0.70, 0.72, 0.71],
+        "sam": [0.70, 0.72, 0.74],
+        "sam:rho=0.02": [0.74, 0.75, 0.73],
+        "sam:rho=0.1": [0.60, 0.62, 0.61],
+    }
     tests = {"adamw": 0.70, "sam": 0.70, "sam:rho=0.02": 0.65, "sam:rho=0.1": 0.90}
-    metrics = {a: [{"eval_accuracy": v, "eval_loss": 1 - v, "test_accuracy": tests[a] + i / 100}
-                   for i, v in enumerate(vals)] for a, vals in evals.items()}  # fmt: skip
+    metrics = {
+        a: [{"eval_accuracy": v, "eval_loss": 1 - v, "test_accuracy": tests[a] + i / 100} for i, v in enumerate(vals)]
+        for a, vals in evals.items()
+    }
     report = build_report(_fake_runs(tmp_path, metrics), {"recipe": "r"})
     ranking = rank_arms(report, "accuracy")
     assert ranking["order"] == ["sam:rho=0.02", "sam", "adamw", "sam:rho=0.1"]  # means 0.74, 0.72, 0.71, 0.61
@@ -421,8 +471,15 @@ def test_an_arm_without_settings_of_its_own_shows_the_recipes_schedule_window_an
     """`sam` under samtune's defaults is not the paper's SAM: its table label says so (a paper arm shows rho only)."""
     from samtune.analysis.comparison import _arm_label
 
-    defaults = {"rho": 0.05, "adaptive": False, "variant": "sam", "schedule": "lr", "start": 0.1, "stop": None,
-                "params": "all"}  # fmt: skip
+    defaults = {
+        "rho": 0.05,
+        "adaptive": False,
+        "variant": "sam",
+        "schedule": "lr",
+        "start": 0.1,
+        "stop": None,
+        "params": "all",
+    }
     assert _arm_label("sam", defaults) == "sam\n[dim]rho=0.05 schedule=lr start=0.1[/dim]"
     paper = {**defaults, "schedule": "constant", "start": 0.0}
     assert _arm_label("sam", paper) == "sam\n[dim]rho=0.05[/dim]"

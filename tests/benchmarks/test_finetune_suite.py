@@ -26,14 +26,33 @@ def _record(task: str, arm: str, seed: int, val: float, test: float, first_share
     epochs = [
         {"epoch": 1, "train_time": 10.0, "val_acc": 0.6, "test_acc": 0.58, "test_top_share": first_share},
         {"epoch": 2, "train_time": 20.0, "val_acc": val - 0.01, "test_acc": test - 0.01, "test_top_share": 0.6},
-        {"epoch": 3, "train_time": 30.0 if arm == "adamw" else 60.0, "val_acc": val, "test_acc": test,
-         "test_top_share": 0.55},
-    ]  # fmt: skip
-    result = {"seed": seed, "epochs": epochs, "train_time": epochs[-1]["train_time"], "last_val": val,
-              "last_test": test, "best_epoch": 3, "best_val": val, "best_test": test}  # fmt: skip
+        {
+            "epoch": 3,
+            "train_time": 30.0 if arm == "adamw" else 60.0,
+            "val_acc": val,
+            "test_acc": test,
+            "test_top_share": 0.55,
+        },
+    ]
+    result = {
+        "seed": seed,
+        "epochs": epochs,
+        "train_time": epochs[-1]["train_time"],
+        "last_val": val,
+        "last_test": test,
+        "best_epoch": 3,
+        "best_val": val,
+        "best_test": test,
+    }
     settings = finetune.resolved_settings(finetune.ARMS[arm][0])
-    return {"task": {"name": task}, "arm": arm, "settings": settings, "seed": seed, "result": result,
-            "machine": {"cpu": "test cpu"}}  # fmt: skip
+    return {
+        "task": {"name": task},
+        "arm": arm,
+        "settings": settings,
+        "seed": seed,
+        "result": result,
+        "machine": {"cpu": "test cpu"},
+    }
 
 
 def _write(out: Path, rec: dict) -> None:

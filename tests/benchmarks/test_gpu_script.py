@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_gpu_script_dry_run_measures_every_arm_of_both_models(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (result,) = [json.loads(p.read_text()) for p in tmp_path.glob("gpu-*.json")]
     assert result["dry_run"] and sorted(result["models"]) == ["bert-base", "vit-b16"]
@@ -31,6 +36,10 @@ def test_gpu_script_dry_run_measures_every_arm_of_both_models(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_gpu_script_without_a_gpu_says_so(tmp_path):
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "needs a CUDA GPU" in done.stderr and "--dry-run" in done.stderr

@@ -43,11 +43,18 @@ def _check_card(run_dir, task):
     assert by_metric["f1"] == pytest.approx(metrics["eval_f1"], abs=1e-4)
     assert all(r.task_type == task for r in results)
     text = card.text
-    assert "| rho | 0.07 |" in text and "| adaptive (ASAM) | True |" in text and "| variant | ASAM, exact SAM (every step) |" in text
+    assert (
+        "| rho | 0.07 |" in text
+        and "| adaptive (ASAM) | True |" in text
+        and "| variant | ASAM, exact SAM (every step) |" in text
+    )
     assert "| seed | 3 |" in text and "| precision | fp32 |" in text
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
     sharpness = [h["sam_sharpness"] for h in history if "sam_sharpness" in h]
-    assert sharpness and f"| sharpness L(w + e) - L(w), first / last logged | {sharpness[0]:.4g} / {sharpness[-1]:.4g} |" in text
+    assert (
+        sharpness
+        and f"| sharpness L(w + e) - L(w), first / last logged | {sharpness[0]:.4g} / {sharpness[-1]:.4g} |" in text
+    )
     assert f"{metrics['eval_accuracy']:.4f}" in text
     assert "![Training curves](training_curves.png)" in text
     assert f'pipeline("{task}"' in text and "config.yaml" in text and "transformers:" in text
@@ -72,15 +79,24 @@ def test_curves_differ_between_runs(tmp_path, text_model_dir, text_csv):
 
 def _facts(**kw) -> CardFacts:
     recipe = build_recipe(
-        {"model": {"name": "google-bert/bert-base-uncased"}, "data": {"dataset": "nyu-mll/glue", "config": "sst2"},
-         "hub": {"repo_id": "alice/bert-sst2-sam"}}
-    )  # fmt: skip
+        {
+            "model": {"name": "google-bert/bert-base-uncased"},
+            "data": {"dataset": "nyu-mll/glue", "config": "sst2"},
+            "hub": {"repo_id": "alice/bert-sst2-sam"},
+        }
+    )
     base = dict(
-        recipe=recipe, metrics={"eval_accuracy": 0.9123, "eval_f1": 0.9101, "eval_loss": 0.25, "eval_samples": 872},
-        task="text-classification", labels=["negative", "positive"], base_model_is_hub_id=True,
-        dataset_is_hub_id=True, eval_source="the 'validation' split", eval_split="validation", precision="bf16",
+        recipe=recipe,
+        metrics={"eval_accuracy": 0.9123, "eval_f1": 0.9101, "eval_loss": 0.25, "eval_samples": 872},
+        task="text-classification",
+        labels=["negative", "positive"],
+        base_model_is_hub_id=True,
+        dataset_is_hub_id=True,
+        eval_source="the 'validation' split",
+        eval_split="validation",
+        precision="bf16",
         license="apache-2.0",
-    )  # fmt: skip
+    )
     return CardFacts(**{**base, **kw})
 
 
@@ -90,7 +106,9 @@ def test_hub_dataset_and_base_model_are_in_the_metadata():
     assert meta["base_model"] == "google-bert/bert-base-uncased"
     assert meta["license"] == "apache-2.0"
     _, results = model_index_to_eval_results(meta["model-index"])
-    assert {(r.dataset_type, r.dataset_config, r.dataset_split) for r in results} == {("nyu-mll/glue", "sst2", "validation")}
+    assert {(r.dataset_type, r.dataset_config, r.dataset_split) for r in results} == {
+        ("nyu-mll/glue", "sst2", "validation")
+    }
 
 
 def test_local_data_leaves_datasets_out():

@@ -96,8 +96,9 @@ def test_sentence_pairs(tmp_path, text_model_dir, pair_jsonl):
 
 def test_image_folder(tmp_path, image_model_dir, image_folder):
     out = tmp_path / "run"
-    result = cli("train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out,
-                 "--epochs", "1", *FAST)  # fmt: skip
+    result = cli(
+        "train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out, "--epochs", "1", *FAST
+    )
     _ok(result)
     metrics = _assert_run_dir(out, "image-classification")
     assert metrics["train_samples"] == 36 and metrics["eval_samples"] == 4  # 10% of 40, stratified
@@ -118,15 +119,35 @@ def test_plain_model_and_dataset_flags_without_recipe(tmp_path, text_model_dir, 
 def test_overrides_and_flag_precedence(tmp_path, text_model_dir, text_csv):
     out = tmp_path / "run"
     result = cli(
-        "train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out,
-        "sam.rho=0.2", "sam.adaptive=true", "training.max_steps=9", "--max-steps", "3",
-        "training.learning_rate=5e-3", "data.max_train_samples=40", "training.logging_steps=1",
-    )  # fmt: skip
+        "train",
+        "--model",
+        text_model_dir,
+        "--dataset",
+        text_csv,
+        "--output-dir",
+        out,
+        "sam.rho=0.2",
+        "sam.adaptive=true",
+        "training.max_steps=9",
+        "--max-steps",
+        "3",
+        "training.learning_rate=5e-3",
+        "data.max_train_samples=40",
+        "training.logging_steps=1",
+    )
     _ok(result)
     config = yaml.safe_load((out / "config.yaml").read_text())
     # SAM's general settings at their defaults (the radius follows the lr, from 10% of the steps); no other variant's
-    assert config["sam"] == {"rho": 0.2, "adaptive": True, "asam_eta": 0.01, "variant": "sam", "params": "all",
-                             "schedule": "lr", "start": 0.1, "stop": None}  # fmt: skip
+    assert config["sam"] == {
+        "rho": 0.2,
+        "adaptive": True,
+        "asam_eta": 0.01,
+        "variant": "sam",
+        "params": "all",
+        "schedule": "lr",
+        "start": 0.1,
+        "stop": None,
+    }
     assert config["training"]["max_steps"] == 3  # the flag beats the override
     assert config["training"]["learning_rate"] == 5e-3  # '5e-3' read as a number
     metrics = _load_metrics(out)
@@ -140,24 +161,56 @@ def test_overrides_and_flag_precedence(tmp_path, text_model_dir, text_csv):
 
 def test_variant_flag_runs_a_cheaper_sam_and_the_card_says_which(tmp_path, text_model_dir, text_csv):
     out = tmp_path / "run"
-    result = cli("train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out, "--max-steps", "4",
-                 "--variant", "every_k", "sam.every_k=2", "data.max_train_samples=40")  # fmt: skip
+    result = cli(
+        "train",
+        "--model",
+        text_model_dir,
+        "--dataset",
+        text_csv,
+        "--output-dir",
+        out,
+        "--max-steps",
+        "4",
+        "--variant",
+        "every_k",
+        "sam.every_k=2",
+        "data.max_train_samples=40",
+    )
     _ok(result)
     metrics = _load_metrics(out)
     assert metrics["sam_variant"] == "every_k"
     assert metrics["sam_climb_steps"] == 1  # step 2 of 4: step 0 (every_k's other) lies before the default window
     assert "SAM every 2 steps" in (out / "README.md").read_text()
     saved = yaml.safe_load((out / "config.yaml").read_text())["sam"]
-    assert saved == {"rho": 0.05, "adaptive": False, "asam_eta": 0.01, "variant": "every_k", "every_k": 2,
-                     "params": "all", "schedule": "lr", "start": 0.1, "stop": None}  # fmt: skip
+    assert saved == {
+        "rho": 0.05,
+        "adaptive": False,
+        "asam_eta": 0.01,
+        "variant": "every_k",
+        "every_k": 2,
+        "params": "all",
+        "schedule": "lr",
+        "start": 0.1,
+        "stop": None,
+    }
     _ok(cli("validate", out / "config.yaml", "--schema-only"))  # the saved recipe loads back
 
 
 def test_builtin_recipe_with_overrides(tmp_path, text_model_dir, text_csv):
     out = tmp_path / "run"
-    result = cli("train", "quickstart", f"model.name={text_model_dir}", f"data.dataset={text_csv}",
-                 "data.text_column=text", "data.label_column=label", "data.labels=[neg, pos]", "data.max_train_samples=16",
-                 "training.max_steps=2", "--output-dir", out)  # fmt: skip
+    result = cli(
+        "train",
+        "quickstart",
+        f"model.name={text_model_dir}",
+        f"data.dataset={text_csv}",
+        "data.text_column=text",
+        "data.label_column=label",
+        "data.labels=[neg, pos]",
+        "data.max_train_samples=16",
+        "training.max_steps=2",
+        "--output-dir",
+        out,
+    )
     _ok(result)
     assert _load_metrics(out)["train_steps"] == 2
 
@@ -260,8 +313,13 @@ def test_an_alias_bomb_recipe_fails_fast_with_a_short_message(tmp_path):
 
     started = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "samtune", "validate", str(bomb), "--schema-only"],
-                              capture_output=True, text=True, timeout=60, preexec_fn=limit_memory)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "samtune", "validate", str(bomb), "--schema-only"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=limit_memory,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the alias bomb still ran after 60 s")
     elapsed = time.perf_counter() - started
@@ -289,8 +347,20 @@ def test_validate_runs_a_data_preflight(text_csv, text_model_dir):
 def test_validate_checks_the_train_command_line_as_typed(tmp_path, text_csv, text_model_dir):
     """`validate` takes train's arguments and flags: the same recipe results, and the output directory is checked."""
     overrides = ["training.save_strategy=no", "training.load_best_model_at_end=false"]
-    args = ["--model", str(text_model_dir), "--dataset", str(text_csv), "--rho", "0.1", "--epochs", "2", "--lora",
-            "--nproc", "2", *overrides]  # fmt: skip
+    args = [
+        "--model",
+        str(text_model_dir),
+        "--dataset",
+        str(text_csv),
+        "--rho",
+        "0.1",
+        "--epochs",
+        "2",
+        "--lora",
+        "--nproc",
+        "2",
+        *overrides,
+    ]
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("someone's files")
@@ -334,10 +404,26 @@ def test_two_processes_write_one_run_directory(tmp_path, text_model_dir):
     out = tmp_path / "runs" / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(train_csv),
-        f"data.eval_file={valid_csv}", "--max-steps", "4", "--batch-size", "4", "--learning-rate", "5e-3",
-        "--output-dir", str(out), "--nproc", "2",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "samtune",
+        "train",
+        "--model",
+        str(text_model_dir),
+        "--dataset",
+        str(train_csv),
+        f"data.eval_file={valid_csv}",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "5e-3",
+        "--output-dir",
+        str(out),
+        "--nproc",
+        "2",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]
@@ -359,8 +445,24 @@ def test_a_learnable_task_is_learned(tmp_path, text_model_dir):
     the label is carried by one sentiment word, which a tiny BERT learns in a few epochs."""
     data = write_csv(tmp_path / "big.csv", text_examples(400))
     out = tmp_path / "run"
-    _ok(cli("train", "--model", text_model_dir, "--dataset", data, "--epochs", "4", "--batch-size", "16",
-            "--learning-rate", "2e-3", "--output-dir", out, "training.logging_steps=50"))  # fmt: skip
+    _ok(
+        cli(
+            "train",
+            "--model",
+            text_model_dir,
+            "--dataset",
+            data,
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--learning-rate",
+            "2e-3",
+            "--output-dir",
+            out,
+            "training.logging_steps=50",
+        )
+    )
     metrics = _load_metrics(out)
     assert metrics["eval_accuracy"] >= 0.9  # chance is 0.5
     assert metrics["sam_rho"] == 0.05 and metrics["sam_perturbations_skipped"] == 0
@@ -370,8 +472,20 @@ def test_two_processes_report_a_data_error_once_with_its_exit_code(tmp_path, tex
     rows = [{"text": r["text"], "note": f"seen on day {i}"} for i, r in enumerate(text_examples(20))]
     bad = write_csv(tmp_path / "nolabel.csv", rows)  # no label by name, none by content
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(bad),
-           "--output-dir", str(tmp_path / "run"), "--nproc", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "samtune",
+        "train",
+        "--model",
+        str(text_model_dir),
+        "--dataset",
+        str(bad),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--nproc",
+        "2",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -406,8 +520,19 @@ def test_unmatched_sam_params_patterns_are_refused_before_the_old_run_is_replace
     """Every pattern that matches no parameter is named in one message (exit 2); --overwrite has removed nothing."""
     out = tmp_path / "run"
     old = _old_run(out)
-    result = cli("train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out, "--overwrite",
-                 "--max-steps", "2", "sam.params=!*.Bias,bert.encoder.*,classifer.*")  # fmt: skip
+    result = cli(
+        "train",
+        "--model",
+        text_model_dir,
+        "--dataset",
+        text_csv,
+        "--output-dir",
+        out,
+        "--overwrite",
+        "--max-steps",
+        "2",
+        "sam.params=!*.Bias,bert.encoder.*,classifer.*",
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and result.output.count("Usage error") == 1
     for text in ("'!*.Bias' (did you mean '!*.bias'?)", "'classifer.*' (did you mean 'classifier.*'?)"):
@@ -432,8 +557,19 @@ def test_max_length_beyond_the_models_positions_is_refused_before_the_old_run_is
     assert refused.exit_code == 2 and all(s in " ".join(refused.output.split()) for s in says), refused.output
     out = tmp_path / "run"
     old = _old_run(out)
-    result = cli("train", "--model", text_model_dir, "--dataset", data, "--output-dir", out, "--overwrite",
-                 "--max-steps", "1", "model.max_length=100")  # fmt: skip
+    result = cli(
+        "train",
+        "--model",
+        text_model_dir,
+        "--dataset",
+        data,
+        "--output-dir",
+        out,
+        "--overwrite",
+        "--max-steps",
+        "1",
+        "model.max_length=100",
+    )
     assert result.exit_code == 2 and all(s in " ".join(result.output.split()) for s in says), result.output
     assert _files(out) == old
 

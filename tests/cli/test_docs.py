@@ -27,8 +27,14 @@ def test_the_readme_is_a_short_front_door_that_links_every_docs_page():
 
 def test_the_docs_build_in_strict_mode_with_every_command_in_the_cli_reference(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     page = (tmp_path / "site" / "cli" / "index.html").read_text(encoding="utf-8")
     import typer.main

@@ -45,7 +45,9 @@ def test_invalid_yaml(tmp_path):
 def test_unknown_key_suggests_the_right_one(tmp_path):
     bad = tmp_path / "typo.yaml"
     bad.write_text("training:\n  learnig_rate: 0.001\n")
-    _fails(["validate", bad, "--schema-only"], EXIT_USAGE, "training.learnig_rate", "did you mean 'training.learning_rate'")
+    _fails(
+        ["validate", bad, "--schema-only"], EXIT_USAGE, "training.learnig_rate", "did you mean 'training.learning_rate'"
+    )
 
 
 def test_all_problems_are_reported_together(tmp_path):
@@ -85,8 +87,12 @@ def test_model_folder_not_found(text_csv, tmp_path):
 
 
 def test_hub_model_offline(text_csv, tmp_path):
-    _fails(["train", "--model", "someone/no-such-model-xyz", "--dataset", text_csv, "--output-dir", tmp_path / "r"],
-           EXIT_USAGE, "someone/no-such-model-xyz", "HF_HUB_OFFLINE")  # fmt: skip
+    _fails(
+        ["train", "--model", "someone/no-such-model-xyz", "--dataset", text_csv, "--output-dir", tmp_path / "r"],
+        EXIT_USAGE,
+        "someone/no-such-model-xyz",
+        "HF_HUB_OFFLINE",
+    )
 
 
 def test_folder_that_is_not_a_model(text_csv, tmp_path):
@@ -101,8 +107,20 @@ def test_dataset_file_not_found(text_model_dir, tmp_path):
 
 
 def test_hub_dataset_offline(text_model_dir, tmp_path):
-    _fails(["train", "--model", text_model_dir, "--dataset", "someone/no-such-dataset-xyz",
-            "--output-dir", tmp_path / "r"], EXIT_DATA, "no-such-dataset-xyz", "HF_HUB_OFFLINE")  # fmt: skip
+    _fails(
+        [
+            "train",
+            "--model",
+            text_model_dir,
+            "--dataset",
+            "someone/no-such-dataset-xyz",
+            "--output-dir",
+            tmp_path / "r",
+        ],
+        EXIT_DATA,
+        "no-such-dataset-xyz",
+        "HF_HUB_OFFLINE",
+    )
 
 
 def test_unknown_format(text_model_dir, tmp_path):
@@ -136,15 +154,31 @@ def test_unknown_split(train_args):
 def test_labels_that_are_not_classes(text_model_dir, tmp_path):
     """Fractions are a regression target unless the recipe says classification: then they are not classes."""
     rows = [{"text": r["text"], "label": i / 7} for i, r in enumerate(text_examples(20))]
-    _fails(["train", "--model", text_model_dir, "--dataset", write_csv(tmp_path / "f.csv", rows),
-            "--output-dir", tmp_path / "run", "task=text-classification"], EXIT_DATA,
-           "not classes", "set task to text-regression")  # fmt: skip
+    _fails(
+        [
+            "train",
+            "--model",
+            text_model_dir,
+            "--dataset",
+            write_csv(tmp_path / "f.csv", rows),
+            "--output-dir",
+            tmp_path / "run",
+            "task=text-classification",
+        ],
+        EXIT_DATA,
+        "not classes",
+        "set task to text-regression",
+    )
 
 
 def test_a_single_class(text_model_dir, tmp_path):
     rows = [{"text": r["text"], "label": "pos"} for r in text_examples(20)]
-    _fails(["train", "--model", text_model_dir, "--dataset", write_csv(tmp_path / "f.csv", rows)], EXIT_DATA,
-           "1 class", "at least two classes")  # fmt: skip
+    _fails(
+        ["train", "--model", text_model_dir, "--dataset", write_csv(tmp_path / "f.csv", rows)],
+        EXIT_DATA,
+        "1 class",
+        "at least two classes",
+    )
 
 
 def test_empty_dataset(text_model_dir, tmp_path):
@@ -165,8 +199,9 @@ def test_fp16_without_a_gpu(train_args):
 
 
 def test_image_model_on_text_data(image_model_dir, text_csv, tmp_path):
-    _fails(["train", "--model", image_model_dir, "--dataset", text_csv, "--output-dir", tmp_path / "r"], EXIT_DATA,
-           "image")  # fmt: skip
+    _fails(
+        ["train", "--model", image_model_dir, "--dataset", text_csv, "--output-dir", tmp_path / "r"], EXIT_DATA, "image"
+    )
 
 
 def test_no_partial_run_directory_after_an_early_failure(text_model_dir, tmp_path):
@@ -193,8 +228,11 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(text_model_dir, text
     precious = tmp_path / "documents"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
-    _fails(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", precious, "--overwrite"],
-           EXIT_USAGE, "not a samtune run directory")  # fmt: skip
+    _fails(
+        ["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", precious, "--overwrite"],
+        EXIT_USAGE,
+        "not a samtune run directory",
+    )
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 
@@ -209,13 +247,23 @@ def test_zero_learning_rate(train_args):
 
 
 def test_fp16_and_bf16_together():
-    _fails(["validate", "training.fp16=true", "training.bf16=true", "--schema-only"], EXIT_USAGE,
-           "training.precision", "exclude each other")  # fmt: skip
+    _fails(
+        ["validate", "training.fp16=true", "training.bf16=true", "--schema-only"],
+        EXIT_USAGE,
+        "training.precision",
+        "exclude each other",
+    )
 
 
 def test_deepspeed_with_sam():
-    _fails(["validate", "training.deepspeed=ds_config.json", "--schema-only"], EXIT_USAGE,
-           "does not train with DeepSpeed", "FSDP2", "training.fsdp=true", "--nproc")  # fmt: skip
+    _fails(
+        ["validate", "training.deepspeed=ds_config.json", "--schema-only"],
+        EXIT_USAGE,
+        "does not train with DeepSpeed",
+        "FSDP2",
+        "training.fsdp=true",
+        "--nproc",
+    )
 
 
 def test_a_deepspeed_accelerate_config_is_refused_without_a_traceback(train_args, monkeypatch):
@@ -254,17 +302,27 @@ def test_corrupt_image_is_named(image_model_dir, image_folder, tmp_path):
     broken = image_folder / "red" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     out = tmp_path / "run"
-    _fails(["train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out], EXIT_DATA,
-           "cannot read the image", "broken.png")  # fmt: skip
+    _fails(
+        ["train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out],
+        EXIT_DATA,
+        "cannot read the image",
+        "broken.png",
+    )
     assert not out.exists()
 
 
-def test_an_image_over_the_decompression_bomb_limit_is_a_data_error_naming_it(image_model_dir, image_folder, tmp_path,
-                                                                              monkeypatch):  # fmt: skip
+def test_an_image_over_the_decompression_bomb_limit_is_a_data_error_naming_it(
+    image_model_dir, image_folder, tmp_path, monkeypatch
+):
     _decompression_bomb(image_folder / "red" / "huge.png", monkeypatch)
     out = tmp_path / "run"
-    _fails(["train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out], EXIT_DATA,
-           "cannot read the image", "huge.png", "decompression bomb")  # fmt: skip
+    _fails(
+        ["train", "--model", image_model_dir, "--dataset", image_folder, "--output-dir", out],
+        EXIT_DATA,
+        "cannot read the image",
+        "huge.png",
+        "decompression bomb",
+    )
     assert not out.exists()
 
 
@@ -279,11 +337,33 @@ def test_init_from_a_run_on_other_labels(text_model_dir, text_csv, tmp_path):
 
     rows = [{"text": r["text"], "label": {"pos": "yes", "neg": "no"}[r["label"]]} for r in text_examples(40)]
     other = write_csv(tmp_path / "other.csv", rows)
-    first = train(build_recipe({"model": {"name": str(text_model_dir)}, "data": {"dataset": str(other)},
-                                "training": {"max_steps": 1}, "sam": {"start": 0},  # one step: SAM from the first
-                                "output": {"dir": str(tmp_path / "first")}}))  # fmt: skip
-    _fails(["train", "--model", text_model_dir, "--init-from", first.run_dir, "--dataset", text_csv,
-            "--output-dir", tmp_path / "second"], EXIT_DATA, "trained on 2 labels (no, yes)", "neg, pos")  # fmt: skip
+    first = train(
+        build_recipe(
+            {
+                "model": {"name": str(text_model_dir)},
+                "data": {"dataset": str(other)},
+                "training": {"max_steps": 1},
+                "sam": {"start": 0},  # one step: SAM from the first
+                "output": {"dir": str(tmp_path / "first")},
+            }
+        )
+    )
+    _fails(
+        [
+            "train",
+            "--model",
+            text_model_dir,
+            "--init-from",
+            first.run_dir,
+            "--dataset",
+            text_csv,
+            "--output-dir",
+            tmp_path / "second",
+        ],
+        EXIT_DATA,
+        "trained on 2 labels (no, yes)",
+        "neg, pos",
+    )
     assert not (tmp_path / "second").exists()
 
 
@@ -317,8 +397,11 @@ def test_overwrite_never_deletes_a_folder_that_only_has_a_config_yaml(text_model
     project.mkdir()
     (project / "config.yaml").write_text("my: project\n")
     (project / "notes.md").write_text("keep me")
-    _fails(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", project, "--overwrite"],
-           EXIT_USAGE, "not a samtune run directory")  # fmt: skip
+    _fails(
+        ["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", project, "--overwrite"],
+        EXIT_USAGE,
+        "not a samtune run directory",
+    )
     assert (project / "notes.md").exists() and (project / "config.yaml").exists()
 
 
@@ -347,9 +430,12 @@ def test_no_network_says_the_hub_could_not_be_reached_not_that_the_model_is_unkn
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", _unreachable_hub)
-    result = _fails(["train", "--model", "org/some-model", "--dataset", text_csv, "--output-dir", tmp_path / "run"],
-                    EXIT_USAGE, "the Hugging Face Hub could not be reached (Name or service not known)",
-                    "HF_HUB_OFFLINE=1 uses what is already in the local cache")  # fmt: skip
+    result = _fails(
+        ["train", "--model", "org/some-model", "--dataset", text_csv, "--output-dir", tmp_path / "run"],
+        EXIT_USAGE,
+        "the Hugging Face Hub could not be reached (Name or service not known)",
+        "HF_HUB_OFFLINE=1 uses what is already in the local cache",
+    )
     assert "not found" not in result.output
 
 
@@ -357,12 +443,18 @@ def test_an_id_the_hub_does_not_know_is_still_not_found(monkeypatch, tmp_path, t
     import transformers
 
     def unknown(*args, **kwargs):
-        raise OSError("org/typo is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'")
+        raise OSError(
+            "org/typo is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'"
+        )
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unknown)
-    _fails(["train", "--model", "org/typo", "--dataset", text_csv, "--output-dir", tmp_path / "run"], EXIT_USAGE,
-           "model 'org/typo' not found", "huggingface.co/models")  # fmt: skip
+    _fails(
+        ["train", "--model", "org/typo", "--dataset", text_csv, "--output-dir", tmp_path / "run"],
+        EXIT_USAGE,
+        "model 'org/typo' not found",
+        "huggingface.co/models",
+    )
 
 
 # ---- where results are written: a read-only run, a full disk -------------------------------
@@ -373,8 +465,21 @@ MEASURE_SMALL = ["--batches", "1", "--batch-size", "4", "--grid", "3", "--sample
 @pytest.fixture
 def finished_run(text_model_dir, text_csv, tmp_path):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(text_csv), "--output-dir",
-                                 str(run), "--max-steps", "2", "training.batch_size=8"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--output-dir",
+            str(run),
+            "--max-steps",
+            "2",
+            "training.batch_size=8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return run
 
@@ -387,8 +492,14 @@ def _samtune(*args, wrapper: tuple[str, ...] = (), file_limit: int | None = None
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
-    return subprocess.run([*wrapper, sys.executable, "-m", "samtune", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=300, preexec_fn=limit if file_limit else None)  # fmt: skip
+    return subprocess.run(
+        [*wrapper, sys.executable, "-m", "samtune", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit if file_limit else None,
+    )
 
 
 def test_eval_and_sharpness_refuse_a_read_only_run_before_loading_anything(finished_run, tmp_path, text_csv):
@@ -399,8 +510,12 @@ def test_eval_and_sharpness_refuse_a_read_only_run_before_loading_anything(finis
     mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && shift && exec "$@"'
     read_only = ("unshare", "-rm", "sh", "-c", mount, str(finished_run), "_")
     missing = tmp_path / "missing.csv"
-    for args in (["eval", finished_run, "--dataset", text_csv], ["eval", finished_run, "--dataset", missing],
-                 ["sharpness", finished_run, *MEASURE_SMALL], ["sharpness", finished_run, "--dataset", missing]):
+    for args in (
+        ["eval", finished_run, "--dataset", text_csv],
+        ["eval", finished_run, "--dataset", missing],
+        ["sharpness", finished_run, *MEASURE_SMALL],
+        ["sharpness", finished_run, "--dataset", missing],
+    ):
         done = _samtune(*args, wrapper=read_only)
         said = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == EXIT_USAGE, (args, said)
@@ -412,9 +527,21 @@ def test_a_full_disk_while_saving_a_checkpoint_names_the_file(text_model_dir, te
     """A file-size limit (ulimit -f) that the model's weights fit under and its optimizer state (AdamW's two moments:
     about twice the weights) does not; torch.save's own message names neither the cause nor the file."""
     run = tmp_path / "run"
-    done = _samtune("train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", run, "--max-steps", "2",
-                    "training.batch_size=8", "training.eval_strategy=steps", "training.eval_steps=1",
-                    file_limit=(text_model_dir / "model.safetensors").stat().st_size * 3 // 2)  # fmt: skip
+    done = _samtune(
+        "train",
+        "--model",
+        text_model_dir,
+        "--dataset",
+        text_csv,
+        "--output-dir",
+        run,
+        "--max-steps",
+        "2",
+        "training.batch_size=8",
+        "training.eval_strategy=steps",
+        "training.eval_steps=1",
+        file_limit=(text_model_dir / "model.safetensors").stat().st_size * 3 // 2,
+    )
     said = " ".join(done.stderr.split())
     assert done.returncode == EXIT_TRAINING, said
     assert str(run / "checkpoint-1" / "optimizer.pt") in said and "File too large" in said, said
@@ -440,8 +567,9 @@ def test_a_full_disk_while_writing_results_names_the_file_and_keeps_the_numbers(
     assert not [p for p in finished_run.iterdir() if p.name.endswith(".tmp.png")]  # no half-written figure left
 
 
-def test_a_full_disk_while_saving_the_finished_run_says_its_metrics_and_how_to_finish(text_model_dir, text_csv,
-                                                                                      tmp_path, monkeypatch):
+def test_a_full_disk_while_saving_the_finished_run_says_its_metrics_and_how_to_finish(
+    text_model_dir, text_csv, tmp_path, monkeypatch
+):
     """The card is written after the model; metrics.json, the mark of a finished run, last of all."""
     import errno
 
@@ -452,8 +580,22 @@ def test_a_full_disk_while_saving_the_finished_run_says_its_metrics_and_how_to_f
 
     monkeypatch.setattr(samtune.card, "write_model_card", no_space)
     run = tmp_path / "run"
-    result = _fails(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", run, "--max-steps", "2",
-                     "training.batch_size=8"], EXIT_TRAINING, os.strerror(errno.ENOSPC))  # fmt: skip
+    result = _fails(
+        [
+            "train",
+            "--model",
+            text_model_dir,
+            "--dataset",
+            text_csv,
+            "--output-dir",
+            run,
+            "--max-steps",
+            "2",
+            "training.batch_size=8",
+        ],
+        EXIT_TRAINING,
+        os.strerror(errno.ENOSPC),
+    )
     said = " ".join(result.output.split())
     assert f"could not write {run / 'README.md'}" in said and "eval_accuracy 0." in said and "--resume auto" in said
     assert not (run / "metrics.json").exists()
@@ -461,6 +603,11 @@ def test_a_full_disk_while_saving_the_finished_run_says_its_metrics_and_how_to_f
 
 def test_an_empty_sam_window_is_refused_before_the_run_directory_is_written(train_args, tmp_path):
     """sam.stop=5 with the default start (after 10% of the steps) on a 60-step run: SAM would take no step."""
-    _fails([*train_args, "--max-steps", "60", "sam.stop=5"], EXIT_USAGE,
-           "start=0.1 puts its first step at step 7", "stop=5 its last at step 5", "sam.start")  # fmt: skip
+    _fails(
+        [*train_args, "--max-steps", "60", "sam.stop=5"],
+        EXIT_USAGE,
+        "start=0.1 puts its first step at step 7",
+        "stop=5 its last at step 5",
+        "sam.start",
+    )
     assert not (tmp_path / "run").exists()

@@ -14,9 +14,18 @@ from samtune.errors import EXIT_PUSH, EXIT_USAGE
 
 runner = CliRunner()
 RUN_FILES = {
-    "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.yaml",
-    "metrics.json", "trainer_state.json", "training_curves.png", "confusion.json", "confusion_matrix.png",
-}  # fmt: skip
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "config.yaml",
+    "metrics.json",
+    "trainer_state.json",
+    "training_curves.png",
+    "confusion.json",
+    "confusion_matrix.png",
+}
 
 
 class FakeHub:
@@ -50,8 +59,11 @@ class FakeHub:
         root = Path(kw["folder_path"])
         files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
         # The same filter huggingface_hub applies to upload_folder's patterns.
-        self.uploaded = set(filter_repo_objects(files, allow_patterns=kw.get("allow_patterns"),
-                                                ignore_patterns=kw.get("ignore_patterns")))  # fmt: skip
+        self.uploaded = set(
+            filter_repo_objects(
+                files, allow_patterns=kw.get("allow_patterns"), ignore_patterns=kw.get("ignore_patterns")
+            )
+        )
 
     def call(self, name: str) -> dict:
         found = [kw for n, kw in self.calls if n == name]
@@ -78,8 +90,19 @@ def no_token(monkeypatch, tmp_path):
 
 
 def _train(text_model_dir, text_csv, out, *extra):
-    args = ["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out, "--max-steps", "2",
-            "training.batch_size=8", *extra]  # fmt: skip
+    args = [
+        "train",
+        "--model",
+        text_model_dir,
+        "--dataset",
+        text_csv,
+        "--output-dir",
+        out,
+        "--max-steps",
+        "2",
+        "training.batch_size=8",
+        *extra,
+    ]
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -99,8 +122,15 @@ def test_train_pushes_the_run_after_saving_it(tmp_path, text_model_dir, text_csv
 
 
 def test_public_repo_on_a_branch_of_an_organisation(tmp_path, text_model_dir, text_csv, fake_hub):
-    result = _train(text_model_dir, text_csv, tmp_path / "run", "--push-to-hub", "team/tiny-sam", "--public",
-                    "hub.revision=experiment")  # fmt: skip
+    result = _train(
+        text_model_dir,
+        text_csv,
+        tmp_path / "run",
+        "--push-to-hub",
+        "team/tiny-sam",
+        "--public",
+        "hub.revision=experiment",
+    )
     assert result.exit_code == 0, result.output
     assert fake_hub.call("create_repo")["private"] is False
     assert fake_hub.call("create_branch")["branch"] == "experiment"
@@ -138,9 +168,12 @@ def test_offline_push_is_refused_before_training(tmp_path, text_model_dir, text_
 
 @pytest.mark.parametrize(
     ("repo_id", "role", "says"),
-    [("alice/x", "read", "read-only"), ("strangers/x", "write", "not a member of 'strangers'"),
-     ("readers/x", "write", "may only read")],
-)  # fmt: skip
+    [
+        ("alice/x", "read", "read-only"),
+        ("strangers/x", "write", "not a member of 'strangers'"),
+        ("readers/x", "write", "may only read"),
+    ],
+)
 def test_tokens_that_cannot_write_are_refused(tmp_path, text_model_dir, text_csv, fake_hub, repo_id, role, says):
     fake_hub.role = role
     result = _train(text_model_dir, text_csv, tmp_path / "run", "--push-to-hub", repo_id)
@@ -159,8 +192,9 @@ def test_push_command_pushes_an_existing_run_again(tmp_path, text_model_dir, tex
     assert fake_hub.uploaded == RUN_FILES
 
 
-def test_push_uploads_only_what_samtune_wrote_never_a_stray_file_or_a_link(tmp_path, text_model_dir, text_csv,
-                                                                          fake_hub):  # fmt: skip
+def test_push_uploads_only_what_samtune_wrote_never_a_stray_file_or_a_link(
+    tmp_path, text_model_dir, text_csv, fake_hub
+):
     out = tmp_path / "run"
     assert _train(text_model_dir, text_csv, out).exit_code == 0
     outside = tmp_path / "home"
@@ -180,12 +214,25 @@ def test_push_uploads_only_what_samtune_wrote_never_a_stray_file_or_a_link(tmp_p
 
 def test_files_to_push_are_the_ones_samtune_and_save_pretrained_write(tmp_path):
     written = {
-        "README.md", "config.yaml", "metrics.json", "trainer_state.json", "sharpness.json", "landscape_1d.png",
-        "eval-reviews-validation-confusion_matrix.png", "config.json", "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors", "model.safetensors.index.json", "spiece.model", "special_tokens_map.json",
-        "vocab.txt", "preprocessor_config.json", "merged/config.json", "merged/model.safetensors",
+        "README.md",
+        "config.yaml",
+        "metrics.json",
+        "trainer_state.json",
+        "sharpness.json",
+        "landscape_1d.png",
+        "eval-reviews-validation-confusion_matrix.png",
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "spiece.model",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "preprocessor_config.json",
+        "merged/config.json",
+        "merged/model.safetensors",
         "merged/merges.txt",
-    }  # fmt: skip
+    }
     quiet = {"checkpoint-2/model.safetensors", "training_args.bin", ".samtune-run", "runs/events.out"}
     stray = {"notes.md", "data.csv", "extra/config.json", "merged/secrets.txt"}
     for name in written | quiet | stray:
@@ -238,7 +285,9 @@ def test_push_command_reports_an_unreachable_hub_as_a_failed_push(tmp_path, text
 
 def test_a_lora_run_pushes_its_adapters_and_the_merged_model(tmp_path, text_model_dir, text_csv, fake_hub):
     out = tmp_path / "run"
-    result = _train(text_model_dir, text_csv, out, "--lora", "model.lora.merge=true", "--push-to-hub", "alice/tiny-lora")
+    result = _train(
+        text_model_dir, text_csv, out, "--lora", "model.lora.merge=true", "--push-to-hub", "alice/tiny-lora"
+    )
     assert result.exit_code == 0, result.output
     adapters = {"adapter_config.json", "adapter_model.safetensors"}
     merged = {"merged/config.json", "merged/model.safetensors", "merged/tokenizer.json", "merged/tokenizer_config.json"}
@@ -246,8 +295,9 @@ def test_a_lora_run_pushes_its_adapters_and_the_merged_model(tmp_path, text_mode
 
 
 @pytest.mark.parametrize("task", ["token-classification", "text-generation"])
-def test_taggers_and_causal_lms_push_with_their_pipeline_tag(tmp_path, text_model_dir, causal_model_dir, fake_hub,
-                                                              task):  # fmt: skip
+def test_taggers_and_causal_lms_push_with_their_pipeline_tag(
+    tmp_path, text_model_dir, causal_model_dir, fake_hub, task
+):
     """The new tasks' runs upload like any other, their card metadata naming the Hub pipeline they serve."""
     from conftest import review_texts, write_jsonl
     from huggingface_hub import ModelCard
@@ -256,7 +306,10 @@ def test_taggers_and_causal_lms_push_with_their_pipeline_tag(tmp_path, text_mode
     if task == "token-classification":
         model, data = text_model_dir, write_jsonl(tmp_path / "ner.jsonl", tagged_examples(32))
     else:
-        model, data = causal_model_dir, write_jsonl(tmp_path / "t.jsonl", [{"text": r["text"]} for r in review_texts(32)])
+        model, data = (
+            causal_model_dir,
+            write_jsonl(tmp_path / "t.jsonl", [{"text": r["text"]} for r in review_texts(32)]),
+        )
     out = tmp_path / "run"
     result = _train(model, data, out, "--push-to-hub", "alice/tiny-task")
     assert result.exit_code == 0, result.output

@@ -19,6 +19,7 @@ from samtune.recipe import DataSection, ModelSection
 @pytest.fixture
 def no_name_resolution(monkeypatch):
     """The resolver says the Hub's name does not exist; any HTTP request the loaders still make is recorded."""
+
     def unresolvable(host, *a, **kw):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
@@ -58,7 +59,9 @@ def test_a_dataset_id_fails_at_once_too(no_name_resolution):
 
 def test_a_name_that_resolves_leaves_the_hub_to_huggingface_hub(monkeypatch):
     """Where the name resolves (a timeout or a 5xx comes later), nothing changes: huggingface_hub keeps its retries."""
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 443))])
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **kw: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 443))]
+    )
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(network, "_found", [])

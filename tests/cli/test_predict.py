@@ -19,8 +19,21 @@ runner = CliRunner()
 def _trained(model_dir, data, *args):
     """A run of the tiny model at `model_dir` on `data`, trained through the command line beside the data."""
     out = data.parent / "run"
-    result = runner.invoke(app, ["train", "--model", str(model_dir), "--dataset", str(data), "--output-dir", str(out),
-                                 "--batch-size", "8", *args])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(model_dir),
+            "--dataset",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "8",
+            *args,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -107,8 +120,20 @@ def test_image_folder_with_a_corrupt_file_and_one_over_the_decompression_bomb_li
     from bombs import _decompression_bomb
 
     out = tmp_path / "run"
-    trained = runner.invoke(app, ["train", "--model", str(image_model_dir), "--dataset", str(image_folder),
-                                  "--output-dir", str(out), "--max-steps", "2"])  # fmt: skip
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(image_model_dir),
+            "--dataset",
+            str(image_folder),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     new = tmp_path / "new"
     new.mkdir()
@@ -138,15 +163,23 @@ def test_image_folder_with_a_corrupt_file_and_one_over_the_decompression_bomb_li
     ("task", "labels", "logits", "expected"),
     [
         # softmax of (0, ln 3): 1/4 and 3/4
-        ("text-classification", ["neg", "pos"], [[0.0, np.log(3.0)]],
-         {"predicted_label": "pos", "score": 0.75, "prob_neg": 0.25, "prob_pos": 0.75}),
+        (
+            "text-classification",
+            ["neg", "pos"],
+            [[0.0, np.log(3.0)]],
+            {"predicted_label": "pos", "score": 0.75, "prob_neg": 0.25, "prob_pos": 0.75},
+        ),
         # sigmoid of ln 3 is 3/4, of -ln 3 is 1/4: only 'a' reaches the threshold 0.5
-        ("text-multi-label", ["a", "b"], [[np.log(3.0), -np.log(3.0)]],
-         {"predicted_labels": "a", "prob_a": 0.75, "prob_b": 0.25}),
+        (
+            "text-multi-label",
+            ["a", "b"],
+            [[np.log(3.0), -np.log(3.0)]],
+            {"predicted_labels": "a", "prob_a": 0.75, "prob_b": 0.25},
+        ),
         ("text-regression", ["stars"], [[2.5]], {"predicted_stars": 2.5}),
     ],
     ids=["classification", "multi-label", "regression"],
-)  # fmt: skip
+)
 def test_prediction_columns_are_the_names_the_clash_check_uses(task, labels, logits, expected):
     from samtune import tasks
 
@@ -181,8 +214,9 @@ def test_a_taggers_entities_are_the_token_classification_pipelines(tmp_path, tag
     texts = [" ".join(r["tokens"]) for r in rows]
     words = write_jsonl(tmp_path / "words.jsonl", [{"tokens": r["tokens"]} for r in rows])
     by_words, by_text = tmp_path / "w.jsonl", tmp_path / "t.csv"
-    result = runner.invoke(app, ["predict", str(tagger_run), str(words), "--output", str(by_words),
-                                 "--batch-size", "5"])  # fmt: skip
+    result = runner.invoke(
+        app, ["predict", str(tagger_run), str(words), "--output", str(by_words), "--batch-size", "5"]
+    )
     assert result.exit_code == 0, result.output
     args = [a for t in texts for a in ("--text", t)]
     result = runner.invoke(app, ["predict", str(tagger_run), *args, "--output", str(by_text), "--batch-size", "5"])
@@ -225,8 +259,10 @@ PROMPTS = ["the film was", "review : the", "a", "the acting was really", "the pl
 
 
 def _greedy_by_pipeline(generator, max_new_tokens):
-    return [generator(p, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)[0]["generated_text"]
-            for p in PROMPTS]  # fmt: skip
+    return [
+        generator(p, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)[0]["generated_text"]
+        for p in PROMPTS
+    ]
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -236,8 +272,9 @@ def test_a_causal_lms_greedy_completions_are_the_text_generation_pipelines(tmp_p
     run = _causal_run(tmp_path, causal_model_dir, *(["--lora", "--max-steps", "6"] if lora else ["--epochs", "2"]))
     out = tmp_path / "completions.jsonl"
     args = [a for p in PROMPTS for a in ("--text", p)]
-    result = runner.invoke(app, ["predict", str(run), *args, "--max-new-tokens", "6", "--batch-size", "3",
-                                 "--output", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app, ["predict", str(run), *args, "--max-new-tokens", "6", "--batch-size", "3", "--output", str(out)]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["text"] for line in lines] == PROMPTS and set(lines[0]) == {"text", "completion"}
@@ -245,8 +282,11 @@ def test_a_causal_lms_greedy_completions_are_the_text_generation_pipelines(tmp_p
         from peft import AutoPeftModelForCausalLM
 
         assert (run / "adapter_config.json").is_file()
-        generator = pipeline("text-generation", model=AutoPeftModelForCausalLM.from_pretrained(str(run)),
-                             tokenizer=AutoTokenizer.from_pretrained(str(run)))  # fmt: skip
+        generator = pipeline(
+            "text-generation",
+            model=AutoPeftModelForCausalLM.from_pretrained(str(run)),
+            tokenizer=AutoTokenizer.from_pretrained(str(run)),
+        )
     else:
         generator = pipeline("text-generation", model=str(run))
     expected = _greedy_by_pipeline(generator, 6)

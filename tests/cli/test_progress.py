@@ -20,9 +20,24 @@ STEP_LINE = re.compile(
 def _train_through_a_pipe(text_model_dir, text_csv, out, *extra):
     """`samtune train` with its output read from a pipe (not a terminal), in a 40-column environment."""
     env = {**os.environ, "COLUMNS": "40", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath()}
-    cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(text_csv),
-           "--output-dir", str(out), "--max-steps", "6", "training.logging_steps=1", "training.batch_size=8",
-           "sam.start=0", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "samtune",
+        "train",
+        "--model",
+        str(text_model_dir),
+        "--dataset",
+        str(text_csv),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "6",
+        "training.logging_steps=1",
+        "training.batch_size=8",
+        "sam.start=0",
+        *extra,
+    ]
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

@@ -55,7 +55,9 @@ def test_recipe_named_after_its_file(tmp_path):
 
 def test_errors_are_all_reported_with_dotted_keys_and_suggestions():
     with pytest.raises(RecipeError) as err:
-        build_recipe({"sam": {"rhoo": 1, "adaptive": "maybe"}, "training": {"warmup": -1}}, ["data.max_train_samples=0"])
+        build_recipe(
+            {"sam": {"rhoo": 1, "adaptive": "maybe"}, "training": {"warmup": -1}}, ["data.max_train_samples=0"]
+        )
     problems = err.value.problems
     assert len(problems) == 4
     assert any("sam.rhoo" in p and "did you mean 'sam.rho'" in p for p in problems)
@@ -71,8 +73,22 @@ def test_eval_strategy_steps_needs_eval_steps():
 
 def test_builtin_recipes_cover_the_common_tasks():
     names = set(builtin_recipes())
-    assert {"quickstart", "vit-beans", "vit-cifar10", "convnext-food101", "bert-sst2", "distilbert-imdb",
-            "roberta-agnews", "bert-mrpc", "bert-stsb", "roberta-goemotions", "bert-conll2003", "minilm-word-affect", "gpt2-wikitext2", "smollm2-dolly"} <= names  # fmt: skip
+    assert {
+        "quickstart",
+        "vit-beans",
+        "vit-cifar10",
+        "convnext-food101",
+        "bert-sst2",
+        "distilbert-imdb",
+        "roberta-agnews",
+        "bert-mrpc",
+        "bert-stsb",
+        "roberta-goemotions",
+        "bert-conll2003",
+        "minilm-word-affect",
+        "gpt2-wikitext2",
+        "smollm2-dolly",
+    } <= names
     for name in names:
         recipe = load_recipe(name)
         assert recipe.model.name and recipe.data.dataset and recipe.name == name
@@ -121,7 +137,9 @@ def test_a_value_a_message_quotes_is_cut_short():
     assert all("..." in p for p in problems)  # the cut is shown, not hidden
     assert len(str(err.value)) < 5000  # 1,001 wrong values (max_length and each row): 20 listed, the rest counted
     assert problems[-1] == "... and 981 more like these"
-    assert any(p.startswith("data.labels.0") for p in problems) and any(p.startswith("model.max_length") for p in problems)
+    assert any(p.startswith("data.labels.0") for p in problems) and any(
+        p.startswith("model.max_length") for p in problems
+    )
 
 
 def test_yaml_aliases_that_expand_past_the_limit_are_refused(tmp_path):

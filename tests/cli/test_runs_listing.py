@@ -26,8 +26,20 @@ def _fake_run(path, config: str, checkpoint: int | None = None):
 
 def test_finished_interrupted_failed_and_running_runs_newest_first(tmp_path, text_model_dir, text_csv):
     root = tmp_path / "runs"
-    done = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(text_csv), "--output-dir",
-                               str(root / "finished"), "--max-steps", "2"])  # fmt: skip
+    done = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--output-dir",
+            str(root / "finished"),
+            "--max-steps",
+            "2",
+        ],
+    )
     assert done.exit_code == 0, done.output
     config = "model: {name: m}\ndata: {dataset: d.csv}\nsam: {rho: 0.1, variant: looksam}\ntask: text-regression\n"
     _fake_run(root / "cmp" / "sam" / "seed-42", config, checkpoint=6)
@@ -43,14 +55,20 @@ def test_finished_interrupted_failed_and_running_runs_newest_first(tmp_path, tex
         listed = runner.invoke(app, ["runs", str(root), "--json"])
     assert [r["run"] for r in runs] == ["busy", "broken", "cmp/sam/seed-42", "finished"]
     status = {r["run"]: r["status"] for r in runs}
-    assert status == {"busy": "running", "broken": "failed", "cmp/sam/seed-42": "interrupted at step 6",
-                      "finished": "finished"}  # fmt: skip
+    assert status == {
+        "busy": "running",
+        "broken": "failed",
+        "cmp/sam/seed-42": "interrupted at step 6",
+        "finished": "finished",
+    }
     finished = runs[-1]
     metrics = json.loads((root / "finished" / "metrics.json").read_text())
     assert finished["metric"] == "eval_accuracy" and finished["value"] == metrics["eval_accuracy"]
     assert finished["steps"] == 2 and finished["sam"] == "sam rho 0.05"
     interrupted = runs[2]
-    assert interrupted["sam"] == "looksam rho 0.1" and interrupted["metric"] == "eval_mse" and interrupted["value"] is None
+    assert (
+        interrupted["sam"] == "looksam rho 0.1" and interrupted["metric"] == "eval_mse" and interrupted["value"] is None
+    )
     assert runs[1]["sam"] == "none (rho 0)"
     assert listed.exit_code == 0 and [r["run"] for r in json.loads(listed.output)] == [r["run"] for r in runs]
     table = runner.invoke(app, ["runs", str(root)])
@@ -66,15 +84,25 @@ def test_a_run_with_a_malformed_config_or_metrics_is_listed_as_unreadable_beside
     _fake_run(root / "list-yaml", "- not\n- a mapping\n")
     _fake_run(root / "binary-yaml", "")
     (root / "binary-yaml" / "config.yaml").write_bytes(b"\xff\xfe\x00model")
-    for name, text in {"bad-json": "{not json", "list-json": "[1, 2]", "text-metric": '{"eval_accuracy": "high"}',
-                       "text-time": '{"eval_accuracy": 0.5, "wall_time": "long"}'}.items():  # fmt: skip
+    for name, text in {
+        "bad-json": "{not json",
+        "list-json": "[1, 2]",
+        "text-metric": '{"eval_accuracy": "high"}',
+        "text-time": '{"eval_accuracy": 0.5, "wall_time": "long"}',
+    }.items():
         _fake_run(root / name, good)
         (root / name / "metrics.json").write_text(text)
     runs = {r["run"]: r for r in find_runs(root)}
     assert runs["good"]["status"] == "interrupted at step 3"
-    unreadable = {"bad-yaml": "config.yaml", "list-yaml": "config.yaml", "binary-yaml": "config.yaml",
-                  "bad-json": "metrics.json", "list-json": "metrics.json",
-                  "text-metric": "metrics.json", "text-time": "metrics.json"}  # fmt: skip
+    unreadable = {
+        "bad-yaml": "config.yaml",
+        "list-yaml": "config.yaml",
+        "binary-yaml": "config.yaml",
+        "bad-json": "metrics.json",
+        "list-json": "metrics.json",
+        "text-metric": "metrics.json",
+        "text-time": "metrics.json",
+    }
     for name, file in unreadable.items():
         assert runs[name]["status"].startswith(f"unreadable: {file}"), (name, runs[name]["status"])
         assert runs[name]["value"] is None and runs[name]["wall_time"] is None

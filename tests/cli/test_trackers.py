@@ -18,9 +18,23 @@ def test_tensorboard_gets_the_loss_and_sams_values(tmp_path, text_model_dir, tex
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(text_csv), "--output-dir",
-                                 str(out), "--max-steps", "4", "training.logging_steps=2",
-                                 "training.report_to=tensorboard", "training.run_name=tb-check"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "4",
+            "training.logging_steps=2",
+            "training.report_to=tensorboard",
+            "training.run_name=tb-check",
+        ],
+    )
     assert result.exit_code == 0, result.output
     events = sorted(out.glob("runs/*/events.out.tfevents.*"))
     assert events, sorted(str(p.relative_to(out)) for p in out.rglob("*"))
@@ -42,15 +56,20 @@ def test_the_trainer_receives_the_trackers_and_the_run_name(tmp_path):
     assert quiet.report_to == []
 
 
-@pytest.mark.parametrize(("value", "says"), [
-    ("tensorbord", "did you mean 'tensorboard'"),
-    ("wandb", "pip install wandb"),
-    ("mlflow", "pip install mlflow"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("tensorbord", "did you mean 'tensorboard'"),
+        ("wandb", "pip install wandb"),
+        ("mlflow", "pip install mlflow"),
+    ],
+)
 def test_unknown_or_missing_trackers_are_recipe_errors(value, says, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "mlflow") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "mlflow") else real(name, *a)
+    )
     with pytest.raises(RecipeError, match=says):
         build_recipe({}, [f"training.report_to={value}"])

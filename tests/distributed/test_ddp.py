@@ -15,6 +15,7 @@ from tiny import (
     tiny_gpt2,
 )
 
+
 def _run_workers(tmp_path, variant: str) -> list[dict]:
     torchrun("ddp_worker.py", str(tmp_path), variant)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]

@@ -56,8 +56,13 @@ def _together(ga: int = 1) -> list[list[dict[str, torch.Tensor]]]:
     both processes together."""
     from fsdp_worker import BATCH, data
 
-    return [[{"x": torch.cat([x[:BATCH][m::ga], x[BATCH:][m::ga]]), "y": torch.cat([y[:BATCH][m::ga], y[BATCH:][m::ga]])}
-             for m in range(ga)] for x, y in data()]  # fmt: skip
+    return [
+        [
+            {"x": torch.cat([x[:BATCH][m::ga], x[BATCH:][m::ga]]), "y": torch.cat([y[:BATCH][m::ga], y[BATCH:][m::ga]])}
+            for m in range(ga)
+        ]
+        for x, y in data()
+    ]
 
 
 def _hand_written_sam(rho: float, adaptive: bool = False, ga: int = 1) -> dict[str, torch.Tensor]:
@@ -167,8 +172,10 @@ def trainer_runs(trainer_run):
 def _merged_micro_batches(out: Path, name: str, ga: int = 2) -> list[list[dict[str, torch.Tensor]]]:
     """Per optimizer step, micro-batch m of both processes together (what FSDP2's averaged ascent sees)."""
     s0, s1 = _run(out, name, 0)["seen"], _run(out, name, 1)["seen"]
-    return [[{k: torch.cat([s0[ga * i + m][k], s1[ga * i + m][k]]) for k in s0[0]} for m in range(ga)]
-            for i in range(len(s0) // ga)]  # fmt: skip
+    return [
+        [{k: torch.cat([s0[ga * i + m][k], s1[ga * i + m][k]]) for k in s0[0]} for m in range(ga)]
+        for i in range(len(s0) // ga)
+    ]
 
 
 @pytest.mark.parametrize(("scenario", "rho", "adaptive"), [("sam", 0.05, False), ("asam", 0.5, True)])
@@ -178,7 +185,10 @@ def test_samtrainer_under_fsdp2_equals_single_process_sam(trainer_runs, scenario
     assert _worst(r0["state"], r1["state"]) == 0.0
     assert r0["climb_steps"] == 3 and len(r0["seen"]) == 6
     steps = _merged_micro_batches(trainer_runs, scenario)
-    assert _worst(r0["state"], reference_sam_sgd(tiny_bert(), steps, rho=rho, lr=0.5, adaptive=adaptive).state_dict()) <= 1e-6
+    assert (
+        _worst(r0["state"], reference_sam_sgd(tiny_bert(), steps, rho=rho, lr=0.5, adaptive=adaptive).state_dict())
+        <= 1e-6
+    )
     if scenario == "sam":
         # Not DDP's per-process ascent: FSDP2 averages the ascent gradient over the processes.
         s0, s1 = r0["seen"], r1["seen"]
@@ -197,8 +207,11 @@ def test_samtrainer_under_fsdp2_climbs_only_the_chosen_parameters(trainer_run, s
     assert _worst(r0["state"], r1["state"]) == 0.0
     model, steps = tiny_bert(), _merged_micro_batches(out, scenario)
     names = [n for n, _ in model.named_parameters()]
-    climbing = {n for n in names if n.startswith("classifier.")} if params == "head" else {
-        n for n in names if not n.endswith(".bias")}  # fmt: skip
+    climbing = (
+        {n for n in names if n.startswith("classifier.")}
+        if params == "head"
+        else {n for n in names if not n.endswith(".bias")}
+    )
     reference = reference_sam_sgd(model, steps, rho=0.05, lr=0.5, climbing=climbing).state_dict()
     assert _worst(r0["state"], reference) <= 1e-6
     # The choice matters here: SAM on every parameter ends elsewhere.
@@ -248,7 +261,9 @@ def test_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(trainer_r
     assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and records["SAMState"]["attributes"]["variant"] == scenario
     if scenario == "looksam":
         assert {p.name for p in checkpoint.glob("samtune_looksam_rank*.pt")} == {
-            "samtune_looksam_rank0.pt", "samtune_looksam_rank1.pt"}  # fmt: skip
+            "samtune_looksam_rank0.pt",
+            "samtune_looksam_rank1.pt",
+        }
     for rank in (0, 1):
         whole, resumed = _run(trainer_runs, scenario, rank), _run(trainer_runs, f"{scenario}-resumed", rank)
         assert len(resumed["seen"]) < len(whole["seen"])  # it did resume
@@ -284,11 +299,32 @@ def test_samtune_train_with_fsdp_writes_a_whole_run_and_resumes_from_sharded_che
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath(site)}
 
     def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(train_csv),
-               f"data.eval_file={valid_csv}", "--batch-size", "4", "--learning-rate", "5e-3", "--output-dir", str(out),
-               "training.fsdp=true", "training.eval_strategy=steps", "training.eval_steps=3",
-               "training.save_total_limit=3", "training.load_best_model_at_end=false", "sam.start=0", "--nproc", "2",
-               *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "samtune",
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(train_csv),
+            f"data.eval_file={valid_csv}",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "5e-3",
+            "--output-dir",
+            str(out),
+            "training.fsdp=true",
+            "training.eval_strategy=steps",
+            "training.eval_steps=3",
+            "training.save_total_limit=3",
+            "training.load_best_model_at_end=false",
+            "sam.start=0",
+            "--nproc",
+            "2",
+            *extra,
+        ]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done

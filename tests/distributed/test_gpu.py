@@ -29,7 +29,9 @@ RHO, LR = 0.05, 0.5
 
 
 def _gpu_args(tmp_path, **kw):
-    return _args(tmp_path, **{"use_cpu": False, "per_device_train_batch_size": 8, "learning_rate": LR, **SGD_PLAIN, **kw})
+    return _args(
+        tmp_path, **{"use_cpu": False, "per_device_train_batch_size": 8, "learning_rate": LR, **SGD_PLAIN, **kw}
+    )
 
 
 def _train(model, rows, args) -> SAMTrainer:
@@ -68,7 +70,9 @@ def test_fp16_overflow_skips_the_climb_and_the_step(tmp_path):
 
 def test_bf16_zero_learning_rate_leaves_weights_exactly(tmp_path):
     rows, model = text_rows(8 * 3), tiny_bert()
-    trainer = _train(copy.deepcopy(model), rows, _gpu_args(tmp_path, bf16=True, rho=RHO, max_steps=3, learning_rate=0.0))
+    trainer = _train(
+        copy.deepcopy(model), rows, _gpu_args(tmp_path, bf16=True, rho=RHO, max_steps=3, learning_rate=0.0)
+    )
     assert trainer.sam_climb_steps == 3
     assert max_abs_diff(_cpu(trainer.model), model) == 0.0
 
@@ -90,7 +94,9 @@ def test_fp32_on_the_gpu_matches_the_hand_written_reference(tmp_path, variant):
         ),
     }
     kw, reference = settings[variant]
-    args = _gpu_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, rho=RHO, max_steps=n_steps, **kw)
+    args = _gpu_args(
+        tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, rho=RHO, max_steps=n_steps, **kw
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     assert max_abs_diff(_cpu(trainer.model), _cpu(reference())) <= 1e-5
 
@@ -113,7 +119,9 @@ def test_fp16_skip_of_a_nonfinite_loss_goes_through_the_scaler_and_training_goes
     trainer.train()  # before the fix: "unscale_() has already been called on this optimizer" at step 3
     assert trainer.sam_nonfinite_skipped == 1 and trainer.state.global_step == 4
     assert trainer.accelerator.scaler.get_scale() == scale / 2
-    assert max_abs_diff(_cpu(trainer.model), model) > 0 and all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert max_abs_diff(_cpu(trainer.model), model) > 0 and all(
+        torch.isfinite(p).all() for p in trainer.model.parameters()
+    )
 
 
 def test_vit_at_micro_batch_one_on_the_gpu_matches_the_reference(tmp_path):
@@ -123,9 +131,12 @@ def test_vit_at_micro_batch_one_on_the_gpu_matches_the_reference(tmp_path):
     rows, model = image_rows(6), tiny_vit()
     kw = dict(per_device_train_batch_size=1, gradient_accumulation_steps=2, rho=0.1, max_steps=3)
     fp32 = _train(copy.deepcopy(model), rows, _gpu_args(tmp_path, **kw))
-    reference = reference_sam_sgd(copy.deepcopy(model).cuda(), [
-        [{k: v.cuda() for k, v in b.items()} for b in s] for s in _steps(rows, 1, 2, 3)
-    ], 0.1, LR)  # fmt: skip
+    reference = reference_sam_sgd(
+        copy.deepcopy(model).cuda(),
+        [[{k: v.cuda() for k, v in b.items()} for b in s] for s in _steps(rows, 1, 2, 3)],
+        0.1,
+        LR,
+    )
     assert max_abs_diff(_cpu(fp32.model), _cpu(reference)) <= 1e-5
 
 

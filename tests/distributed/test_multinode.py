@@ -23,17 +23,46 @@ from safetensors.torch import load_file
 from launch import _free_port
 
 
-
 def _node(rank: int, port: int, train: list[str], cwd: Path, log: Path, launcher: str = "torchrun") -> subprocess.Popen:
     """Machine `rank`'s launch command, as the README gives it (one process per machine)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
-               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(rank),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+        ]
     else:  # accelerate launch runs torchrun underneath (--multi_gpu: its multi-process launcher; CPU processes here)
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
-               "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-               "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_machines",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
     cmd += ["-m", "samtune", *train]
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -42,8 +71,22 @@ def _train_args(tmp_path: Path, model_dir: Path, out: Path, *extra: str) -> list
     data = tmp_path / "reviews.csv"
     if not data.exists():
         write_csv(data, text_examples(64))
-    return ["train", "--model", str(model_dir), "--dataset", str(data), "--batch-size", "4", "--learning-rate",
-            "5e-3", "--output-dir", str(out), "training.eval_strategy=no", "sam.start=0", *extra]  # fmt: skip
+    return [
+        "train",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(data),
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "5e-3",
+        "--output-dir",
+        str(out),
+        "training.eval_strategy=no",
+        "sam.start=0",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
@@ -58,7 +101,14 @@ def test_two_nodes_over_loopback_equal_one_node_with_two_processes(tmp_path, tex
     assert logs[0].count("done") == 1 and "done" not in logs[1]  # the main process (node 0) reports
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "samtune", *_train_args(tmp_path, text_model_dir, one_node, "--max-steps", "4"), "--nproc", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "samtune",
+        *_train_args(tmp_path, text_model_dir, one_node, "--max-steps", "4"),
+        "--nproc",
+        "2",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

@@ -10,7 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from samtune.optim import SAM, ascent_norm, climb_, frozen_running_stats, restore_weights_, sam_perturbation, save_weights
+from samtune.optim import (
+    SAM,
+    ascent_norm,
+    climb_,
+    frozen_running_stats,
+    restore_weights_,
+    sam_perturbation,
+    save_weights,
+)
 from samtune.optim.functional import gradients_by_backward
 
 
@@ -194,8 +202,12 @@ def test_standalone_asam_with_eta_matches_hand_written_reference(eta):
 
 def test_asam_eta_is_per_group_and_checked():
     model = _mlp()
-    opt = SAM([{"params": model[0].parameters(), "asam_eta": 0.0}, {"params": model[2].parameters()}],
-              torch.optim.SGD, adaptive=True, lr=0.1)  # fmt: skip
+    opt = SAM(
+        [{"params": model[0].parameters(), "asam_eta": 0.0}, {"params": model[2].parameters()}],
+        torch.optim.SGD,
+        adaptive=True,
+        lr=0.1,
+    )
     assert [g["asam_eta"] for g in opt.param_groups] == [0.0, PAPER_ETA]
     with pytest.raises(ValueError, match="asam_eta"):
         SAM(model.parameters(), torch.optim.SGD, adaptive=True, asam_eta=-0.1, lr=0.1)

@@ -38,9 +38,16 @@ def test_lr_schedule_scales_rho_with_the_learning_rate(tmp_path, batch_size, acc
     rhos = [RHO * lr / LR for lr in lrs]
     steps = _steps(rows, batch_size, accumulation, N_STEPS)
     reference = reference_sam_sgd_per_step(model, steps, rhos, lrs)
-    args = _args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                 max_steps=N_STEPS, learning_rate=LR, rho=RHO, schedule="lr",
-                 **{**SGD_PLAIN, "lr_scheduler_type": "linear", "warmup_steps": 2})  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=N_STEPS,
+        learning_rate=LR,
+        rho=RHO,
+        schedule="lr",
+        **{**SGD_PLAIN, "lr_scheduler_type": "linear", "warmup_steps": 2},
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     assert max_abs_diff(trainer.model, reference) <= 1e-6
     assert trainer.sam_climb_steps == N_STEPS - 1  # the warmup's first step has lr 0: no climb
@@ -49,8 +56,17 @@ def test_lr_schedule_scales_rho_with_the_learning_rate(tmp_path, batch_size, acc
 
 
 def _sam_trainer_with(tmp_path, model, rows, optimizers, **kw):
-    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=N_STEPS, rho=RHO, schedule="lr", max_grad_norm=0.0,
-                 weight_decay=0.0, train_sampling_strategy="sequential", **kw)  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=4,
+        max_steps=N_STEPS,
+        rho=RHO,
+        schedule="lr",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        train_sampling_strategy="sequential",
+        **kw,
+    )
     trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows), optimizers=optimizers)
     trainer.train()
     return trainer
@@ -81,32 +97,51 @@ def test_lr_schedule_follows_each_groups_own_peak(tmp_path):
     head = {"classifier.weight", "classifier.bias"}
     trained = copy.deepcopy(model)
     named = list(trained.named_parameters())
-    sgd = torch.optim.SGD([{"params": [p for n, p in named if n not in head], "lr": LR / 10},
-                           {"params": [p for n, p in named if n in head], "lr": LR}])  # fmt: skip
-    trainer = _sam_trainer_with(tmp_path, trained, rows, (sgd, None), learning_rate=LR, lr_scheduler_type="linear",
-                                warmup_steps=2)  # fmt: skip
+    sgd = torch.optim.SGD(
+        [
+            {"params": [p for n, p in named if n not in head], "lr": LR / 10},
+            {"params": [p for n, p in named if n in head], "lr": LR},
+        ]
+    )
+    trainer = _sam_trainer_with(
+        tmp_path, trained, rows, (sgd, None), learning_rate=LR, lr_scheduler_type="linear", warmup_steps=2
+    )
     factors = [linear_warmup_lr(1.0, t, 2, N_STEPS) for t in range(N_STEPS)]  # 0, .5, 1, 2/3, 1/3
     scale = {n: (1.0 if n in head else 0.1) for n, _ in named}
-    reference = reference_sam_sgd_per_step(model, _steps(rows, 4, 1, N_STEPS), [RHO * f for f in factors],
-                                           [LR * f for f in factors], lr_scale=scale)  # fmt: skip
+    reference = reference_sam_sgd_per_step(
+        model, _steps(rows, 4, 1, N_STEPS), [RHO * f for f in factors], [LR * f for f in factors], lr_scale=scale
+    )
     assert max_abs_diff(trainer.model, reference) <= 1e-6
     assert _logged_rhos(trainer)[1:] == [pytest.approx(RHO * f, rel=1e-9) for f in factors[1:]]
-    too_small = reference_sam_sgd_per_step(model, _steps(rows, 4, 1, N_STEPS), [RHO * f / 10 for f in factors],
-                                           [LR * f for f in factors], lr_scale=scale)  # fmt: skip
+    too_small = reference_sam_sgd_per_step(
+        model, _steps(rows, 4, 1, N_STEPS), [RHO * f / 10 for f in factors], [LR * f for f in factors], lr_scale=scale
+    )
     assert max_abs_diff(too_small, reference) > 1e-5  # the comparison sees a radius 10 times off
 
 
 @GA
-@pytest.mark.parametrize(("start", "stop", "sam_steps"), [(0.4, 0.8, {2, 3}), (2, 4, {1, 2, 3})],
-                         ids=["fractions", "step-numbers"])  # fmt: skip
-def test_window_takes_sam_steps_inside_and_plain_steps_outside(tmp_path, batch_size, accumulation, start, stop, sam_steps):
+@pytest.mark.parametrize(
+    ("start", "stop", "sam_steps"), [(0.4, 0.8, {2, 3}), (2, 4, {1, 2, 3})], ids=["fractions", "step-numbers"]
+)
+def test_window_takes_sam_steps_inside_and_plain_steps_outside(
+    tmp_path, batch_size, accumulation, start, stop, sam_steps
+):
     rows, model = text_rows(4 * N_STEPS), tiny_bert()
     assert set(range(*sam_window(start, stop, N_STEPS))) == sam_steps
     steps = _steps(rows, batch_size, accumulation, N_STEPS)
     rhos = [RHO if t in sam_steps else 0.0 for t in range(N_STEPS)]
     reference = reference_sam_sgd_per_step(model, steps, rhos, [LR] * N_STEPS)
-    args = _args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                 max_steps=N_STEPS, learning_rate=LR, rho=RHO, start=start, stop=stop, **SGD_PLAIN)  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=N_STEPS,
+        learning_rate=LR,
+        rho=RHO,
+        start=start,
+        stop=stop,
+        **SGD_PLAIN,
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     assert max_abs_diff(trainer.model, reference) <= 1e-6
     assert trainer.sam_climb_steps == len(sam_steps)
@@ -129,8 +164,12 @@ def test_steps_outside_the_window_are_the_stock_step_to_the_bit(tmp_path):
     runs = []
     for cls, trainer_cls, kw in ((TrainingArguments, Trainer, {}), (SAMArguments, SAMTrainer, dict(rho=RHO, start=3))):
         weights = _WeightsAfterEachStep()
-        trainer = trainer_cls(model=tiny_bert(), args=_args(tmp_path, cls, **common, **kw),
-                              train_dataset=ListDataset(rows), callbacks=[weights])  # fmt: skip
+        trainer = trainer_cls(
+            model=tiny_bert(),
+            args=_args(tmp_path, cls, **common, **kw),
+            train_dataset=ListDataset(rows),
+            callbacks=[weights],
+        )
         trainer.train()
         runs.append((trainer, weights.after))
     (_, stock), (late, sam) = runs
@@ -152,8 +191,9 @@ def test_an_empty_window_is_refused_before_any_step(tmp_path, window, ends):
     """A window that holds no step of the run (the default start, 10% of 60 steps, after stop=5; a start past the
     end) would train without SAM and say nothing: refused when training starts, before any step."""
     model = tiny_bert()
-    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=60, rho=RHO, **{"start": default_of("start"),
-                                                                                   **window})  # fmt: skip
+    args = _args(
+        tmp_path, per_device_train_batch_size=4, max_steps=60, rho=RHO, **{"start": default_of("start"), **window}
+    )
     trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(text_rows(8)))
     with pytest.raises(SAMWindowError) as refused:
         trainer.train()
@@ -166,16 +206,27 @@ def test_logged_sharpness_is_the_loss_rise_at_w_plus_e(tmp_path, accumulation):
     """sam_sharpness = L(w + e(w)) - L(w) of the step's mean loss, from the two passes SAM takes anyway."""
     rows, model = text_rows(4), tiny_bert()
     by_hand = reference_sharpness(model, micro_batches(rows, 4 // accumulation), RHO)
-    args = _args(tmp_path, per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation,
-                 max_steps=1, learning_rate=LR, rho=RHO, **SGD_PLAIN)  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=4 // accumulation,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=LR,
+        rho=RHO,
+        **SGD_PLAIN,
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     logged = [h["sam_sharpness"] for h in trainer.state.log_history if "sam_sharpness" in h]
     assert by_hand > 0 and logged == [pytest.approx(by_hand, abs=1e-6)]
 
 
 def test_window_and_schedule_are_checked_everywhere(tmp_path):
-    for bad, says in (({"start": 1.5}, "whole step number"), ({"start": 0.6, "stop": 0.3}, "must come after"),
-                      ({"schedule": "cosine"}, "schedule"), ({"stop": -1}, "stop")):  # fmt: skip
+    for bad, says in (
+        ({"start": 1.5}, "whole step number"),
+        ({"start": 0.6, "stop": 0.3}, "must come after"),
+        ({"schedule": "cosine"}, "schedule"),
+        ({"stop": -1}, "stop"),
+    ):
         with pytest.raises(ValueError, match=says):
             SAMArguments(output_dir=str(tmp_path), report_to="none", **bad)
         with pytest.raises(RecipeError):
@@ -193,9 +244,11 @@ def test_window_arithmetic():
 
 # The climbing sets written out by name for the tiny BERT (2 layers), independently of the presets' code.
 _NORMS = {f"bert.embeddings.LayerNorm.{w}" for w in ("weight", "bias")} | {
-    f"bert.encoder.layer.{i}.{part}.LayerNorm.{w}" for i in (0, 1) for part in ("attention.output", "output")
+    f"bert.encoder.layer.{i}.{part}.LayerNorm.{w}"
+    for i in (0, 1)
+    for part in ("attention.output", "output")
     for w in ("weight", "bias")
-}  # fmt: skip
+}
 _HEAD = {"classifier.weight", "classifier.bias"}
 
 
@@ -207,8 +260,10 @@ _HEAD = {"classifier.weight", "classifier.bias"}
         ("head", lambda names: _HEAD),
         ("norms", lambda names: _NORMS),
         ("!*.bias", lambda names: {n for n in names if not n.endswith(".bias")}),
-        ("weights", lambda names: {n for n in names if not n.endswith(".bias") and n not in _NORMS
-                                   and "embeddings." not in n}),  # fmt: skip
+        (
+            "weights",
+            lambda names: {n for n in names if not n.endswith(".bias") and n not in _NORMS and "embeddings." not in n},
+        ),
     ],
     ids=["head", "norms", "no-biases", "weights"],
 )
@@ -220,8 +275,17 @@ def test_only_the_chosen_parameters_climb(tmp_path, batch_size, accumulation, ad
     rho = 1.0 if adaptive else RHO
     steps = _steps(rows, batch_size, accumulation, 2)
     reference = reference_sam_sgd(model, steps, rho, LR, adaptive=adaptive, climbing=chosen)
-    args = _args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                 max_steps=2, learning_rate=LR, rho=rho, adaptive=adaptive, params=spec, **SGD_PLAIN)  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=2,
+        learning_rate=LR,
+        rho=rho,
+        adaptive=adaptive,
+        params=spec,
+        **SGD_PLAIN,
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     assert max_abs_diff(trainer.model, reference) <= 1e-6
     assert max_abs_diff(reference_sam_sgd(model, steps, rho, LR, adaptive=adaptive), reference) > 1e-6
@@ -241,13 +305,19 @@ def test_params_that_select_nothing_or_do_not_parse_are_refused(tmp_path):
         build_recipe({"sam": {"params": "!"}})
 
 
-@pytest.mark.parametrize(("spec", "says"), [
-    ("!*.Bias", ["'!*.Bias' (did you mean '!*.bias'?)"]),
-    ("!bert.embedding.*", ["'!bert.embedding.*' (did you mean '!bert.embeddings.*'?)"]),
-    ("bert.encoder.*,classifer.*", ["'classifer.*' (did you mean 'classifier.*'?)"]),
-    ("!*.Bias,bert.encoder.*,classifer.*", ["'!*.Bias' (did you mean '!*.bias'?)",
-                                            "'classifer.*' (did you mean 'classifier.*'?)"]),
-], ids=["case", "module-prefix", "one-of-two", "every-unmatched"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("!*.Bias", ["'!*.Bias' (did you mean '!*.bias'?)"]),
+        ("!bert.embedding.*", ["'!bert.embedding.*' (did you mean '!bert.embeddings.*'?)"]),
+        ("bert.encoder.*,classifer.*", ["'classifer.*' (did you mean 'classifier.*'?)"]),
+        (
+            "!*.Bias,bert.encoder.*,classifer.*",
+            ["'!*.Bias' (did you mean '!*.bias'?)", "'classifer.*' (did you mean 'classifier.*'?)"],
+        ),
+    ],
+    ids=["case", "module-prefix", "one-of-two", "every-unmatched"],
+)
 def test_a_pattern_that_matches_no_parameter_is_refused_with_a_suggestion(tmp_path, spec, says):
     """Each of these trained before: the other patterns matched, so the typo went unseen (`!*.Bias` removed
     nothing and every bias climbed). Refused when the trainer is built, before any step, every unmatched one named."""
@@ -267,8 +337,9 @@ def _tiny_t5():
     from transformers import T5Config, T5ForSequenceClassification
 
     torch.manual_seed(0)
-    return T5ForSequenceClassification(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                                num_decoder_layers=1, num_heads=2))  # fmt: skip
+    return T5ForSequenceClassification(
+        T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2)
+    )
 
 
 def _tiny_llama():
@@ -276,21 +347,49 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    return LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24,
-                                                      num_hidden_layers=1, num_attention_heads=2,
-                                                      num_key_value_heads=2, pad_token_id=0))  # fmt: skip
+    return LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            pad_token_id=0,
+        )
+    )
 
 
 # The norm layers' parameters by the names these architectures give them (written out, not found by type), and
 # their embedding tables (T5's `shared` and its relative position buckets, Llama's `embed_tokens`).
-_T5_NORMS = {f"transformer.{stack}.{where}.weight" for stack, wheres in (
-    ("encoder", ("block.0.layer.0.layer_norm", "block.0.layer.1.layer_norm", "final_layer_norm")),
-    ("decoder", ("block.0.layer.0.layer_norm", "block.0.layer.1.layer_norm", "block.0.layer.2.layer_norm",
-                 "final_layer_norm"))) for where in wheres}  # fmt: skip
-_T5_EMBEDDINGS = {"transformer.shared.weight", *(f"transformer.{stack}.block.0.layer.0.SelfAttention."
-                  "relative_attention_bias.weight" for stack in ("encoder", "decoder"))}  # fmt: skip
-_LLAMA_NORMS = {"model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
-                "model.norm.weight"}  # fmt: skip
+_T5_NORMS = {
+    f"transformer.{stack}.{where}.weight"
+    for stack, wheres in (
+        ("encoder", ("block.0.layer.0.layer_norm", "block.0.layer.1.layer_norm", "final_layer_norm")),
+        (
+            "decoder",
+            (
+                "block.0.layer.0.layer_norm",
+                "block.0.layer.1.layer_norm",
+                "block.0.layer.2.layer_norm",
+                "final_layer_norm",
+            ),
+        ),
+    )
+    for where in wheres
+}
+_T5_EMBEDDINGS = {
+    "transformer.shared.weight",
+    *(
+        f"transformer.{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        for stack in ("encoder", "decoder")
+    ),
+}
+_LLAMA_NORMS = {
+    "model.layers.0.input_layernorm.weight",
+    "model.layers.0.post_attention_layernorm.weight",
+    "model.norm.weight",
+}
 
 
 def _tiny_roberta_prelayernorm():
@@ -298,23 +397,43 @@ def _tiny_roberta_prelayernorm():
     from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
 
     torch.manual_seed(0)
-    return RobertaPreLayerNormForMaskedLM(RobertaPreLayerNormConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
-        max_position_embeddings=32))  # fmt: skip
+    return RobertaPreLayerNormForMaskedLM(
+        RobertaPreLayerNormConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=24,
+            max_position_embeddings=32,
+        )
+    )
 
 
-_PRE_LN_NORMS = {f"{where}.{w}" for w in ("weight", "bias") for where in (
-    "roberta_prelayernorm.embeddings.LayerNorm", "roberta_prelayernorm.encoder.layer.0.attention.LayerNorm",
-    "roberta_prelayernorm.encoder.layer.0.intermediate.LayerNorm", "roberta_prelayernorm.LayerNorm",
-    "lm_head.layer_norm")}  # fmt: skip
-_PRE_LN_EMBEDDINGS = {f"roberta_prelayernorm.embeddings.{e}_embeddings.weight" for e in ("word", "position", "token_type")}
+_PRE_LN_NORMS = {
+    f"{where}.{w}"
+    for w in ("weight", "bias")
+    for where in (
+        "roberta_prelayernorm.embeddings.LayerNorm",
+        "roberta_prelayernorm.encoder.layer.0.attention.LayerNorm",
+        "roberta_prelayernorm.encoder.layer.0.intermediate.LayerNorm",
+        "roberta_prelayernorm.LayerNorm",
+        "lm_head.layer_norm",
+    )
+}
+_PRE_LN_EMBEDDINGS = {
+    f"roberta_prelayernorm.embeddings.{e}_embeddings.weight" for e in ("word", "position", "token_type")
+}
 
 
-@pytest.mark.parametrize(("build", "norms", "embeddings"), [
-    (_tiny_t5, _T5_NORMS, _T5_EMBEDDINGS),
-    (_tiny_llama, _LLAMA_NORMS, {"model.embed_tokens.weight"}),
-    (_tiny_roberta_prelayernorm, _PRE_LN_NORMS, _PRE_LN_EMBEDDINGS),
-], ids=["t5", "llama", "roberta-prelayernorm"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("build", "norms", "embeddings"),
+    [
+        (_tiny_t5, _T5_NORMS, _T5_EMBEDDINGS),
+        (_tiny_llama, _LLAMA_NORMS, {"model.embed_tokens.weight"}),
+        (_tiny_roberta_prelayernorm, _PRE_LN_NORMS, _PRE_LN_EMBEDDINGS),
+    ],
+    ids=["t5", "llama", "roberta-prelayernorm"],
+)
 def test_norms_and_weights_presets_find_norm_layers_by_type_not_by_torch_class(build, norms, embeddings):
     """SAM-ON's `norms` climbs on every normalisation layer and `weights` leaves them out, whatever their class."""
     from samtune.optim.selection import climbing_names

@@ -34,8 +34,16 @@ def test_a_variant_registered_in_a_test_file_trains_through_samtrainer(tmp_path)
     SAM steps' ascent per micro-batch, the update the mean over the effective batch)."""
     rows, model = text_rows(8 * N_STEPS), tiny_bert()
     steps = _steps(rows, 4, 2, N_STEPS)
-    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=N_STEPS,
-                 learning_rate=LR, rho=RHO, sam_variant="odd_steps", **SGD_PLAIN)  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=N_STEPS,
+        learning_rate=LR,
+        rho=RHO,
+        sam_variant="odd_steps",
+        **SGD_PLAIN,
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     reference = reference_scheduled_sam_sgd(model, steps, RHO, LR, [t % 2 == 1 for t in range(N_STEPS)])
     # 1e-6: the same SAM maths in another order of float32 ops; the schedules below differ by more than 1e-4.
@@ -49,10 +57,28 @@ def test_a_variant_registered_in_a_test_file_trains_from_the_command_line(tmp_pa
     from samtune.cli import app
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, [str(a) for a in (
-        "train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", out, "--max-steps", 4,
-        "sam.variant=odd_steps", "sam.start=0", "data.max_train_samples=40", "training.batch_size=8",
-    )], catch_exceptions=False)  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            str(a)
+            for a in (
+                "train",
+                "--model",
+                text_model_dir,
+                "--dataset",
+                text_csv,
+                "--output-dir",
+                out,
+                "--max-steps",
+                4,
+                "sam.variant=odd_steps",
+                "sam.start=0",
+                "data.max_train_samples=40",
+                "training.batch_size=8",
+            )
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["sam_variant"] == "odd_steps" and metrics["sam_climb_steps"] == 2  # steps 1 and 3 of 0-3
@@ -62,7 +88,8 @@ def test_a_variant_registered_in_a_test_file_trains_from_the_command_line(tmp_pa
 
 def test_the_registry_lists_looks_up_and_refuses():
     assert variant_names()[0] == "sam" and {"every_k", "looksam", "ascent_fraction", "rst", "odd_steps"} <= set(
-        variant_names())  # fmt: skip
+        variant_names()
+    )
     assert variant_class("odd_steps") is OddSteps
     with pytest.raises(ValueError, match="unknown SAM variant 'esam': choose one of sam, "):
         variant_class("esam")
@@ -81,8 +108,13 @@ def test_the_registry_lists_looks_up_and_refuses():
 
 def test_each_variant_setting_belongs_to_the_variant_whose_module_lists_it():
     owners = {s.name: s.variant for s in setting_specs() if s.variant is not None}
-    assert owners == {"every_k": "every_k", "looksam_k": "looksam", "looksam_alpha": "looksam",
-                      "ascent_fraction": "ascent_fraction", "rst_probability": "rst"}  # fmt: skip
+    assert owners == {
+        "every_k": "every_k",
+        "looksam_k": "looksam",
+        "looksam_alpha": "looksam",
+        "ascent_fraction": "ascent_fraction",
+        "rst_probability": "rst",
+    }
     assert variant_of("rho") is None and variant_class("looksam").settings == ("looksam_k", "looksam_alpha")
 
 
@@ -93,8 +125,11 @@ def test_listing_the_variants_imports_no_torch():
 
     from conftest import pythonpath
 
-    code = ("import sys; from samtune.optim.variants import variant_names, variant_class; "
-            "[variant_class(n).settings for n in variant_names()]; print('torch' in sys.modules)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": pythonpath()})  # fmt: skip
+    code = (
+        "import sys; from samtune.optim.variants import variant_names, variant_class; "
+        "[variant_class(n).settings for n in variant_names()]; print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": pythonpath()}
+    )
     assert out.stdout.strip() == "False"

@@ -93,7 +93,9 @@ def test_ascent_fraction_climbs_along_the_head_of_each_micro_batch(tmp_path, bat
     head = ascent_rows(batch_size, fraction)
     assert head == (2 if batch_size == 8 else 1)
     reference = reference_ascent_fraction_sgd(model, steps, RHO, LR, head)
-    trainer = _run(tmp_path, model, rows, batch_size, accumulation, sam_variant="ascent_fraction", ascent_fraction=fraction)
+    trainer = _run(
+        tmp_path, model, rows, batch_size, accumulation, sam_variant="ascent_fraction", ascent_fraction=fraction
+    )
     assert max_abs_diff(trainer.model, reference) <= 1e-6
     assert _far(reference, reference_sam_sgd(model, steps, RHO, LR))
 
@@ -163,8 +165,15 @@ def test_variants_keep_batchnorm_statistics_of_one_forward(tmp_path):
     rows = image_rows(8, size=16)
     for variant in ("every_k", "looksam", "ascent_fraction", "rst"):
         model = tiny_resnet()
-        args = _args(tmp_path / variant, per_device_train_batch_size=8, max_steps=1, rho=RHO, sam_variant=variant,
-                     rst_probability=1.0, **SGD_PLAIN)  # fmt: skip
+        args = _args(
+            tmp_path / variant,
+            per_device_train_batch_size=8,
+            max_steps=1,
+            rho=RHO,
+            sam_variant=variant,
+            rst_probability=1.0,
+            **SGD_PLAIN,
+        )
         trainer = _train(copy.deepcopy(model), rows, args)
         assert trainer.sam_climb_steps == 1
         tracked = [m.num_batches_tracked.item() for m in trainer.model.modules() if hasattr(m, "num_batches_tracked")]
@@ -198,8 +207,9 @@ def test_running_statistics_after_a_step_are_the_stock_steps(tmp_path, variant):
     rows = [{"x": x[i], "labels": labels[i]} for i in range(8)]
     common = dict(per_device_train_batch_size=8, max_steps=1, learning_rate=LR, **SGD_PLAIN)
     stock = _train(_NormFirst(), rows, _args(tmp_path / "stock", TrainingArguments, **common), Trainer)
-    sam = _train(_NormFirst(), rows, _args(tmp_path / variant, rho=RHO, sam_variant=variant, ascent_fraction=0.25,
-                                           **common))  # fmt: skip
+    sam = _train(
+        _NormFirst(), rows, _args(tmp_path / variant, rho=RHO, sam_variant=variant, ascent_fraction=0.25, **common)
+    )
     assert sam.sam_climb_steps == 1
     expected = stock.model.norm.state_dict()
     for name, value in sam.model.norm.state_dict().items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def _alias_bomb(levels: int) -> str:
     """`data.labels` as a "billion laughs": each level lists the one below nine times, by alias, so `levels`
     lines of YAML (about 100 bytes each) expand to 9**levels strings."""

@@ -83,14 +83,30 @@ def main(out: Path, scenario: str) -> None:
         extra = dict(on_nonfinite=scenario.removeprefix("nan-"))
     if scenario == "window-lr":  # SAM from the 2nd step, rho following a linearly decaying lr, biases at w
         extra = dict(start=2, schedule="lr", lr_scheduler_type="linear", params="!*.bias")
-    args = SAMArguments(**{
-        "output_dir": str(out / "run"), "use_cpu": True, "per_device_train_batch_size": 2,
-        "gradient_accumulation_steps": 2, "max_steps": 3, "learning_rate": 0.5, "optim": "sgd",
-        "lr_scheduler_type": "constant", "max_grad_norm": 0.0, "train_sampling_strategy": "sequential",
-        "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "rho": 0.05, "schedule": "constant",
-        "start": 0.0, "ddp_backend": "gloo", "logging_steps": 1,
-        "ddp_timeout": 60, **extra,
-    })  # fmt: skip
+    args = SAMArguments(
+        **{
+            "output_dir": str(out / "run"),
+            "use_cpu": True,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "max_steps": 3,
+            "learning_rate": 0.5,
+            "optim": "sgd",
+            "lr_scheduler_type": "constant",
+            "max_grad_norm": 0.0,
+            "train_sampling_strategy": "sequential",
+            "save_strategy": "no",
+            "report_to": "none",
+            "disable_tqdm": True,
+            "rho": 0.05,
+            "schedule": "constant",
+            "start": 0.0,
+            "ddp_backend": "gloo",
+            "logging_steps": 1,
+            "ddp_timeout": 60,
+            **extra,
+        }
+    )
     if scenario == "causal-lm":
         model, rows = tiny_gpt2(64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0), causal_rows(24, 64)
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from launch import torchrun
 
+
 def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())

@@ -52,8 +52,14 @@ class RecordingTrainer(Recording, Trainer):
 DEVICE = os.environ.get("WORKER_DEVICE", "cpu")
 PRECISION = os.environ.get("WORKER_PRECISION", "fp32")
 SHARDED = os.environ.get("WORKER_FSDP", "1") == "1"
-FSDP = {"fsdp": "full_shard", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"],
-                                              "state_dict_type": "SHARDED_STATE_DICT"}}  # fmt: skip
+FSDP = {
+    "fsdp": "full_shard",
+    "fsdp_config": {
+        "version": 2,
+        "transformer_layer_cls_to_wrap": ["BertLayer"],
+        "state_dict_type": "SHARDED_STATE_DICT",
+    },
+}
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -71,15 +77,32 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
         # step 1 inside it is every_k's plain step: no step climbs, rho > 0.
         "plainsteps": dict(sam_variant="every_k", every_k=2, start=2, stop=2),
     }.get(scenario, {})
-    args = SAMArguments(**{
-        "output_dir": str(out / (f"{scenario}-resumed" if resume else scenario)),
-        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 3 if scenario != "looksam" else 4,
-        "learning_rate": 0.5, "optim": "sgd", "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
-        "train_sampling_strategy": "sequential", "save_strategy": "steps", "save_steps": 2, "report_to": "none",
-        "disable_tqdm": True, "rho": 0.05, "schedule": "constant", "start": 0.0, "ddp_backend": "gloo",
-        "ddp_timeout": 60, **(FSDP if SHARDED else {}), "use_cpu": DEVICE == "cpu", "bf16": PRECISION == "bf16",
-        **extra,
-    })  # fmt: skip
+    args = SAMArguments(
+        **{
+            "output_dir": str(out / (f"{scenario}-resumed" if resume else scenario)),
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "max_steps": 3 if scenario != "looksam" else 4,
+            "learning_rate": 0.5,
+            "optim": "sgd",
+            "lr_scheduler_type": "constant",
+            "max_grad_norm": 0.0,
+            "train_sampling_strategy": "sequential",
+            "save_strategy": "steps",
+            "save_steps": 2,
+            "report_to": "none",
+            "disable_tqdm": True,
+            "rho": 0.05,
+            "schedule": "constant",
+            "start": 0.0,
+            "ddp_backend": "gloo",
+            "ddp_timeout": 60,
+            **(FSDP if SHARDED else {}),
+            "use_cpu": DEVICE == "cpu",
+            "bf16": PRECISION == "bf16",
+            **extra,
+        }
+    )
     if scenario == "lora":
         from ddp_worker import lora_bert
 
@@ -94,7 +117,9 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
     trainer.train(resume_from_checkpoint=str(out / scenario / "checkpoint-2") if resume else None)
     accelerator = trainer.accelerator
     if SHARDED:
-        assert accelerator.distributed_type == DistributedType.FSDP and accelerator.is_fsdp2, accelerator.distributed_type
+        assert accelerator.distributed_type == DistributedType.FSDP and accelerator.is_fsdp2, (
+            accelerator.distributed_type
+        )
     assert trainer.args.world_size == int(os.environ["WORLD_SIZE"])
     sharded = type(next(trainer.model.parameters())).__name__
     state = {k: _full(v) for k, v in trainer.model.state_dict().items()}

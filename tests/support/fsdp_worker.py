@@ -43,8 +43,10 @@ def mlp() -> nn.Sequential:
 def data() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every step's batch for both processes together (rows [0, BATCH) are rank 0's)."""
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(2 * BATCH, 7, generator=g, dtype=torch.float64), torch.randint(0, 3, (2 * BATCH,), generator=g))
-            for _ in range(STEPS)]  # fmt: skip
+    return [
+        (torch.randn(2 * BATCH, 7, generator=g, dtype=torch.float64), torch.randint(0, 3, (2 * BATCH,), generator=g))
+        for _ in range(STEPS)
+    ]
 
 
 def sharded(mp: MixedPrecisionPolicy | None = None) -> nn.Sequential:

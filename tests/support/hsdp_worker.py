@@ -24,8 +24,13 @@ PROCESSES = 4
 def data() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every step's batch for the four processes together (rows [r * BATCH, (r + 1) * BATCH) are rank r's)."""
     g = torch.Generator().manual_seed(2)
-    return [(torch.randn(PROCESSES * BATCH, 7, generator=g, dtype=torch.float64),
-             torch.randint(0, 3, (PROCESSES * BATCH,), generator=g)) for _ in range(STEPS)]  # fmt: skip
+    return [
+        (
+            torch.randn(PROCESSES * BATCH, 7, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (PROCESSES * BATCH,), generator=g),
+        )
+        for _ in range(STEPS)
+    ]
 
 
 def train(rank: int, rho: float, adaptive: bool) -> tuple[dict[str, torch.Tensor], list[str]]:

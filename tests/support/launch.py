@@ -23,9 +23,18 @@ def torchrun(script: str, *args: str, timeout: int = 180, nproc: int = 2, env: d
     """Run tests/support/`script` on `nproc` processes under torchrun (`env` added); fails with the processes' stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath(HERE), **(env or {})}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(HERE / script), *args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(HERE / script),
+        *args,
+    ]
     # A run takes about 10 s; one whose ranks wait for each other forever (a collective that one rank
     # never joins: gloo does not always honour ddp_timeout) fails here instead of hanging the suite.
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

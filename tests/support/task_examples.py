@@ -35,7 +35,11 @@ def score_examples(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for _ in range(n):
         k = rng.randint(0, 3)
-        words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE) for _ in range(k)] + [rng.choice(NEGATIVE) for _ in range(3 - k)]
+        words = (
+            rng.sample(FILLER, 3)
+            + [rng.choice(POSITIVE) for _ in range(k)]
+            + [rng.choice(NEGATIVE) for _ in range(3 - k)]
+        )
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "score": round(k / 3 + rng.uniform(-0.05, 0.05), 3)})
     return rows
@@ -46,7 +50,9 @@ def regression_rows(n: int, seed: int = 3) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 64, (n, 8), generator=g)
     targets = torch.rand(n, generator=g)
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long), "labels": targets[i]} for i in range(n)]
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long), "labels": targets[i]} for i in range(n)
+    ]
 
 
 TOPICS = {"acting": ["acting", "cast"], "plot": ["plot", "story"], "music": ["music", "score"]}

@@ -34,7 +34,9 @@ NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 def tiny_bert(seed: int = 0, vocab_size: int = 64, num_labels: int = NUM_LABELS, **kw) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, max_position_embeddings=64, num_labels=num_labels, **{**TINY, **NO_DROPOUT, **kw})
+    config = BertConfig(
+        vocab_size=vocab_size, max_position_embeddings=64, num_labels=num_labels, **{**TINY, **NO_DROPOUT, **kw}
+    )
     return BertForSequenceClassification(config)
 
 
@@ -47,9 +49,7 @@ def tiny_vit(seed: int = 0, num_labels: int = NUM_LABELS, **kw) -> ViTForImageCl
 def tiny_resnet(seed: int = 0) -> ResNetForImageClassification:
     """A tiny convolutional classifier with BatchNorm layers."""
     torch.manual_seed(seed)
-    config = ResNetConfig(
-        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=NUM_LABELS
-    )
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=NUM_LABELS)
     return ResNetForImageClassification(config)
 
 
@@ -213,8 +213,12 @@ def reference_sam_adamw(
     model.train()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
-    in_norm = {f"{m}.{n}" if m else n for m, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)
-               for n, _ in mod.named_parameters(recurse=False)}  # fmt: skip
+    in_norm = {
+        f"{m}.{n}" if m else n
+        for m, mod in model.named_modules()
+        if isinstance(mod, nn.LayerNorm)
+        for n, _ in mod.named_parameters(recurse=False)
+    }
     decays = [0.0 if "bias" in n or n in in_norm else weight_decay for n in names]
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
@@ -347,8 +351,9 @@ def tiny_gpt2(vocab_size: int = 64, seed: int = 0, **kw):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
-                        eos_token_id=0, **kw)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0, **kw
+    )
     return GPT2LMHeadModel(config)
 
 

@@ -30,8 +30,9 @@ def texts_jsonl(tmp_path) -> Path:
 
 @pytest.fixture
 def prompts_jsonl(tmp_path) -> Path:
-    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"], "response": r["response"]}
-                                                    for r in review_texts(96)])  # fmt: skip
+    return write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": r["prompt"], "response": r["response"]} for r in review_texts(96)]
+    )
 
 
 def test_texts_prompts_truncation_and_packing_become_the_right_targets():
@@ -54,7 +55,12 @@ def test_texts_prompts_truncation_and_packing_become_the_right_targets():
     assert out[0]["input_ids"] == [ids["review"], ids[":"], ids["good"], ids["positive"], eos]
     assert out[0]["labels"] == [-100, -100, -100, ids["positive"], eos]
     # Cut at 4 tokens: the response's first token is still a target; at 3 nothing is, and the row is dropped.
-    assert tokenize_causal(pairs, tok, "prompt", "response", max_length=4)[0]["labels"] == [-100, -100, -100, ids["positive"]]
+    assert tokenize_causal(pairs, tok, "prompt", "response", max_length=4)[0]["labels"] == [
+        -100,
+        -100,
+        -100,
+        ids["positive"],
+    ]
     assert len(tokenize_causal(pairs, tok, "prompt", "response", max_length=3)) == 0
 
 
@@ -80,8 +86,9 @@ def test_perplexity_matches_a_hand_computation():
 @pytest.mark.parametrize(("batch_size", "accumulation"), [(8, 1), (4, 2)], ids=["ga1", "ga2"])
 def test_sam_on_a_causal_lm_matches_the_hand_written_token_level_loop(tmp_path, batch_size, accumulation):
     model = tiny_gpt2(64, **NO_DROPOUT)
-    ours, reference, no_climb, batches = sam_and_reference(tmp_path, model, causal_rows(24, 64), batch_size,
-                                                           accumulation, reference_token_level_sam_sgd)  # fmt: skip
+    ours, reference, no_climb, batches = sam_and_reference(
+        tmp_path, model, causal_rows(24, 64), batch_size, accumulation, reference_token_level_sam_sgd
+    )
     counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
     assert accumulation == 1 or counts[0] != counts[1]  # padding: micro-batches with different target counts
     assert max_abs_diff(ours, reference) <= 1e-6  # same formula, different code: rounding only
@@ -97,18 +104,40 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))  # fmt: skip
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def _train_plain(tmp_path, trainer_class, args_class, model, rows, **extra):
     from tiny import ListDataset
 
-    args = args_class(output_dir=str(tmp_path / trainer_class.__name__), use_cpu=True, save_strategy="no",
-                      report_to="none", disable_tqdm=True, seed=0, per_device_train_batch_size=4,
-                      gradient_accumulation_steps=2, max_steps=2, learning_rate=0.1, optim="sgd",
-                      lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0,
-                      train_sampling_strategy="sequential", **extra)  # fmt: skip
+    args = args_class(
+        output_dir=str(tmp_path / trainer_class.__name__),
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=0.1,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        train_sampling_strategy="sequential",
+        **extra,
+    )
     trainer = trainer_class(model=model, args=args, train_dataset=ListDataset(rows))
     trainer.train()
     return trainer.model
@@ -145,9 +174,25 @@ def test_gpt2_targets_are_counted_as_its_loss_predicts_them(tmp_path):
 
 def _train_causal(out: Path, model_dir: Path, data: Path, max_length: int):
     """Three epochs of the tiny GPT-2 on `data` through the command line."""
-    return runner.invoke(app, ["train", "--model", str(model_dir), "--dataset", str(data), "--output-dir", str(out),
-                               "--epochs", "3", "--learning-rate", "1e-2", "--batch-size", "8",
-                               f"model.max_length={max_length}"])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(model_dir),
+            "--dataset",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "1e-2",
+            "--batch-size",
+            "8",
+            f"model.max_length={max_length}",
+        ],
+    )
 
 
 def test_causal_lm_on_texts_end_to_end(tmp_path, causal_model_dir, texts_jsonl):
@@ -188,9 +233,14 @@ def test_packing_trains_on_full_blocks(tmp_path, causal_model_dir, texts_jsonl):
     from samtune.recipe import build_recipe
     from samtune.runner import train
 
-    recipe = build_recipe({"model": {"name": str(causal_model_dir), "max_length": 16},
-                           "data": {"dataset": str(texts_jsonl), "packing": True},
-                           "training": {"max_steps": 2, "batch_size": 4}, "output": {"dir": str(tmp_path / "run")}})  # fmt: skip
+    recipe = build_recipe(
+        {
+            "model": {"name": str(causal_model_dir), "max_length": 16},
+            "data": {"dataset": str(texts_jsonl), "packing": True},
+            "training": {"max_steps": 2, "batch_size": 4},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )
     result = train(recipe, notify=lambda _: None)
     batch = next(iter(result.trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (4, 16) and bool(batch["attention_mask"].all())  # no padding
@@ -202,8 +252,16 @@ def test_big_causal_lms_get_lora_unless_the_recipe_says_no(tmp_path, causal_mode
     from samtune.tasks import causal_lm
 
     monkeypatch.setattr(causal_lm, "LORA_BY_DEFAULT_ABOVE", 1000)  # the tiny GPT-2 counts as big
-    args = ["train", "--model", str(causal_model_dir), "--dataset", str(texts_jsonl), "--max-steps", "2",
-            "model.max_length=16"]  # fmt: skip
+    args = [
+        "train",
+        "--model",
+        str(causal_model_dir),
+        "--dataset",
+        str(texts_jsonl),
+        "--max-steps",
+        "2",
+        "model.max_length=16",
+    ]
     result = runner.invoke(app, [*args, "--output-dir", str(tmp_path / "big")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "big" / "adapter_model.safetensors").is_file()
@@ -211,26 +269,72 @@ def test_big_causal_lms_get_lora_unless_the_recipe_says_no(tmp_path, causal_mode
     assert run_card_example(tmp_path / "big")[0].startswith("This film was")  # through AutoPeftModelForCausalLM
     full = runner.invoke(app, [*args, "--output-dir", str(tmp_path / "full"), "model.lora=false"])
     assert full.exit_code == 0, full.output
-    assert (tmp_path / "full" / "model.safetensors").is_file() and not (tmp_path / "full" / "adapter_config.json").exists()
+    assert (tmp_path / "full" / "model.safetensors").is_file() and not (
+        tmp_path / "full" / "adapter_config.json"
+    ).exists()
 
 
 def test_causal_lm_errors_name_the_problem(tmp_path, causal_model_dir, text_model_dir, text_csv):
     unlabelled = write_jsonl(tmp_path / "numbers.jsonl", [{"id": i, "score": 0.5} for i in range(20)])
-    no_text = runner.invoke(app, ["train", "--model", str(causal_model_dir), "--dataset", str(unlabelled),
-                                  "--output-dir", str(tmp_path / "a"), "task=text-generation"])  # fmt: skip
+    no_text = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(causal_model_dir),
+            "--dataset",
+            str(unlabelled),
+            "--output-dir",
+            str(tmp_path / "a"),
+            "task=text-generation",
+        ],
+    )
     assert no_text.exit_code == 3 and "causal LM: no text column found" in no_text.output
     half = write_jsonl(tmp_path / "half.jsonl", [{"prompt": "review : good", "text2": "x"}] * 8)
-    one_sided = runner.invoke(app, ["train", "--model", str(causal_model_dir), "--dataset", str(half),
-                                    "--output-dir", str(tmp_path / "b"), "task=text-generation"])  # fmt: skip
+    one_sided = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(causal_model_dir),
+            "--dataset",
+            str(half),
+            "--output-dir",
+            str(tmp_path / "b"),
+            "task=text-generation",
+        ],
+    )
     assert one_sided.exit_code == 3 and "no response column" in one_sided.output
     texts = write_jsonl(tmp_path / "t.jsonl", [{"text": r["text"]} for r in review_texts(16)])
-    no_eos = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(texts),
-                                 "--output-dir", str(tmp_path / "c"), "task=text-generation"])  # fmt: skip
+    no_eos = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(texts),
+            "--output-dir",
+            str(tmp_path / "c"),
+            "task=text-generation",
+        ],
+    )
     assert no_eos.exit_code == 2 and "no end-of-text (eos) token" in no_eos.output
     for out in ("a", "b", "c"):
         assert not (tmp_path / out).exists()
-    packed = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(text_csv),
-                                 "--output-dir", str(tmp_path / "d"), "data.packing=true"])  # fmt: skip
+    packed = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--output-dir",
+            str(tmp_path / "d"),
+            "data.packing=true",
+        ],
+    )
     assert packed.exit_code == 2 and "data.packing" in packed.output
 
 
@@ -241,7 +345,19 @@ def test_a_labelled_dataset_on_a_causal_lm_still_trains_a_classifier(tmp_path, c
     tok = causal_tokenizer()
     assert np.all([w in tok.get_vocab() for w in ["good", "bad"]])
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--model", str(causal_model_dir), "--dataset", str(text_csv),
-                                 "--output-dir", str(out), "--max-steps", "2"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(causal_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert AutoConfig.from_pretrained(out).architectures == ["GPT2ForSequenceClassification"]

@@ -55,8 +55,22 @@ def test_the_figure_is_drawn_for_small_and_large_label_sets(tmp_path, classes):
 
 def test_train_writes_the_matrix_and_the_card_shows_it_eval_prints_it(tmp_path, text_model_dir, text_csv):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(text_csv), "--output-dir",
-                                 str(out), "--max-steps", "6", "--batch-size", "8"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "confusion.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())

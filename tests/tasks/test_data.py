@@ -88,7 +88,9 @@ def test_an_unlabelled_test_split_is_not_chosen_for_evaluation(tmp_path):
 
     features = Features({"text": Value("string"), "label": ClassLabel(names=["no", "yes"])})
     DatasetDict(
-        train=Dataset.from_dict({"text": [f"s{i}" for i in range(40)], "label": [i % 2 for i in range(40)]}, features=features),
+        train=Dataset.from_dict(
+            {"text": [f"s{i}" for i in range(40)], "label": [i % 2 for i in range(40)]}, features=features
+        ),
         test=Dataset.from_dict({"text": ["x", "y"], "label": [-1, -1]}, features=features),
     ).save_to_disk(tmp_path / "saved")
     data = _load(tmp_path / "saved")
@@ -117,8 +119,10 @@ def test_dropped_rows_are_said_once_in_training_and_in_eval(tmp_path, text_model
 
     gaps = _gaps_csv(tmp_path / "gaps.csv")
     out = tmp_path / "run"
-    trained = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(gaps), "--output-dir",
-                                       str(out), "--max-steps", "2"])  # fmt: skip
+    trained = CliRunner().invoke(
+        app,
+        ["train", "--model", str(text_model_dir), "--dataset", str(gaps), "--output-dir", str(out), "--max-steps", "2"],
+    )
     assert trained.exit_code == 0, trained.output
     said = "dropped 3 of 23 rows of the 'train' split: 2 with no text, 1 with no label"
     assert " ".join(trained.output.split()).count(said) == 1
@@ -184,7 +188,9 @@ def test_integer_label_ids_beside_a_named_text_column(tmp_path):
 def test_content_and_category_in_jsonl(tmp_path):
     from conftest import write_jsonl
 
-    rows = [{"content": t, "category": ["film", "music", "books", "games"][i % 4]} for i, t in enumerate(_sentences(120))]
+    rows = [
+        {"content": t, "category": ["film", "music", "books", "games"][i % 4]} for i, t in enumerate(_sentences(120))
+    ]
     data = _load(write_jsonl(tmp_path / "posts.jsonl", rows))
     assert data.picked == {"label": "category", "text": "content"} and len(data.labels) == 4
 
@@ -198,7 +204,9 @@ def test_a_column_of_fractional_numbers_is_picked_as_the_regression_target(tmp_p
 
 def test_a_float_column_beside_a_repeating_one_is_ambiguous(tmp_path):
     """The ambiguity rule of the other columns: a float target and a repeating category are both candidates."""
-    rows = [{"text": t, "score": round(i / 120, 3), "topic": ["a", "b", "c"][i % 3]} for i, t in enumerate(_sentences(120))]
+    rows = [
+        {"text": t, "score": round(i / 120, 3), "topic": ["a", "b", "c"][i % 3]} for i, t in enumerate(_sentences(120))
+    ]
     with pytest.raises(DataError) as e:
         _load(write_csv(tmp_path / "both.csv", rows))
     assert "'score'" in e.value.message and "'topic'" in e.value.message
@@ -214,8 +222,10 @@ def test_whole_numbers_written_as_floats_are_not_a_regression_target(tmp_path):
 
 def test_two_columns_that_could_each_be_the_label_are_a_data_error_naming_both(tmp_path):
     speakers = ["ann", "bob", "cy", "dee", "eve", "fay"]
-    rows = [{"speaker": speakers[i % 6], "party": "red" if i % 6 < 3 else "blue", "text": t}
-            for i, t in enumerate(_sentences(120))]  # fmt: skip
+    rows = [
+        {"speaker": speakers[i % 6], "party": "red" if i % 6 < 3 else "blue", "text": t}
+        for i, t in enumerate(_sentences(120))
+    ]
     with pytest.raises(DataError) as e:
         _load(write_csv(tmp_path / "debates.csv", rows))
     assert "more than one column could be the label" in e.value.message
@@ -232,8 +242,10 @@ def test_picked_columns_are_saved_in_config_yaml_and_said(tmp_path, text_model_d
     rows = [{"review": t, "sentiment": "pos" if i % 2 else "neg"} for i, t in enumerate(_sentences(80))]
     path = write_csv(tmp_path / "reviews.csv", rows)
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(path), "--output-dir",
-                                      str(out), "--max-steps", "2"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        ["train", "--model", str(text_model_dir), "--dataset", str(path), "--output-dir", str(out), "--max-steps", "2"],
+    )
     assert result.exit_code == 0, result.output
     assert "columns picked by their values: label 'sentiment', text 'review'" in result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
@@ -249,18 +261,34 @@ def _column_files(tmp_path):
     texts = _sentences(160)
     parties = ["red"] * 70 + ["blue"] * 80 + ["green"] * 10
     return {
-        "review,sentiment": (write_csv(tmp_path / "a.csv", [{"review": t, "sentiment": "pos" if i % 2 else "neg"}
-                                                            for i, t in enumerate(texts)]), "review", "sentiment"),
-        "statement,party": (write_csv(tmp_path / "b.csv", [{"statement": t, "party": p} for t, p in zip(texts, parties)]),
-                            "statement", "party"),
-        "id,text,label_id": (write_csv(tmp_path / "c.csv", [{"id": i, "text": t, "label_id": i % 3}
-                                                            for i, t in enumerate(texts)]), "text", "label_id"),
-        "content,category (jsonl)": (write_jsonl(tmp_path / "d.jsonl", [{"content": t, "category": "abcd"[i % 4]}
-                                                                       for i, t in enumerate(texts)]), "content", "category"),
-    }  # fmt: skip
+        "review,sentiment": (
+            write_csv(
+                tmp_path / "a.csv", [{"review": t, "sentiment": "pos" if i % 2 else "neg"} for i, t in enumerate(texts)]
+            ),
+            "review",
+            "sentiment",
+        ),
+        "statement,party": (
+            write_csv(tmp_path / "b.csv", [{"statement": t, "party": p} for t, p in zip(texts, parties)]),
+            "statement",
+            "party",
+        ),
+        "id,text,label_id": (
+            write_csv(tmp_path / "c.csv", [{"id": i, "text": t, "label_id": i % 3} for i, t in enumerate(texts)]),
+            "text",
+            "label_id",
+        ),
+        "content,category (jsonl)": (
+            write_jsonl(tmp_path / "d.jsonl", [{"content": t, "category": "abcd"[i % 4]} for i, t in enumerate(texts)]),
+            "content",
+            "category",
+        ),
+    }
 
 
-@pytest.mark.parametrize("name", ["review,sentiment", "statement,party", "id,text,label_id", "content,category (jsonl)"])
+@pytest.mark.parametrize(
+    "name", ["review,sentiment", "statement,party", "id,text,label_id", "content,category (jsonl)"]
+)
 def test_each_own_data_file_trains_with_no_column_flags(tmp_path, text_model_dir, name):
     import yaml
     from typer.testing import CliRunner
@@ -269,8 +297,10 @@ def test_each_own_data_file_trains_with_no_column_flags(tmp_path, text_model_dir
 
     path, text, label = _column_files(tmp_path)[name]
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(path), "--output-dir",
-                                      str(out), "--max-steps", "2"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        ["train", "--model", str(text_model_dir), "--dataset", str(path), "--output-dir", str(out), "--max-steps", "2"],
+    )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
     assert saved["label_column"] == label and saved["text_column"] in (text, None)  # a named 'text' needs no saving

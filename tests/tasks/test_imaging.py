@@ -187,8 +187,10 @@ def test_16_bit_png_is_scaled_to_8_bits_not_clipped_white(tmp_path):
     deep = Image.open(tmp_path / "deep.png")
     assert deep.mode == "I;16"
     np.testing.assert_array_equal(np.asarray(imaging.to_rgb(deep)), np.asarray(Image.fromarray(grey).convert("RGB")))
-    for transform in (EvalTransform(_processor()), TrainTransform(_processor(), scale=(1.0, 1.0), ratio=(1.0, 1.0),
-                                                                   flip_prob=0.0, seed=0)):  # fmt: skip
+    for transform in (
+        EvalTransform(_processor()),
+        TrainTransform(_processor(), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0, seed=0),
+    ):
         expected = transform(_batch([Image.fromarray(grey)]))["pixel_values"]
         torch.testing.assert_close(transform(_batch([deep]))["pixel_values"], expected, rtol=0, atol=0)
 

@@ -22,6 +22,7 @@ from samtune.tasks.multi_label import multi_label_metrics
 
 runner = CliRunner()
 
+
 @pytest.fixture
 def topics_jsonl(tmp_path) -> Path:
     return write_jsonl(tmp_path / "topics.jsonl", topic_examples(80))
@@ -75,12 +76,16 @@ def _multi_hot_rows(n: int, seed: int = 4) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 64, (n, 8), generator=g)
     targets = (torch.rand(n, 3, generator=g) < 0.5).float()
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long), "labels": targets[i]} for i in range(n)]
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long), "labels": targets[i]} for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("head", ["multi-label", "regression"])
 @pytest.mark.parametrize(("batch_size", "accumulation"), [(8, 1), (4, 2)], ids=["ga1", "ga2"])
-def test_sam_on_multi_label_and_regression_heads_matches_the_hand_written_loop(tmp_path, head, batch_size, accumulation):
+def test_sam_on_multi_label_and_regression_heads_matches_the_hand_written_loop(
+    tmp_path, head, batch_size, accumulation
+):
     """BCE over sigmoids, and MSE on one output: the SAM step is the paper's whatever the loss."""
     from task_examples import regression_rows
 
@@ -97,17 +102,36 @@ def test_text_multi_label_end_to_end(tmp_path, text_model_dir, topics_jsonl):
     from transformers import AutoConfig
 
     out = tmp_path / "run"
-    result = runner.invoke(app, [
-        "train", "--model", str(text_model_dir), "--dataset", str(topics_jsonl), "--output-dir", str(out),
-        "--epochs", "3", "--learning-rate", "5e-3", "--batch-size", "8", "model.max_length=16",
-        "data.label_column=tags",
-    ])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(topics_jsonl),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "5e-3",
+            "--batch-size",
+            "8",
+            "model.max_length=16",
+            "data.label_column=tags",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"eval_micro_f1", "eval_macro_f1", "eval_subset_accuracy", "eval_loss"} <= set(metrics)
     assert "eval_accuracy" not in metrics
     config = AutoConfig.from_pretrained(out)
-    assert config.problem_type == "multi_label_classification" and config.id2label == {0: "acting", 1: "music", 2: "plot"}
+    assert config.problem_type == "multi_label_classification" and config.id2label == {
+        0: "acting",
+        1: "music",
+        2: "plot",
+    }
     card = (out / "README.md").read_text()
     assert "several per example" in card and "micro F1" in card
     printed = run_card_example(out)  # every label with its own sigmoid probability
@@ -133,10 +157,26 @@ def test_image_multi_label_end_to_end(tmp_path, image_model_dir):
         images.append(Image.fromarray(pixels))
         tags.append(on)
     saved = tmp_path / "colours"
-    datasets.Dataset.from_dict({"image": images, "colours": tags}).cast_column("image", datasets.Image()).save_to_disk(saved)
+    datasets.Dataset.from_dict({"image": images, "colours": tags}).cast_column("image", datasets.Image()).save_to_disk(
+        saved
+    )
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--model", str(image_model_dir), "--dataset", str(saved), "--output-dir",
-                                 str(out), "--max-steps", "3", "training.batch_size=8", "data.label_column=colours"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(image_model_dir),
+            "--dataset",
+            str(saved),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "3",
+            "training.batch_size=8",
+            "data.label_column=colours",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert "eval_micro_f1" in metrics and "image-multi-label" in (out / "README.md").read_text()

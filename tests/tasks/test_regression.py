@@ -52,7 +52,11 @@ def test_regression_metrics_match_a_hand_computation():
     assert got["spearman"] == pytest.approx(pearson(ranks(list(preds)), ranks(list(targets))), abs=1e-12)
     # A collapsed model (one value for every input) has no correlation: 0, never NaN.
     flat = compute_regression_metrics(EvalPrediction(predictions=np.full((n, 1), 0.5), label_ids=targets))
-    assert flat["pearson"] == 0.0 and flat["spearman"] == 0.0 and flat["mse"] == pytest.approx(np.mean((targets - 0.5) ** 2))
+    assert (
+        flat["pearson"] == 0.0
+        and flat["spearman"] == 0.0
+        and flat["mse"] == pytest.approx(np.mean((targets - 0.5) ** 2))
+    )
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -79,16 +83,23 @@ def test_numbers_written_as_text_are_read_and_anything_else_is_a_data_error(tmp_
     data = load_data(DataSection(dataset=str(good)), seed=0, task="text-regression")
     assert sorted(list(data.train["labels"]) + list(data.eval["labels"])) == pytest.approx([i / 10 for i in range(20)])
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("".join(json.dumps({"text": f"t{i}", "label": "high" if i == 3 else str(i)}) + "\n" for i in range(20)))
+    bad.write_text(
+        "".join(json.dumps({"text": f"t{i}", "label": "high" if i == 3 else str(i)}) + "\n" for i in range(20))
+    )
     with pytest.raises(DataError) as e:
         load_data(DataSection(dataset=str(bad)), seed=0, task="text-regression")
     assert "holds values that are not numbers, such as 'high'" in e.value.message
 
 
 def test_class_subsets_make_no_sense_for_regression(scores_csv):
-    with pytest.raises(UsageError, match="data.labels keeps some classes of a single-label column; this is a regression run"):
-        load_data(DataSection(dataset=str(scores_csv), label_column="score", labels=["0.5", "1.0"]), seed=0,
-                  task="text-regression")  # fmt: skip
+    with pytest.raises(
+        UsageError, match="data.labels keeps some classes of a single-label column; this is a regression run"
+    ):
+        load_data(
+            DataSection(dataset=str(scores_csv), label_column="score", labels=["0.5", "1.0"]),
+            seed=0,
+            task="text-regression",
+        )
 
 
 # ---- SAM ----------------------------------------------------------------------------------
@@ -107,11 +118,26 @@ def test_text_regression_end_to_end(tmp_path, text_model_dir, scores_csv):
     from transformers import AutoConfig
 
     out = tmp_path / "run"
-    result = runner.invoke(app, [
-        "train", "--model", str(text_model_dir), "--dataset", str(scores_csv), "--output-dir", str(out),
-        "--epochs", "3", "--learning-rate", "5e-3", "--batch-size", "8", "model.max_length=16",
-        "data.label_column=score",
-    ])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(scores_csv),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "5e-3",
+            "--batch-size",
+            "8",
+            "model.max_length=16",
+            "data.label_column=score",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("eval_mse", "eval_mae", "eval_pearson", "eval_spearman", "eval_loss"):
@@ -148,12 +174,26 @@ def test_image_regression_end_to_end(tmp_path, image_model_dir):
         images.append(Image.fromarray(pixels))
         targets.append(round(red, 3))
     saved = tmp_path / "redness"
-    datasets.Dataset.from_dict({"image": images, "redness": targets}).cast_column("image", datasets.Image()).save_to_disk(saved)
+    datasets.Dataset.from_dict({"image": images, "redness": targets}).cast_column(
+        "image", datasets.Image()
+    ).save_to_disk(saved)
     out = tmp_path / "run"
-    result = runner.invoke(app, [
-        "train", "--model", str(image_model_dir), "--dataset", str(saved), "--output-dir", str(out), "--max-steps", "3",
-        "training.batch_size=8", "data.label_column=redness",
-    ])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(image_model_dir),
+            "--dataset",
+            str(saved),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "3",
+            "training.batch_size=8",
+            "data.label_column=redness",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"eval_mse", "eval_pearson"} <= set(metrics) and "eval_accuracy" not in metrics
@@ -161,10 +201,22 @@ def test_image_regression_end_to_end(tmp_path, image_model_dir):
 
 
 def test_a_classification_metric_for_a_regression_run_is_a_usage_error(tmp_path, text_model_dir, scores_csv):
-    result = runner.invoke(app, [
-        "train", "--model", str(text_model_dir), "--dataset", str(scores_csv), "--output-dir", str(tmp_path / "run"),
-        "--max-steps", "1", "data.label_column=score", "training.metric_for_best_model=accuracy",
-    ])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(scores_csv),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "1",
+            "data.label_column=score",
+            "training.metric_for_best_model=accuracy",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "training.metric_for_best_model is 'accuracy', which a text-regression run does not compute" in result.output
     assert not (tmp_path / "run").exists()
@@ -181,11 +233,15 @@ def test_the_recipe_refuses_a_metric_that_its_task_does_not_compute():
 
 def test_compare_ranks_regression_arms_by_mse_lowest_first(tmp_path, text_model_dir, scores_csv):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"name": str(text_model_dir), "max_length": 16},
-        "data": {"dataset": str(scores_csv), "label_column": "score"},
-        "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_strategy": "no"},
-    }))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": str(text_model_dir), "max_length": 16},
+                "data": {"dataset": str(scores_csv), "label_column": "score"},
+                "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_strategy": "no"},
+            }
+        )
+    )
     result = runner.invoke(app, ["compare", str(recipe), "--seeds", "1", "--output-dir", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
@@ -200,10 +256,17 @@ def test_a_test_split_scored_minus_one_throughout_is_unlabelled(tmp_path):
     import datasets
 
     def split(n: int, unlabelled: bool = False) -> datasets.Dataset:
-        return datasets.Dataset.from_dict({"sentence1": [f"a {i}" for i in range(n)], "sentence2": [f"b {i}" for i in range(n)],
-                                           "label": [-1.0 if unlabelled else i / n * 5 for i in range(n)]})  # fmt: skip
+        return datasets.Dataset.from_dict(
+            {
+                "sentence1": [f"a {i}" for i in range(n)],
+                "sentence2": [f"b {i}" for i in range(n)],
+                "label": [-1.0 if unlabelled else i / n * 5 for i in range(n)],
+            }
+        )
 
     saved = tmp_path / "stsb"
-    datasets.DatasetDict({"train": split(20), "validation": split(8), "test": split(8, unlabelled=True)}).save_to_disk(saved)
+    datasets.DatasetDict({"train": split(20), "validation": split(8), "test": split(8, unlabelled=True)}).save_to_disk(
+        saved
+    )
     data = load_data(DataSection(dataset=str(saved)), seed=0, task="text-regression")
     assert data.test is None and len(data.eval) == 8 and data.text_column == "sentence1"

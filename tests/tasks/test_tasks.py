@@ -39,8 +39,10 @@ class BalancedBinary(SingleLabelClassification):
         from sklearn.metrics import balanced_accuracy_score
 
         predicted = np.asarray(model_outputs(eval_pred)).argmax(-1)
-        return {"balanced_accuracy": float(balanced_accuracy_score(eval_pred.label_ids, predicted)),
-                **super().scores(eval_pred)}  # fmt: skip
+        return {
+            "balanced_accuracy": float(balanced_accuracy_score(eval_pred.label_ids, predicted)),
+            **super().scores(eval_pred),
+        }
 
 
 register(BalancedBinary("text-binary", "text"))
@@ -54,9 +56,13 @@ def skewed_csv(tmp_path) -> Path:
 
 
 def _recipe(tmp_path: Path, model_dir: Path, dataset: Path, out: str) -> dict:
-    return {"task": "text-binary", "model": {"name": str(model_dir), "max_length": 16}, "data": {"dataset": str(dataset)},
-            "training": {"epochs": 2, "learning_rate": 5e-3, "batch_size": 8, "logging_steps": 2},
-            "output": {"dir": str(tmp_path / out)}}  # fmt: skip
+    return {
+        "task": "text-binary",
+        "model": {"name": str(model_dir), "max_length": 16},
+        "data": {"dataset": str(dataset)},
+        "training": {"epochs": 2, "learning_rate": 5e-3, "batch_size": 8, "logging_steps": 2},
+        "output": {"dir": str(tmp_path / out)},
+    }
 
 
 def test_a_task_of_ones_own_trains_through_the_library(tmp_path, text_model_dir, skewed_csv):
@@ -84,7 +90,9 @@ def test_a_task_of_ones_own_trains_by_the_recipe_key(tmp_path, text_model_dir, s
     assert "eval_balanced_accuracy" in result.output  # the summary shows the task's own metrics
     metrics = yaml.safe_load((tmp_path / "cli" / "metrics.json").read_text())
     assert 0.0 <= metrics["eval_balanced_accuracy"] <= 1.0
-    three = write_csv(tmp_path / "three.csv", [{**r, "label": ("a", "b", "c")[i % 3]} for i, r in enumerate(text_examples(60))])
+    three = write_csv(
+        tmp_path / "three.csv", [{**r, "label": ("a", "b", "c")[i % 3]} for i, r in enumerate(text_examples(60))]
+    )
     refused = runner.invoke(app, ["train", str(recipe), f"data.dataset={three}", f"output.dir={tmp_path / 'three'}"])
     assert refused.exit_code == 3 and "holds 3 classes, not 2" in refused.output  # its own label encoding
 
@@ -112,7 +120,11 @@ def test_only_the_tasks_package_names_a_task():
     root = Path(samtune.__file__).parent
     names = "|".join(re.escape(n) for n in tasks.names())
     branch = re.compile(rf"""["']({names})["']|\bproblem\(|\bmodality\(|isinstance\([^)]*Task\b""")
-    found = [f"{p.relative_to(root)}:{i}: {line.strip()}" for p in sorted(root.rglob("*.py"))
-             if p.parent.name != "tasks" for i, line in enumerate(p.read_text().splitlines(), 1)
-             if branch.search(line)]  # fmt: skip
+    found = [
+        f"{p.relative_to(root)}:{i}: {line.strip()}"
+        for p in sorted(root.rglob("*.py"))
+        if p.parent.name != "tasks"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if branch.search(line)
+    ]
     assert found == []

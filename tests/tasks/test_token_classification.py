@@ -22,6 +22,7 @@ from samtune.tasks.token_classification import token_classification_metrics
 
 runner = CliRunner()
 
+
 @pytest.fixture
 def tags_jsonl(tmp_path) -> Path:
     return write_jsonl(tmp_path / "ner.jsonl", tagged_examples(96))
@@ -40,8 +41,9 @@ def _wordpiece_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]")  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
 
 
 def test_a_words_tag_goes_on_its_first_sub_word_token_and_minus_100_elsewhere():
@@ -50,8 +52,9 @@ def test_a_words_tag_goes_on_its_first_sub_word_token_and_minus_100_elsewhere():
     from samtune.tasks.token_classification import tokenize_words
 
     tokenizer = _wordpiece_tokenizer()
-    rows = datasets.Dataset.from_dict({"tokens": [["Ada", "Lovelace", "was", "born", "in", "London", "."]],
-                                       "labels": [[1, 2, 0, 0, 0, 3, 0]]})  # fmt: skip
+    rows = datasets.Dataset.from_dict(
+        {"tokens": [["Ada", "Lovelace", "was", "born", "in", "London", "."]], "labels": [[1, 2, 0, 0, 0, 3, 0]]}
+    )
     out = tokenize_words(rows, tokenizer, "tokens", max_length=32)[0]
     pieces = tokenizer.convert_ids_to_tokens(out["input_ids"])
     assert pieces == ["[CLS]", "ada", "love", "##lace", "was", "born", "in", "lond", "##on", ".", "[SEP]"]
@@ -103,11 +106,20 @@ def test_a_hub_style_dataset_keeps_its_tag_names_and_order(tmp_path):
     import datasets
 
     names = ["O", "B-PER", "I-PER"]
-    features = datasets.Features({"id": datasets.Value("string"), "tokens": datasets.Sequence(datasets.Value("string")),
-                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
-                                  "pos_tags": datasets.Sequence(datasets.Value("int32"))})  # fmt: skip
-    rows = {"id": ["0", "1", "2", "3"], "tokens": [["ada", "lovelace"], ["the", "film"], ["grace"], []],
-            "ner_tags": [[1, 2], [0, 0], [1], []], "pos_tags": [[1, 1], [2, 3], [1], []]}  # fmt: skip
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+            "pos_tags": datasets.Sequence(datasets.Value("int32")),
+        }
+    )
+    rows = {
+        "id": ["0", "1", "2", "3"],
+        "tokens": [["ada", "lovelace"], ["the", "film"], ["grace"], []],
+        "ner_tags": [[1, 2], [0, 0], [1], []],
+        "pos_tags": [[1, 1], [2, 3], [1], []],
+    }
     saved = tmp_path / "conll"
     ds = datasets.Dataset.from_dict(rows, features=features)
     datasets.DatasetDict({"train": ds, "validation": ds}).save_to_disk(saved)
@@ -127,8 +139,19 @@ def test_a_hub_style_dataset_keeps_its_tag_names_and_order(tmp_path):
 )
 def test_bad_tags_are_a_data_error_naming_the_problem(tmp_path, text_model_dir, rows, message):
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    result = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(path), "--output-dir",
-                                 str(tmp_path / "run"), "task=token-classification"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(path),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "task=token-classification",
+        ],
+    )
     assert result.exit_code == 3, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
@@ -142,8 +165,19 @@ def test_tags_the_train_split_never_had_are_a_data_error(tmp_path):
 
 
 def test_a_token_task_on_a_model_without_a_token_head_is_a_usage_error(tmp_path, image_model_dir, tags_jsonl):
-    result = runner.invoke(app, ["train", "--model", str(image_model_dir), "--dataset", str(tags_jsonl),
-                                 "--output-dir", str(tmp_path / "run"), "task=token-classification"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(image_model_dir),
+            "--dataset",
+            str(tags_jsonl),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "task=token-classification",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "token-classification" in result.output and "image model" in result.output
 
@@ -170,12 +204,21 @@ def test_sam_on_a_token_classifier_matches_the_hand_written_loop(tmp_path, batch
     """The loss is each micro-batch's mean over its scored tokens (what every transformers tagger returns, whatever
     `num_items_in_batch` says); the step averages the micro-batches. With GA 2 the two micro-batches score different
     numbers of tokens, so an update N times too large, or one normalised per token across the step, fails."""
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=4)  # fmt: skip
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=4,
+    )
     torch.manual_seed(0)
     model = BertForTokenClassification(config)
-    ours, reference, no_climb, batches = sam_and_reference(tmp_path, model, _padded_tag_rows(24), batch_size,
-                                                           accumulation)  # fmt: skip
+    ours, reference, no_climb, batches = sam_and_reference(
+        tmp_path, model, _padded_tag_rows(24), batch_size, accumulation
+    )
     counts = [int((b["labels"] != -100).sum()) for b in batches]
     assert accumulation == 1 or counts[0] != counts[1]  # the case that tells the normalisations apart
     assert max_abs_diff(ours, reference) <= 1e-6  # same formula, different code: rounding only
@@ -186,10 +229,25 @@ def test_token_classification_end_to_end(tmp_path, text_model_dir, tags_jsonl):
     from transformers import AutoConfig
 
     out = tmp_path / "run"
-    result = runner.invoke(app, [
-        "train", "--model", str(text_model_dir), "--dataset", str(tags_jsonl), "--output-dir", str(out),
-        "--epochs", "4", "--learning-rate", "5e-3", "--batch-size", "8", "model.max_length=16",
-    ])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(tags_jsonl),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "4",
+            "--learning-rate",
+            "5e-3",
+            "--batch-size",
+            "8",
+            "model.max_length=16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"eval_entity_f1", "eval_entity_precision", "eval_entity_recall", "eval_word_accuracy"} <= set(metrics)
@@ -215,11 +273,28 @@ def test_samtune_eval_reproduces_the_runs_own_scores(tmp_path, text_model_dir, t
 
     rows = tagged_examples(96)
     saved = tmp_path / "ner"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:72]),
-                          "validation": datasets.Dataset.from_list(rows[72:])}).save_to_disk(saved)  # fmt: skip
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:72]), "validation": datasets.Dataset.from_list(rows[72:])}
+    ).save_to_disk(saved)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(saved), "--output-dir",
-                                 str(out), "--max-steps", "12", "--learning-rate", "5e-3", "--batch-size", "8"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(saved),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "12",
+            "--learning-rate",
+            "5e-3",
+            "--batch-size",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     from samtune.runner import evaluate_run
@@ -236,8 +311,23 @@ def test_a_lora_tagger_reloads_with_peft_and_evaluates(tmp_path, text_model_dir,
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(tags_jsonl), "--output-dir",
-                                 str(out), "--max-steps", "6", "--batch-size", "8", "--lora"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(tags_jsonl),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--lora",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = load_file(out / "adapter_model.safetensors")
     assert any("lora_A" in k for k in saved) and any("classifier" in k for k in saved)  # adapters and the new head

@@ -79,14 +79,18 @@ def test_sam_with_lora_matches_the_hand_written_loop_and_never_moves_the_base(tm
 
 def _lora_recipe(tmp_path: Path, model_dir: Path, data: Path, **lora) -> Path:
     path = tmp_path / "lora.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "lora-reviews",
-        "model": {"name": str(model_dir), "max_length": 16, "lora": {"r": 4, **lora}},
-        "data": {"dataset": str(data)},
-        "sam": {"rho": 0.05},
-        "training": {"epochs": 2, "learning_rate": 2e-2, "batch_size": 8, "logging_steps": 2},
-        "output": {"dir": str(tmp_path / "run")},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "lora-reviews",
+                "model": {"name": str(model_dir), "max_length": 16, "lora": {"r": 4, **lora}},
+                "data": {"dataset": str(data)},
+                "sam": {"rho": 0.05},
+                "training": {"epochs": 2, "learning_rate": 2e-2, "batch_size": 8, "logging_steps": 2},
+                "output": {"dir": str(tmp_path / "run")},
+            }
+        )
+    )
     return path
 
 
@@ -104,8 +108,15 @@ def test_lora_run_end_to_end_saves_adapters_that_peft_reloads_with_the_same_metr
     result = runner.invoke(app, ["train", str(_lora_recipe(tmp_path, text_model_dir, data, merge=True))])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
-    for name in ("adapter_config.json", "adapter_model.safetensors", "config.json", "config.yaml", "README.md",
-                 "merged/model.safetensors", "merged/tokenizer.json"):  # fmt: skip
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "config.json",
+        "config.yaml",
+        "README.md",
+        "merged/model.safetensors",
+        "merged/tokenizer.json",
+    ):
         assert (run / name).is_file(), name
     assert not (run / "model.safetensors").exists()  # adapters, not a whole model
     metrics = json.loads((run / "metrics.json").read_text())
@@ -152,10 +163,22 @@ def _run_the_cards_example(run: Path, image: Path | None = None) -> None:
 
 def test_image_lora_run_and_its_cards_example(tmp_path, image_model_dir, image_folder):
     out = tmp_path / "run"
-    result = runner.invoke(app, [
-        "train", "--model", str(image_model_dir), "--dataset", str(image_folder), "--lora", "--output-dir", str(out),
-        "--max-steps", "2", "training.batch_size=8",
-    ])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(image_model_dir),
+            "--dataset",
+            str(image_folder),
+            "--lora",
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "training.batch_size=8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and adapter["modules_to_save"] == ["classifier"]
@@ -174,11 +197,25 @@ def _eval_with_peft(model, data: Path, tokenizer) -> float:
 
 def test_lora_flag_and_overrides(tmp_path, text_model_dir, text_csv):
     out = tmp_path / "run"
-    result = runner.invoke(app, [
-        "train", "--model", str(text_model_dir), "--dataset", str(text_csv), "--lora", "--output-dir", str(out),
-        "--max-steps", "2", "model.max_length=16", "model.lora.r=2", "model.lora.target_modules=[query]",
-        "training.batch_size=8",
-    ])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--lora",
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "model.max_length=16",
+            "model.lora.r=2",
+            "model.lora.target_modules=[query]",
+            "training.batch_size=8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 2 and adapter["target_modules"] == ["query"]
@@ -194,13 +231,16 @@ def test_lora_with_no_matching_target_module_is_a_usage_error_and_writes_nothing
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
-@pytest.mark.parametrize(("lora", "says"), [
-    ({"r": 0}, "model.lora.r"),
-    ({"alpha": -1}, "model.lora.alpha"),
-    ({"dropout": 1.0}, "model.lora.dropout"),
-    ({"target_modules": []}, "must be a non-empty list of module names"),
-    ({"rank": 8}, "model.lora.rank"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("lora", "says"),
+    [
+        ({"r": 0}, "model.lora.r"),
+        ({"alpha": -1}, "model.lora.alpha"),
+        ({"dropout": 1.0}, "model.lora.dropout"),
+        ({"target_modules": []}, "must be a non-empty list of module names"),
+        ({"rank": 8}, "model.lora.rank"),
+    ],
+)
 def test_bad_lora_settings_are_recipe_errors(lora, says):
     with pytest.raises(RecipeError) as e:
         build_recipe({"model": {"name": "x", "lora": lora}})
@@ -212,12 +252,26 @@ def test_init_from_a_lora_run_starts_from_its_merged_weights(tmp_path, text_mode
 
     lora_run, full_run = tmp_path / "lora", tmp_path / "full"
     common = ["--dataset", str(text_csv), "--max-steps", "2", "model.max_length=16", "training.batch_size=8"]
-    first = runner.invoke(app, ["train", "--model", str(text_model_dir), "--lora", "model.lora.merge=true",
-                                "--output-dir", str(lora_run), "--learning-rate", "5e-2", *common])  # fmt: skip
+    first = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--lora",
+            "model.lora.merge=true",
+            "--output-dir",
+            str(lora_run),
+            "--learning-rate",
+            "5e-2",
+            *common,
+        ],
+    )
     assert first.exit_code == 0, first.output
     # A full fine-tune from the LoRA run, at a learning rate too small to move anything: it starts at the merge.
-    second = runner.invoke(app, ["train", "--init-from", str(lora_run), "--output-dir", str(full_run),
-                                 "--learning-rate", "1e-12", *common])  # fmt: skip
+    second = runner.invoke(
+        app, ["train", "--init-from", str(lora_run), "--output-dir", str(full_run), "--learning-rate", "1e-12", *common]
+    )
     assert second.exit_code == 0, second.output
     merged, started = load_file(lora_run / "merged" / "model.safetensors"), load_file(full_run / "model.safetensors")
     assert merged.keys() == started.keys()

@@ -25,28 +25,53 @@ from samtune.optim.settings import default_of, sam_window
 WINDOW_LR = {"schedule": "lr", "start": 0.25, "stop": 10, "params": "!*.bias"}
 
 
-def _recipe(tmp_path: Path, model_dir: Path, accumulation: int, data: Path | None = None, sam: dict | None = None,
-            lora: dict | None = None, label_column: str | None = None) -> Path:
+def _recipe(
+    tmp_path: Path,
+    model_dir: Path,
+    accumulation: int,
+    data: Path | None = None,
+    sam: dict | None = None,
+    lora: dict | None = None,
+    label_column: str | None = None,
+) -> Path:
     """12 optimizer steps, a checkpoint and an evaluation every 3; dropout on (the RNG state matters)."""
     data = data or write_csv(tmp_path / "train.csv", text_examples(96))
     path = tmp_path / f"recipe-ga{accumulation}.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"name": str(model_dir), "max_length": 16, **({"lora": lora} if lora is not None else {})},
-        "data": {"dataset": str(data), **({"label_column": label_column} if label_column else {})},
-        "sam": {"rho": 0.05, **(sam or {})},
-        "training": {
-            "max_steps": 12, "batch_size": 8 // accumulation, "gradient_accumulation_steps": accumulation,
-            "learning_rate": 3e-3, "eval_strategy": "steps", "eval_steps": 3, "save_steps": 3,
-            "save_strategy": "steps", "save_total_limit": 10, "load_best_model_at_end": False,
-            "logging_steps": 1,
-        },
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": str(model_dir), "max_length": 16, **({"lora": lora} if lora is not None else {})},
+                "data": {"dataset": str(data), **({"label_column": label_column} if label_column else {})},
+                "sam": {"rho": 0.05, **(sam or {})},
+                "training": {
+                    "max_steps": 12,
+                    "batch_size": 8 // accumulation,
+                    "gradient_accumulation_steps": accumulation,
+                    "learning_rate": 3e-3,
+                    "eval_strategy": "steps",
+                    "eval_steps": 3,
+                    "save_steps": 3,
+                    "save_strategy": "steps",
+                    "save_total_limit": 10,
+                    "load_best_model_at_end": False,
+                    "logging_steps": 1,
+                },
+            }
+        )
+    )
     return path
 
 
 def _samtune(args: list, interrupt: str = "", at_step: int = 4) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SAMTUNE_TEST_INTERRUPT": interrupt,
-           "SAMTUNE_TEST_STEP": str(at_step), "PYTHONPATH": pythonpath(), "COLUMNS": "300"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "SAMTUNE_TEST_INTERRUPT": interrupt,
+        "SAMTUNE_TEST_STEP": str(at_step),
+        "PYTHONPATH": pythonpath(),
+        "COLUMNS": "300",
+    }
     cmd = [sys.executable, str(SUPPORT / "interrupt_driver.py"), *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -60,8 +85,11 @@ def _evals(run_dir: Path) -> list[tuple]:
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
     # Each task's first metric: accuracy, regression's MSE, multi-label's micro F1, token classification's entity F1,
     # a causal LM's perplexity.
-    score = next(k for k in ("eval_accuracy", "eval_mse", "eval_micro_f1", "eval_entity_f1", "eval_perplexity")
-                 if any(k in h for h in history))  # fmt: skip
+    score = next(
+        k
+        for k in ("eval_accuracy", "eval_mse", "eval_micro_f1", "eval_entity_f1", "eval_perplexity")
+        if any(k in h for h in history)
+    )
     return [(h["step"], h["eval_loss"], h[score]) for h in history if "eval_loss" in h]
 
 
@@ -109,8 +137,10 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir, causal_mode
             elif task == "causal-lm":  # prompts and responses: padding, so micro-batches hold different target counts
                 from conftest import review_texts
 
-                rows = [{"prompt": " ".join(r["prompt"].split()[i % 4 :]), "response": r["response"]}
-                        for i, r in enumerate(review_texts(96))]  # prompts of 7-10 tokens  # fmt: skip
+                rows = [
+                    {"prompt": " ".join(r["prompt"].split()[i % 4 :]), "response": r["response"]}
+                    for i, r in enumerate(review_texts(96))
+                ]  # prompts of 7-10 tokens
                 prompts = write_jsonl(root / "prompts.jsonl", rows)
                 recipe = _recipe(root, causal_model_dir, accumulation, prompts)
             else:
@@ -135,11 +165,31 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
     assert m["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-6) and m["train_steps"] == ref["train_steps"] == 12
 
 
-@pytest.mark.parametrize(("task", "accumulation"),
-                         [("text", 1), ("text", 2), ("image", 1), ("text-window-lr", 2), ("text-lora", 2),
-                          ("text-regression", 2), ("text-multi-label", 2), ("token", 2), ("causal-lm", 2)],
-                         ids=["text-ga1", "text-ga2", "image-ga1", "text-window-lr-ga2", "text-lora-ga2",
-                              "text-regression-ga2", "text-multi-label-ga2", "token-ga2", "causal-lm-ga2"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("task", "accumulation"),
+    [
+        ("text", 1),
+        ("text", 2),
+        ("image", 1),
+        ("text-window-lr", 2),
+        ("text-lora", 2),
+        ("text-regression", 2),
+        ("text-multi-label", 2),
+        ("token", 2),
+        ("causal-lm", 2),
+    ],
+    ids=[
+        "text-ga1",
+        "text-ga2",
+        "image-ga1",
+        "text-window-lr-ga2",
+        "text-lora-ga2",
+        "text-regression-ga2",
+        "text-multi-label-ga2",
+        "token-ga2",
+        "causal-lm-ga2",
+    ],
+)
 def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterrupted, task, accumulation):
     """The image run checks the augmentation too: random crops and flips resume where they were."""
     recipe, reference = uninterrupted(accumulation, task)
@@ -177,8 +227,23 @@ def test_sigint_saves_prints_the_resume_command_and_resuming_finishes_the_run(tm
 def test_sigterm_exits_143_with_a_checkpoint(tmp_path, text_model_dir, text_csv):
     """With the default checkpointing (the best one kept, at each epoch) the stop's checkpoint survives."""
     run = tmp_path / "run"
-    stopped = _samtune(["train", "--model", text_model_dir, "--dataset", text_csv, "--output-dir", run,
-                        "--epochs", "3", "--batch-size", "4"], interrupt="sigterm", at_step=20)  # fmt: skip
+    stopped = _samtune(
+        [
+            "train",
+            "--model",
+            text_model_dir,
+            "--dataset",
+            text_csv,
+            "--output-dir",
+            run,
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+        ],
+        interrupt="sigterm",
+        at_step=20,
+    )
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     # 18 steps an epoch: checkpoint-18 is the best so far, checkpoint-20 the stop's.
     assert (run / "checkpoint-18").is_dir() and (run / "checkpoint-20" / "trainer_state.json").is_file()
@@ -201,9 +266,13 @@ def test_checkpoints_carry_samtunes_state(tmp_path, text_model_dir):
     first, _ = sam_window(default_of("start"), None, 12)  # the default window: from 10% of the 12 steps
     assert first == 2
     assert state == {
-        "rho": 0.05, "adaptive": False, "variant": "sam", "climb_steps": 6 - first,
-        "perturbations_skipped": 0, "nonfinite_skipped": 0,
-    }  # fmt: skip
+        "rho": 0.05,
+        "adaptive": False,
+        "variant": "sam",
+        "climb_steps": 6 - first,
+        "perturbations_skipped": 0,
+        "nonfinite_skipped": 0,
+    }
 
 
 def test_a_diverging_run_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, text_model_dir, text_csv):
@@ -212,12 +281,28 @@ def test_a_diverging_run_stops_with_the_step_and_the_last_good_checkpoint(tmp_pa
     from samtune.cli import app
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, [
-        "train", "--model", str(text_model_dir), "--dataset", str(text_csv), "--output-dir", str(out),
-        "--learning-rate", "1e12", "--max-steps", "8", "training.optimizer=sgd", "training.max_grad_norm=0",
-        "training.save_strategy=steps", "training.save_steps=1", "training.load_best_model_at_end=false",
-        "training.batch_size=8",
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--output-dir",
+            str(out),
+            "--learning-rate",
+            "1e12",
+            "--max-steps",
+            "8",
+            "training.optimizer=sgd",
+            "training.max_grad_norm=0",
+            "training.save_strategy=steps",
+            "training.save_steps=1",
+            "training.load_best_model_at_end=false",
+            "training.batch_size=8",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "the training loss became" in result.output and "at step" in result.output
     assert "checkpoint-" in result.output and "--resume auto" in result.output
@@ -239,8 +324,20 @@ def test_resume_without_a_checkpoint_says_so(tmp_path, text_model_dir, text_csv)
 
     from samtune.cli import app
 
-    result = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(text_csv),
-                                      "--output-dir", str(tmp_path / "run"), "--resume", "auto"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(text_csv),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--resume",
+            "auto",
+        ],
+    )
     assert result.exit_code == 2 and "no checkpoint to resume" in result.output
     assert not (tmp_path / "run").exists()
 
@@ -252,9 +349,14 @@ def test_init_from_starts_at_step_zero_from_the_finished_weights(tmp_path, text_
     from samtune.runner import train
 
     def recipe(out, **kw):
-        return build_recipe({"model": {"name": str(text_model_dir), **kw}, "data": {"dataset": str(text_csv)},
-                             "training": {"max_steps": 3, "batch_size": 8, "learning_rate": 5e-3},
-                             "output": {"dir": str(tmp_path / out)}})  # fmt: skip
+        return build_recipe(
+            {
+                "model": {"name": str(text_model_dir), **kw},
+                "data": {"dataset": str(text_csv)},
+                "training": {"max_steps": 3, "batch_size": 8, "learning_rate": 5e-3},
+                "output": {"dir": str(tmp_path / out)},
+            }
+        )
 
     first = train(recipe("first"))
     finished = _weights(first.run_dir)
@@ -277,10 +379,27 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath()}
     first = subprocess.Popen(
-        [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(data),
-         "--output-dir", str(run), "--epochs", "4", "--batch-size", "4"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "samtune",
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(data),
+            "--output-dir",
+            str(run),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "4",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run / "config.yaml").exists() and time.time() < deadline:  # training has started
         time.sleep(0.2)
@@ -288,8 +407,21 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp
 
     from samtune.cli import app
 
-    second = CliRunner().invoke(app, ["train", "--model", str(text_model_dir), "--dataset", str(data),
-                                      "--output-dir", str(run), "--overwrite", "--max-steps", "1"])  # fmt: skip
+    second = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(data),
+            "--output-dir",
+            str(run),
+            "--overwrite",
+            "--max-steps",
+            "1",
+        ],
+    )
     assert second.exit_code == 2, second.output
     assert "another samtune run" in second.output and str(first.pid) in second.output
     out, err = first.communicate(timeout=300)
@@ -328,10 +460,29 @@ def test_ctrl_c_under_nproc_saves_once_and_exits_130(tmp_path, text_model_dir):
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
     parent = subprocess.Popen(
-        [sys.executable, "-m", "samtune", "train", "--model", str(text_model_dir), "--dataset", str(data),
-         "--output-dir", str(run), "--epochs", "20", "--batch-size", "4", "--nproc", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "samtune",
+            "train",
+            "--model",
+            str(text_model_dir),
+            "--dataset",
+            str(data),
+            "--output-dir",
+            str(run),
+            "--epochs",
+            "20",
+            "--batch-size",
+            "4",
+            "--nproc",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run / "config.yaml").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -361,11 +512,24 @@ def _interrupted(tmp_path: Path, model_dir: Path, data: Path) -> tuple[Path, Pat
     from samtune.runner import train
 
     recipe = tmp_path / "four-steps.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"name": str(model_dir), "max_length": 16}, "data": {"dataset": str(data)},
-        "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_strategy": "no",
-                     "save_strategy": "steps", "save_steps": 1, "save_total_limit": 5, "logging_steps": 1},
-    }))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": str(model_dir), "max_length": 16},
+                "data": {"dataset": str(data)},
+                "training": {
+                    "max_steps": 4,
+                    "batch_size": 8,
+                    "learning_rate": 5e-3,
+                    "eval_strategy": "no",
+                    "save_strategy": "steps",
+                    "save_steps": 1,
+                    "save_total_limit": 5,
+                    "logging_steps": 1,
+                },
+            }
+        )
+    )
 
     class CrashAtStep3(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -374,8 +538,9 @@ def _interrupted(tmp_path: Path, model_dir: Path, data: Path) -> tuple[Path, Pat
 
     run = tmp_path / "run"
     with pytest.raises(_Crash):
-        train(load_recipe(str(recipe), flags={"output.dir": str(run)}), callbacks=[CrashAtStep3()],
-              notify=lambda _: None)  # fmt: skip
+        train(
+            load_recipe(str(recipe), flags={"output.dir": str(run)}), callbacks=[CrashAtStep3()], notify=lambda _: None
+        )
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     return recipe, run
 
@@ -390,8 +555,11 @@ def _cli(*args: object):
 
 def _files(run: Path) -> dict[str, tuple[bytes, int]]:
     """Every file of a run directory (but its lock, which each command takes): its bytes and modification time."""
-    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*"))
-            if p.is_file() and p.name != ".samtune.lock"}  # fmt: skip
+    return {
+        str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != ".samtune.lock"
+    }
 
 
 def test_a_resume_on_another_model_or_data_is_refused_and_leaves_the_run_as_it_was(tmp_path, text_model_dir, text_csv):

@@ -28,6 +28,7 @@ from transformers import Trainer, TrainingArguments
 from samtune import SAMTrainer
 from samtune.trainer import UnsupportedSetupError
 
+
 def test_rho_zero_is_the_stock_trainer(tmp_path):
     rows = text_rows(24)
     common = dict(per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3)
@@ -81,10 +82,19 @@ def test_adamw_warmup_clipping_weight_decay_and_dropout_match_hand_written_sam(t
     steps = _steps(rows, 4, 2, n_steps)
     settings = dict(lr=lr, warmup_steps=2, weight_decay=0.1, max_grad_norm=1.0)
     args = _args(
-        tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=n_steps, rho=rho,
-        learning_rate=lr, optim="adamw_torch", lr_scheduler_type="linear", warmup_steps=2, weight_decay=0.1,
-        max_grad_norm=1.0, train_sampling_strategy="sequential",
-    )  # fmt: skip
+        tmp_path,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=n_steps,
+        rho=rho,
+        learning_rate=lr,
+        optim="adamw_torch",
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+        weight_decay=0.1,
+        max_grad_norm=1.0,
+        train_sampling_strategy="sequential",
+    )
     trained = copy.deepcopy(model)
     states: list[torch.Tensor] = []
     trained.register_forward_pre_hook(lambda module, inputs: states.append(torch.get_rng_state()))
@@ -92,13 +102,19 @@ def test_adamw_warmup_clipping_weight_decay_and_dropout_match_hand_written_sam(t
     assert len(states) == 2 * 2 * n_steps  # ascent and descent of every micro-batch
 
     replay = iter(states)
-    reference = reference_sam_adamw(model, steps, rho, before_forward=lambda: torch.set_rng_state(next(replay)),
-                                    **settings)  # fmt: skip
+    reference = reference_sam_adamw(
+        model, steps, rho, before_forward=lambda: torch.set_rng_state(next(replay)), **settings
+    )
     assert max_abs_diff(trainer.model, reference) <= 1e-6
     # The comparison can fail: without clipping, or with the plain gradient, the weights end elsewhere.
     replay = iter(states)
-    unclipped = reference_sam_adamw(model, steps, rho, before_forward=lambda: torch.set_rng_state(next(replay)),
-                                    **{**settings, "max_grad_norm": float("inf")})  # fmt: skip
+    unclipped = reference_sam_adamw(
+        model,
+        steps,
+        rho,
+        before_forward=lambda: torch.set_rng_state(next(replay)),
+        **{**settings, "max_grad_norm": float("inf")},
+    )
     assert max_abs_diff(unclipped, reference) > 1e-4
     replay = iter(states)
     plain = reference_sam_adamw(model, steps, 0.0, before_forward=lambda: torch.set_rng_state(next(replay)), **settings)
@@ -280,9 +296,15 @@ def test_nonfinite_descent_lets_the_grad_scaler_skip_the_step(tmp_path):
     model = _Poisoned(poison_calls={1, 2})  # ascent and descent of the first step overflow
     start = copy.deepcopy(model.state_dict())
     args = _args(
-        tmp_path, per_device_train_batch_size=4, max_steps=1, learning_rate=0.5, rho=0.05, **{
-            **SGD_PLAIN, "max_grad_norm": 1.0  # clipping unscales; the scaler must not unscale twice
-        }
+        tmp_path,
+        per_device_train_batch_size=4,
+        max_steps=1,
+        learning_rate=0.5,
+        rho=0.05,
+        **{
+            **SGD_PLAIN,
+            "max_grad_norm": 1.0,  # clipping unscales; the scaler must not unscale twice
+        },
     )
     trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows))
     scaler = _with_cpu_grad_scaler(trainer)
@@ -415,9 +437,20 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path):
 def test_nonfinite_loss_skip_skips_that_optimizer_step(tmp_path):
     rows, _, _ = _poison_rows()
     model = _NaNLoss(nan_calls={1})  # the first micro-batch's ascent, in the first of two steps
-    args = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
-                 learning_rate=0.1, rho=0.05, on_nonfinite="skip", optim="adamw_torch", weight_decay=0.1,
-                 lr_scheduler_type="constant", max_grad_norm=0.0, train_sampling_strategy="sequential")  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=0.1,
+        rho=0.05,
+        on_nonfinite="skip",
+        optim="adamw_torch",
+        weight_decay=0.1,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        train_sampling_strategy="sequential",
+    )
     trainer = _train(model, rows * 2, args)
     assert trainer.sam_nonfinite_skipped == 1
     # Expected: the first step did nothing (not even AdamW's weight decay or moments); the second is

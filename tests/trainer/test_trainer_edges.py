@@ -60,9 +60,15 @@ def test_vit_at_micro_batch_one_matches_hand_written_sam(tmp_path, adaptive):
     model = tiny_vit().double()
     reference = reference_sam_sgd(model, _steps(rows, 1, 2, 3), rho, lr, adaptive=adaptive)
     args = _args(
-        tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=3,
-        learning_rate=lr, rho=rho, adaptive=adaptive, **SGD_PLAIN,
-    )  # fmt: skip
+        tmp_path,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        learning_rate=lr,
+        rho=rho,
+        adaptive=adaptive,
+        **SGD_PLAIN,
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     assert max_abs_diff(trainer.model, reference) <= 1e-6
 
@@ -73,9 +79,15 @@ def test_vit_ascent_on_one_row_matches_hand_written_ascent_fraction(tmp_path):
     model = tiny_vit().double()
     reference = reference_ascent_fraction_sgd(model, _steps(rows, 4, 1, 2), rho, lr, rows=1)
     args = _args(
-        tmp_path, per_device_train_batch_size=4, max_steps=2, learning_rate=lr, rho=rho,
-        sam_variant="ascent_fraction", ascent_fraction=0.25, **SGD_PLAIN,
-    )  # fmt: skip
+        tmp_path,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=lr,
+        rho=rho,
+        sam_variant="ascent_fraction",
+        ascent_fraction=0.25,
+        **SGD_PLAIN,
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     assert max_abs_diff(trainer.model, reference) <= 1e-6
 
@@ -104,8 +116,9 @@ def test_one_gradient_tensor_for_two_parameters_is_scaled_once(tmp_path, adaptiv
     assert grads[0].untyped_storage().data_ptr() == grads[1].untyped_storage().data_ptr()  # the premise
     rho, lr = (0.5 if adaptive else 0.05), 0.5
     reference = reference_sam_sgd(model, _steps(rows, 4, 1, 1), rho, lr, adaptive=adaptive)
-    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=1, learning_rate=lr, rho=rho, adaptive=adaptive,
-                 **SGD_PLAIN)  # fmt: skip
+    args = _args(
+        tmp_path, per_device_train_batch_size=4, max_steps=1, learning_rate=lr, rho=rho, adaptive=adaptive, **SGD_PLAIN
+    )
     trainer = _train(copy.deepcopy(model), rows, args)
     assert max_abs_diff(trainer.model, reference) <= 1e-6
 
@@ -146,12 +159,20 @@ def test_auto_find_batch_size_retries_from_w_after_an_out_of_memory_climb(tmp_pa
     monkeypatch.setattr(functional, "CHUNK_FLOOR", 1)
     rows, lr, rho = text_rows(28), 0.5, 0.5
     expected = _train(
-        tiny_bert(), rows,
+        tiny_bert(),
+        rows,
         _args(tmp_path / "direct", per_device_train_batch_size=7, max_steps=2, learning_rate=lr, rho=rho, **SGD_PLAIN),
-    )  # fmt: skip
+    )
     calls = _failing_climb(monkeypatch, 3, "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
-    args = _args(tmp_path / "auto", per_device_train_batch_size=8, auto_find_batch_size=True, max_steps=2,
-                 learning_rate=lr, rho=rho, **SGD_PLAIN)  # fmt: skip
+    args = _args(
+        tmp_path / "auto",
+        per_device_train_batch_size=8,
+        auto_find_batch_size=True,
+        max_steps=2,
+        learning_rate=lr,
+        rho=rho,
+        **SGD_PLAIN,
+    )
     trainer = _train(tiny_bert(), rows, args)
     assert calls[0] > 3 and trainer._train_batch_size == 7  # it failed once, then trained at 7
     assert max_abs_diff(trainer.model, expected.model) <= 1e-6
@@ -181,8 +202,15 @@ def _as_fp16_on_a_gpu(trainer: SAMTrainer, init_scale: float = 2.0**8) -> torch.
 def test_fp16_skip_of_a_nonfinite_step_backs_off_the_scale_and_training_goes_on(tmp_path, max_grad_norm):
     rows, _, _ = _poison_rows()
     model = _NaNLoss(nan_calls={3})  # step 2's ascent (calls 1-2 are step 1)
-    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=3, learning_rate=0.5, rho=0.05,
-                 on_nonfinite="skip", **{**SGD_PLAIN, "max_grad_norm": max_grad_norm})  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=0.5,
+        rho=0.05,
+        on_nonfinite="skip",
+        **{**SGD_PLAIN, "max_grad_norm": max_grad_norm},
+    )
     trainer = SAMTrainer(model=model, args=args, train_dataset=ListDataset(rows * 3))
     scaler = _as_fp16_on_a_gpu(trainer)
     trainer.train()  # before the fix: "unscale_() has already been called on this optimizer" at step 3
@@ -202,13 +230,22 @@ def test_fp16_skip_of_a_nonfinite_step_backs_off_the_scale_and_training_goes_on(
 def test_resume_from_checkpoint_true_restores_samtunes_state(tmp_path):
     """`train(resume_from_checkpoint=True)`, the Trainer's own API: counters, g_v and weights as uninterrupted."""
     rows, model = text_rows(8 * 5), tiny_bert()
-    common = dict(per_device_train_batch_size=8, learning_rate=0.5, rho=0.05, sam_variant="looksam", looksam_k=3,
-                  save_strategy="steps", save_steps=2, **SGD_PLAIN)  # fmt: skip
+    common = dict(
+        per_device_train_batch_size=8,
+        learning_rate=0.5,
+        rho=0.05,
+        sam_variant="looksam",
+        looksam_k=3,
+        save_strategy="steps",
+        save_steps=2,
+        **SGD_PLAIN,
+    )
     whole = _train(copy.deepcopy(model), rows, _args(tmp_path / "whole", max_steps=5, **common))
     partial = _args(tmp_path / "cut", max_steps=2, **common)
     SAMTrainer(model=copy.deepcopy(model), args=partial, train_dataset=ListDataset(rows)).train()
-    resumed = SAMTrainer(model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=5, **common),
-                         train_dataset=ListDataset(rows))  # fmt: skip
+    resumed = SAMTrainer(
+        model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=5, **common), train_dataset=ListDataset(rows)
+    )
     resumed.train(resume_from_checkpoint=True)
     assert resumed.sam_climb_steps == whole.sam_climb_steps == 2  # LookSAM k=3: steps 0 and 3
     assert max_abs_diff(resumed.model, whole.model) <= 1e-6
@@ -231,16 +268,26 @@ def test_resume_is_exact_from_the_old_format_and_with_the_trainers_callback_rest
     `restore_callback_states_from_checkpoint`, which makes the Trainer re-create stateful callbacks, SAM's state
     still resumes and is saved again (checkpoint-4's record counts the climb at step 3)."""
     rows, model = text_rows(8 * 5), tiny_bert()
-    common = dict(per_device_train_batch_size=8, learning_rate=0.5, rho=0.05, sam_variant="looksam", looksam_k=3,
-                  save_strategy="steps", save_steps=2, **SGD_PLAIN,
-                  restore_callback_states_from_checkpoint=how.startswith("restore"))  # fmt: skip
+    common = dict(
+        per_device_train_batch_size=8,
+        learning_rate=0.5,
+        rho=0.05,
+        sam_variant="looksam",
+        looksam_k=3,
+        save_strategy="steps",
+        save_steps=2,
+        **SGD_PLAIN,
+        restore_callback_states_from_checkpoint=how.startswith("restore"),
+    )
     whole = _train(copy.deepcopy(model), rows, _args(tmp_path / "whole", max_steps=5, **common))
-    SAMTrainer(model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=2, **common),
-               train_dataset=ListDataset(rows)).train()  # fmt: skip
+    SAMTrainer(
+        model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=2, **common), train_dataset=ListDataset(rows)
+    ).train()
     if how == "samtune-0.1-checkpoint":
         _as_samtune_0_1(tmp_path / "cut" / "out" / "checkpoint-2")
-    resumed = SAMTrainer(model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=5, **common),
-                         train_dataset=ListDataset(rows))  # fmt: skip
+    resumed = SAMTrainer(
+        model=copy.deepcopy(model), args=_args(tmp_path / "cut", max_steps=5, **common), train_dataset=ListDataset(rows)
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "out" / "checkpoint-2"))
     assert resumed.sam_climb_steps == whole.sam_climb_steps == 2  # steps 0 and 3: step 2 reused the saved g_v
     assert max_abs_diff(resumed.model, whole.model) <= 1e-6
@@ -262,8 +309,16 @@ def test_samtunes_state_is_written_before_the_checkpoint_is_marked_complete(tmp_
         return real(self, json_path)
 
     monkeypatch.setattr(TrainerState, "save_to_json", save_to_json)
-    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=2, save_strategy="steps", save_steps=1,
-                 sam_variant="looksam", looksam_k=1, **SGD_PLAIN)  # fmt: skip
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        sam_variant="looksam",
+        looksam_k=1,
+        **SGD_PLAIN,
+    )
     trainer = _train(tiny_bert(), text_rows(8), args)
     assert at_mark == [(True, 1), (True, 2)]
     saved = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
@@ -279,12 +334,27 @@ def test_best_model_at_end_is_the_best_checkpoint_exactly_for_a_vit(tmp_path):
 
     rows = image_rows(8)
     args = _args(
-        tmp_path, per_device_train_batch_size=2, max_steps=4, learning_rate=0.5, rho=0.05,
-        eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, load_best_model_at_end=True,
-        metric_for_best_model="score", greater_is_better=True, **SGD_PLAIN,
-    )  # fmt: skip
-    trainer = SAMTrainer(model=tiny_vit(), args=args, train_dataset=ListDataset(rows),
-                         eval_dataset=ListDataset(rows[:2]), compute_metrics=compute_metrics)  # fmt: skip
+        tmp_path,
+        per_device_train_batch_size=2,
+        max_steps=4,
+        learning_rate=0.5,
+        rho=0.05,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="score",
+        greater_is_better=True,
+        **SGD_PLAIN,
+    )
+    trainer = SAMTrainer(
+        model=tiny_vit(),
+        args=args,
+        train_dataset=ListDataset(rows),
+        eval_dataset=ListDataset(rows[:2]),
+        compute_metrics=compute_metrics,
+    )
     trainer.train()
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
     best = ViTForImageClassification.from_pretrained(tmp_path / "out" / "checkpoint-2").state_dict()

@@ -172,8 +172,10 @@ def register_variant(cls: type[Variant]) -> type[Variant]:
     owners = {s: other for other, c in _REGISTRY.items() if other != name for s in c.settings}
     for setting in cls.settings:
         if setting not in declared:
-            raise ValueError(f"variant {name!r}: {setting!r} is not a SAM setting (declare it as a field of "
-                             "samtune.optim.settings.SAMSettings)")  # fmt: skip
+            raise ValueError(
+                f"variant {name!r}: {setting!r} is not a SAM setting (declare it as a field of "
+                "samtune.optim.settings.SAMSettings)"
+            )
         if setting in owners:
             raise ValueError(f"variant {name!r}: the setting {setting!r} belongs to the variant {owners[setting]!r}")
     _REGISTRY[name] = cls

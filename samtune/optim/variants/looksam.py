@@ -119,12 +119,15 @@ class LookSAM(Variant):
         if saved is None or len(saved) != len(params):
             return
         self.g_v = [
-            None if v is None
-            else DTensor.from_local(v.to(local(p).device), p.device_mesh, p.placements, shape=p.shape,
-                                    stride=p.stride(), run_check=False) if is_sharded(p)
+            None
+            if v is None
+            else DTensor.from_local(
+                v.to(local(p).device), p.device_mesh, p.placements, shape=p.shape, stride=p.stride(), run_check=False
+            )
+            if is_sharded(p)
             else v.to(p.device)
             for v, p in zip(saved, params, strict=True)
-        ]  # fmt: skip
+        ]
 
     @property
     def extra_pass_share(self) -> float:
