@@ -449,6 +449,15 @@ def test_an_id_the_hub_does_not_know_is_still_not_found(monkeypatch, tmp_path, t
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unknown)
+    # The Hub's name resolves (as where there is a network): the Hub itself answers that it does not know the id.
+    import socket
+
+    from samtune import network
+
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **kw: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 443))]
+    )
+    monkeypatch.setattr(network, "_found", [])
     _fails(
         ["train", "--model", "org/typo", "--dataset", text_csv, "--output-dir", tmp_path / "run"],
         EXIT_USAGE,
