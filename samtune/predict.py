@@ -116,17 +116,10 @@ def predict(
     import torch
 
     from samtune import modeling
-    from samtune.recipe import build_recipe, read_recipe_file
-    from samtune.rundir import CONFIG_FILE, require_model
-    from samtune.saved import load_model, read_run
+    from samtune.saved import load_model, open_run
 
     run_dir = Path(run_dir)
-    require_model(run_dir)
-    recipe = (
-        build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
-    )
-    modeling.quiet_transformers()
-    run = read_run(run_dir, recipe)
+    recipe, run = open_run(run_dir)
     task = tasks.get(run.task)
     if not task.predicts:
         raise UsageError(

@@ -712,19 +712,11 @@ def evaluate_run(
     import torch
     from transformers import PrinterCallback
 
-    from samtune import modeling
-    from samtune.recipe import build_recipe, read_recipe_file
-    from samtune.rundir import require_model
-    from samtune.saved import load_model, model_inputs, read_run, split_examples
+    from samtune.saved import load_model, model_inputs, open_run, split_examples
     from samtune.trainer import SAMArguments, SAMTrainer
 
     run_dir = Path(run_dir)
-    require_model(run_dir)
-    recipe = (
-        build_recipe(read_recipe_file(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else build_recipe()
-    )
-    modeling.quiet_transformers()
-    run = read_run(run_dir, recipe)
+    recipe, run = open_run(run_dir)
     if figure_dir is not None and tasks.get(run.task).has_confusion_matrix and (why := writable_problem(figure_dir)):
         raise UsageError(
             f"cannot write the confusion matrix figure into {figure_dir}: {why}",

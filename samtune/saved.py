@@ -42,6 +42,19 @@ class Examples:
     dropped: list[str] = field(default_factory=list)  # rows left out (no text, no label), and why: to say once
 
 
+def open_run(run_dir: Path) -> tuple[Recipe, SavedRun]:
+    """A finished run directory's resolved recipe (its config.yaml; the defaults without one) and what it saved."""
+    from samtune import modeling
+    from samtune.recipe import build_recipe, read_recipe_file
+    from samtune.rundir import CONFIG_FILE, require_model
+
+    require_model(run_dir)
+    config = run_dir / CONFIG_FILE
+    recipe = build_recipe(read_recipe_file(config)) if config.is_file() else build_recipe()
+    modeling.quiet_transformers()
+    return recipe, read_run(run_dir, recipe)
+
+
 def read_run(run_dir: Path, recipe: Recipe) -> SavedRun:
     """A run directory's task and labels, from its model's config (no weights); `recipe` is the one it saved."""
     from samtune import modeling
