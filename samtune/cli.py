@@ -861,6 +861,38 @@ def push_command(
     _guarded(body, debug)
 
 
+@app.command("source")
+def source_command(
+    name: Annotated[Optional[str], typer.Argument(help="A source's name; none: list them.")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Build into this new or empty folder, not samtune's cache.")
+    ] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option("--weights", help="A model source: convert this .pth file, not the package's.")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Build a model or dataset offline from files installed packages ship (source:NAME in a recipe), or list them."""
+
+    def body() -> None:
+        from samtune import sources
+
+        if name is None:
+            table = Table(show_header=True, header_style="bold")
+            for col in ("name", "kind", "what"):
+                table.add_column(col, overflow="fold")
+            for source in sources.sources().values():
+                table.add_row(source.name, source.kind, source.description)
+            console.print(table)
+            return
+        folder = sources.build(name, out, weights)
+        facts = sources.read_provenance(folder)
+        console.print(f"[green]{facts.get('what', name)}[/green]: {folder}", highlight=False)
+        console.print(f"use it as {sources.SOURCE_PREFIX}{name} in a recipe, or as the folder", highlight=False)
+
+    _guarded(body, debug)
+
+
 @recipes_app.command("list")
 def recipes_list() -> None:
     """The built-in recipes, with their task, model and dataset."""

@@ -91,7 +91,7 @@ class PreparedData:
 
 def is_local(ref: str) -> bool:
     """Whether a dataset or model reference is a local path (or a package path)."""
-    return ref.startswith("package:") or Path(ref).exists() or ref.startswith((".", "/", "~"))
+    return ref.startswith(("package:", "source:")) or Path(ref).exists() or ref.startswith((".", "/", "~"))
 
 
 # ---- reading ------------------------------------------------------------------------------

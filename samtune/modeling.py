@@ -151,6 +151,7 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
 
     A folder of LoRA adapters (a LoRA run) loads as its base model with the adapters merged in.
     """
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     name = model_path(section)
@@ -160,6 +161,14 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is the point of fine-tuning
     try:
+        if not section.pretrained:  # the architecture only: random weights, seeded like the head of any run
+            config = AutoConfig.from_pretrained(
+                name,
+                revision=section.revision,
+                trust_remote_code=section.trust_remote_code,
+                **task_.head_config(labels),
+            )
+            return task_.auto_class().from_config(config, trust_remote_code=section.trust_remote_code)
         return task_.auto_class().from_pretrained(
             name,
             revision=section.revision,

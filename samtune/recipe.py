@@ -47,6 +47,7 @@ SCHEDULERS = (
     "inverse_sqrt",
 )
 PACKAGE_PREFIX = "package:"
+SOURCE_PREFIX = "source:"  # samtune.sources: a model or dataset built offline from files packages ship
 # The experiment trackers training.report_to takes (the Trainer's integrations), and the package each needs.
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
@@ -84,15 +85,26 @@ class ModelSection(_Section):
 
     name: str | None = Field(
         default=None,
-        description="Hub id, local folder, or package:<python_package>/<path> for a model a package ships.",
+        description="Hub id, local folder, package:<python_package>/<path> for a model a package ships, or "
+        "source:<name> for one samtune builds offline (`samtune source` lists them).",
     )
     revision: str | None = None
+    image_size: PositiveInt | None = Field(
+        default=None,
+        description="Images: the side in pixels they are resized to, instead of the image processor's own size "
+        "(a convolutional model takes other sizes; the run checks the model accepts it before training).",
+    )
     max_length: PositiveInt = Field(
         default=128,
         description="Text: tokens kept per example; at most the model's max_position_embeddings "
         "(the default is lowered to a smaller one).",
     )
     trust_remote_code: bool = False
+    pretrained: bool = Field(
+        default=True,
+        description="false: the model's architecture with random weights, not its pretrained ones (a from-scratch "
+        "baseline that shows what pretraining buys).",
+    )
     init_from: str | None = Field(
         default=None, description="Start from a finished run's weights (a run directory); a new schedule."
     )
@@ -101,6 +113,12 @@ class ModelSection(_Section):
         description="Train low-rank adapters instead of every weight (`lora: {}` for the defaults). Default: none, "
         "except for causal LMs of over a billion parameters, which get the defaults; `lora: false` trains every weight.",
     )
+
+    @model_validator(mode="after")
+    def _scratch_or_run(self) -> ModelSection:
+        if not self.pretrained and self.init_from:
+            raise ValueError("model.pretrained: false (random weights) contradicts model.init_from (a run's weights)")
+        return self
 
     def adapters(self) -> LoraSection | None:
         """The LoRA settings in force (None: every weight trains)."""
@@ -113,7 +131,7 @@ class DataSection(_Section):
     dataset: str | None = Field(
         default=None,
         description="Hub dataset id, local csv/json/jsonl/parquet file, image folder, saved datasets folder, "
-        "or package:<python_package>/<path>.",
+        "package:<python_package>/<path>, or source:<name> for one samtune builds offline (`samtune source`).",
     )
     config: str | None = Field(default=None, description="Hub dataset configuration name (e.g. sst2 for glue).")
     revision: str | None = None
@@ -456,7 +474,7 @@ def run_name_problem(name: str) -> str | None:
 def _stem(ref: str | None) -> str:
     if not ref:
         return ""
-    ref = ref.removeprefix(PACKAGE_PREFIX).rstrip("/")
+    ref = ref.removeprefix(PACKAGE_PREFIX).removeprefix(SOURCE_PREFIX).rstrip("/")
     stem = ref.split("/")[-1]
     for suffix in (".bz2", ".gz", ".csv", ".jsonl", ".json", ".parquet"):
         stem = stem.removesuffix(suffix)
@@ -834,7 +852,12 @@ def load_recipe(ref: str | None, overrides: list[str] | None = None, flags: dict
 
 
 def resolve_package_path(ref: str, error: type[SamtuneError] = UsageError) -> str:
-    """'package:pkg/sub/path' as a file-system path inside the installed package (never imported)."""
+    """'package:pkg/sub/path' as a file-system path inside the installed package (never imported); 'source:name' as
+    the folder samtune.sources builds (once, into its cache); any other reference as it is."""
+    if ref.startswith(SOURCE_PREFIX):
+        from samtune import sources  # torch and datasets, when a source is built: only then
+
+        return sources.resolve(ref)
     if not ref.startswith(PACKAGE_PREFIX):
         return ref
     package, _, rest = ref[len(PACKAGE_PREFIX) :].partition("/")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from samtune.errors import DataError
+from samtune.errors import DataError, UsageError
 from samtune.tasks.base import Task
 from samtune.tasks.columns import (
     COMBINED_LABELS,
@@ -138,13 +138,40 @@ class PerExampleTask(Task):
         if self.modality == "image":
             from samtune.imaging import load_image_processor
 
-            return load_image_processor(path, revision=section.revision)
+            size = getattr(section, "image_size", None)  # a run's saved processor already has it
+            resize = {"size": {"height": size, "width": size}} if size else {}
+            return load_image_processor(path, revision=section.revision, **resize)
         from samtune.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(path, section)
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:  # GPT-2-like, as a classifier
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
+
+    def prepare_model(self, model: Any, processor: Any) -> None:
+        """A text model's pad token; for images, one forward of a blank image at the processor's size, so a size the
+        model does not take (model.image_size) is a usage error now, not a crash at the first step."""
+        super().prepare_model(model, processor)
+        if self.modality != "image":
+            return
+        import torch
+
+        from samtune.imaging import target_size
+
+        height, width = target_size(processor)
+        training = model.training
+        model.eval()  # batch-norm statistics untouched
+        try:
+            with torch.no_grad():
+                model(pixel_values=torch.zeros(1, 3, height, width, dtype=model.dtype, device=model.device))
+        except (RuntimeError, ValueError) as e:
+            raise UsageError(
+                f"the model does not take {height}x{width} images: {str(e).splitlines()[0]}",
+                "Set model.image_size to a size the model takes (a convolutional model with stride 32: a multiple "
+                "of 32), or leave it out for the image processor's own size.",
+            ) from e
+        finally:
+            model.train(training)
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
