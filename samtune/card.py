@@ -44,6 +44,7 @@ class CardFacts:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     adapter: dict[str, Any] | None = None  # a LoRA run: its adapters' settings and parameter counts
     response_column: str | None = None  # a causal LM trained on prompts and responses: the responses' column
+    sources: list[dict[str, Any]] = field(default_factory=list)  # provenance of a model/data built by samtune.sources
     confusion: Any = None  # single-label classification: the eval split's samtune.confusion.Confusion
 
 
@@ -273,6 +274,30 @@ Per class on the {facts.eval_split} split{which}:
 """
 
 
+def _sources_section(facts: CardFacts) -> str:
+    """Where a model or dataset that samtune built offline (samtune.sources) came from: package, file, checksum."""
+    if not facts.sources:
+        return ""
+    lines = ["", "## Where the base model and data came from", ""]
+    for f in facts.sources:
+        package = f"{f['package']} {f.get('version') or ''}".strip() if f.get("package") else "a file the user gave"
+        files = ", ".join(f"`{x['name']}` (sha256 `{x['sha256']}`)" for x in f.get("files", []))
+        lines.append(
+            f"- `{f['source']}`: {f.get('what', '')}; from {package}: {files}; licence {f.get('license') or 'unknown'}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _scratch_line(facts: CardFacts) -> str:
+    r = facts.recipe
+    if r.model.pretrained:
+        return ""
+    return (
+        f"\n\nTrained from random initialisation (`model.pretrained: false`): the architecture of `{r.model.name}`, "
+        "none of its pretrained weights."
+    )
+
+
 def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str = "") -> ModelCard:
     """A Hub-valid card: metadata (base model, datasets, tags, model-index), SAM's settings, results."""
     r, task = facts.recipe, tasks.get(facts.task)
@@ -295,7 +320,7 @@ def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str
 **Sharpness-Aware Minimization** (SAM, Foret et al., ICLR 2021), using samtune.
 SAM takes each step from the worst point of a
 rho-ball around the weights, which seeks flat minima; it costs about twice the compute of a
-plain step.
+plain step.{_scratch_line(facts)}
 
 {task.card_labels_line(facts)} Evaluated on {facts.eval_source}.
 
@@ -307,7 +332,7 @@ plain step.
 
 {_results_table(facts)}
 {f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
-{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{_confusion_section(facts)}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}
+{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{_confusion_section(facts)}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}{_sources_section(facts)}
 ## How to use
 
 ```python

@@ -609,6 +609,7 @@ def _save_results(
     """The model and processor (loadable with from_pretrained), the Trainer's state, the card and metrics.json."""
     from samtune import modeling
     from samtune.card import CardFacts, base_model_license, write_model_card
+    from samtune.sources import provenance_of
     from samtune.data import is_local
 
     recipe = o.recipe
@@ -640,6 +641,7 @@ def _save_results(
             adapter=adapter,
             response_column=data.response_column,
             confusion=confusion,
+            sources=[f for f in (provenance_of(recipe.model.name), provenance_of(recipe.data.dataset)) if f],
         ),
     )
     write_json_atomic(o.run_dir / METRICS_FILE, metrics)  # last: the mark of a finished run (rundir)

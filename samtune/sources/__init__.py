@@ -121,6 +121,13 @@ def resolve(ref: str) -> str:
     return str(build(ref[len(SOURCE_PREFIX) :]))
 
 
+def provenance_of(ref: str | None) -> dict[str, Any]:
+    """The provenance of a model or dataset reference built by a source ({} for any other reference)."""
+    if not ref or not ref.startswith(SOURCE_PREFIX):
+        return {}
+    return read_provenance(resolve(ref))
+
+
 def read_provenance(folder: str | Path | None) -> dict[str, Any]:
     """A built folder's provenance ({} for any other folder, or none)."""
     if not folder:
