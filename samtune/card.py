@@ -44,7 +44,7 @@ class CardFacts:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     adapter: dict[str, Any] | None = None  # a LoRA run: its adapters' settings and parameter counts
     response_column: str | None = None  # a causal LM trained on prompts and responses: the responses' column
-    confusion: Any = None  # single-label classification: the eval split's samtune.confusion.Confusion
+    errors: Any = None  # where it errs on the eval split: a samtune.confusion.ErrorReport (None: the task has none)
 
 
 def base_model_license(model_ref: str | None) -> str | None:
@@ -245,32 +245,15 @@ trainable ones only. {merged}
 """
 
 
-def _confusion_section(facts: CardFacts) -> str:
-    """Per-class scores on the eval split and the confusion-matrix figure (single-label classification)."""
-    c = facts.confusion
-    if c is None:
+def _errors_section(facts: CardFacts) -> str:
+    """Where it errs on the eval split: the task's error report (a classifier's confusion matrix, a multi-label
+    classifier's per-label scores), if it has one."""
+    if facts.errors is None:
         return ""
-    from samtune.confusion import FIGURE_FILE
-
-    keep = c.shown()
-    rows = "\n".join(
-        f"| {_cell(c.labels[i])} | {c.precision[i]:.3f} | {c.recall[i]:.3f} | {c.f1[i]:.3f} | {c.support[i]} |"
-        for i in keep
-    )
-    which = (
-        "" if len(keep) == len(c.labels) else f" (the {len(keep)} classes most involved in errors, of {len(c.labels)})"
-    )
     return f"""
 ## Where it errs
 
-Per class on the {facts.eval_split} split{which}:
-
-| class | precision | recall | F1 | examples |
-|---|---:|---:|---:|---:|
-{rows}
-
-![Confusion matrix]({FIGURE_FILE})
-"""
+{facts.errors.card_section(facts.eval_split)}"""
 
 
 def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str = "") -> ModelCard:
@@ -307,7 +290,7 @@ plain step.
 
 {_results_table(facts)}
 {f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
-{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{_confusion_section(facts)}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}
+{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{_errors_section(facts)}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}
 ## How to use
 
 ```python
@@ -348,7 +331,8 @@ def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
     return path
 
 
-def _cell(text: Any) -> str:
+def md_cell(text: Any) -> str:
+    """`text` in a markdown table's cell."""
     return str(text).replace("|", "\\|")
 
 
@@ -364,7 +348,7 @@ def sharpness_section(run_dir: Path) -> str:
         runs = [s, *([s["against"]] if s.get("against") else [])]
         settings = s.get("settings", {})
         rows = [
-            "| measure | " + " | ".join(_cell(r["name"]) for r in runs) + " |",
+            "| measure | " + " | ".join(md_cell(r["name"]) for r in runs) + " |",
             "|---" * (len(runs) + 1) + "|",
             "| loss at the trained weights | " + " | ".join(_num(r["loss"]) for r in runs) + " |",
             "| top Hessian eigenvalue (power iteration) | "

@@ -456,14 +456,16 @@ def eval_command(
     figure: Annotated[
         Optional[Path],
         typer.Option(
-            help="Where the confusion matrix figure goes (single-label classification); default: in the "
-            "run directory, eval-<data>-<split>-confusion_matrix.png."
+            help="Where the figure of where it errs goes (classification: the confusion matrix; multi-label: "
+            "per-label F1), its JSON beside it as eval-<data>-<split>-confusion.json (per_label.json); default: "
+            "in the run directory, eval-<data>-<split>-confusion_matrix.png (per_label_f1.png)."
         ),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Evaluate a saved run on a dataset: its metrics (per task), and for a classifier per-class precision, recall
-    and F1 with the confusion matrix (a table and a figure)."""
+    and F1 with the confusion matrix, for a multi-label classifier per-label precision, recall, F1, examples and
+    predictions (tables, a figure and its JSON)."""
 
     def body() -> None:
         from samtune.modeling import quiet_transformers
@@ -478,17 +480,21 @@ def eval_command(
             if k.startswith("eval_") and "per_second" not in k and k != "eval_split":
                 table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
         console.print(table)
-        if metrics.get("confusion") is not None:
-            from samtune.confusion import plot_confusion
-            from samtune.files import atomic_path
+        report = metrics.get("errors")
+        if report is not None:
+            from samtune.files import atomic_path, write_json_atomic
 
-            _print_confusion(metrics["confusion"])
+            for part in report.printed():
+                console.print(part)
             stem = re.sub(r"[^\w.-]+", "-", Path(dataset).name.split(".")[0]).strip("-") or "data"
-            path = figure or Path(run_dir) / f"eval-{stem}-{metrics['eval_split']}-confusion_matrix.png"
+            prefix = f"eval-{stem}-{metrics['eval_split']}-"
+            path = figure or Path(run_dir) / f"{prefix}{report.figure_file}"
             title = f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]"
             with atomic_path(path) as tmp:
-                plot_confusion(metrics["confusion"], tmp, title)
-            console.print(f"wrote {path}")
+                report.plot(tmp, title)
+            saved = path.parent / f"{prefix}{report.json_file}"
+            write_json_atomic(saved, report.to_json())
+            console.print(f"wrote {path} and {saved}")
 
     _guarded(body, debug)
 
@@ -575,41 +581,6 @@ def predict_command(
             console.print(f"(the first {len(shown)} rows: --output FILE.csv writes all {len(result.table)})")
 
     _guarded(body, debug)
-
-
-def _print_confusion(confusion: Any) -> None:
-    """Per-class scores, and the confusion matrix as a table (up to 12 classes) or its largest confusions."""
-    keep = confusion.shown()
-    scores = Table(
-        title="per class"
-        + ("" if len(keep) == len(confusion.labels) else f" (the {len(keep)} most confused of {len(confusion.labels)})")
-    )
-    for name in ("class", "precision", "recall", "F1", "examples"):
-        scores.add_column(name, justify="left" if name == "class" else "right")
-    for i in keep:
-        scores.add_row(
-            escape(confusion.labels[i]),
-            f"{confusion.precision[i]:.3f}",
-            f"{confusion.recall[i]:.3f}",
-            f"{confusion.f1[i]:.3f}",
-            str(confusion.support[i]),
-        )
-    console.print(scores)
-    if len(keep) <= 12:
-        matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
-        matrix.add_column("")
-        for i in keep:
-            matrix.add_column(escape(confusion.labels[i]), justify="right")
-        for t in keep:
-            matrix.add_row(escape(confusion.labels[t]), *[str(confusion.matrix[t, p]) for p in keep])
-        console.print(matrix)
-    else:
-        pairs = Table(title="most frequent confusions")
-        for name in ("true", "predicted as", "examples"):
-            pairs.add_column(name, justify="right" if name == "examples" else "left")
-        for true, predicted, count in confusion.top_confusions():
-            pairs.add_row(escape(true), escape(predicted), str(count))
-        console.print(pairs)
 
 
 @app.command("runs")

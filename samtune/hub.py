@@ -130,9 +130,11 @@ def preflight(target: PushTarget, unreachable: type[UsageError] | type[PushError
 def run_files() -> tuple[str, ...]:
     """The files samtune writes into a run directory itself (fnmatch patterns): card, recipe, metrics, figures."""
     from samtune.card import CURVES_FILE, LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE, SHARPNESS_FILE
-    from samtune.confusion import FIGURE_FILE
+    from samtune.confusion import Confusion
+    from samtune.per_label import PerLabel
     from samtune.rundir import CONFIG_FILE, METRICS_FILE, TRAINER_STATE_FILE
-    from samtune.runner import CONFUSION_FILE
+
+    errors = [f for report in (Confusion, PerLabel) for f in (report.json_file, report.figure_file)]
 
     return (
         "README.md",
@@ -140,9 +142,8 @@ def run_files() -> tuple[str, ...]:
         METRICS_FILE,
         TRAINER_STATE_FILE,
         CURVES_FILE,
-        CONFUSION_FILE,
-        FIGURE_FILE,
-        f"eval-*-{FIGURE_FILE}",
+        *errors,
+        *(f"eval-*-{f}" for f in errors),
         SHARPNESS_FILE,
         LANDSCAPE_1D_FILE,
         LANDSCAPE_2D_FILE,

@@ -29,7 +29,6 @@ from samtune.rundir import (
 )
 
 MERGED_DIR = "merged"  # a LoRA run's base with its adapters merged in (model.lora.merge)
-CONFUSION_FILE = "confusion.json"  # the eval split's confusion matrix and per-class scores (classification)
 
 
 @dataclass
@@ -380,7 +379,7 @@ def _train_locked(o: _RunOptions) -> RunResult:
         mark_as_run(run_dir)
     output = _fit(trainer, checkpoint, stopper, run_dir, o.resume_command)
     metrics = _final_metrics(trainer, output, data, recipe, started)
-    confusion = metrics.pop("confusion", None)
+    errors = metrics.pop("errors", None)
     if getattr(trainer, "is_fsdp2", False):
         # The whole model, loadable with from_pretrained: gathering the shards is a collective, so every process
         # takes part (the main one writes); checkpoints during training stay sharded.
@@ -388,7 +387,7 @@ def _train_locked(o: _RunOptions) -> RunResult:
         trainer.save_model(str(run_dir))
     if trainer.is_world_process_zero():
         try:
-            _save_results(trainer, o, metrics, data, task, precision, confusion)
+            _save_results(trainer, o, metrics, data, task, precision, errors)
         except Exception as e:
             if disk_full(e) is None:
                 raise
@@ -568,20 +567,18 @@ def _task_hooks(task: str, processor: Any, labels: list[str], threshold: float) 
     }
 
 
-def _confusion_of(trainer: Any, labels: list[str]) -> Any:
-    """The confusion matrix of the trainer's latest evaluation (None if its task has none)."""
-    from samtune.confusion import ConfusionRecorder
-
-    recorder = trainer.compute_metrics
-    return recorder.confusion(labels) if isinstance(recorder, ConfusionRecorder) else None
+def _errors_of(trainer: Any, task: str, labels: list[str]) -> Any:
+    """Where the trainer's latest evaluation erred: its task's error report (None if the task has none)."""
+    return trainer.compute_metrics.report(labels) if tasks.get(task).error_report else None
 
 
 def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started: float) -> dict[str, Any]:
     """The flat metrics of a finished run: training, evaluation (and test), SAM's counters, wall time; the eval
-    split's confusion matrix (single-label classification) under "confusion", which is not saved in metrics.json."""
+    split's error report (a samtune.confusion.ErrorReport, if the task has one) under "errors", which is not saved
+    in metrics.json."""
     metrics: dict[str, Any] = dict(output.metrics)
     metrics.update(trainer.evaluate(data.eval, metric_key_prefix="eval"))
-    metrics["confusion"] = _confusion_of(trainer, data.labels)
+    metrics["errors"] = _errors_of(trainer, data.task, data.labels)
     if data.test is not None:
         metrics.update(trainer.evaluate(data.test, metric_key_prefix="test"))
     metrics.update(
@@ -604,7 +601,7 @@ def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started
 
 
 def _save_results(
-    trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str, confusion: Any = None
+    trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str, errors: Any = None
 ) -> None:
     """The model and processor (loadable with from_pretrained), the Trainer's state, the card and metrics.json."""
     from samtune import modeling
@@ -614,11 +611,9 @@ def _save_results(
     recipe = o.recipe
     if not getattr(trainer, "is_fsdp2", False):  # FSDP2: saved by every process already (run)
         trainer.save_model(str(o.run_dir))
-    if confusion is not None:
-        from samtune.confusion import FIGURE_FILE, plot_confusion
-
-        plot_confusion(confusion, o.run_dir / FIGURE_FILE, f"{recipe.run_name()} on {data.eval_split}")
-        write_json_atomic(o.run_dir / CONFUSION_FILE, confusion.to_json())
+    if errors is not None:
+        errors.plot(o.run_dir / errors.figure_file, f"{recipe.run_name()} on {data.eval_split}")
+        write_json_atomic(o.run_dir / errors.json_file, errors.to_json())
     adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.adapters() is not None else None
     trainer.save_state()
     write_model_card(
@@ -639,7 +634,7 @@ def _save_results(
             log_history=trainer.state.log_history,
             adapter=adapter,
             response_column=data.response_column,
-            confusion=confusion,
+            errors=errors,
         ),
     )
     write_json_atomic(o.run_dir / METRICS_FILE, metrics)  # last: the mark of a finished run (rundir)
@@ -706,7 +701,8 @@ def evaluate_run(
 ) -> dict[str, float]:
     """Evaluate a saved run directory on a dataset split (labels matched to the model's by name).
 
-    `figure_dir`: where the caller will draw a classifier's confusion matrix, checked writable before anything loads;
+    `figure_dir`: where the caller will draw the task's error report (a classifier's confusion matrix, a multi-label
+    classifier's per-label F1), checked writable before anything loads;
     `notify` is told how many rows were dropped (no text, no label).
     """
     import torch
@@ -717,9 +713,10 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     recipe, run = open_run(run_dir)
-    if figure_dir is not None and tasks.get(run.task).has_confusion_matrix and (why := writable_problem(figure_dir)):
+    report = tasks.get(run.task).error_report
+    if figure_dir is not None and report and (why := writable_problem(figure_dir)):
         raise UsageError(
-            f"cannot write the confusion matrix figure into {figure_dir}: {why}",
+            f"cannot write the {report} figure into {figure_dir}: {why}",
             "Choose a writable place for it: --figure PATH.",
         )
     section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
@@ -748,5 +745,5 @@ def evaluate_run(
         metrics = trainer.evaluate(inputs, metric_key_prefix="eval")
     metrics["eval_samples"] = len(inputs)
     metrics["eval_split"] = examples.split
-    metrics["confusion"] = _confusion_of(trainer, run.labels)  # None but for single-label classification
+    metrics["errors"] = _errors_of(trainer, run.task, run.labels)  # None if the task has no error report
     return metrics

@@ -55,7 +55,9 @@ class Task:
     packs: ClassVar[bool] = False  # data.packing applies
     predicts: ClassVar[bool] = False  # `samtune predict` scores its examples
     generates: ClassVar[bool] = False  # `samtune predict` generates text (and takes generation settings)
-    has_confusion_matrix: ClassVar[bool] = False  # its metrics record one (`samtune.confusion.ConfusionRecorder`)
+    # What its final evaluation reports of where it errs, in words ("confusion matrix"); None: nothing. Its
+    # `compute_metrics` is then a samtune.confusion.ErrorRecorder, whose `report` the run and `samtune eval` write.
+    error_report: ClassVar[str | None] = None
     new_head: ClassVar[bool] = True  # the head is new: trained in full beside LoRA's adapters
     lora_task_type: ClassVar[str | None] = None  # peft's TaskType name
     preprocess_logits: ClassVar[Callable[[Any, Any], Any] | None] = None  # the Trainer's preprocess_logits_for_metrics

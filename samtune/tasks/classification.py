@@ -75,7 +75,7 @@ class SingleLabelClassification(PerExampleTask):
     problem_type = "single_label_classification"
     fallback = True
     smooths_labels = True
-    has_confusion_matrix = True
+    error_report = "confusion matrix"
 
     def claims_labels(self, rows: Any, label_column: str, model_task: Any) -> bool:
         return True  # (the fallback: tried after the others)

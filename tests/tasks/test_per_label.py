@@ -39,8 +39,8 @@ def test_per_label_scores_match_a_hand_count():
     assert r.predicted.tolist() == [t + p for t, p in zip(tp, fp)] == [3, 1, 4, 0]
     assert r.examples == 6
     assert [r.labels[i] for i in r.worst()] == ["b", "c", "a"]  # by F1; d, absent from the split, says nothing
-    assert [r.labels[i] for i in r.missed()] == ["b", "a"]  # FN - FP: 2, 1
-    assert [r.labels[i] for i in r.over_predicted()] == ["c"]  # FP - FN: 2
+    assert [r.labels[i] for i in r.missed()] == ["b", "a"]  # predicted 1 of 2, 3 of 4: recall 0, 3/4
+    assert [r.labels[i] for i in r.over_predicted()] == ["c"]  # predicted 4 for 2
     saved = json.loads(json.dumps(r.to_json()))
     assert saved["examples"] == 6 and saved["per_label"]["c"] == {
         "precision": 0.5,
