@@ -149,20 +149,8 @@ class Confusion:
         from rich.table import Table
 
         keep = self.shown()
-        scores = Table(
-            title="per class"
-            + ("" if len(keep) == len(self.labels) else f" (the {len(keep)} most confused of {len(self.labels)})")
-        )
-        for name in ("class", "precision", "recall", "F1", "examples"):
-            scores.add_column(name, justify="left" if name == "class" else "right")
-        for i in keep:
-            scores.add_row(
-                escape(self.labels[i]),
-                f"{self.precision[i]:.3f}",
-                f"{self.recall[i]:.3f}",
-                f"{self.f1[i]:.3f}",
-                str(self.support[i]),
-            )
+        which = "" if len(keep) == len(self.labels) else f" (the {len(keep)} most confused of {len(self.labels)})"
+        scores = scores_table(f"per class{which}", "class", self, keep)
         if len(keep) <= 12:
             matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
             matrix.add_column("")
@@ -177,6 +165,22 @@ class Confusion:
         for true, predicted, count in self.top_confusions():
             pairs.add_row(escape(true), escape(predicted), str(count))
         return [scores, pairs]
+
+
+def scores_table(title: str, first: str, report: Any, rows: list[int], extra: dict[str, Any] | None = None) -> Any:
+    """A rich table of the `rows` of `report` (a Confusion or a PerLabel): label (its column named `first`),
+    precision, recall, F1, examples, then the `extra` columns (name: counts)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    extra = extra or {}
+    table = Table(title=title)
+    for name in (first, "precision", "recall", "F1", "examples", *extra):
+        table.add_column(name, justify="left" if name == first else "right")
+    for i in rows:
+        scores = (f"{a[i]:.3f}" for a in (report.precision, report.recall, report.f1))
+        table.add_row(escape(report.labels[i]), *scores, str(report.support[i]), *(str(a[i]) for a in extra.values()))
+    return table
 
 
 def argmax_decisions(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:

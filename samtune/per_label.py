@@ -141,23 +141,13 @@ class PerLabel:
 
     def printed(self) -> list[Any]:
         """The lowest-F1 labels as a table, and the sentence on the missed and over-predicted ones."""
-        from rich.markup import escape
-        from rich.table import Table
         from rich.text import Text
 
+        from samtune.confusion import scores_table
+
         shown = self.worst()[: 2 * MAX_LISTED]
-        table = Table(title=f"per label, the lowest F1 first{self._which(shown)}")
-        for name in ("label", "precision", "recall", "F1", "examples", "predicted"):
-            table.add_column(name, justify="left" if name == "label" else "right")
-        for i in shown:
-            table.add_row(
-                escape(self.labels[i]),
-                f"{self.precision[i]:.3f}",
-                f"{self.recall[i]:.3f}",
-                f"{self.f1[i]:.3f}",
-                str(self.support[i]),
-                str(self.predicted[i]),
-            )
+        title = f"per label, the lowest F1 first{self._which(shown)}"
+        table = scores_table(title, "label", self, shown, {"predicted": self.predicted})
         return [table, Text(self.summary())]
 
     def plot(self, path: Path, title: str = "") -> Path:
