@@ -43,7 +43,9 @@ steps climb (the others take the stock step), which part of a micro-batch the as
 takes hooks after each ascent and after each step (LookSAM records a direction on its SAM steps and
 adds it to the gradient of the others, before clipping). The step calls the hooks and never asks
 which variant it runs. Which steps climb depends on the optimizer step only, so every micro-batch
-and every process agrees.
+and every process agrees; a variant that decides on the gradient (AE-SAM's trigger) decides once a
+step, on the step's reduced gradient after its plain pass, and a step that climbs runs its
+micro-batches again at w + e(w) (`_triggered_step`).
 """
 
 from __future__ import annotations
@@ -460,11 +462,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         return ascent_loss
 
     def _triggered_step(
-        self,
-        model: nn.Module,
-        inputs: dict[str, torch.Tensor | Any],
-        num_items_in_batch: torch.Tensor | int | None,
-        rho: float,
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any, rho: float
     ) -> torch.Tensor:
         """A step that a variant decides on its gradient (AE-SAM): the stock step at w on each micro-batch, which is
         the plain step; on the last, if the variant asks given ||g||^2 of the step's gradient g (in `.grad`, reduced

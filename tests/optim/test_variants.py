@@ -179,18 +179,7 @@ def test_aesam_matches_its_algorithm_and_counts_its_passes(tmp_path, batch_size,
     forwards = []
     start = copy.deepcopy(model)
     start.register_forward_pre_hook(lambda module, args: forwards.append(1))
-    args = _args(
-        tmp_path,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-        max_steps=N_STEPS,
-        learning_rate=LR,
-        rho=RHO,
-        sam_variant="aesam",
-        **AESAM,
-        **SGD_PLAIN,
-    )
-    trainer = _train(start, rows, args)
+    trainer = _run(tmp_path, start, rows, batch_size, accumulation, sam_variant="aesam", **AESAM)  # copies the hook
     # 1e-6: the same maths in another order of float32 ops; the schedules below differ by more than 1e-4.
     assert max_abs_diff(trainer.model, reference) <= 1e-6
     assert trainer.sam_climb_steps == sum(climbed)
