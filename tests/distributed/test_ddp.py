@@ -6,9 +6,11 @@ import pytest
 import torch
 from launch import torchrun
 from tiny import (
+    reference_aesam_sgd,
     reference_looksam_sgd,
     reference_sam_sgd,
     reference_sam_sgd_per_step,
+    reference_scheduled_sam_sgd,
     reference_sharpness,
     reference_token_level_sam_sgd,
     tiny_bert,
@@ -83,6 +85,24 @@ def test_two_process_looksam_matches_reference(tmp_path):
     # Step 1 reuses g_v: only the ascent of the SAM steps 0 and 2 runs, under no_sync.
     #                 step 0: ascent, descent (x2)      step 1: plain (x2)   step 2: as step 0
     assert ranks[0]["syncs"] == [False, False, False, True] + [False, True] + [False, False, False, True]
+
+
+def test_two_process_aesam_decides_alike_and_matches_reference(tmp_path):
+    """AE-SAM under DDP: both ranks decide on the step's gradient averaged over them, climb from it and stay equal."""
+    ranks = _run_workers(tmp_path, "aesam")
+    assert _weights_equal(ranks)
+    steps = _steps_seen(ranks, [0, 1, 2])
+    reference, climbed = reference_aesam_sgd(tiny_bert(), steps, rho=0.05, lr=0.5, decay=0.5, c_start=0.5, c_end=-0.5)
+    assert 0 < sum(climbed) < 3, climbed  # both kinds of step happen
+    assert _worst(ranks[0]["state"], reference.state_dict()) <= 1e-6
+    assert ranks[0]["climb_steps"] == ranks[1]["climb_steps"] == sum(climbed)
+    # Every step: the plain pass (all-reduced on its last micro-batch); a climbing step: the descent again.
+    plain, descent = [False, True], [False, True]
+    expected = [s for c in climbed for s in plain + (descent if c else [])]
+    assert ranks[0]["syncs"] == ranks[1]["syncs"] == expected
+    # Had those steps climbed per micro-batch and rank (exact SAM's ascent), the weights would differ.
+    per_micro_batch = reference_scheduled_sam_sgd(tiny_bert(), steps, 0.05, 0.5, climbed).state_dict()
+    assert _worst(ranks[0]["state"], per_micro_batch) > 1e-5
 
 
 def _weights_equal(ranks: list[dict]) -> bool:
