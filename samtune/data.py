@@ -56,10 +56,21 @@ class PreparedData:
 
     @classmethod
     def of(
-        cls, task: str, splits: dict[str, Dataset], labels: list[str], cols: dict[str, Any], **how: Any
+        cls,
+        task: str,
+        splits: dict[str, Dataset],
+        labels: list[str],
+        cols: dict[str, Any],
+        eval_source: str,
+        eval_name: str | None,
+        test_name: str | None,
+        notes: list[str],
+        dropped: DroppedRows,
+        from_hub: bool,
     ) -> PreparedData:
         """The "train", "eval" (and "test") splits with their labels, the columns as `detect_columns` finds them
-        (those picked by their values too), and `how` they were made (eval_source, eval_split, ...)."""
+        (those picked by their values too), and how they were made: where the eval split came from, the names of
+        the eval split (None: carved from train) and the test split, the notes, the rows dropped, from the Hub."""
         return cls(
             task=task,
             train=splits["train"],
@@ -71,7 +82,12 @@ class PreparedData:
             image_column=cols.get("image"),
             response_column=cols.get("response"),
             picked=cols.get("picked", {}),
-            **how,
+            eval_source=eval_source,
+            eval_split=eval_name or "validation",
+            test_split=test_name,
+            notes=notes,
+            dropped=dropped.lines(),
+            is_hub_dataset=from_hub,
         )
 
     @property
@@ -464,18 +480,7 @@ def labelled_data(
                 f"the {name} split is empty after dropping unlabelled or empty rows",
                 "Check the label and text columns (data.label_column, data.text_column).",
             )
-    return PreparedData.of(
-        task.name,
-        splits,
-        names,
-        cols,
-        eval_source=eval_source,
-        eval_split=eval_name or "validation",
-        test_split=test_name,
-        notes=notes,
-        dropped=dropped.lines(),
-        is_hub_dataset=from_hub,
-    )
+    return PreparedData.of(task.name, splits, names, cols, eval_source, eval_name, test_name, notes, dropped, from_hub)
 
 
 def _check_split_names(raw: Any, data: DataSection) -> None:

@@ -139,12 +139,13 @@ def predict(
     processor = modeling.load_processor(run.section, run.task)
     model = load_model(run)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    how = tasks.PredictSettings(columns, recipe.model.max_length, generation)
     outputs: list = []
     starts = range(0, len(rows), batch_size)
     with torch.no_grad():
         for start in progress(starts, len(starts)):
             batch = rows[start : start + batch_size]
-            outputs += task.predict_batch(model, processor, batch, columns, recipe.model.max_length, generation)
+            outputs += task.predict_batch(model, processor, batch, how)
     table = rows.remove_columns([c for c in rows.column_names if c == columns.get("image")]).to_pandas()
     added = task.prediction_columns(table, outputs, run.labels, recipe.training.threshold)
     return Predictions(table, added, skipped)
