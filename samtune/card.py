@@ -288,6 +288,8 @@ def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str
     )
     sam_table = "\n".join(["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in _sam_rows(facts)]])
     wall = facts.metrics.get("train_runtime")
+    curves_part = f"\n![Training curves]({curves})\n" if curves else ""
+    sharpness_part = f"\n{sharpness}" if sharpness else ""
     body = f"""
 # {r.run_name()}
 
@@ -307,7 +309,7 @@ plain step.
 
 {_results_table(facts)}
 {f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
-{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{_confusion_section(facts)}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}
+{curves_part}{_confusion_section(facts)}{sharpness_part}{_adapter_section(facts)}
 ## How to use
 
 ```python

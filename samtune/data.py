@@ -356,7 +356,8 @@ def _stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
 
 
 def _has_labels(ds: Dataset, column: str) -> bool:
-    """Whether a split holds labels: not only None, negative class ids, or -1 throughout (GLUE's unlabelled test sets)."""
+    """Whether a split holds labels: not only None, negative class ids, or -1 throughout (GLUE's unlabelled test
+    sets)."""
     if is_list_column(ds, column):  # multi-label: an empty list is a row with no class, still labelled
         return any(v is not None for v in ds[column])
     values = ds.unique(column)

@@ -319,7 +319,8 @@ def quiet_transformers() -> None:
 
 
 def fsdp_wrap_classes(model: Any) -> list[str]:
-    """The layer classes FSDP2 shards one by one: the model's `_no_split_modules`, less any holding the input embeddings.
+    """The layer classes FSDP2 shards one by one: the model's `_no_split_modules`, less any holding the input
+    embeddings.
 
     Accelerate 1.15 shards the input embedding module on its own after wrapping these classes; when one of
     them contains it (BERT's and ViT's `*Embeddings`), that second `fully_shard` meets parameters already

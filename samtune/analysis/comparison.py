@@ -195,7 +195,8 @@ def _mean_std(m: Mapping[str, Any], digits: int = 4) -> str:
 
 
 def _judgement(metric: str, diff: Mapping[str, Any]) -> str:
-    """'better' / 'worse' where the paired test says the difference is beyond seed noise, else 'no' (or '—': no test)."""
+    """'better' / 'worse' where the paired test says the difference is beyond seed noise, else 'no' (or '—': no
+    test)."""
     beyond = diff.get("beyond_noise")
     if beyond is None:
         return "—"

@@ -3,7 +3,8 @@
 Upstream behaviour: `Trainer.training_step` divides the loss by the accumulation steps unless it
 believes the model normalised it already (`model_accepts_loss_kwargs` and `num_items_in_batch`
 given). Classification heads (BERT's, ViT's, ...) and token-classification heads accept
-`num_items_in_batch` through `**kwargs` but return a batch mean anyway, so with accumulation the stock update is N times too large.
+`num_items_in_batch` through `**kwargs` but return a batch mean anyway, so with accumulation the stock update
+is N times too large.
 Where this is fixed upstream, `loss_ignores_num_items` can go. Likewise `loss_shifts_labels`, for
 the causal LMs whose targets the Trainer counts one per row too many (see there).
 

@@ -79,7 +79,8 @@ def _ready_for_causal_lm(tokenizer: Any, name: str) -> None:
     if tokenizer.eos_token_id is None:
         raise UsageError(
             f"the tokenizer of '{name}' has no end-of-text (eos) token, which a causal LM's examples end with",
-            "Choose a causal language model (its tokenizer names an eos_token), or set one in its tokenizer_config.json.",
+            "Choose a causal language model (its tokenizer names an eos_token), "
+            "or set one in its tokenizer_config.json.",
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
