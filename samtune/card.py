@@ -8,10 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate
+import datasets
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from samtune import __version__, tasks
+from samtune.confusion import FIGURE_FILE
+from samtune.files import atomic_path, write_text_atomic
 from samtune.optim.settings import SAMSettings, setting_specs
-from samtune import tasks
 from samtune.optim.variants import make_variant
 from samtune.recipe import Recipe
 
@@ -62,13 +70,6 @@ def base_model_license(model_ref: str | None) -> str | None:
 
 def versions() -> dict[str, str]:
     """The versions of the libraries that trained the model."""
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-
-    from samtune import __version__
-
     return {
         "samtune": __version__,
         "transformers": transformers.__version__,
@@ -85,11 +86,7 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
     evals = [h for h in log_history if "eval_loss" in h and "epoch" in h]
     if not train and not evals:
         return None
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     if train:
         ax_loss.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
@@ -250,8 +247,6 @@ def _confusion_section(facts: CardFacts) -> str:
     c = facts.confusion
     if c is None:
         return ""
-    from samtune.confusion import FIGURE_FILE
-
     keep = c.shown()
     rows = "\n".join(
         f"| {_cell(c.labels[i])} | {c.precision[i]:.3f} | {c.recall[i]:.3f} | {c.f1[i]:.3f} | {c.support[i]} |"
@@ -335,8 +330,6 @@ repeats the run with every setting as it was.
 
 def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
     """Write README.md (the model card) and the training-curve figure into the run directory, atomically."""
-    from samtune.files import atomic_path
-
     run_dir = Path(run_dir)
     with atomic_path(run_dir / CURVES_FILE) as tmp:
         curves = plot_training_curves(facts.log_history, tmp)
@@ -408,8 +401,6 @@ wide basin around 0 is what SAM seeks.
 
 def update_card_sharpness(run_dir: Path) -> Path | None:
     """Put the current sharpness section into the run's existing card (replacing an older one); None without a card."""
-    from samtune.files import write_text_atomic
-
     path = Path(run_dir) / "README.md"
     if not path.is_file():
         return None

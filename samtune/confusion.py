@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 FIGURE_FILE = "confusion_matrix.png"
 MAX_SHOWN = 20  # classes drawn (and tabled) at most: beyond, the most confused ones
@@ -30,8 +33,6 @@ class Confusion:
 
     @classmethod
     def of(cls, labels: list[str], truth: np.ndarray, predicted: np.ndarray) -> Confusion:
-        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
         ids = list(range(len(labels)))
         matrix = confusion_matrix(truth, predicted, labels=ids)
         p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=ids, zero_division=0)
@@ -89,11 +90,7 @@ class ConfusionRecorder:
 def plot_confusion(confusion: Confusion, path: Path, title: str = "") -> Path:
     """The confusion matrix as a PNG, rows normalised (each true class's share predicted as each class), counts in
     the cells while they fit; label names on both axes; over MAX_SHOWN classes, the most confused ones."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keep = confusion.shown()
     matrix = confusion.matrix[np.ix_(keep, keep)]
     names = [confusion.labels[i] for i in keep]
