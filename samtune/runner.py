@@ -18,8 +18,8 @@ import torch.distributed as dist
 from transformers import AutoConfig, PrinterCallback, TrainerCallback, set_seed
 from transformers.utils import logging as hf_logging
 
-from samtune import modeling, tasks
-from samtune.card import CardFacts, base_model_license, write_model_card
+from samtune import card, modeling, tasks
+from samtune.card import CardFacts, base_model_license
 from samtune.confusion import FIGURE_FILE, ConfusionRecorder, plot_confusion
 from samtune.data import is_local, load_data
 from samtune.errors import (
@@ -595,7 +595,7 @@ def _save_results(
         write_json_atomic(o.run_dir / CONFUSION_FILE, confusion.to_json())
     adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.adapters() is not None else None
     trainer.save_state()
-    write_model_card(
+    card.write_model_card(  # (looked up on the module: tests replace it)
         o.run_dir,
         CardFacts(
             recipe=recipe,

@@ -58,7 +58,7 @@ from typing import Any
 
 import yaml
 
-from samtune import tasks
+from samtune import runner, tasks
 from samtune.analysis.comparison import (
     BASELINE,
     COMPARISON_FILE,
@@ -95,7 +95,6 @@ from samtune.rundir import (
     contents,
     last_complete_checkpoint,
 )
-from samtune.runner import train
 
 OWN_ARMS: dict[str, str] = {
     "adamw": "the base optimizer alone (sam.rho=0)",
@@ -455,7 +454,7 @@ def _run_one(
     done = f"{index - 1} run{'s' if index != 2 else ''} finished before it"
     kept = f"{done} and {'are' if index != 2 else 'is'} kept; continue the comparison with:\n  {again}"
     try:
-        train(
+        runner.train(  # (looked up on the module: tests replace it)
             run.recipe,
             overwrite=started and not checkpoint,
             resume="auto" if checkpoint else None,
