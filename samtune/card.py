@@ -8,10 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate
+import datasets
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from samtune import __version__, tasks
+from samtune.files import atomic_path, write_text_atomic
 from samtune.optim.settings import SAMSettings, setting_specs
-from samtune import tasks
 from samtune.optim.variants import make_variant
 from samtune.recipe import Recipe
 
@@ -62,13 +69,6 @@ def base_model_license(model_ref: str | None) -> str | None:
 
 def versions() -> dict[str, str]:
     """The versions of the libraries that trained the model."""
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-
-    from samtune import __version__
-
     return {
         "samtune": __version__,
         "transformers": transformers.__version__,
@@ -85,11 +85,7 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
     evals = [h for h in log_history if "eval_loss" in h and "epoch" in h]
     if not train and not evals:
         return None
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     if train:
         ax_loss.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
@@ -271,6 +267,8 @@ def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str
     )
     sam_table = "\n".join(["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in _sam_rows(facts)]])
     wall = facts.metrics.get("train_runtime")
+    curves_part = f"\n![Training curves]({curves})\n" if curves else ""
+    sharpness_part = f"\n{sharpness}" if sharpness else ""
     body = f"""
 # {r.run_name()}
 
@@ -290,7 +288,7 @@ plain step.
 
 {_results_table(facts)}
 {f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
-{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{_errors_section(facts)}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}
+{curves_part}{_errors_section(facts)}{sharpness_part}{_adapter_section(facts)}
 ## How to use
 
 ```python
@@ -316,8 +314,6 @@ repeats the run with every setting as it was.
 
 def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
     """Write README.md (the model card) and the training-curve figure into the run directory, atomically."""
-    from samtune.files import atomic_path
-
     run_dir = Path(run_dir)
     with atomic_path(run_dir / CURVES_FILE) as tmp:
         curves = plot_training_curves(facts.log_history, tmp)
@@ -390,8 +386,6 @@ wide basin around 0 is what SAM seeks.
 
 def update_card_sharpness(run_dir: Path) -> Path | None:
     """Put the current sharpness section into the run's existing card (replacing an older one); None without a card."""
-    from samtune.files import write_text_atomic
-
     path = Path(run_dir) / "README.md"
     if not path.is_file():
         return None

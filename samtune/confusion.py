@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from samtune.card import md_cell
 
 JSON_FILE = "confusion.json"  # the eval split's matrix and per-class scores, in the run directory
 FIGURE_FILE = "confusion_matrix.png"
@@ -81,8 +88,6 @@ class Confusion:
 
     @classmethod
     def of(cls, labels: list[str], truth: np.ndarray, predicted: np.ndarray) -> Confusion:
-        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
         ids = list(range(len(labels)))
         matrix = confusion_matrix(truth, predicted, labels=ids)
         p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=ids, zero_division=0)
@@ -121,7 +126,6 @@ class Confusion:
 
     def card_section(self, split: str) -> str:
         """Per-class scores and the figure."""
-        from samtune.card import md_cell
 
         keep = self.shown()
         rows = "\n".join(
@@ -145,8 +149,6 @@ class Confusion:
 
     def printed(self) -> list[Any]:
         """Per-class scores, and the matrix as a table (up to 12 classes) or its largest confusions."""
-        from rich.markup import escape
-        from rich.table import Table
 
         keep = self.shown()
         which = "" if len(keep) == len(self.labels) else f" (the {len(keep)} most confused of {len(self.labels)})"
@@ -170,8 +172,6 @@ class Confusion:
 def scores_table(title: str, first: str, report: Any, rows: list[int], extra: dict[str, Any] | None = None) -> Any:
     """A rich table of the `rows` of `report` (a Confusion or a PerLabel): label (its column named `first`),
     precision, recall, F1, examples, then the `extra` columns (name: counts)."""
-    from rich.markup import escape
-    from rich.table import Table
 
     extra = extra or {}
     table = Table(title=title)
@@ -199,11 +199,7 @@ class ConfusionRecorder(ErrorRecorder):
 def plot_confusion(confusion: Confusion, path: Path, title: str = "") -> Path:
     """The confusion matrix as a PNG, rows normalised (each true class's share predicted as each class), counts in
     the cells while they fit; label names on both axes; over MAX_SHOWN classes, the most confused ones."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keep = confusion.shown()
     matrix = confusion.matrix[np.ix_(keep, keep)]
     names = [confusion.labels[i] for i in keep]

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from rich.text import Text
+from sklearn.metrics import precision_recall_fscore_support
+
+from samtune.card import md_cell
+from samtune.confusion import scores_table
 
 JSON_FILE = "per_label.json"  # the eval split's per-label scores and counts, in the run directory
 FIGURE_FILE = "per_label_f1.png"
@@ -23,7 +30,7 @@ MAX_LISTED = 10  # labels in the card's table and named in its sentence at most 
 
 @dataclass
 class PerLabel:
-    """Labels (names), each one's scores, its examples in the split (`support`) and predictions, and the split's size."""
+    """Labels (names), each one's scores, its examples in the split (`support`), its predictions, the split's size."""
 
     labels: list[str]
     precision: np.ndarray
@@ -39,7 +46,6 @@ class PerLabel:
     @classmethod
     def of(cls, labels: list[str], truth: np.ndarray, predicted: np.ndarray) -> PerLabel:
         """From multi-hot rows (examples x labels) of truth and predictions, by scikit-learn."""
-        from sklearn.metrics import precision_recall_fscore_support
 
         truth, predicted = np.asarray(truth).astype(int), np.asarray(predicted).astype(int)
         p, r, f, s = precision_recall_fscore_support(truth, predicted, average=None, zero_division=0)
@@ -120,7 +126,6 @@ class PerLabel:
 
     def card_section(self, split: str) -> str:
         """The lowest-F1 labels with their scores and counts, the missed and over-predicted ones, and the figure."""
-        from samtune.card import md_cell
 
         shown = self.worst()[:MAX_LISTED]
         rows = "\n".join(
@@ -141,9 +146,6 @@ class PerLabel:
 
     def printed(self) -> list[Any]:
         """The lowest-F1 labels as a table, and the sentence on the missed and over-predicted ones."""
-        from rich.text import Text
-
-        from samtune.confusion import scores_table
 
         shown = self.worst()[: 2 * MAX_LISTED]
         title = f"per label, the lowest F1 first{self._which(shown)}"
@@ -153,10 +155,8 @@ class PerLabel:
     def plot(self, path: Path, title: str = "") -> Path:
         """Each label's F1 as a horizontal bar, the lowest at the top, with its examples and predictions; over
         MAX_SHOWN labels, the MAX_SHOWN lowest (the title says so)."""
-        import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         shown = self.shown()
         fig, ax = plt.subplots(figsize=(8.0, 1.5 + 0.3 * max(len(shown), 5)), dpi=100)

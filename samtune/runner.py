@@ -5,18 +5,39 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from samtune import tasks
-from samtune.errors import FREE_SPACE_HINT, DataError, DiskFullError, TrainingError, UsageError, chain, disk_full
-from samtune.files import write_json_atomic, write_text_atomic, writable_problem
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig, PrinterCallback, TrainerCallback, set_seed
+from transformers.utils import logging as hf_logging
+
+from samtune import card, modeling, tasks
+from samtune.card import CardFacts, base_model_license
+
+from samtune.data import is_local, load_data
+from samtune.errors import (
+    FREE_SPACE_HINT,
+    DataError,
+    DiskFullError,
+    Interrupted,
+    TrainingError,
+    UsageError,
+    chain,
+    disk_full,
+)
+from samtune.files import writable_problem, write_json_atomic, write_text_atomic
+from samtune.hub import PushTarget, preflight, push_run
+from samtune.modeling import fsdp_wrap_classes
 from samtune.optim.settings import setting_specs
 from samtune.processes import is_main_process
-from samtune.recipe import Recipe
+from samtune.recipe import LoraSection, Recipe, build_recipe, read_recipe_file
 from samtune.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -25,8 +46,12 @@ from samtune.rundir import (
     clear_output_dir,
     find_checkpoint,
     last_complete_checkpoint,
+    last_written,
     mark_as_run,
 )
+from samtune.saved import load_model, model_inputs, open_run, read_run, split_examples
+from samtune.stopping import GracefulStop
+from samtune.trainer import NonFiniteLossError, SAMArguments, SAMTrainer, SAMWindowError, UnsupportedSetupError
 
 MERGED_DIR = "merged"  # a LoRA run's base with its adapters merged in (model.lora.merge)
 
@@ -112,8 +137,6 @@ def best_metric(recipe: Recipe, task: str) -> str:
 
 def precision_flags(precision: str) -> tuple[dict[str, bool], str]:
     """bf16/fp16 switches for the arguments, and the precision in words."""
-    import torch
-
     cuda = torch.cuda.is_available()
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
@@ -124,10 +147,6 @@ def precision_flags(precision: str) -> tuple[dict[str, bool], str]:
 
 def training_arguments(recipe: Recipe, run_dir: Path, task: str, model: Any = None) -> tuple[Any, str]:
     """SAMArguments for a recipe, and the precision in words."""
-    import torch
-
-    from samtune.trainer import SAMArguments
-
     t = recipe.training
     flags, precision = precision_flags(t.precision)
     evaluating = t.eval_strategy != "no"
@@ -181,8 +200,6 @@ def leave_process_group() -> None:
     one writing the run) sometimes aborted in gloo's teardown ("terminate called without an active
     exception", exit -6: once in four FSDP2 command-line runs here), failing a run that succeeded.
     """
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -190,8 +207,6 @@ def leave_process_group() -> None:
 
 def _fsdp_config(model: Any) -> dict[str, Any]:
     """FSDP2, its layers sharded one by one (`modeling.fsdp_wrap_classes`), checkpoints sharded."""
-    from samtune.modeling import fsdp_wrap_classes
-
     config: dict[str, Any] = {"version": 2, "state_dict_type": "SHARDED_STATE_DICT"}
     layers = fsdp_wrap_classes(model) if model is not None else []
     if layers:
@@ -201,9 +216,6 @@ def _fsdp_config(model: Any) -> dict[str, Any]:
 
 def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
     """Data, processor and model for a recipe (the data first: its errors are the commonest)."""
-    from samtune import modeling
-    from samtune.data import load_data
-
     config = modeling.checked_config(recipe.model)  # model.max_length: before anything is written or removed
     model_task = tasks.detect_model(config)
     if recipe.task != tasks.AUTO and model_task and model_task.modality != tasks.get(recipe.task).modality:
@@ -240,8 +252,6 @@ def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
     model = modeling.load_model(recipe.model, data.task, data.labels)
     task.prepare_model(model, processor)
     if recipe.model.lora is None and task.wants_lora_by_default(model):
-        from samtune.recipe import LoraSection
-
         recipe.model.lora = LoraSection()  # saved so in config.yaml: the run is what its recipe says
     if recipe.model.adapters() is not None:
         model = modeling.apply_lora(model, recipe.model.adapters(), data.task)
@@ -257,8 +267,6 @@ def describe_picked(picked: dict[str, str]) -> str:
 
 def _check_init_from(recipe: Recipe, labels: list[str]) -> None:
     """A run to start from must have been trained on the same labels, in the same order."""
-    from transformers import AutoConfig
-
     run = Path(recipe.model.init_from or "")
     try:
         config = AutoConfig.from_pretrained(run)
@@ -324,11 +332,6 @@ class _RunOptions:
 
 def _train_locked(o: _RunOptions) -> RunResult:
     """One run, its directory locked: check, load, train, evaluate, save."""
-    from transformers import set_seed
-
-    from samtune import modeling
-    from samtune.stopping import GracefulStop
-
     recipe, run_dir = o.recipe, o.run_dir
     saved = _resumed_recipe(o) if o.resume else None
     if o.resume and (run_dir / METRICS_FILE).is_file():
@@ -340,8 +343,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
             f"({'; '.join(changes)}); the recipe's values win from here on"
         )
     if recipe.hub.repo_id and is_main_process():
-        from samtune.hub import preflight
-
         preflight(push_target(recipe))  # before hours of training, not after
     modeling.quiet_transformers()
     set_seed(recipe.training.seed)
@@ -350,8 +351,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
     data, processor, model, task = _prepare(recipe, o.notify if is_main_process() else (lambda _: None))
     if recipe.model.init_from and data.labels:
         _check_init_from(recipe, data.labels)
-    from samtune.trainer import SAMWindowError, UnsupportedSetupError
-
     try:
         args, precision = training_arguments(recipe, run_dir, task, model)
     except UnsupportedSetupError as e:  # an accelerate config asking for DeepSpeed
@@ -407,8 +406,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
 def _resumed_recipe(o: _RunOptions) -> Recipe | None:
     """The recipe the run directory's config.yaml holds (None without one); a resume on another model or other data
     is refused (UsageError, exit 2) before anything loads."""
-    from samtune.recipe import build_recipe, read_recipe_file
-
     path = o.run_dir / CONFIG_FILE
     if not path.is_file():
         return None
@@ -425,10 +422,6 @@ def _resumed_recipe(o: _RunOptions) -> Recipe | None:
 def _finished_run(o: _RunOptions, saved: Recipe | None) -> RunResult:
     """A resume of a finished run: its results as they are (nothing trains, nothing is written) when the command asks
     for what it ran, so that running it again is safe; refused (exit 2) when it asks for other settings."""
-    import json
-
-    from samtune.saved import read_run
-
     changes = recipe_changes(saved, o.recipe, RUN_DEFINING + RUN_LENGTH) if saved is not None else []
     if changes or o.resume != "auto":
         why = (
@@ -453,7 +446,6 @@ def _finished_run(o: _RunOptions, saved: Recipe | None) -> RunResult:
 def _once_resumed(accept: Any) -> Any:
     """A callback calling `accept()` once the Trainer has loaded the checkpoint (weights, optimizer, scheduler, RNG):
     at the first step it takes, or at the end if none was left to take."""
-    from transformers import TrainerCallback
 
     class OnceResumed(TrainerCallback):
         done = False
@@ -476,11 +468,6 @@ def _build_trainer(
     args: Any, data: Any, processor: Any, model: Any, task: str, callbacks: list[Any], threshold: float = 0.5
 ) -> Any:
     """The SAMTrainer of a run (setups SAM cannot run exactly become usage errors)."""
-    from transformers import PrinterCallback
-
-    from samtune import modeling
-    from samtune.trainer import SAMTrainer, UnsupportedSetupError
-
     try:
         trainer = SAMTrainer(
             model=model,
@@ -501,9 +488,6 @@ def _build_trainer(
 
 def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resume_command: str | None) -> Any:
     """`trainer.train`, with a NaN/inf loss, a training error and a requested stop turned into samtune's errors."""
-    from samtune.errors import Interrupted
-    from samtune.trainer import NonFiniteLossError, UnsupportedSetupError
-
     stopper.install()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -535,8 +519,6 @@ def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resu
 def _cut_short(error: Exception, run_dir: Path, said: str) -> DiskFullError:
     """One message for a write into the run directory that was cut short (a full disk, a file-size limit): the file
     (the one written last, where the write did not name it), what `said`, and how to go on."""
-    from samtune.rundir import last_written
-
     if isinstance(error, DiskFullError):
         message = error.message
     else:  # the file an OSError names, else the one written last (a save cut short leaves it half written)
@@ -604,10 +586,6 @@ def _save_results(
     trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str, errors: Any = None
 ) -> None:
     """The model and processor (loadable with from_pretrained), the Trainer's state, the card and metrics.json."""
-    from samtune import modeling
-    from samtune.card import CardFacts, base_model_license, write_model_card
-    from samtune.data import is_local
-
     recipe = o.recipe
     if not getattr(trainer, "is_fsdp2", False):  # FSDP2: saved by every process already (run)
         trainer.save_model(str(o.run_dir))
@@ -616,7 +594,7 @@ def _save_results(
         write_json_atomic(o.run_dir / errors.json_file, errors.to_json())
     adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.adapters() is not None else None
     trainer.save_state()
-    write_model_card(
+    card.write_model_card(  # (looked up on the module: tests replace it)
         o.run_dir,
         CardFacts(
             recipe=recipe,
@@ -643,10 +621,6 @@ def _save_results(
 def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[str, Any]:
     """Beside the adapters the Trainer saved: the base's config with the labels (what `eval`, `sharpness` and
     `--init-from` read), the merged model if asked, and what the card says of the adapters."""
-    import copy
-
-    from samtune import modeling
-
     model = trainer.accelerator.unwrap_model(trainer.model)
     base = model.get_base_model()
     base.config.architectures = [type(base).__name__]  # as save_pretrained writes it: the task a run reads back
@@ -655,8 +629,6 @@ def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[st
     lora = recipe.model.adapters()
     peft_config = model.peft_config["default"]
     if lora.merge:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()  # "Writing model shards"
         merged = copy.deepcopy(model).merge_and_unload()
         merged.save_pretrained(run_dir / MERGED_DIR)
@@ -678,15 +650,11 @@ def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[st
 
 def push_target(recipe: Recipe) -> Any:
     """Where the recipe's hub block says to push."""
-    from samtune.hub import PushTarget
-
     return PushTarget(recipe.hub.repo_id or "", recipe.hub.private, recipe.hub.revision)
 
 
 def push(result: RunResult) -> str:
     """Push a finished run to the Hub as its recipe says; the repo URL."""
-    from samtune.hub import push_run
-
     return push_run(result.run_dir, push_target(result.recipe))
 
 
@@ -705,12 +673,6 @@ def evaluate_run(
     classifier's per-label F1), checked writable before anything loads;
     `notify` is told how many rows were dropped (no text, no label).
     """
-    import torch
-    from transformers import PrinterCallback
-
-    from samtune.saved import load_model, model_inputs, open_run, split_examples
-    from samtune.trainer import SAMArguments, SAMTrainer
-
     run_dir = Path(run_dir)
     recipe, run = open_run(run_dir)
     report = tasks.get(run.task).error_report

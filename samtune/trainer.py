@@ -222,8 +222,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # processes it silently trains with plain data parallelism. Never let a run look sharded when it is not.
             raise UnsupportedSetupError(
                 "FSDP was asked for (your accelerate config, or training.fsdp), but Accelerate turns FSDP on only on "
-                f"GPUs (and other accelerators): on this {self.accelerator.distributed_type.value} setup it would train "
-                "unsharded, as plain data parallelism. Drop the request (training.fsdp=false, or launch with a config "
+                "GPUs (and other accelerators): on this "
+                f"{self.accelerator.distributed_type.value} setup it would train unsharded, as plain data parallelism. "
+                "Drop the request (training.fsdp=false, or launch with a config "
                 "without FSDP: distributed_type MULTI_CPU or MULTI_GPU) to train that way knowingly."
             )
         if self.compute_loss_func is None and loss_ignores_num_items(self.accelerator.unwrap_model(self.model)):

@@ -65,7 +65,7 @@ _DECLARED: dict[int, dict[str, Any]] = {}
 
 def _registered_variant(name: Any) -> str | None:
     """None if `name` is a registered SAM variant (samtune.optim.variants), else the problem."""
-    from samtune.optim.variants import variant_names
+    from samtune.optim.variants import variant_names  # here: samtune.optim.variants imports this module
 
     names = variant_names()
     return None if name in names else f"unknown SAM variant: choose one of {', '.join(names)}"
@@ -189,7 +189,7 @@ class SettingSpec:
     @property
     def variant(self) -> str | None:
         """The SAM variant this setting belongs to (None: every variant), as that variant's module says."""
-        from samtune.optim.variants import variant_of
+        from samtune.optim.variants import variant_of  # here: samtune.optim.variants imports this module
 
         return variant_of(self.name)
 

@@ -38,7 +38,8 @@ def encode_labels(
             )
         if len(names) > max(100, len(train) // 2):
             raise DataError(
-                f"column '{column}' has {len(names)} distinct values in {len(train)} rows: it does not look like labels",
+                f"column '{column}' has {len(names)} distinct values in {len(train)} rows: "
+                "it does not look like labels",
                 "Pick the label column with data.label_column=COLUMN.",
             )
         if len(names) < 2:

@@ -112,7 +112,10 @@ def test_package_paths_resolve_without_importing(tmp_path):
 
 
 def test_loading_a_recipe_imports_nothing_heavy():
-    code = "import sys, samtune.recipe; print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    code = (
+        "import sys, samtune.recipe; "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

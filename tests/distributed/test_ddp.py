@@ -153,7 +153,8 @@ def test_looksam_with_an_ascent_overflow_on_one_rank_takes_the_same_path_on_both
 
 
 def test_window_and_lr_schedule_under_ddp_match_the_reference(tmp_path):
-    """SAM from the 2nd step, rho_t = rho * lr_t / lr under a linear decay, biases at w: both ranks equal the reference."""
+    """SAM from the 2nd step, rho_t = rho * lr_t / lr under a linear decay, biases at w: both ranks equal the
+    reference."""
     ranks = _run_workers(tmp_path, "window-lr")
     assert _weights_equal(ranks)
     lrs = [0.5 * (3 - t) / 3 for t in range(3)]  # transformers' linear schedule without warmup, 3 steps

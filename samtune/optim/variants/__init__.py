@@ -47,6 +47,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from samtune.optim.settings import default_of, sam_setting_problems, setting_specs
+
 if TYPE_CHECKING:
     import torch
 
@@ -76,8 +78,6 @@ class Variant:
 
     def __init__(self, *, seed: int = 0, **values: Any) -> None:
         """Its own settings' values (the others: their defaults in SAMSettings), and the run's seed."""
-        from samtune.optim.settings import default_of, sam_setting_problems
-
         stray = sorted(set(values) - set(self.settings))
         if stray:
             raise TypeError(f"{', '.join(stray)} is not a setting of the SAM variant {self.name!r}")
@@ -171,8 +171,6 @@ def _load_builtins() -> None:
 
 def register_variant(cls: type[Variant]) -> type[Variant]:
     """Class decorator: register `cls` as the SAM variant `cls.name` (a recipe's sam.variant)."""
-    from samtune.optim.settings import setting_specs
-
     _load_builtins()
     name = getattr(cls, "name", None)
     if not (isinstance(name, str) and name.isidentifier()):
@@ -197,8 +195,6 @@ def register_variant(cls: type[Variant]) -> type[Variant]:
 
 def variant_names() -> tuple[str, ...]:
     """Every registered variant: exact SAM (the default) first, then the others in the order they registered."""
-    from samtune.optim.settings import default_of
-
     _load_builtins()
     default = default_of("sam_variant")
     return (default, *(n for n in _REGISTRY if n != default))
