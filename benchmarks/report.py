@@ -27,7 +27,6 @@ def _checks_md(checks: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["| check | model | value | bound | result |", "|---|---|---:|---|---|"]
     for c in checks:
-        lines.append(
-            f"| {c['check']} | {c['model']} | {c['value']:.3f} | {c['bound']} | {'pass' if c['passed'] else '**FAIL**'} |"
-        )
+        result = "pass" if c["passed"] else "**FAIL**"
+        lines.append(f"| {c['check']} | {c['model']} | {c['value']:.3f} | {c['bound']} | {result} |")
     return lines + [""]

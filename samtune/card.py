@@ -8,10 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate
+import datasets
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from samtune import __version__, tasks
+from samtune.files import atomic_path, write_text_atomic
 from samtune.optim.settings import SAMSettings, setting_specs
-from samtune import tasks
 from samtune.optim.variants import make_variant
 from samtune.recipe import Recipe
 
@@ -45,7 +52,7 @@ class CardFacts:
     adapter: dict[str, Any] | None = None  # a LoRA run: its adapters' settings and parameter counts
     response_column: str | None = None  # a causal LM trained on prompts and responses: the responses' column
     sources: list[dict[str, Any]] = field(default_factory=list)  # provenance of a model/data built by samtune.sources
-    confusion: Any = None  # single-label classification: the eval split's samtune.confusion.Confusion
+    errors: Any = None  # where it errs on the eval split: a samtune.confusion.ErrorReport (None: the task has none)
 
 
 def base_model_license(model_ref: str | None) -> str | None:
@@ -63,13 +70,6 @@ def base_model_license(model_ref: str | None) -> str | None:
 
 def versions() -> dict[str, str]:
     """The versions of the libraries that trained the model."""
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-
-    from samtune import __version__
-
     return {
         "samtune": __version__,
         "transformers": transformers.__version__,
@@ -86,11 +86,7 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
     evals = [h for h in log_history if "eval_loss" in h and "epoch" in h]
     if not train and not evals:
         return None
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     if train:
         ax_loss.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
@@ -246,32 +242,15 @@ trainable ones only. {merged}
 """
 
 
-def _confusion_section(facts: CardFacts) -> str:
-    """Per-class scores on the eval split and the confusion-matrix figure (single-label classification)."""
-    c = facts.confusion
-    if c is None:
+def _errors_section(facts: CardFacts) -> str:
+    """Where it errs on the eval split: the task's error report (a classifier's confusion matrix, a multi-label
+    classifier's per-label scores), if it has one."""
+    if facts.errors is None:
         return ""
-    from samtune.confusion import FIGURE_FILE
-
-    keep = c.shown()
-    rows = "\n".join(
-        f"| {_cell(c.labels[i])} | {c.precision[i]:.3f} | {c.recall[i]:.3f} | {c.f1[i]:.3f} | {c.support[i]} |"
-        for i in keep
-    )
-    which = (
-        "" if len(keep) == len(c.labels) else f" (the {len(keep)} classes most involved in errors, of {len(c.labels)})"
-    )
     return f"""
 ## Where it errs
 
-Per class on the {facts.eval_split} split{which}:
-
-| class | precision | recall | F1 | examples |
-|---|---:|---:|---:|---:|
-{rows}
-
-![Confusion matrix]({FIGURE_FILE})
-"""
+{facts.errors.card_section(facts.eval_split)}"""
 
 
 def _sources_section(facts: CardFacts) -> str:
@@ -313,6 +292,8 @@ def build_model_card(facts: CardFacts, curves: str | None = None, sharpness: str
     )
     sam_table = "\n".join(["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in _sam_rows(facts)]])
     wall = facts.metrics.get("train_runtime")
+    curves_part = f"\n![Training curves]({curves})\n" if curves else ""
+    sharpness_part = f"\n{sharpness}" if sharpness else ""
     body = f"""
 # {r.run_name()}
 
@@ -332,7 +313,7 @@ plain step.{_scratch_line(facts)}
 
 {_results_table(facts)}
 {f"{chr(10)}Training took {wall:.0f} s." if isinstance(wall, (int, float)) else ""}
-{f"{chr(10)}![Training curves]({curves}){chr(10)}" if curves else ""}{_confusion_section(facts)}{f"{chr(10)}{sharpness}" if sharpness else ""}{_adapter_section(facts)}{_sources_section(facts)}
+{curves_part}{_errors_section(facts)}{sharpness_part}{_adapter_section(facts)}{_sources_section(facts)}
 ## How to use
 
 ```python
@@ -358,8 +339,6 @@ repeats the run with every setting as it was.
 
 def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
     """Write README.md (the model card) and the training-curve figure into the run directory, atomically."""
-    from samtune.files import atomic_path
-
     run_dir = Path(run_dir)
     with atomic_path(run_dir / CURVES_FILE) as tmp:
         curves = plot_training_curves(facts.log_history, tmp)
@@ -373,7 +352,8 @@ def write_model_card(run_dir: Path, facts: CardFacts) -> Path:
     return path
 
 
-def _cell(text: Any) -> str:
+def md_cell(text: Any) -> str:
+    """`text` in a markdown table's cell."""
     return str(text).replace("|", "\\|")
 
 
@@ -389,7 +369,7 @@ def sharpness_section(run_dir: Path) -> str:
         runs = [s, *([s["against"]] if s.get("against") else [])]
         settings = s.get("settings", {})
         rows = [
-            "| measure | " + " | ".join(_cell(r["name"]) for r in runs) + " |",
+            "| measure | " + " | ".join(md_cell(r["name"]) for r in runs) + " |",
             "|---" * (len(runs) + 1) + "|",
             "| loss at the trained weights | " + " | ".join(_num(r["loss"]) for r in runs) + " |",
             "| top Hessian eigenvalue (power iteration) | "
@@ -431,8 +411,6 @@ wide basin around 0 is what SAM seeks.
 
 def update_card_sharpness(run_dir: Path) -> Path | None:
     """Put the current sharpness section into the run's existing card (replacing an older one); None without a card."""
-    from samtune.files import write_text_atomic
-
     path = Path(run_dir) / "README.md"
     if not path.is_file():
         return None

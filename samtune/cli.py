@@ -2,13 +2,21 @@
 
 Exit codes: 0 success; 1 training failed (or a full disk); 2 usage or recipe error; 3 data error; 4 push failed
 (local results kept); 130 interrupted.
+
+Imports: at the top, except those that would slow `samtune --help` (tests/test_style.py checks both), which each
+command imports in its body: samtune.recipe (pydantic models, ~0.1 s), samtune.runner, .trainer, .modeling, .data,
+.predict, .hub, .card, .confusion, .progress, .analysis.* (torch, transformers, datasets, peft,
+huggingface_hub, sklearn, matplotlib) and, in `env`, those libraries themselves.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
+import json
 import os
+import platform
 import re
 import shlex
 import sys
@@ -20,13 +28,27 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
+from rich.progress import track
 from rich.syntax import Syntax
 from rich.table import Table
 
 from samtune import __version__, tasks
-from samtune.errors import EXIT_INTERRUPTED, EXIT_TRAINING, SamtuneError, UsageError
+from samtune.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TRAINING,
+    FREE_SPACE_HINT,
+    DiskFullError,
+    PushError,
+    SamtuneError,
+    TrainingError,
+    UsageError,
+    disk_full,
+)
+from samtune.files import atomic_path, write_json_atomic
 from samtune.launch import launched, relaunch, report_exit, resume_command, without
+from samtune.optim.variants import variant_class, variant_names
 from samtune.processes import is_main_process, process_rank
+from samtune.rundir import CONFIG_FILE, check_output_dir, find_runs, refuse_if_in_use
 
 app = typer.Typer(
     name="samtune",
@@ -56,8 +78,6 @@ def _exit(code: int) -> None:
 def _fail(e: SamtuneError, debug: bool) -> None:
     if debug:
         err_console.print_exception()
-    from samtune.errors import TrainingError
-
     # Most errors meet every process alike: one message is enough. A training failure may be one
     # process's own (a NaN on its batch), so each says it, naming itself.
     if is_main_process() or isinstance(e, TrainingError):
@@ -85,8 +105,6 @@ def _guarded(fn: Any, debug: bool) -> Any:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as e:  # an unexpected failure: one line, the traceback behind --debug
-        from samtune.errors import FREE_SPACE_HINT, DiskFullError, disk_full
-
         if (reason := disk_full(e)) is not None:  # a write cut short where samtune did not name the file
             _fail(
                 DiskFullError(f"a file could not be written: {reason}", f"{FREE_SPACE_HINT}, and run it again."), debug
@@ -167,15 +185,11 @@ AdaptiveOpt = Annotated[
 
 def _cheaper_variants() -> tuple[str, ...]:
     """The registered SAM variants but exact SAM (samtune.optim.variants: light, no torch)."""
-    from samtune.optim.variants import variant_names
-
     return variant_names()[1:]
 
 
 def _variant_help() -> str:
     """--variant's help, from the registry of SAM variants."""
-    from samtune.optim.variants import variant_class
-
     cheaper = _cheaper_variants()
     own = [f"sam.{s}" for name in cheaper for s in variant_class(name).settings]
     return f"sam (exact) or a cheaper variant: {', '.join(cheaper)} (their settings: {', '.join(own)})."
@@ -338,7 +352,6 @@ def train(
 def _check_before_launch(recipe: Any, overwrite: bool, resume: str | None) -> None:
     """What fails the same in every process fails here, once: the output directory, the Hub, the model."""
     from samtune.modeling import checked_config
-    from samtune.rundir import check_output_dir
 
     check_output_dir(recipe.output_dir(), overwrite, resume)
     if recipe.hub.repo_id:
@@ -409,7 +422,6 @@ def validate(
     """Check a recipe, or a whole `train` command line (the same arguments and flags), every problem at once;
     unless --schema-only, that the output directory takes the run and that the data loads."""
     from samtune.recipe import load_recipe
-    from samtune.rundir import check_output_dir
 
     ref, items, flags = _run_recipe_args(recipe, overrides, run)
     overwrite, resume, debug = run["overwrite"], run["resume"], run["debug"]
@@ -456,14 +468,16 @@ def eval_command(
     figure: Annotated[
         Optional[Path],
         typer.Option(
-            help="Where the confusion matrix figure goes (single-label classification); default: in the "
-            "run directory, eval-<data>-<split>-confusion_matrix.png."
+            help="Where the figure of where it errs goes (classification: the confusion matrix; multi-label: "
+            "per-label F1), its JSON beside it as eval-<data>-<split>-confusion.json (per_label.json); default: "
+            "in the run directory, eval-<data>-<split>-confusion_matrix.png (per_label_f1.png)."
         ),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Evaluate a saved run on a dataset: its metrics (per task), and for a classifier per-class precision, recall
-    and F1 with the confusion matrix (a table and a figure)."""
+    and F1 with the confusion matrix, for a multi-label classifier per-label precision, recall, F1, examples and
+    predictions (tables, a figure and its JSON)."""
 
     def body() -> None:
         from samtune.modeling import quiet_transformers
@@ -478,17 +492,19 @@ def eval_command(
             if k.startswith("eval_") and "per_second" not in k and k != "eval_split":
                 table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
         console.print(table)
-        if metrics.get("confusion") is not None:
-            from samtune.confusion import plot_confusion
-            from samtune.files import atomic_path
-
-            _print_confusion(metrics["confusion"])
+        report = metrics.get("errors")
+        if report is not None:
+            for part in report.printed():
+                console.print(part)
             stem = re.sub(r"[^\w.-]+", "-", Path(dataset).name.split(".")[0]).strip("-") or "data"
-            path = figure or Path(run_dir) / f"eval-{stem}-{metrics['eval_split']}-confusion_matrix.png"
+            prefix = f"eval-{stem}-{metrics['eval_split']}-"
+            path = figure or Path(run_dir) / f"{prefix}{report.figure_file}"
             title = f"{Path(run_dir).name} on {dataset} [{metrics['eval_split']}]"
             with atomic_path(path) as tmp:
-                plot_confusion(metrics["confusion"], tmp, title)
-            console.print(f"wrote {path}")
+                report.plot(tmp, title)
+            saved = path.parent / f"{prefix}{report.json_file}"
+            write_json_atomic(saved, report.to_json())
+            console.print(f"wrote {path} and {saved}")
 
     _guarded(body, debug)
 
@@ -527,8 +543,6 @@ def predict_command(
     entities and tags; a causal LM's completion of each prompt."""
 
     def body() -> None:
-        from rich.progress import track
-
         from samtune.predict import OUTPUT_FORMATS, predict, write_predictions
 
         if (source is None) == (not text):
@@ -577,41 +591,6 @@ def predict_command(
     _guarded(body, debug)
 
 
-def _print_confusion(confusion: Any) -> None:
-    """Per-class scores, and the confusion matrix as a table (up to 12 classes) or its largest confusions."""
-    keep = confusion.shown()
-    scores = Table(
-        title="per class"
-        + ("" if len(keep) == len(confusion.labels) else f" (the {len(keep)} most confused of {len(confusion.labels)})")
-    )
-    for name in ("class", "precision", "recall", "F1", "examples"):
-        scores.add_column(name, justify="left" if name == "class" else "right")
-    for i in keep:
-        scores.add_row(
-            escape(confusion.labels[i]),
-            f"{confusion.precision[i]:.3f}",
-            f"{confusion.recall[i]:.3f}",
-            f"{confusion.f1[i]:.3f}",
-            str(confusion.support[i]),
-        )
-    console.print(scores)
-    if len(keep) <= 12:
-        matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
-        matrix.add_column("")
-        for i in keep:
-            matrix.add_column(escape(confusion.labels[i]), justify="right")
-        for t in keep:
-            matrix.add_row(escape(confusion.labels[t]), *[str(confusion.matrix[t, p]) for p in keep])
-        console.print(matrix)
-    else:
-        pairs = Table(title="most frequent confusions")
-        for name in ("true", "predicted as", "examples"):
-            pairs.add_column(name, justify="right" if name == "examples" else "left")
-        for true, predicted, count in confusion.top_confusions():
-            pairs.add_row(escape(true), escape(predicted), str(count))
-        console.print(pairs)
-
-
 @app.command("runs")
 def runs_command(
     root: Annotated[Path, typer.Argument(help="Where the run directories are.")] = Path("runs"),
@@ -621,11 +600,6 @@ def runs_command(
     """The run directories under ROOT (default runs/), newest first: model, data, SAM, metric, steps, status."""
 
     def body() -> None:
-        import datetime
-        import json
-
-        from samtune.rundir import find_runs
-
         runs = find_runs(root)
         if as_json:
             print(json.dumps(runs, indent=1))
@@ -791,8 +765,14 @@ def compare_command(
 
     def body() -> None:
         from samtune.analysis.compare import compare
-        from samtune.analysis.comparison import COMPARISON_FILE, CURVES_FILE, best_arm_line, comparison_table
-        from samtune.analysis.comparison import cost_table, has_test_metrics
+        from samtune.analysis.comparison import (
+            COMPARISON_FILE,
+            CURVES_FILE,
+            best_arm_line,
+            comparison_table,
+            cost_table,
+            has_test_metrics,
+        )
         from samtune.modeling import quiet_transformers
         from samtune.progress import ProgressCallback
 
@@ -838,10 +818,8 @@ def push_command(
     """Push an existing run directory (again) to the Hugging Face Hub."""
 
     def body() -> None:
-        from samtune.errors import PushError
         from samtune.hub import preflight, push_run
         from samtune.recipe import build_recipe, read_recipe_file
-        from samtune.rundir import CONFIG_FILE, refuse_if_in_use
         from samtune.runner import push_target
 
         # The run's own hub block, with the options on top (the usual precedence and validation).
@@ -938,7 +916,6 @@ def recipes_copy(
 @app.command()
 def env() -> None:
     """Versions, devices and Hub settings: what to paste into a bug report."""
-    import platform
 
     import accelerate
     import datasets

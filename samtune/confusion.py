@@ -1,20 +1,75 @@
 """Where a classifier errs: per-class precision, recall and F1, and the confusion matrix (a table and a figure).
 
-`ConfusionRecorder` wraps a run's `compute_metrics` and keeps the labels and predictions of the latest
-evaluation, so the final evaluation (of `train`, or `eval`) yields its matrix without a second pass.
-Single-label classification only (text or image); large label sets keep the most confused classes.
+`ErrorRecorder` wraps a run's `compute_metrics` and keeps the truth and predictions of the latest evaluation, so the
+final evaluation (of `train`, or `eval`) yields its report without a second pass. A report (`ErrorReport`: here
+`Confusion`, single-label classification; `samtune.per_label.PerLabel`, multi-label) is written as JSON and a figure
+into the run directory, printed by `samtune eval` and summed up in the card's "Where it errs". A task that has one
+names it in `Task.error_report`. Large label sets keep the most confused classes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Protocol
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from samtune.card import md_cell
+
+JSON_FILE = "confusion.json"  # the eval split's matrix and per-class scores, in the run directory
 FIGURE_FILE = "confusion_matrix.png"
 MAX_SHOWN = 20  # classes drawn (and tabled) at most: beyond, the most confused ones
+
+
+class ErrorReport(Protocol):
+    """Where a model errs on one evaluation: what the run directory, `samtune eval` and the card show of it."""
+
+    json_file: ClassVar[str]  # its name in the run directory (`samtune eval`: eval-<data>-<split>-<name>)
+    figure_file: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    def plot(self, path: Path, title: str = "") -> Path: ...
+
+    def card_section(self, split: str) -> str:
+        """The body of the card's "Where it errs" (markdown), on the split `split`."""
+        ...
+
+    def printed(self) -> list[Any]:
+        """What `samtune eval` prints of it (rich renderables)."""
+        ...
+
+
+class ErrorRecorder:
+    """A `compute_metrics` that passes through to `metrics` and keeps the latest evaluation's truth and predictions, as
+    `decide` reads them from its EvalPrediction; `report` makes them an ErrorReport (`report_of(labels, truth,
+    predicted)`)."""
+
+    def __init__(
+        self,
+        metrics: Callable[[Any], dict[str, float]],
+        decide: Callable[[Any], tuple[np.ndarray, np.ndarray]],
+        report_of: Callable[[list[str], np.ndarray, np.ndarray], ErrorReport],
+    ):
+        self.metrics, self.decide, self.report_of = metrics, decide, report_of
+        self.truth: np.ndarray | None = None
+        self.predicted: np.ndarray | None = None
+
+    def __call__(self, eval_pred: Any) -> dict[str, float]:
+        self.truth, self.predicted = self.decide(eval_pred)
+        return self.metrics(eval_pred)
+
+    def report(self, labels: list[str]) -> ErrorReport | None:
+        """The latest evaluation's report (None before any)."""
+        if self.truth is None or self.predicted is None:
+            return None
+        return self.report_of(labels, self.truth, self.predicted)
 
 
 @dataclass
@@ -28,10 +83,11 @@ class Confusion:
     f1: np.ndarray
     support: np.ndarray
 
+    json_file: ClassVar[str] = JSON_FILE
+    figure_file: ClassVar[str] = FIGURE_FILE
+
     @classmethod
     def of(cls, labels: list[str], truth: np.ndarray, predicted: np.ndarray) -> Confusion:
-        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
         ids = list(range(len(labels)))
         matrix = confusion_matrix(truth, predicted, labels=ids)
         p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=ids, zero_division=0)
@@ -65,35 +121,85 @@ class Confusion:
             },
         }
 
+    def plot(self, path: Path, title: str = "") -> Path:
+        return plot_confusion(self, path, title)
 
-class ConfusionRecorder:
+    def card_section(self, split: str) -> str:
+        """Per-class scores and the figure."""
+
+        keep = self.shown()
+        rows = "\n".join(
+            f"| {md_cell(self.labels[i])} | {self.precision[i]:.3f} | {self.recall[i]:.3f} | {self.f1[i]:.3f} "
+            f"| {self.support[i]} |"
+            for i in keep
+        )
+        which = (
+            ""
+            if len(keep) == len(self.labels)
+            else f" (the {len(keep)} classes most involved in errors, of {len(self.labels)})"
+        )
+        return f"""Per class on the {split} split{which}:
+
+| class | precision | recall | F1 | examples |
+|---|---:|---:|---:|---:|
+{rows}
+
+![Confusion matrix]({FIGURE_FILE})
+"""
+
+    def printed(self) -> list[Any]:
+        """Per-class scores, and the matrix as a table (up to 12 classes) or its largest confusions."""
+
+        keep = self.shown()
+        which = "" if len(keep) == len(self.labels) else f" (the {len(keep)} most confused of {len(self.labels)})"
+        scores = scores_table(f"per class{which}", "class", self, keep)
+        if len(keep) <= 12:
+            matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
+            matrix.add_column("")
+            for i in keep:
+                matrix.add_column(escape(self.labels[i]), justify="right")
+            for t in keep:
+                matrix.add_row(escape(self.labels[t]), *[str(self.matrix[t, p]) for p in keep])
+            return [scores, matrix]
+        pairs = Table(title="most frequent confusions")
+        for name in ("true", "predicted as", "examples"):
+            pairs.add_column(name, justify="right" if name == "examples" else "left")
+        for true, predicted, count in self.top_confusions():
+            pairs.add_row(escape(true), escape(predicted), str(count))
+        return [scores, pairs]
+
+
+def scores_table(title: str, first: str, report: Any, rows: list[int], extra: dict[str, Any] | None = None) -> Any:
+    """A rich table of the `rows` of `report` (a Confusion or a PerLabel): label (its column named `first`),
+    precision, recall, F1, examples, then the `extra` columns (name: counts)."""
+
+    extra = extra or {}
+    table = Table(title=title)
+    for name in (first, "precision", "recall", "F1", "examples", *extra):
+        table.add_column(name, justify="left" if name == first else "right")
+    for i in rows:
+        scores = (f"{a[i]:.3f}" for a in (report.precision, report.recall, report.f1))
+        table.add_row(escape(report.labels[i]), *scores, str(report.support[i]), *(str(a[i]) for a in extra.values()))
+    return table
+
+
+def argmax_decisions(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The true classes and the argmax predictions of an EvalPrediction."""
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    return np.asarray(eval_pred.label_ids), np.asarray(logits).argmax(-1)
+
+
+class ConfusionRecorder(ErrorRecorder):
     """A `compute_metrics` that passes through to `metrics` and keeps the latest evaluation's argmax predictions."""
 
     def __init__(self, metrics: Callable[[Any], dict[str, float]]):
-        self.metrics = metrics
-        self.truth: np.ndarray | None = None
-        self.predicted: np.ndarray | None = None
-
-    def __call__(self, eval_pred: Any) -> dict[str, float]:
-        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        self.predicted = np.asarray(logits).argmax(-1)
-        self.truth = np.asarray(eval_pred.label_ids)
-        return self.metrics(eval_pred)
-
-    def confusion(self, labels: list[str]) -> Confusion | None:
-        if self.truth is None or self.predicted is None:
-            return None
-        return Confusion.of(labels, self.truth, self.predicted)
+        super().__init__(metrics, argmax_decisions, Confusion.of)
 
 
 def plot_confusion(confusion: Confusion, path: Path, title: str = "") -> Path:
     """The confusion matrix as a PNG, rows normalised (each true class's share predicted as each class), counts in
     the cells while they fit; label names on both axes; over MAX_SHOWN classes, the most confused ones."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keep = confusion.shown()
     matrix = confusion.matrix[np.ix_(keep, keep)]
     names = [confusion.labels[i] for i in keep]

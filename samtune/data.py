@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import datasets
+from datasets import ClassLabel
+from PIL import Image
+
 from samtune import tasks
 from samtune.errors import OFFLINE_HINT, DataError, hub_unreachable
+from samtune.imaging import image_problem
 from samtune.network import work_offline_if_unresolved
 from samtune.recipe import DataSection, resolve_package_path
 from samtune.tasks.columns import COMBINED_LABELS, LABELS, as_names, is_list_column
@@ -56,10 +62,21 @@ class PreparedData:
 
     @classmethod
     def of(
-        cls, task: str, splits: dict[str, Dataset], labels: list[str], cols: dict[str, Any], **how: Any
+        cls,
+        task: str,
+        splits: dict[str, Dataset],
+        labels: list[str],
+        cols: dict[str, Any],
+        eval_source: str,
+        eval_name: str | None,
+        test_name: str | None,
+        notes: list[str],
+        dropped: DroppedRows,
+        from_hub: bool,
     ) -> PreparedData:
         """The "train", "eval" (and "test") splits with their labels, the columns as `detect_columns` finds them
-        (those picked by their values too), and `how` they were made (eval_source, eval_split, ...)."""
+        (those picked by their values too), and how they were made: where the eval split came from, the names of
+        the eval split (None: carved from train) and the test split, the notes, the rows dropped, from the Hub."""
         return cls(
             task=task,
             train=splits["train"],
@@ -71,7 +88,12 @@ class PreparedData:
             image_column=cols.get("image"),
             response_column=cols.get("response"),
             picked=cols.get("picked", {}),
-            **how,
+            eval_source=eval_source,
+            eval_split=eval_name or "validation",
+            test_split=test_name,
+            notes=notes,
+            dropped=dropped.lines(),
+            is_hub_dataset=from_hub,
         )
 
     @property
@@ -105,8 +127,6 @@ def _builder_for(path: Path) -> str | None:
 
 
 def _load_files(files: dict[str, Path]) -> DatasetDict:
-    import datasets
-
     builders = {name: _builder_for(p) for name, p in files.items()}
     for name, builder in builders.items():
         if builder is None:
@@ -143,8 +163,6 @@ def _first_line(e: BaseException) -> str:
 
 
 def _load_folder(path: Path) -> DatasetDict:
-    import datasets
-
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         try:
             loaded = datasets.load_from_disk(str(path))
@@ -171,10 +189,6 @@ def check_image_files(folder: Path) -> None:
     Runs only when the folder holds images; a corrupt file would otherwise stop training hours
     in, with a message that does not say which file.
     """
-    from PIL import Image
-
-    from samtune.imaging import image_problem
-
     image_ext = {ext.lower() for ext in Image.registered_extensions()}
     files = [
         p
@@ -197,10 +211,6 @@ def check_image_files(folder: Path) -> None:
 
 
 def _load_hub(data: DataSection) -> DatasetDict:
-    import os
-
-    import datasets
-
     unresolved = work_offline_if_unresolved()  # the Hub's name does not resolve: the local cache only, at once
     try:
         return datasets.load_dataset(data.dataset, data.config, revision=data.revision)
@@ -261,8 +271,6 @@ def load_raw(data: DataSection) -> tuple[DatasetDict, bool]:
 
 def _combine_label_columns(raw: Any, columns: list[str]) -> Any:
     """One 0/1 column per class -> one column of lists of the classes that are 1 (COMBINED_LABELS)."""
-    import datasets
-
     out = {}
     for split, ds in raw.items():
         missing = [c for c in columns if c not in ds.column_names]
@@ -327,8 +335,6 @@ def pick_eval_split(raw: DatasetDict, split: str | None) -> str:
 
 
 def _stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
-    from datasets import ClassLabel
-
     if n >= len(ds):
         return ds
     if not isinstance(ds.features[LABELS], ClassLabel):  # regression targets: a random subset
@@ -340,7 +346,8 @@ def _stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
 
 
 def _has_labels(ds: Dataset, column: str) -> bool:
-    """Whether a split holds labels: not only None, negative class ids, or -1 throughout (GLUE's unlabelled test sets)."""
+    """Whether a split holds labels: not only None, negative class ids, or -1 throughout (GLUE's unlabelled test
+    sets)."""
     if is_list_column(ds, column):  # multi-label: an empty list is a row with no class, still labelled
         return any(v is not None for v in ds[column])
     values = ds.unique(column)
@@ -388,8 +395,6 @@ def _present(*values: Any) -> bool:
 def _labelled(feature: Any) -> Callable[[Any], bool]:
     """Whether a label value is a label: not missing (None, or NaN: an empty cell in a column of numbers), nor a
     ClassLabel's -1 (unlabelled)."""
-    from datasets import ClassLabel
-
     class_ids = isinstance(feature, ClassLabel)
     return lambda v: v is not None and not (isinstance(v, float) and math.isnan(v)) and not (class_ids and v < 0)
 
@@ -464,18 +469,7 @@ def labelled_data(
                 f"the {name} split is empty after dropping unlabelled or empty rows",
                 "Check the label and text columns (data.label_column, data.text_column).",
             )
-    return PreparedData.of(
-        task.name,
-        splits,
-        names,
-        cols,
-        eval_source=eval_source,
-        eval_split=eval_name or "validation",
-        test_split=test_name,
-        notes=notes,
-        dropped=dropped.lines(),
-        is_hub_dataset=from_hub,
-    )
+    return PreparedData.of(task.name, splits, names, cols, eval_source, eval_name, test_name, notes, dropped, from_hub)
 
 
 def _check_split_names(raw: Any, data: DataSection) -> None:
@@ -549,8 +543,6 @@ def _keep_usable_rows(
 
 def _carve_validation(splits: dict[str, Any], data: DataSection, seed: int, notes: list[str]) -> str:
     """Carve the validation split out of train (stratified where every class allows it); returns its source."""
-    from datasets import ClassLabel
-
     if not isinstance(splits["train"].features[LABELS], ClassLabel):  # regression targets: at random
         parts = splits["train"].train_test_split(test_size=data.validation_fraction, seed=seed)
         splits["train"], splits["eval"] = parts["train"], parts["test"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import resource
 
 EXIT_OK = 0
 EXIT_TRAINING = 1
@@ -126,8 +127,6 @@ def chain(error: BaseException) -> list[BaseException]:
 
 def _torch_write_cut_short() -> str:
     """Why torch.save could not write whole, which it does not say: a file-size limit if one is set, else the disk."""
-    import resource
-
     limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     if limit != resource.RLIM_INFINITY:
         return f"{os.strerror(errno.EFBIG)} (the file-size limit is {limit} bytes: ulimit -f)"

@@ -14,8 +14,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable
 
+from huggingface_hub import HfApi
+from huggingface_hub import get_token as hub_token
+from huggingface_hub.utils import enable_progress_bars
+
+from samtune.card import CURVES_FILE, LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE, SHARPNESS_FILE
+from samtune.confusion import Confusion
+from samtune.per_label import PerLabel
 from samtune.errors import PushError, UsageError
-from samtune.rundir import CHECKPOINT_PREFIX, require_model
+from samtune.rundir import CHECKPOINT_PREFIX, CONFIG_FILE, METRICS_FILE, TRAINER_STATE_FILE, require_model
 
 # What a saved model is made of (transformers' and peft's save_pretrained: weights, configs, the tokenizer's or
 # image processor's files); in a run directory and, for a merged LoRA run, in its merged/ folder. fnmatch patterns.
@@ -48,15 +55,11 @@ LOGIN_HINT = "Log in with `hf auth login` (a token with write access), or set HF
 
 def make_client() -> Any:
     """The Hub client (an `HfApi`). Tests replace this function."""
-    from huggingface_hub import HfApi
-
     return HfApi()
 
 
 def get_token() -> str | None:
     """The token from HF_TOKEN or the saved login, if any."""
-    from huggingface_hub import get_token as hub_token
-
     return hub_token()
 
 
@@ -129,10 +132,7 @@ def preflight(target: PushTarget, unreachable: type[UsageError] | type[PushError
 
 def run_files() -> tuple[str, ...]:
     """The files samtune writes into a run directory itself (fnmatch patterns): card, recipe, metrics, figures."""
-    from samtune.card import CURVES_FILE, LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE, SHARPNESS_FILE
-    from samtune.confusion import FIGURE_FILE
-    from samtune.rundir import CONFIG_FILE, METRICS_FILE, TRAINER_STATE_FILE
-    from samtune.runner import CONFUSION_FILE
+    errors = [f for report in (Confusion, PerLabel) for f in (report.json_file, report.figure_file)]
 
     return (
         "README.md",
@@ -140,9 +140,8 @@ def run_files() -> tuple[str, ...]:
         METRICS_FILE,
         TRAINER_STATE_FILE,
         CURVES_FILE,
-        CONFUSION_FILE,
-        FIGURE_FILE,
-        f"eval-*-{FIGURE_FILE}",
+        *errors,
+        *(f"eval-*-{f}" for f in errors),
         SHARPNESS_FILE,
         LANDSCAPE_1D_FILE,
         LANDSCAPE_2D_FILE,
@@ -153,7 +152,7 @@ def files_to_push(run_dir: Path) -> tuple[list[str], list[str]]:
     """What a push uploads from `run_dir`: the regular files samtune wrote there (`run_files`, `MODEL_FILES`; those of a
     merged model in merged/), never a link nor what it points to; and what else is there (a stray file, a link, a
     folder), not uploaded. Paths relative to `run_dir`, '/'-separated."""
-    from samtune.runner import MERGED_DIR
+    from samtune.runner import MERGED_DIR  # here: samtune.runner imports this module
 
     allowed = {"": (*run_files(), *MODEL_FILES), MERGED_DIR: MODEL_FILES}
     pushed, left = [], []
@@ -178,8 +177,6 @@ def push_run(run_dir: Path, target: PushTarget, notify: Callable[[str], Any] = l
 
     Any failure raises PushError (exit 4) carrying the retry command; the run directory is not touched.
     """
-    from huggingface_hub.utils import enable_progress_bars
-
     run_dir = Path(run_dir)
     require_model(run_dir)
     if offline():

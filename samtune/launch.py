@@ -11,6 +11,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,8 +80,6 @@ def relaunch(argv: list[str], nproc: int, debug: bool, say: Callable[[str], None
 
 def free_port() -> int:
     """A free TCP port on the loopback interface."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

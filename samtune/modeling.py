@@ -9,10 +9,19 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import datasets
+from huggingface_hub.utils import disable_progress_bars
+from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
+from peft.utils import ModulesToSaveWrapper
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, TrainerCallback
+from transformers.utils import logging as hf_logging
+
+from samtune import tasks
 from samtune.errors import OFFLINE_HINT, UsageError, hub_unreachable
 from samtune.network import work_offline_if_unresolved
 from samtune.recipe import LoraSection, ModelSection, resolve_package_path
-from samtune import tasks
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -38,8 +47,6 @@ def _unreachable(name: str, reason: str) -> UsageError:
 
 
 def _not_found(name: str, e: BaseException) -> UsageError:
-    from pathlib import Path
-
     if Path(name).expanduser().is_dir():
         return UsageError(
             f"'{name}' is a folder but not a model that transformers can load ({str(e).splitlines()[0]})",
@@ -71,8 +78,6 @@ def model_path(section: ModelSection) -> str:
 
 def load_config(section: ModelSection) -> PretrainedConfig:
     """The model's configuration (cheap: no weights), or a clear error."""
-    from transformers import AutoConfig
-
     name = model_path(section)
     unresolved = None if Path(name).expanduser().exists() else work_offline_if_unresolved()
     try:
@@ -129,8 +134,6 @@ def load_processor(section: ModelSection, task: str) -> Any:
 def load_tokenizer(path: str, section: ModelSection, **kwargs: Any) -> Any:
     """The tokenizer saved with the model at `path`; one with no pad token pads with its end-of-text token (GPT-2's,
     as a classifier)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(
         path, revision=section.revision, trust_remote_code=section.trust_remote_code, **kwargs
     )
@@ -141,8 +144,6 @@ def load_tokenizer(path: str, section: ModelSection, **kwargs: Any) -> Any:
 
 def holds_adapter(path: str) -> bool:
     """Whether a model folder holds LoRA adapters (peft's files) rather than whole weights."""
-    from pathlib import Path
-
     return (Path(path).expanduser() / ADAPTER_CONFIG_FILE).is_file()
 
 
@@ -151,9 +152,6 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
 
     A folder of LoRA adapters (a LoRA run) loads as its base model with the adapters merged in.
     """
-    from transformers import AutoConfig
-    from transformers.utils import logging as hf_logging
-
     name = model_path(section)
     if holds_adapter(name):
         return _load_adapter_run(name, section, task, labels)
@@ -192,8 +190,6 @@ def load_model(section: ModelSection, task: str, labels: list[str]) -> PreTraine
 
 def _load_adapter_run(path: str, section: ModelSection, task: str, labels: list[str]) -> PreTrainedModel:
     """A LoRA run: its base model (from the adapters' config) with the trained adapters and head merged in."""
-    from peft import PeftConfig, PeftModel
-
     base_name = PeftConfig.from_pretrained(path).base_model_name_or_path
     if not base_name:
         raise UsageError(f"the LoRA adapters in {path} do not name their base model", "Re-save them with peft.")
@@ -215,8 +211,6 @@ def _load_adapter_run(path: str, section: ModelSection, task: str, labels: list[
 
 def lora_targets(model: PreTrainedModel, lora: LoraSection) -> list[str] | str:
     """The modules that get adapters: the recipe's, else peft's per-architecture default, else all-linear."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
-
     if lora.target_modules is not None:
         return lora.target_modules
     layers = set(_adaptable_layers(model))
@@ -234,8 +228,6 @@ def head_modules(model: PreTrainedModel) -> list[str]:
 
 def _adaptable_layers(model: PreTrainedModel) -> list[str]:
     """The last names of the layers LoRA can adapt (linear, convolution, embedding), for an error message."""
-    from torch import nn
-
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
     seen = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, kinds))
     return list(seen)
@@ -243,8 +235,6 @@ def _adaptable_layers(model: PreTrainedModel) -> list[str]:
 
 def apply_lora(model: PreTrainedModel, lora: LoraSection, task: str) -> Any:
     """The model wrapped with LoRA adapters (peft): the base frozen, the adapters and `modules_to_save` trainable."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
     task_ = tasks.get(task)
     targets = lora_targets(model, lora)
     if lora.modules_to_save is not None:
@@ -275,8 +265,6 @@ def apply_lora(model: PreTrainedModel, lora: LoraSection, task: str) -> Any:
 
 def modules_trained_in_full(model: Any) -> list[str]:
     """The modules a LoRA model trains whole beside its adapters (peft's `modules_to_save` that exist in it)."""
-    from peft.utils import ModulesToSaveWrapper
-
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)})
 
 
@@ -305,7 +293,6 @@ def collator(task: str, processor: Any) -> Any:
 
 def augmentation_epoch_callback(augment: Any) -> Any:
     """A TrainerCallback that tells the image augmentation which epoch starts (its draws depend on it)."""
-    from transformers import TrainerCallback
 
     class AugmentationEpoch(TrainerCallback):
         def on_epoch_begin(self, args, state, control, **kwargs):
@@ -316,10 +303,6 @@ def augmentation_epoch_callback(augment: Any) -> Any:
 
 def quiet_transformers() -> None:
     """Keep transformers' and datasets' own warnings and bars out of samtune's output."""
-    import datasets
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -328,7 +311,8 @@ def quiet_transformers() -> None:
 
 
 def fsdp_wrap_classes(model: Any) -> list[str]:
-    """The layer classes FSDP2 shards one by one: the model's `_no_split_modules`, less any holding the input embeddings.
+    """The layer classes FSDP2 shards one by one: the model's `_no_split_modules`, less any holding the input
+    embeddings.
 
     Accelerate 1.15 shards the input embedding module on its own after wrapping these classes; when one of
     them contains it (BERT's and ViT's `*Embeddings`), that second `fully_shard` meets parameters already

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from urllib.parse import urlparse
+
+from huggingface_hub import constants
 
 RESOLVE_DEADLINE_S = 3.0  # a resolver that does not answer in time: let the normal path (and its retries) decide
 _found: list[str] = []  # why the name did not resolve, once found (this process then works offline)
@@ -25,8 +28,6 @@ def offline_mode() -> bool:
 
 def hub_host() -> str:
     """The Hub's host name (HF_ENDPOINT's, as huggingface_hub reads it)."""
-    from huggingface_hub import constants
-
     return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
 
 
@@ -61,10 +62,6 @@ def work_offline_if_unresolved() -> str | None:
     if why is None:
         return None
     _found.append(why)
-    import sys
-
-    from huggingface_hub import constants
-
     os.environ["HF_HUB_OFFLINE"] = "1"  # for what reads the environment later (and child processes)
     constants.HF_HUB_OFFLINE = True  # huggingface_hub.is_offline_mode(), which transformers asks
     if "datasets" in sys.modules:  # datasets copies the flag at import

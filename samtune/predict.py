@@ -9,16 +9,21 @@ written as CSV or JSON lines. What each task adds is its own (`Task.predict_batc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import json
-
+import datasets
 import numpy as np
+import torch
+from PIL import Image
 
-from samtune import tasks
+from samtune import modeling, tasks
+from samtune.data import _builder_for, _load_files
 from samtune.errors import DataError, UsageError
+from samtune.imaging import image_problem
+from samtune.saved import load_model, open_run
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".json")
 
@@ -35,11 +40,6 @@ class Predictions:
 def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
     """Every image file under `folder` (by extension), checked to decode (and to be under Pillow's decompression-bomb
     limit); a DataError names the first that does not, unless `skip_bad`."""
-    import datasets
-    from PIL import Image
-
-    from samtune.imaging import image_problem
-
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     good, bad = [], []
@@ -64,10 +64,6 @@ def _image_folder(folder: Path, skip_bad: bool) -> tuple[Any, list[str]]:
 
 def read_inputs(source: Path | list[str], image_run: bool, skip_bad: bool = False) -> tuple[Any, list[str]]:
     """The examples to predict on: a data file's rows or a folder's images (`source` a path), or texts (a list)."""
-    import datasets
-
-    from samtune.data import _builder_for, _load_files
-
     if isinstance(source, list):
         if image_run:
             raise UsageError("this run classifies images, not texts", "Give a folder of images instead of --text.")
@@ -113,11 +109,6 @@ def predict(
     """Predictions of the run in `run_dir` on `source`, a data file or image folder, or a list of texts (see
     `read_inputs`); `progress` wraps the batch loop; `generation`: the generation settings given (max_new_tokens,
     do_sample, temperature, top_p), for a run that generates text."""
-    import torch
-
-    from samtune import modeling
-    from samtune.saved import load_model, open_run
-
     run_dir = Path(run_dir)
     recipe, run = open_run(run_dir)
     task = tasks.get(run.task)
@@ -139,12 +130,13 @@ def predict(
     processor = modeling.load_processor(run.section, run.task)
     model = load_model(run)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    how = tasks.PredictSettings(columns, recipe.model.max_length, generation)
     outputs: list = []
     starts = range(0, len(rows), batch_size)
     with torch.no_grad():
         for start in progress(starts, len(starts)):
             batch = rows[start : start + batch_size]
-            outputs += task.predict_batch(model, processor, batch, columns, recipe.model.max_length, generation)
+            outputs += task.predict_batch(model, processor, batch, how)
     table = rows.remove_columns([c for c in rows.column_names if c == columns.get("image")]).to_pandas()
     added = task.prediction_columns(table, outputs, run.labels, recipe.training.threshold)
     return Predictions(table, added, skipped)

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from samtune import sources
 from samtune.errors import RecipeError, SamtuneError, UsageError
 from samtune.optim.settings import sam_setting_problems, setting_specs, settings_for_variant, variant_of
 from samtune import tasks
@@ -57,7 +58,8 @@ class _Section(BaseModel):
 
 
 class LoraSection(_Section):
-    """Low-rank adapters (LoRA, with the peft library): only the adapters and the new head train; SAM climbs on them only."""
+    """Low-rank adapters (LoRA, with the peft library): only the adapters and the new head train; SAM climbs on
+    them only."""
 
     r: PositiveInt = Field(default=8, description="The adapters' rank.")
     alpha: float = Field(default=16.0, gt=0, description="Scaling: the update is alpha / r times the low-rank product.")
@@ -111,7 +113,8 @@ class ModelSection(_Section):
     lora: LoraSection | Literal[False] | None = Field(
         default=None,
         description="Train low-rank adapters instead of every weight (`lora: {}` for the defaults). Default: none, "
-        "except for causal LMs of over a billion parameters, which get the defaults; `lora: false` trains every weight.",
+        "except for causal LMs of over a billion parameters, which get the defaults; "
+        "`lora: false` trains every weight.",
     )
 
     @model_validator(mode="after")
@@ -788,7 +791,10 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden" and loc[-1] == "token":
         return f"{key}: tokens never go in a recipe; set HF_TOKEN in the environment or run `hf auth login`"
     if err["type"] == "extra_forbidden" and loc[-1] in ("fp16", "bf16"):
-        return f"{key}: precision is one key, training.precision: auto, fp32, bf16 or fp16 (fp16 and bf16 exclude each other)"
+        return (
+            f"{key}: precision is one key, training.precision: auto, fp32, bf16 or fp16 "
+            "(fp16 and bf16 exclude each other)"
+        )
     if err["type"] == "extra_forbidden" and loc[-1] == "deepspeed":
         return (
             f"{key}: samtune does not train with DeepSpeed: its engine reduces and steps on the gradients inside "
@@ -855,9 +861,7 @@ def resolve_package_path(ref: str, error: type[SamtuneError] = UsageError) -> st
     """'package:pkg/sub/path' as a file-system path inside the installed package (never imported); 'source:name' as
     the folder samtune.sources builds (once, into its cache); any other reference as it is."""
     if ref.startswith(SOURCE_PREFIX):
-        from samtune import sources  # torch and datasets, when a source is built: only then
-
-        return sources.resolve(ref)
+        return sources.resolve(ref)  # its modules (torch, datasets) are imported only now
     if not ref.startswith(PACKAGE_PREFIX):
         return ref
     package, _, rest = ref[len(PACKAGE_PREFIX) :].partition("/")

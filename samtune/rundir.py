@@ -18,8 +18,12 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
+
+import yaml
+from safetensors import SafetensorError, safe_open
 
 from samtune import tasks
 from samtune.errors import UsageError
@@ -185,10 +189,6 @@ def damaged_file(checkpoint: Path) -> tuple[Path, str] | None:
 
 
 def _why_damaged(path: Path) -> str | None:
-    import zipfile
-
-    from safetensors import SafetensorError, safe_open
-
     try:
         if path.suffix == ".json":
             json.loads(path.read_text(encoding="utf-8"))
@@ -275,8 +275,6 @@ class Unreadable(ValueError):
 
 def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
     """A YAML/JSON file holding a mapping ({} if the file is missing or empty); `Unreadable` naming it if not."""
-    import yaml
-
     if not path.exists():
         return {}
     try:
@@ -324,8 +322,6 @@ def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
 
 def _describe(run_dir: Path) -> dict[str, Any]:
     """`run_summary`'s fields read from the run's config.yaml, metrics.json and checkpoints (`Unreadable` if not)."""
-    import yaml
-
     recipe = _read_mapping(run_dir / CONFIG_FILE, yaml.safe_load)
     section = lambda key: recipe.get(key) if isinstance(recipe.get(key), dict) else {}  # noqa: E731
     model, data, sam, training = section("model"), section("data"), section("sam"), section("training")

@@ -5,18 +5,39 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from samtune import tasks
-from samtune.errors import FREE_SPACE_HINT, DataError, DiskFullError, TrainingError, UsageError, chain, disk_full
-from samtune.files import write_json_atomic, write_text_atomic, writable_problem
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig, PrinterCallback, TrainerCallback, set_seed
+from transformers.utils import logging as hf_logging
+
+from samtune import card, modeling, tasks
+from samtune.card import CardFacts, base_model_license
+
+from samtune.data import is_local, load_data
+from samtune.errors import (
+    FREE_SPACE_HINT,
+    DataError,
+    DiskFullError,
+    Interrupted,
+    TrainingError,
+    UsageError,
+    chain,
+    disk_full,
+)
+from samtune.files import writable_problem, write_json_atomic, write_text_atomic
+from samtune.hub import PushTarget, preflight, push_run
+from samtune.modeling import fsdp_wrap_classes
 from samtune.optim.settings import setting_specs
 from samtune.processes import is_main_process
-from samtune.recipe import Recipe
+from samtune.recipe import LoraSection, Recipe, build_recipe, read_recipe_file
 from samtune.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -25,11 +46,15 @@ from samtune.rundir import (
     clear_output_dir,
     find_checkpoint,
     last_complete_checkpoint,
+    last_written,
     mark_as_run,
 )
+from samtune.sources import provenance_of
+from samtune.saved import load_model, model_inputs, open_run, read_run, split_examples
+from samtune.stopping import GracefulStop
+from samtune.trainer import NonFiniteLossError, SAMArguments, SAMTrainer, SAMWindowError, UnsupportedSetupError
 
 MERGED_DIR = "merged"  # a LoRA run's base with its adapters merged in (model.lora.merge)
-CONFUSION_FILE = "confusion.json"  # the eval split's confusion matrix and per-class scores (classification)
 
 
 @dataclass
@@ -113,8 +138,6 @@ def best_metric(recipe: Recipe, task: str) -> str:
 
 def precision_flags(precision: str) -> tuple[dict[str, bool], str]:
     """bf16/fp16 switches for the arguments, and the precision in words."""
-    import torch
-
     cuda = torch.cuda.is_available()
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
@@ -125,10 +148,6 @@ def precision_flags(precision: str) -> tuple[dict[str, bool], str]:
 
 def training_arguments(recipe: Recipe, run_dir: Path, task: str, model: Any = None) -> tuple[Any, str]:
     """SAMArguments for a recipe, and the precision in words."""
-    import torch
-
-    from samtune.trainer import SAMArguments
-
     t = recipe.training
     flags, precision = precision_flags(t.precision)
     evaluating = t.eval_strategy != "no"
@@ -182,8 +201,6 @@ def leave_process_group() -> None:
     one writing the run) sometimes aborted in gloo's teardown ("terminate called without an active
     exception", exit -6: once in four FSDP2 command-line runs here), failing a run that succeeded.
     """
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -191,8 +208,6 @@ def leave_process_group() -> None:
 
 def _fsdp_config(model: Any) -> dict[str, Any]:
     """FSDP2, its layers sharded one by one (`modeling.fsdp_wrap_classes`), checkpoints sharded."""
-    from samtune.modeling import fsdp_wrap_classes
-
     config: dict[str, Any] = {"version": 2, "state_dict_type": "SHARDED_STATE_DICT"}
     layers = fsdp_wrap_classes(model) if model is not None else []
     if layers:
@@ -202,9 +217,6 @@ def _fsdp_config(model: Any) -> dict[str, Any]:
 
 def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
     """Data, processor and model for a recipe (the data first: its errors are the commonest)."""
-    from samtune import modeling
-    from samtune.data import load_data
-
     config = modeling.checked_config(recipe.model)  # model.max_length: before anything is written or removed
     model_task = tasks.detect_model(config)
     if recipe.task != tasks.AUTO and model_task and model_task.modality != tasks.get(recipe.task).modality:
@@ -241,8 +253,6 @@ def _prepare(recipe: Recipe, notify: Any = print) -> tuple[Any, Any, Any, str]:
     model = modeling.load_model(recipe.model, data.task, data.labels)
     task.prepare_model(model, processor)
     if recipe.model.lora is None and task.wants_lora_by_default(model):
-        from samtune.recipe import LoraSection
-
         recipe.model.lora = LoraSection()  # saved so in config.yaml: the run is what its recipe says
     if recipe.model.adapters() is not None:
         model = modeling.apply_lora(model, recipe.model.adapters(), data.task)
@@ -258,8 +268,6 @@ def describe_picked(picked: dict[str, str]) -> str:
 
 def _check_init_from(recipe: Recipe, labels: list[str]) -> None:
     """A run to start from must have been trained on the same labels, in the same order."""
-    from transformers import AutoConfig
-
     run = Path(recipe.model.init_from or "")
     try:
         config = AutoConfig.from_pretrained(run)
@@ -325,11 +333,6 @@ class _RunOptions:
 
 def _train_locked(o: _RunOptions) -> RunResult:
     """One run, its directory locked: check, load, train, evaluate, save."""
-    from transformers import set_seed
-
-    from samtune import modeling
-    from samtune.stopping import GracefulStop
-
     recipe, run_dir = o.recipe, o.run_dir
     saved = _resumed_recipe(o) if o.resume else None
     if o.resume and (run_dir / METRICS_FILE).is_file():
@@ -341,8 +344,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
             f"({'; '.join(changes)}); the recipe's values win from here on"
         )
     if recipe.hub.repo_id and is_main_process():
-        from samtune.hub import preflight
-
         preflight(push_target(recipe))  # before hours of training, not after
     modeling.quiet_transformers()
     set_seed(recipe.training.seed)
@@ -351,8 +352,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
     data, processor, model, task = _prepare(recipe, o.notify if is_main_process() else (lambda _: None))
     if recipe.model.init_from and data.labels:
         _check_init_from(recipe, data.labels)
-    from samtune.trainer import SAMWindowError, UnsupportedSetupError
-
     try:
         args, precision = training_arguments(recipe, run_dir, task, model)
     except UnsupportedSetupError as e:  # an accelerate config asking for DeepSpeed
@@ -380,7 +379,7 @@ def _train_locked(o: _RunOptions) -> RunResult:
         mark_as_run(run_dir)
     output = _fit(trainer, checkpoint, stopper, run_dir, o.resume_command)
     metrics = _final_metrics(trainer, output, data, recipe, started)
-    confusion = metrics.pop("confusion", None)
+    errors = metrics.pop("errors", None)
     if getattr(trainer, "is_fsdp2", False):
         # The whole model, loadable with from_pretrained: gathering the shards is a collective, so every process
         # takes part (the main one writes); checkpoints during training stay sharded.
@@ -388,7 +387,7 @@ def _train_locked(o: _RunOptions) -> RunResult:
         trainer.save_model(str(run_dir))
     if trainer.is_world_process_zero():
         try:
-            _save_results(trainer, o, metrics, data, task, precision, confusion)
+            _save_results(trainer, o, metrics, data, task, precision, errors)
         except Exception as e:
             if disk_full(e) is None:
                 raise
@@ -408,8 +407,6 @@ def _train_locked(o: _RunOptions) -> RunResult:
 def _resumed_recipe(o: _RunOptions) -> Recipe | None:
     """The recipe the run directory's config.yaml holds (None without one); a resume on another model or other data
     is refused (UsageError, exit 2) before anything loads."""
-    from samtune.recipe import build_recipe, read_recipe_file
-
     path = o.run_dir / CONFIG_FILE
     if not path.is_file():
         return None
@@ -426,10 +423,6 @@ def _resumed_recipe(o: _RunOptions) -> Recipe | None:
 def _finished_run(o: _RunOptions, saved: Recipe | None) -> RunResult:
     """A resume of a finished run: its results as they are (nothing trains, nothing is written) when the command asks
     for what it ran, so that running it again is safe; refused (exit 2) when it asks for other settings."""
-    import json
-
-    from samtune.saved import read_run
-
     changes = recipe_changes(saved, o.recipe, RUN_DEFINING + RUN_LENGTH) if saved is not None else []
     if changes or o.resume != "auto":
         why = (
@@ -454,7 +447,6 @@ def _finished_run(o: _RunOptions, saved: Recipe | None) -> RunResult:
 def _once_resumed(accept: Any) -> Any:
     """A callback calling `accept()` once the Trainer has loaded the checkpoint (weights, optimizer, scheduler, RNG):
     at the first step it takes, or at the end if none was left to take."""
-    from transformers import TrainerCallback
 
     class OnceResumed(TrainerCallback):
         done = False
@@ -477,11 +469,6 @@ def _build_trainer(
     args: Any, data: Any, processor: Any, model: Any, task: str, callbacks: list[Any], threshold: float = 0.5
 ) -> Any:
     """The SAMTrainer of a run (setups SAM cannot run exactly become usage errors)."""
-    from transformers import PrinterCallback
-
-    from samtune import modeling
-    from samtune.trainer import SAMTrainer, UnsupportedSetupError
-
     try:
         trainer = SAMTrainer(
             model=model,
@@ -502,9 +489,6 @@ def _build_trainer(
 
 def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resume_command: str | None) -> Any:
     """`trainer.train`, with a NaN/inf loss, a training error and a requested stop turned into samtune's errors."""
-    from samtune.errors import Interrupted
-    from samtune.trainer import NonFiniteLossError, UnsupportedSetupError
-
     stopper.install()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -536,8 +520,6 @@ def _fit(trainer: Any, checkpoint: str | None, stopper: Any, run_dir: Path, resu
 def _cut_short(error: Exception, run_dir: Path, said: str) -> DiskFullError:
     """One message for a write into the run directory that was cut short (a full disk, a file-size limit): the file
     (the one written last, where the write did not name it), what `said`, and how to go on."""
-    from samtune.rundir import last_written
-
     if isinstance(error, DiskFullError):
         message = error.message
     else:  # the file an OSError names, else the one written last (a save cut short leaves it half written)
@@ -568,20 +550,18 @@ def _task_hooks(task: str, processor: Any, labels: list[str], threshold: float) 
     }
 
 
-def _confusion_of(trainer: Any, labels: list[str]) -> Any:
-    """The confusion matrix of the trainer's latest evaluation (None if its task has none)."""
-    from samtune.confusion import ConfusionRecorder
-
-    recorder = trainer.compute_metrics
-    return recorder.confusion(labels) if isinstance(recorder, ConfusionRecorder) else None
+def _errors_of(trainer: Any, task: str, labels: list[str]) -> Any:
+    """Where the trainer's latest evaluation erred: its task's error report (None if the task has none)."""
+    return trainer.compute_metrics.report(labels) if tasks.get(task).error_report else None
 
 
 def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started: float) -> dict[str, Any]:
     """The flat metrics of a finished run: training, evaluation (and test), SAM's counters, wall time; the eval
-    split's confusion matrix (single-label classification) under "confusion", which is not saved in metrics.json."""
+    split's error report (a samtune.confusion.ErrorReport, if the task has one) under "errors", which is not saved
+    in metrics.json."""
     metrics: dict[str, Any] = dict(output.metrics)
     metrics.update(trainer.evaluate(data.eval, metric_key_prefix="eval"))
-    metrics["confusion"] = _confusion_of(trainer, data.labels)
+    metrics["errors"] = _errors_of(trainer, data.task, data.labels)
     if data.test is not None:
         metrics.update(trainer.evaluate(data.test, metric_key_prefix="test"))
     metrics.update(
@@ -604,25 +584,18 @@ def _final_metrics(trainer: Any, output: Any, data: Any, recipe: Recipe, started
 
 
 def _save_results(
-    trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str, confusion: Any = None
+    trainer: Any, o: _RunOptions, metrics: dict[str, Any], data: Any, task: str, precision: str, errors: Any = None
 ) -> None:
     """The model and processor (loadable with from_pretrained), the Trainer's state, the card and metrics.json."""
-    from samtune import modeling
-    from samtune.card import CardFacts, base_model_license, write_model_card
-    from samtune.sources import provenance_of
-    from samtune.data import is_local
-
     recipe = o.recipe
     if not getattr(trainer, "is_fsdp2", False):  # FSDP2: saved by every process already (run)
         trainer.save_model(str(o.run_dir))
-    if confusion is not None:
-        from samtune.confusion import FIGURE_FILE, plot_confusion
-
-        plot_confusion(confusion, o.run_dir / FIGURE_FILE, f"{recipe.run_name()} on {data.eval_split}")
-        write_json_atomic(o.run_dir / CONFUSION_FILE, confusion.to_json())
+    if errors is not None:
+        errors.plot(o.run_dir / errors.figure_file, f"{recipe.run_name()} on {data.eval_split}")
+        write_json_atomic(o.run_dir / errors.json_file, errors.to_json())
     adapter = _save_adapter_extras(trainer, o.run_dir, recipe) if recipe.model.adapters() is not None else None
     trainer.save_state()
-    write_model_card(
+    card.write_model_card(  # (looked up on the module: tests replace it)
         o.run_dir,
         CardFacts(
             recipe=recipe,
@@ -640,7 +613,7 @@ def _save_results(
             log_history=trainer.state.log_history,
             adapter=adapter,
             response_column=data.response_column,
-            confusion=confusion,
+            errors=errors,
             sources=[f for f in (provenance_of(recipe.model.name), provenance_of(recipe.data.dataset)) if f],
         ),
     )
@@ -650,10 +623,6 @@ def _save_results(
 def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[str, Any]:
     """Beside the adapters the Trainer saved: the base's config with the labels (what `eval`, `sharpness` and
     `--init-from` read), the merged model if asked, and what the card says of the adapters."""
-    import copy
-
-    from samtune import modeling
-
     model = trainer.accelerator.unwrap_model(trainer.model)
     base = model.get_base_model()
     base.config.architectures = [type(base).__name__]  # as save_pretrained writes it: the task a run reads back
@@ -662,8 +631,6 @@ def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[st
     lora = recipe.model.adapters()
     peft_config = model.peft_config["default"]
     if lora.merge:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()  # "Writing model shards"
         merged = copy.deepcopy(model).merge_and_unload()
         merged.save_pretrained(run_dir / MERGED_DIR)
@@ -685,15 +652,11 @@ def _save_adapter_extras(trainer: Any, run_dir: Path, recipe: Recipe) -> dict[st
 
 def push_target(recipe: Recipe) -> Any:
     """Where the recipe's hub block says to push."""
-    from samtune.hub import PushTarget
-
     return PushTarget(recipe.hub.repo_id or "", recipe.hub.private, recipe.hub.revision)
 
 
 def push(result: RunResult) -> str:
     """Push a finished run to the Hub as its recipe says; the repo URL."""
-    from samtune.hub import push_run
-
     return push_run(result.run_dir, push_target(result.recipe))
 
 
@@ -708,20 +671,16 @@ def evaluate_run(
 ) -> dict[str, float]:
     """Evaluate a saved run directory on a dataset split (labels matched to the model's by name).
 
-    `figure_dir`: where the caller will draw a classifier's confusion matrix, checked writable before anything loads;
+    `figure_dir`: where the caller will draw the task's error report (a classifier's confusion matrix, a multi-label
+    classifier's per-label F1), checked writable before anything loads;
     `notify` is told how many rows were dropped (no text, no label).
     """
-    import torch
-    from transformers import PrinterCallback
-
-    from samtune.saved import load_model, model_inputs, open_run, split_examples
-    from samtune.trainer import SAMArguments, SAMTrainer
-
     run_dir = Path(run_dir)
     recipe, run = open_run(run_dir)
-    if figure_dir is not None and tasks.get(run.task).has_confusion_matrix and (why := writable_problem(figure_dir)):
+    report = tasks.get(run.task).error_report
+    if figure_dir is not None and report and (why := writable_problem(figure_dir)):
         raise UsageError(
-            f"cannot write the confusion matrix figure into {figure_dir}: {why}",
+            f"cannot write the {report} figure into {figure_dir}: {why}",
             "Choose a writable place for it: --figure PATH.",
         )
     section = recipe.data.model_copy(update={"dataset": dataset, "config": config, "eval_file": None})
@@ -750,5 +709,5 @@ def evaluate_run(
         metrics = trainer.evaluate(inputs, metric_key_prefix="eval")
     metrics["eval_samples"] = len(inputs)
     metrics["eval_split"] = examples.split
-    metrics["confusion"] = _confusion_of(trainer, run.labels)  # None but for single-label classification
+    metrics["errors"] = _errors_of(trainer, run.task, run.labels)  # None if the task has no error report
     return metrics

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samtune import tasks
+from samtune import modeling, tasks
+from samtune.data import DroppedRows, detect_columns, load_raw, pick_eval_split
 from samtune.errors import UsageError
-from samtune.recipe import DataSection, ModelSection, Recipe
+from samtune.recipe import DataSection, ModelSection, Recipe, build_recipe, read_recipe_file
+from samtune.rundir import CONFIG_FILE, require_model
 
 
 @dataclass
@@ -44,10 +46,6 @@ class Examples:
 
 def open_run(run_dir: Path) -> tuple[Recipe, SavedRun]:
     """A finished run directory's resolved recipe (its config.yaml; the defaults without one) and what it saved."""
-    from samtune import modeling
-    from samtune.recipe import build_recipe, read_recipe_file
-    from samtune.rundir import CONFIG_FILE, require_model
-
     require_model(run_dir)
     config = run_dir / CONFIG_FILE
     recipe = build_recipe(read_recipe_file(config)) if config.is_file() else build_recipe()
@@ -57,8 +55,6 @@ def open_run(run_dir: Path) -> tuple[Recipe, SavedRun]:
 
 def read_run(run_dir: Path, recipe: Recipe) -> SavedRun:
     """A run directory's task and labels, from its model's config (no weights); `recipe` is the one it saved."""
-    from samtune import modeling
-
     model_config = modeling.load_config(ModelSection(name=str(run_dir)))
     task = modeling.model_task(model_config) or recipe.task
     if task == tasks.AUTO:
@@ -70,8 +66,6 @@ def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examp
     """`split` of the dataset `data` names (default: the validation-like one), its labels matched to the run's by name
     (`Task.eval_examples`: a regression run's targets read as numbers; a causal LM's text as it is); rows dropped
     as training drops them, and said (`Examples.dropped`)."""
-    from samtune.data import DroppedRows, detect_columns, load_raw, pick_eval_split
-
     raw, _ = load_raw(data)
     split_name = pick_eval_split(raw, split)
     ds = raw[split_name]
@@ -83,8 +77,6 @@ def split_examples(run: SavedRun, data: DataSection, split: str | None) -> Examp
 
 def model_inputs(run: SavedRun, examples: Examples, rows: list[int] | None = None) -> tuple[Any, Any]:
     """The run's processor, and the examples (those at `rows`, or all) as its model's inputs."""
-    from samtune import modeling
-
     processor = modeling.load_processor(run.section, run.task)
     chosen = examples.rows if rows is None else examples.rows.select(rows)
     return processor, modeling.eval_inputs(chosen, run.task, processor, examples.columns, run.recipe.model.max_length)
@@ -92,6 +84,4 @@ def model_inputs(run: SavedRun, examples: Examples, rows: list[int] | None = Non
 
 def load_model(run: SavedRun) -> Any:
     """The run's trained model, with its own labels."""
-    from samtune import modeling
-
     return modeling.load_model(run.section, run.task, run.labels)

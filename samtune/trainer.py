@@ -43,7 +43,9 @@ steps climb (the others take the stock step), which part of a micro-batch the as
 takes hooks after each ascent and after each step (LookSAM records a direction on its SAM steps and
 adds it to the gradient of the others, before clipping). The step calls the hooks and never asks
 which variant it runs. Which steps climb depends on the optimizer step only, so every micro-batch
-and every process agrees.
+and every process agrees; a variant that decides on the gradient (AE-SAM's trigger) decides once a
+step, on the step's reduced gradient after its plain pass, and a step that climbs runs its
+micro-batches again at w + e(w) (`_triggered_step`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from samtune.compat.grad_scaler import keep_scheduler_wrapper_mark, mark_stepped, record_overflow
 from samtune.compat.loss_normalisation import loss_ignores_num_items, loss_is_scaled_for_ga, loss_shifts_labels
 from samtune.optim.functional import (
+    ascent_norm,
     frozen_running_stats,
     gradients_by_backward,
     restore_weights_,
@@ -219,8 +222,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # processes it silently trains with plain data parallelism. Never let a run look sharded when it is not.
             raise UnsupportedSetupError(
                 "FSDP was asked for (your accelerate config, or training.fsdp), but Accelerate turns FSDP on only on "
-                f"GPUs (and other accelerators): on this {self.accelerator.distributed_type.value} setup it would train "
-                "unsharded, as plain data parallelism. Drop the request (training.fsdp=false, or launch with a config "
+                "GPUs (and other accelerators): on this "
+                f"{self.accelerator.distributed_type.value} setup it would train unsharded, as plain data parallelism. "
+                "Drop the request (training.fsdp=false, or launch with a config "
                 "without FSDP: distributed_type MULTI_CPU or MULTI_GPU) to train that way knowingly."
             )
         if self.compute_loss_func is None and loss_ignores_num_items(self.accelerator.unwrap_model(self.model)):
@@ -241,6 +245,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         self.add_callback(self.sam_state)
         self._processes = Processes(self._mean_over_processes, self.is_fsdp2, self.accelerator.device)  # for variants
         self._saved_weights: list[torch.Tensor] | None = None  # the copy of w, reused between CPU steps
+        self._step_batches: list[tuple[dict[str, Any], Any]] = []  # a gradient-triggered step's micro-batches so far
+        self._step_losses: list[torch.Tensor] = []  # ... and their losses at w
         self._nonfinite_in_step = False  # this micro-batch's loss was NaN/inf (on this process)
         self._nonfinite_in_optimizer_step = False  # ... or an earlier micro-batch's of this optimizer step
         self._nonfinite_loss = float("nan")  # the first such loss of the step, for the error message
@@ -282,6 +288,7 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # (auto_find_batch_size, a notebook) starts the step afresh.
             self.sam_state.abandon_step()
             self._nonfinite_in_optimizer_step = False
+            self._step_batches, self._step_losses = [], []
             raise
         here = self._nonfinite_in_step
         self._nonfinite_in_optimizer_step = self._nonfinite_in_optimizer_step or here
@@ -316,12 +323,16 @@ class SAMTrainer(SAMCheckpointing, Trainer):
 
         It does not climb at rho_t = 0 (rho = 0, or the lr schedule at a learning rate of 0), outside
         the SAM window (`start`/`stop`), and on a variant's plain steps. Every one of these is a
-        function of the optimizer step only: every micro-batch and every process agrees.
+        function of the optimizer step only: every micro-batch and every process agrees. A variant that
+        decides on the gradient decides once a step, on the gradient every process holds alike
+        (`_triggered_step`).
         """
         rho = self._rho_now()
         if rho == 0 or not self._in_sam_window():
             return super().training_step(model, inputs, num_items_in_batch)
         variant = self.sam_state.variant
+        if variant.decides_on_gradient:
+            return self._triggered_step(model, inputs, num_items_in_batch, rho)
         if variant.climbs_on(self.state.global_step):
             return self._sam_step(model, inputs, num_items_in_batch, rho)
         loss = super().training_step(model, inputs, num_items_in_batch)  # the variant's plain step
@@ -450,6 +461,55 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             complete = self.sam_state.sam_step_done(rho)  # every micro-batch climbed
             variant.after_sam_step(params, complete, self._processes)
         return ascent_loss
+
+    def _triggered_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any, rho: float
+    ) -> torch.Tensor:
+        """A step that a variant decides on its gradient (AE-SAM): the stock step at w on each micro-batch, which is
+        the plain step; on the last, if the variant asks given ||g||^2 of the step's gradient g (in `.grad`, reduced
+        over the processes), the step's micro-batches again at w + e(w), e(w) from g, whose gradient replaces g."""
+        self._step_batches.append((copy.copy(inputs), num_items_in_batch))  # kept for the descent, should it climb
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._step_losses.append(loss.detach())
+        if not self.accelerator.sync_gradients:
+            return loss
+        batches, losses, self._step_batches, self._step_losses = self._step_batches, self._step_losses, [], []
+        variant, params = self.sam_state.variant, self.sam_parameters(model)
+        grads = [p.grad for p in params]
+        norm = ascent_norm(grads)  # over all shards under FSDP2; the scaler's scale is the same on every process
+        scaler = self.accelerator.scaler
+        unscaled = float(norm) / (float(scaler.get_scale()) if scaler is not None else 1.0)
+        if not variant.climbs_given(unscaled**2, self._window_progress()):
+            variant.after_plain_step(params, self._processes)
+            return loss
+        self.sam_state.count_ascent(unscaled)
+        for p in trainable_parameters(model):
+            p.grad = None  # g is kept in `grads` for e(w); the descent's gradient takes its place
+        perturbed, e, _ = sam_perturbation(grads, params, rho, self.args.adaptive, self.args.asam_eta)
+        del grads
+        saved = None
+        try:
+            saved = save_and_climb_(perturbed, e, out=self._saved_weights)  # climb to "w + e(w)"
+            del e
+            rise = 0.0
+            with frozen_running_stats(model):  # the plain pass moved BatchNorm's statistics already
+                for i, (batch, items) in enumerate(batches):
+                    last = i == len(batches) - 1  # its backward reduces the step's gradient, as the stock step's
+                    with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                        rise = super().training_step(model, batch, items) - losses[i] + rise
+        finally:
+            if saved is not None:
+                restore_weights_(perturbed, saved)  # get back to "w" from "w + e(w)"
+        on_cpu = bool(perturbed) and perturbed[0].device.type == "cpu"
+        self._saved_weights = saved if on_cpu else None
+        self.sam_state.micro_batch_done(True, rise)
+        variant.after_sam_step(params, self.sam_state.sam_step_done(rho), self._processes)
+        return loss
+
+    def _window_progress(self) -> float:
+        """The share of the SAM window done before this optimizer step (0 at its first step)."""
+        first, end = sam_window(self.args.start, self.args.stop, self.state.max_steps)
+        return (self.state.global_step - first) / max(1, min(end, self.state.max_steps) - first)
 
     def _mean_over_processes(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """The mean of each tensor over the data-parallel processes (one all-reduce), as DDP does for `.grad`."""

@@ -47,7 +47,7 @@ __all__ = [
 def __getattr__(name: str):
     # The report reads run directories (recipes, the card): loaded only when asked for.
     if name == "measure_sharpness":
-        from samtune.analysis.report import measure_sharpness
+        from samtune.analysis.report import measure_sharpness  # here: report imports this package
 
         return measure_sharpness
     raise AttributeError(f"module 'samtune.analysis' has no attribute {name!r}")

@@ -58,12 +58,43 @@ from typing import Any
 
 import yaml
 
-from samtune import tasks
-from samtune.analysis.comparison import BASELINE, COMPARISON_FILE, CURVES_FILE, RunRef, build_report, json_safe
-from samtune.analysis.comparison import plot_learning_curves, read_curves
+from samtune import runner, tasks
+from samtune.analysis.comparison import (
+    BASELINE,
+    COMPARISON_FILE,
+    CURVES_FILE,
+    RunRef,
+    build_report,
+    json_safe,
+    plot_learning_curves,
+    read_curves,
+)
 from samtune.errors import Interrupted, RecipeError, SamtuneError, TrainingError, UsageError
-from samtune.recipe import Recipe, SAMSection, build_recipe, deep_merge, parse_overrides, settings_for_variant
-from samtune.recipe import load_yaml, yaml_scalar
+from samtune.files import write_json_atomic
+from samtune.optim.settings import setting_specs
+from samtune.optim.variants import variant_class, variant_names
+from samtune.recipe import (
+    Recipe,
+    SAMSection,
+    build_recipe,
+    deep_merge,
+    load_yaml,
+    parse_overrides,
+    read_recipe_file,
+    recipe_dirs,
+    resolve_recipe_path,
+    settings_for_variant,
+    yaml_scalar,
+)
+from samtune.rundir import (
+    CONFIG_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    RunLock,
+    clear_output_dir,
+    contents,
+    last_complete_checkpoint,
+)
 
 OWN_ARMS: dict[str, str] = {
     "adamw": "the base optimizer alone (sam.rho=0)",
@@ -74,8 +105,6 @@ OWN_ARMS: dict[str, str] = {
 
 def arm_kinds() -> dict[str, str]:
     """Every kind of arm and what it is: compare's own three, then each cheaper SAM variant, as its module says."""
-    from samtune.optim.variants import variant_class, variant_names
-
     return {**OWN_ARMS, **{name: variant_class(name).summary for name in variant_names() if name not in OWN_ARMS}}
 
 
@@ -128,8 +157,6 @@ class ArmSpec:
 
 def _sam_keys() -> dict[str, str | None]:
     """The keys an arm may set (the recipe's sam section, but the variant: the arm names it) -> their variant."""
-    from samtune.optim.settings import setting_specs
-
     return {s.recipe_key: s.variant for s in setting_specs() if s.recipe_key != "variant"}
 
 
@@ -242,8 +269,6 @@ def rank_arms(report: dict[str, Any], metric: str) -> dict[str, Any]:
 
 def _ranking_metric(run: Any) -> str:
     """The metric that ranks the arms: the recipe's metric_for_best_model, else the default of the task it trained."""
-    from samtune.rundir import METRICS_FILE
-
     if run.recipe.training.metric_for_best_model:
         return run.recipe.training.metric_for_best_model
     metrics = json.loads((Path(run.run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
@@ -275,8 +300,6 @@ def _for_variant(raw: dict[str, Any], variant: str) -> dict[str, Any]:
 
 def _raw_recipe(recipe: Recipe | dict[str, Any] | str | Path | None) -> tuple[dict[str, Any], str]:
     """The recipe as a raw mapping (a file is read, not yet validated) and where it came from."""
-    from samtune.recipe import read_recipe_file, recipe_dirs, resolve_recipe_path
-
     if isinstance(recipe, Recipe):
         return yaml.safe_load(recipe.to_yaml()), "the recipe given"
     if isinstance(recipe, dict):
@@ -374,8 +397,6 @@ def check_compare_dir(path: Path, overwrite: bool, resume: bool) -> None:
 
 def _holds_files(path: Path) -> bool:
     """Whether a folder holds any file but a lock or the comparison's mark (empty folders do not count)."""
-    from samtune.rundir import LOCK_FILE
-
     return path.is_dir() and any(p.name not in (LOCK_FILE, COMPARE_MARK) and not p.is_dir() for p in path.rglob("*"))
 
 
@@ -391,8 +412,6 @@ def _tidy_if_empty(out: Path) -> None:
 
 def _saved_differences(run: ArmRun) -> list[str]:
     """'key: saved -> now' for every setting where the run directory's config.yaml differs from the run's recipe."""
-    from samtune.rundir import CONFIG_FILE
-
     saved = load_yaml((run.run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     now = yaml.safe_load(run.recipe.model_copy(update={"name": run.recipe.run_name()}).to_yaml())
 
@@ -418,9 +437,6 @@ def _run_one(
 
     `on_accepted` is called once the run's inputs are accepted, before it writes anything (see `runner.train`).
     """
-    from samtune.rundir import CONFIG_FILE, METRICS_FILE, contents, last_complete_checkpoint
-    from samtune.runner import train
-
     run_dir = run.run_dir
     if resume and (run_dir / CONFIG_FILE).is_file():
         changed = _saved_differences(run)
@@ -438,7 +454,7 @@ def _run_one(
     done = f"{index - 1} run{'s' if index != 2 else ''} finished before it"
     kept = f"{done} and {'are' if index != 2 else 'is'} kept; continue the comparison with:\n  {again}"
     try:
-        train(
+        runner.train(  # (looked up on the module: tests replace it)
             run.recipe,
             overwrite=started and not checkpoint,
             resume="auto" if checkpoint else None,
@@ -483,9 +499,6 @@ def compare(
     strings for every arm. Raises UsageError before training if an arm, the recipe or the output
     directory is wrong; a failed run raises its own error, named by its arm and seed.
     """
-    from samtune.files import write_json_atomic
-    from samtune.rundir import RunLock, clear_output_dir
-
     plan = plan_runs(recipe, overrides, arms, seeds, output_dir)
     out, runs = plan.output_dir, plan.runs
     check_compare_dir(out, overwrite, resume)

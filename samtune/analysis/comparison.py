@@ -14,14 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from samtune import tasks
-from samtune.analysis.paired import ALPHA, BOOTSTRAP_NAME, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, TEST_NAME
-from samtune.analysis.paired import paired_difference, summarise
+from samtune.analysis.paired import (
+    ALPHA,
+    BOOTSTRAP_NAME,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    TEST_NAME,
+    paired_difference,
+    summarise,
+)
+from samtune.rundir import METRICS_FILE, TRAINER_STATE_FILE
 
 BASELINE = "adamw"
 COMPARISON_FILE = "comparison.json"
@@ -69,8 +80,6 @@ def build_report(runs: Sequence[RunRef], settings: Mapping[str, Any] | None = No
     Every arm must have run on the same seeds, the baseline among the arms. A metric is summarised
     when every run reports it.
     """
-    from samtune.rundir import METRICS_FILE
-
     arms = list(dict.fromkeys(r.arm for r in runs))
     seeds = list(dict.fromkeys(r.seed for r in runs))
     records = [
@@ -129,8 +138,6 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
     At a step logged twice (the end of training re-evaluates the model it keeps), the first value
     counts: the evaluation made while training.
     """
-    from samtune.rundir import TRAINER_STATE_FILE
-
     path = Path(run_dir) / TRAINER_STATE_FILE
     history = json.loads(path.read_text(encoding="utf-8")).get("log_history", []) if path.is_file() else []
     series: dict[str, dict[int, float]] = {key: {} for key, _ in CURVES}
@@ -144,12 +151,7 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
 
 def plot_learning_curves(curves: Mapping[str, Sequence[Mapping[str, Mapping[int, float]]]], path: Path) -> Path:
     """One panel per curve, one line per arm: the mean over its seeds, with a min-max band (steps all seeds logged)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     fig, axes = plt.subplots(1, len(CURVES), figsize=CURVES_SIZE, dpi=DPI)
     for ax, (key, title) in zip(axes, CURVES):
         if not any(r.get(key) for runs in curves.values() for r in runs):  # not logged: the task's own measure
@@ -195,7 +197,8 @@ def _mean_std(m: Mapping[str, Any], digits: int = 4) -> str:
 
 
 def _judgement(metric: str, diff: Mapping[str, Any]) -> str:
-    """'better' / 'worse' where the paired test says the difference is beyond seed noise, else 'no' (or '—': no test)."""
+    """'better' / 'worse' where the paired test says the difference is beyond seed noise, else 'no' (or '—': no
+    test)."""
     beyond = diff.get("beyond_noise")
     if beyond is None:
         return "—"

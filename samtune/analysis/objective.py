@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from samtune.optim.functional import trainable_parameters
 
@@ -38,8 +39,6 @@ def measuring(model: nn.Module) -> Iterator[None]:
     its running statistics, which it then leaves untouched. Fused attention kernels have no second
     derivative, so scaled-dot-product attention runs on its plain maths backend.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

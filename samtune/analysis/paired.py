@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import t as student_t
 
 ALPHA = 0.05
 TEST_NAME = "paired t-test (two-sided) on the per-seed differences arm - baseline"
@@ -79,8 +80,6 @@ def paired_t_test(differences: Sequence[float]) -> tuple[float | None, float | N
     Differences without spread have no t statistic: every seed then agrees exactly, so p is 1
     when they are all 0 and 0 when they are all the same non-zero number.
     """
-    from scipy.stats import t as student_t  # scipy comes with scikit-learn
-
     d = np.asarray(differences, dtype=float)
     n = d.size
     if n < 2:

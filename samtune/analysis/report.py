@@ -15,17 +15,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from samtune import __version__
 from samtune.analysis.landscape import filter_normalize, grid, loss_curve, loss_surface, random_directions
 from samtune.analysis.objective import Objective, Vector
 from samtune.analysis.plots import Landscape, plot_curves, plot_surfaces
 from samtune.analysis.runs import load_batches, load_examples, open_run, pick_rows
 from samtune.analysis.sharpness import hessian_top_eigenvalue, hessian_trace, sam_sharpness
-from samtune.card import LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE, SHARPNESS_FILE
+from samtune.card import LANDSCAPE_1D_FILE, LANDSCAPE_2D_FILE, SHARPNESS_FILE, update_card_sharpness
 from samtune.errors import DataError, DiskFullError, TrainingError, UsageError
-from samtune.files import writable_problem
+from samtune.files import atomic_path, writable_problem, write_json_atomic
+from samtune.modeling import quiet_transformers
 from samtune.saved import SavedRun
 
 DEFAULT_RHOS = (0.01, 0.05, 0.1, 0.2)
@@ -133,8 +136,6 @@ def _measure(
 
 
 def _default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -163,9 +164,6 @@ def measure_sharpness(
     sharpness.json and the two landscape PNGs into `run_dir`, updates its card if it has one,
     and returns what sharpness.json holds.
     """
-    from samtune import __version__
-    from samtune.modeling import quiet_transformers
-
     _check_options(batches, batch_size, grid_points, span, trace_samples, rhos)
     quiet_transformers()
     run = open_run(Path(run_dir))
@@ -266,9 +264,6 @@ def _measure_each(
 
 def _write_report(out_dir: Path, results: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
     """The landscape figures, sharpness.json and the card's Sharpness section, in the run directory."""
-    from samtune.card import update_card_sharpness
-    from samtune.files import atomic_path, write_json_atomic
-
     alphas = settings["alphas"]
     report = {
         **results[0],

@@ -10,16 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import default_data_collator
+
+from samtune import modeling
+from samtune.data import load_data
 from samtune.errors import DataError, UsageError
-from samtune.saved import Examples, SavedRun
+from samtune.recipe import build_recipe, read_recipe_file
+from samtune.rundir import CONFIG_FILE, MODEL_CONFIG_FILE, holds_model, refuse_if_in_use
+from samtune.saved import Examples, SavedRun, load_model, model_inputs, read_run, split_examples
 
 
 def open_run(run_dir: Path, option: str = "RUN_DIR") -> SavedRun:
     """A run directory's recipe, task and labels; a UsageError (exit 2) if it is not a finished run."""
-    from samtune.recipe import build_recipe, read_recipe_file
-    from samtune.rundir import CONFIG_FILE, MODEL_CONFIG_FILE, holds_model, refuse_if_in_use
-    from samtune.saved import read_run
-
     run_dir = Path(run_dir)
     if not holds_model(run_dir):
         what = "does not exist" if not run_dir.exists() else f"is not a samtune run directory (no {MODEL_CONFIG_FILE})"
@@ -36,9 +39,6 @@ def load_examples(run: SavedRun, dataset: str | None = None, split: str | None =
     The run's own eval split is rebuilt from its recipe as training built it (a validation split
     carved from train is carved again with the same seed).
     """
-    from samtune.data import load_data
-    from samtune.saved import split_examples
-
     data = run.recipe.data
     if dataset is None and split is None:
         try:
@@ -60,8 +60,6 @@ def load_examples(run: SavedRun, dataset: str | None = None, split: str | None =
 
 def pick_rows(total: int, count: int, seed: int) -> list[int]:
     """`count` row indices out of `total` (all of them if fewer), in a seeded random order."""
-    import torch
-
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
     return order[:count]
 
@@ -70,11 +68,6 @@ def load_batches(
     run: SavedRun, examples: Examples, rows: list[int], batch_size: int
 ) -> tuple[Any, list[dict[str, Any]], list[int]]:
     """The run's model and the chosen rows as its batches (tokenised by its own processor, on the CPU); batch sizes."""
-    from transformers import default_data_collator
-
-    from samtune import modeling
-    from samtune.saved import load_model, model_inputs
-
     processor, inputs = model_inputs(run, examples, rows)
     collate = modeling.collator(run.task, processor) or default_data_collator
     batches, sizes = [], []

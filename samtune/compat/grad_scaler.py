@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.amp.grad_scaler import OptState
 
 
 def record_overflow(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
@@ -23,8 +24,6 @@ def record_overflow(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimiz
     Uses the GradScaler's per-optimizer record (`_per_optimizer_states`, `found_inf_per_device`):
     after `unscale_` it holds one found-inf flag per device.
     """
-    from torch.amp.grad_scaler import OptState
-
     state = scaler._per_optimizer_states[id(optimizer)]
     if state["stage"] is OptState.READY:  # not unscaled yet (no clipping, no grad-norm log)
         scaler.unscale_(optimizer)

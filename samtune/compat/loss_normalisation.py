@@ -3,7 +3,8 @@
 Upstream behaviour: `Trainer.training_step` divides the loss by the accumulation steps unless it
 believes the model normalised it already (`model_accepts_loss_kwargs` and `num_items_in_batch`
 given). Classification heads (BERT's, ViT's, ...) and token-classification heads accept
-`num_items_in_batch` through `**kwargs` but return a batch mean anyway, so with accumulation the stock update is N times too large.
+`num_items_in_batch` through `**kwargs` but return a batch mean anyway, so with accumulation the stock update
+is N times too large.
 Where this is fixed upstream, `loss_ignores_num_items` can go. Likewise `loss_shifts_labels`, for
 the causal LMs whose targets the Trainer counts one per row too many (see there).
 
@@ -13,9 +14,12 @@ attribute, or the rule it replaced on older 5.x versions.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
+from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 # Heads whose loss is a mean over the batch whatever `num_items_in_batch` says (transformers 5.x).
 MEAN_LOSS_HEADS = (
@@ -47,11 +51,6 @@ def loss_shifts_labels(model: nn.Module) -> bool:
     not contain "ForCausalLM" (GPT2LMHeadModel, BertLMHeadModel, ...): it then counts every label, one target too
     many per row, while their `loss_function` falls back to the causal-LM loss all the same.
     """
-    import inspect
-
-    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     inner = _unwrapped(model)
     if getattr(getattr(inner, "config", None), "is_encoder_decoder", False):
         return False

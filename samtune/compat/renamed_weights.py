@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 
 from torch import nn
+from transformers import PreTrainedModel
 
 
 def reload_weights(model: nn.Module, checkpoint: str) -> bool:
     """Load `checkpoint` into `model` through `from_pretrained`, strictly; False if it is not such a checkpoint."""
-    from transformers import PreTrainedModel
-
     if not isinstance(model, PreTrainedModel) or not os.path.isfile(os.path.join(checkpoint, "config.json")):
         return False
     saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)

@@ -35,6 +35,7 @@ def setting(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    lt: float | None = None,
     finite: bool = False,
     check: Callable[[Any], str | None] | None = None,
     recipe_key: str | None = None,
@@ -48,7 +49,7 @@ def setting(
     resume that changes it trains another run (samtune warns). `why`: appended to the error
     message of a value out of bounds.
     """
-    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
     # transformers' HfArgumentParser hands a field's whole metadata to argparse, so only `help`
     # can live there; the rest is kept beside it, keyed by the field object (which dataclasses
     # and their subclasses share).
@@ -64,7 +65,7 @@ _DECLARED: dict[int, dict[str, Any]] = {}
 
 def _registered_variant(name: Any) -> str | None:
     """None if `name` is a registered SAM variant (samtune.optim.variants), else the problem."""
-    from samtune.optim.variants import variant_names
+    from samtune.optim.variants import variant_names  # here: samtune.optim.variants imports this module
 
     names = variant_names()
     return None if name in names else f"unknown SAM variant: choose one of {', '.join(names)}"
@@ -113,6 +114,24 @@ class SAMSettings:
         0.25, "ascent_fraction: share of each micro-batch the ascent gradient uses.", gt=0, le=1
     )
     rst_probability: float = setting(0.5, "rst: probability that a step is a SAM step.", ge=0, le=1)
+    aesam_decay: float = setting(
+        0.9,
+        "aesam: decay delta of the running mean and variance of ||g||^2 (the paper's 0.9).",
+        ge=0,
+        lt=1,
+        why="each step keeps delta of the running statistics and takes 1 - delta of the new ||g||^2.",
+    )
+    aesam_c_start: float = setting(
+        1.0,
+        "aesam: threshold c at the SAM window's first step: SAM where ||g||^2 >= mean + c * std (the paper's "
+        "lambda2, 1: about 16% of steps climb if ||g||^2 is normal).",
+        finite=True,
+    )
+    aesam_c_end: float = setting(
+        -1.0,
+        "aesam: threshold c at the window's end, reached linearly (the paper's lambda1, -1: about 84% climb).",
+        finite=True,
+    )
     params: str = setting(
         "all",
         "Which parameters climb: a preset (all, weights, norms, head, body; see samtune.optim.selection) or "
@@ -170,7 +189,7 @@ class SettingSpec:
     @property
     def variant(self) -> str | None:
         """The SAM variant this setting belongs to (None: every variant), as that variant's module says."""
-        from samtune.optim.variants import variant_of
+        from samtune.optim.variants import variant_of  # here: samtune.optim.variants imports this module
 
         return variant_of(self.name)
 
@@ -204,7 +223,7 @@ def default_of(name: str) -> Any:
     return next(s.default for s in setting_specs() if s.name == name)
 
 
-_WORDS = {"ge": ">=", "gt": ">", "le": "<="}
+_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
 def _kind(spec: SettingSpec) -> str:
@@ -289,7 +308,7 @@ def empty_window_problem(start: float, stop: float | None, total_steps: int) -> 
 
 
 def _holds(value: float, op: str, bound: float) -> bool:
-    return {"ge": value >= bound, "gt": value > bound, "le": value <= bound}[op]
+    return {"ge": value >= bound, "gt": value > bound, "le": value <= bound, "lt": value < bound}[op]
 
 
 def variant_of(recipe_key: str) -> str | None:

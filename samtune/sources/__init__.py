@@ -15,6 +15,9 @@ lists the sources and builds one into a folder of your choice.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -45,6 +48,8 @@ class Source:
 
 
 _SOURCES: dict[str, Source] = {}
+# The built-in sources' modules, imported when first asked for (they import torch, transformers or datasets).
+BUILT_IN = {"efficientnet-lite0": "samtune.sources.efficientnet_lite", "fashion-mnist": "samtune.sources.fashion_mnist"}
 
 
 def register_source(source: Source) -> Source:
@@ -53,13 +58,17 @@ def register_source(source: Source) -> Source:
 
 
 def sources() -> dict[str, Source]:
-    """Every registered source by name (the built-in ones registered on first use)."""
-    from samtune.sources import efficientnet_lite, fashion_mnist  # noqa: F401  (each registers itself)
-
+    """Every registered source by name, the built-in ones included."""
+    for module in BUILT_IN.values():
+        importlib.import_module(module)  # registers its source
     return dict(_SOURCES)
 
 
 def get(name: str) -> Source:
+    if name in BUILT_IN:
+        importlib.import_module(BUILT_IN[name])
+    if name in _SOURCES:
+        return _SOURCES[name]
     known = sources()
     if name not in known:
         raise UsageError(
@@ -142,9 +151,6 @@ def read_provenance(folder: str | Path | None) -> dict[str, Any]:
 def package_file(package: str, distribution: str, relative: str, version: str | None = None) -> dict[str, Any]:
     """A file a Python package ships, found without importing the package, with the package's version; a
     UsageError that says what to install when the package is missing."""
-    import importlib.metadata
-    import importlib.util
-
     spec = importlib.util.find_spec(package)
     pin = f"=={version}" if version else ""
     if spec is None or not spec.submodule_search_locations:

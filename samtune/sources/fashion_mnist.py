@@ -19,6 +19,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import datasets
+import numpy as np
+from PIL import Image
+
 from samtune.errors import DataError, UsageError
 from samtune.sources import Source, register_source
 
@@ -73,7 +77,6 @@ def _debian_version() -> str | None:
 
 def read_idx(path: Path, magic: int) -> Any:
     """An idx file's array (uint8), or a DataError naming the file and what is wrong with it."""
-    import numpy as np
 
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
@@ -101,7 +104,6 @@ def read_idx(path: Path, magic: int) -> Any:
 
 
 def _png(image: Any) -> bytes:
-    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(image, mode="L").save(buffer, format="PNG", compress_level=1)
@@ -109,7 +111,6 @@ def _png(image: Any) -> bytes:
 
 
 def _split(images: Any, labels: Any, features: Any) -> Any:
-    import datasets
 
     return datasets.Dataset.from_dict(
         {"image": [{"bytes": _png(im), "path": None} for im in images], "label": labels.tolist()}, features=features
@@ -117,7 +118,6 @@ def _split(images: Any, labels: Any, features: Any) -> Any:
 
 
 def _build(inputs: dict[str, Any], out: Path) -> dict[str, Any]:
-    import datasets
 
     files = dict(zip(FILES, (Path(p) for p in inputs["files"])))
     arrays = {

@@ -32,6 +32,15 @@ class Metric:
 LOSS = Metric("loss", "loss", greater_is_better=False)  # every task reports it, last
 
 
+@dataclass(frozen=True)
+class PredictSettings:
+    """What `samtune predict` tells `Task.predict_batch` for every batch of a run."""
+
+    columns: dict[str, str]  # `Task.input_columns`: the columns of the rows that hold the model's inputs
+    max_length: int  # the run's model.max_length
+    generation: dict[str, Any]  # the generation settings given (`generates` tasks only)
+
+
 def model_outputs(eval_pred: Any) -> Any:
     """The model's outputs (logits, or the regression value) in an EvalPrediction (the first, if it holds several)."""
     return eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
@@ -55,7 +64,9 @@ class Task:
     packs: ClassVar[bool] = False  # data.packing applies
     predicts: ClassVar[bool] = False  # `samtune predict` scores its examples
     generates: ClassVar[bool] = False  # `samtune predict` generates text (and takes generation settings)
-    has_confusion_matrix: ClassVar[bool] = False  # its metrics record one (`samtune.confusion.ConfusionRecorder`)
+    # What its final evaluation reports of where it errs, in words ("confusion matrix"); None: nothing. Its
+    # `compute_metrics` is then a samtune.confusion.ErrorRecorder, whose `report` the run and `samtune eval` write.
+    error_report: ClassVar[str | None] = None
     new_head: ClassVar[bool] = True  # the head is new: trained in full beside LoRA's adapters
     lora_task_type: ClassVar[str | None] = None  # peft's TaskType name
     preprocess_logits: ClassVar[Callable[[Any, Any], Any] | None] = None  # the Trainer's preprocess_logits_for_metrics
@@ -241,17 +252,9 @@ class Task:
         """The columns of `read_inputs`' rows that hold the model's inputs (`section`: the run's data section)."""
         raise NotImplementedError
 
-    def predict_batch(
-        self,
-        model: Any,
-        processor: Any,
-        batch: dict[str, list],
-        columns: dict[str, str],
-        max_length: int,
-        generation: dict[str, Any],
-    ) -> list:
+    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], how: PredictSettings) -> list:
         """The model's output for each row of `batch` (a slice of `read_inputs`' rows), as `prediction_columns` takes
-        them; `generation`: the generation settings given (`generates` tasks only)."""
+        them; `how`: its input columns, max length and generation settings."""
         raise NotImplementedError
 
     def prediction_names(self, labels: list[str]) -> list[str]:

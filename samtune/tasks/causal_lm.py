@@ -10,7 +10,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Callable
 
 from samtune.errors import DataError, UsageError
-from samtune.tasks.base import Metric, Task, model_outputs, register
+from samtune.tasks.base import Metric, PredictSettings, Task, model_outputs, register
 from samtune.tasks.columns import LABEL_COLUMNS, TEXT_COLUMNS, pick
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ def _ready_for_causal_lm(tokenizer: Any, name: str) -> None:
     if tokenizer.eos_token_id is None:
         raise UsageError(
             f"the tokenizer of '{name}' has no end-of-text (eos) token, which a causal LM's examples end with",
-            "Choose a causal language model (its tokenizer names an eos_token), or set one in its tokenizer_config.json.",
+            "Choose a causal language model (its tokenizer names an eos_token), "
+            "or set one in its tokenizer_config.json.",
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -215,18 +216,7 @@ class CausalLM(Task):
                     f"the {key} split has no text after dropping empty rows",
                     f"Check the column{'s' if len(keep) > 1 else ''} {', '.join(keep)}.",
                 )
-        return PreparedData.of(
-            self.name,
-            splits,
-            [],
-            cols,
-            eval_source=eval_source,
-            eval_split=eval_name or "validation",
-            test_split=test_name,
-            notes=notes,
-            dropped=dropped.lines(),
-            is_hub_dataset=from_hub,
-        )
+        return PreparedData.of(self.name, splits, [], cols, eval_source, eval_name, test_name, notes, dropped, from_hub)
 
     def check_data(self, train: Any, cols: dict[str, Any], section: Any) -> None:
         if section.labels or section.label_columns:
@@ -301,25 +291,17 @@ class CausalLM(Task):
             )
         }
 
-    def predict_batch(
-        self,
-        model: Any,
-        processor: Any,
-        batch: dict[str, list],
-        columns: dict[str, str],
-        max_length: int,
-        generation: dict[str, Any],
-    ) -> list:
-        """Each prompt's completion: `generate` on the batch, padded on the left, greedy unless `generation` says
+    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], how: PredictSettings) -> list:
+        """Each prompt's completion: `generate` on the batch, padded on the left, greedy unless `how.generation` says
         do_sample; the new tokens decoded without special tokens, as transformers' text-generation pipeline does with
         return_full_text=False. The prompt is tokenised as in training (the tokenizer's own special tokens)."""
-        prompts = [str(t) if t is not None else "" for t in batch[columns["text"]]]
+        prompts = [str(t) if t is not None else "" for t in batch[how.columns["text"]]]
         processor.padding_side = "left"  # the new tokens follow each prompt's last token
         try:
             encoded = processor(prompts, padding=True, return_tensors="pt").to(model.device)
         finally:
             processor.padding_side = "right"
-        settings = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, **generation}
+        settings = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, **how.generation}
         out = model.generate(**encoded, **settings, pad_token_id=processor.pad_token_id)
         return processor.batch_decode(out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
 

@@ -38,7 +38,8 @@ def encode_labels(
             )
         if len(names) > max(100, len(train) // 2):
             raise DataError(
-                f"column '{column}' has {len(names)} distinct values in {len(train)} rows: it does not look like labels",
+                f"column '{column}' has {len(names)} distinct values in {len(train)} rows: "
+                "it does not look like labels",
                 "Pick the label column with data.label_column=COLUMN.",
             )
         if len(names) < 2:
@@ -75,7 +76,7 @@ class SingleLabelClassification(PerExampleTask):
     problem_type = "single_label_classification"
     fallback = True
     smooths_labels = True
-    has_confusion_matrix = True
+    error_report = "confusion matrix"
 
     def claims_labels(self, rows: Any, label_column: str, model_task: Any) -> bool:
         return True  # (the fallback: tried after the others)

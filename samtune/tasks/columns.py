@@ -47,8 +47,9 @@ def by_content(rows: Dataset, columns: list[str], what: str, exclude: tuple[str 
     """The one column whose values look like the `what` ("label" or "text"), where no name said; None if none does.
 
     A label: strings, whole numbers or booleans that repeat (2 to 100 distinct values, at most a fifth of the
-    rows), or numbers with fractions (a regression target; floats that are all whole are whole numbers). A text: strings, mostly distinct (at least half the rows), most with a space in them (sentences, not
-    ids or codes). Two candidates or more is a DataError naming them all: samtune never guesses between columns.
+    rows), or numbers with fractions (a regression target; floats that are all whole are whole numbers). A text:
+    strings, mostly distinct (at least half the rows), most with a space in them (sentences, not ids or codes).
+    Two candidates or more is a DataError naming them all: samtune never guesses between columns.
     """
     sample = rows.select(range(min(len(rows), CONTENT_SAMPLE)))
     n, found = len(sample), {}

@@ -3,7 +3,7 @@ binary cross-entropy per class.
 
 Detected from a label column that holds lists (or `data.label_columns`: one 0/1 column per class), or a model
 fine-tuned for it. A class is predicted where its probability reaches training.threshold; scored by micro and
-macro F1 and subset accuracy.
+macro F1 and subset accuracy; the eval split's per-label scores recorded (samtune.per_label).
 """
 
 from __future__ import annotations
@@ -84,17 +84,23 @@ def sigmoid(logits: Any) -> Any:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
+def decisions(eval_pred: Any, threshold: float = 0.5) -> tuple[Any, Any]:
+    """The multi-hot truth and predictions of an EvalPrediction: a class is predicted where its sigmoid reaches
+    `threshold`."""
+    import numpy as np
+
+    preds = (sigmoid(model_outputs(eval_pred)) >= threshold).astype(int)
+    return (np.asarray(eval_pred.label_ids) >= 0.5).astype(int), preds
+
+
 def multi_label_metrics(threshold: float = 0.5) -> Callable[[Any], dict[str, float]]:
     """The `compute_metrics` of a multi-label task: a class is predicted where its sigmoid reaches `threshold`;
     micro and macro F1 and subset accuracy (every class right), by scikit-learn."""
 
     def compute(eval_pred: Any) -> dict[str, float]:
-        import numpy as np
         from sklearn.metrics import accuracy_score, f1_score
 
-        probs = sigmoid(model_outputs(eval_pred))
-        preds = (probs >= threshold).astype(int)
-        targets = (np.asarray(eval_pred.label_ids) >= 0.5).astype(int)
+        targets, preds = decisions(eval_pred, threshold)
         return {
             "micro_f1": float(f1_score(targets, preds, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(targets, preds, average="macro", zero_division=0)),
@@ -115,6 +121,7 @@ class MultiLabelClassification(PerExampleTask):
     problem = "multi-label"
     problem_type = "multi_label_classification"
     pipeline_options = ', function_to_apply="sigmoid", top_k=None'  # every label's own
+    error_report = "per-label F1"
 
     def claims_labels(self, rows: Any, label_column: str, model_task: Any) -> bool:
         """Lists of labels, or a model fine-tuned for several labels per example."""
@@ -140,7 +147,11 @@ class MultiLabelClassification(PerExampleTask):
         return {**super().head_config(labels), "problem_type": self.problem_type}
 
     def compute_metrics(self, labels: list[str], threshold: float = 0.5) -> Callable[[Any], dict[str, float]]:
-        return multi_label_metrics(threshold)
+        """`multi_label_metrics`, the thresholded predictions kept for the per-label report."""
+        from samtune.confusion import ErrorRecorder
+        from samtune.per_label import PerLabel
+
+        return ErrorRecorder(multi_label_metrics(threshold), lambda p: decisions(p, threshold), PerLabel.of)
 
     def prediction_names(self, labels: list[str]) -> list[str]:
         """The labels whose probability reaches the threshold, joined by "|", and every label's probability."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from samtune.errors import DataError, UsageError
-from samtune.tasks.base import Task
+from samtune.tasks.base import PredictSettings, Task
 from samtune.tasks.columns import (
     COMBINED_LABELS,
     IMAGE_COLUMNS,
@@ -225,16 +225,8 @@ class PerExampleTask(Task):
         pair = [[str(t) if t is not None else "" for t in batch[columns["pair"]]]] if "pair" in columns else []
         return processor(texts, *pair, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
-    def predict_batch(
-        self,
-        model: Any,
-        processor: Any,
-        batch: dict[str, list],
-        columns: dict[str, str],
-        max_length: int,
-        generation: dict[str, Any],
-    ) -> list:
+    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], how: PredictSettings) -> list:
         """Each example's logits (a row of floats)."""
-        inputs = self.batch_inputs(processor, batch, columns, max_length)
+        inputs = self.batch_inputs(processor, batch, how.columns, how.max_length)
         logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits
         return list(logits.float().cpu().numpy())

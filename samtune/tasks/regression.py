@@ -6,6 +6,8 @@ numbers stay classes unless the recipe names a -regression task. Scored by MSE, 
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from samtune.errors import DataError
@@ -40,7 +42,6 @@ def _is_fractional_numbers(ds: Dataset, column: str) -> bool:
 
 def encode_targets(splits: dict[str, Dataset], column: str) -> dict[str, Dataset]:
     """Each split's regression target as `labels`, float32; rows without a target dropped, any other value refused."""
-    import math
 
     from datasets import Value
 
@@ -66,7 +67,6 @@ def compute_regression_metrics(eval_pred: Any) -> dict[str, float]:
     A correlation is undefined when the predictions (or targets) are all equal: it is reported as 0.0,
     no linear or rank relation, so that a collapsed model never ranks above one that learned something.
     """
-    import warnings
 
     import numpy as np
     from scipy.stats import pearsonr, spearmanr

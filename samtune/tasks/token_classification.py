@@ -10,7 +10,7 @@ import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from samtune.errors import DataError, UsageError
-from samtune.tasks.base import Metric, Task, model_outputs, register
+from samtune.tasks.base import Metric, PredictSettings, Task, model_outputs, register
 from samtune.tasks.columns import LABELS, TEXT_COLUMNS, is_list_column, list_item_names, pick
 
 if TYPE_CHECKING:
@@ -326,29 +326,21 @@ class TokenClassification(Task):
             )
         }
 
-    def predict_batch(
-        self,
-        model: Any,
-        processor: Any,
-        batch: dict[str, list],
-        columns: dict[str, str],
-        max_length: int,
-        generation: dict[str, Any],
-    ) -> list:
+    def predict_batch(self, model: Any, processor: Any, batch: dict[str, list], how: PredictSettings) -> list:
         """Each row's words with their tags (the argmax on the word's first sub-word token, as trained) and score
         (that tag's softmax probability), and its entities (`entities_of`)."""
         import numpy as np
 
-        given = "words" in columns
+        given = "words" in how.columns
         if given:
-            inputs = [[str(w) for w in row or []] for row in batch[columns["words"]]]
+            inputs = [[str(w) for w in row or []] for row in batch[how.columns["words"]]]
         else:
-            inputs = [str(t) if t is not None else "" for t in batch[columns["text"]]]
+            inputs = [str(t) if t is not None else "" for t in batch[how.columns["text"]]]
         encoded = processor(
             inputs,
             is_split_into_words=given,
             truncation=True,
-            max_length=max_length,
+            max_length=how.max_length,
             padding=True,
             return_offsets_mapping=not given,
             return_tensors="pt",

@@ -160,7 +160,7 @@ def test_unknown_arm_exits_2_naming_the_valid_arms(tmp_path, text_model_dir):
     result = cli("compare", recipe, "--arms", "adamw,sharp,asm", "--output-dir", tmp_path / "cmp")
     assert result.exit_code == EXIT_USAGE
     assert "unknown arm 'sharp'" in result.output and "unknown arm 'asm'" in result.output
-    for name in ("adamw", "sam", "asam", "every_k", "looksam", "ascent_fraction", "rst"):
+    for name in ("adamw", "sam", "asam", "every_k", "looksam", "ascent_fraction", "rst", "aesam"):
         assert name in result.output
     assert "Traceback" not in result.output and not (tmp_path / "cmp").exists()
 

@@ -112,7 +112,10 @@ def test_package_paths_resolve_without_importing(tmp_path):
 
 
 def test_loading_a_recipe_imports_nothing_heavy():
-    code = "import sys, samtune.recipe; print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    code = (
+        "import sys, samtune.recipe; "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -125,6 +128,18 @@ def test_variant_settings_need_their_variant():
     assert any("sam.every_k only applies to sam.variant=every_k" in p for p in err.value.problems)
     with pytest.raises(RecipeError, match="sam.variant"):
         build_recipe({"sam": {"variant": "esam"}})
+
+
+def test_aesam_settings_are_checked_against_their_bounds():
+    recipe = build_recipe({"sam": {"variant": "aesam"}}, ["sam.aesam_decay=0.8", "sam.aesam_c_end=-2"])
+    assert (recipe.sam.aesam_decay, recipe.sam.aesam_c_start, recipe.sam.aesam_c_end) == (0.8, 1.0, -2.0)
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"sam": {"variant": "aesam", "aesam_decay": 1.0, "aesam_c_start": float("nan")}})
+    text = " ".join(err.value.problems)
+    assert "aesam_decay" in text and "aesam_c_start" in text
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"sam": {"aesam_decay": 0.5}})  # forgot sam.variant
+    assert any("sam.aesam_decay only applies to sam.variant=aesam" in p for p in err.value.problems)
 
 
 def test_a_value_a_message_quotes_is_cut_short():

@@ -6,9 +6,11 @@ import pytest
 import torch
 from launch import torchrun
 from tiny import (
+    reference_aesam_sgd,
     reference_looksam_sgd,
     reference_sam_sgd,
     reference_sam_sgd_per_step,
+    reference_scheduled_sam_sgd,
     reference_sharpness,
     reference_token_level_sam_sgd,
     tiny_bert,
@@ -85,6 +87,24 @@ def test_two_process_looksam_matches_reference(tmp_path):
     assert ranks[0]["syncs"] == [False, False, False, True] + [False, True] + [False, False, False, True]
 
 
+def test_two_process_aesam_decides_alike_and_matches_reference(tmp_path):
+    """AE-SAM under DDP: both ranks decide on the step's gradient averaged over them, climb from it and stay equal."""
+    ranks = _run_workers(tmp_path, "aesam")
+    assert _weights_equal(ranks)
+    steps = _steps_seen(ranks, [0, 1, 2])
+    reference, climbed = reference_aesam_sgd(tiny_bert(), steps, rho=0.05, lr=0.5, decay=0.5, c_start=0.5, c_end=-0.5)
+    assert 0 < sum(climbed) < 3, climbed  # both kinds of step happen
+    assert _worst(ranks[0]["state"], reference.state_dict()) <= 1e-6
+    assert ranks[0]["climb_steps"] == ranks[1]["climb_steps"] == sum(climbed)
+    # Every step: the plain pass (all-reduced on its last micro-batch); a climbing step: the descent again.
+    plain, descent = [False, True], [False, True]
+    expected = [s for c in climbed for s in plain + (descent if c else [])]
+    assert ranks[0]["syncs"] == ranks[1]["syncs"] == expected
+    # Had those steps climbed per micro-batch and rank (exact SAM's ascent), the weights would differ.
+    per_micro_batch = reference_scheduled_sam_sgd(tiny_bert(), steps, 0.05, 0.5, climbed).state_dict()
+    assert _worst(ranks[0]["state"], per_micro_batch) > 1e-5
+
+
 def _weights_equal(ranks: list[dict]) -> bool:
     s0, s1 = ranks[0]["state"], ranks[1]["state"]
     return all(torch.equal(s0[k], s1[k]) for k in s0)
@@ -133,7 +153,8 @@ def test_looksam_with_an_ascent_overflow_on_one_rank_takes_the_same_path_on_both
 
 
 def test_window_and_lr_schedule_under_ddp_match_the_reference(tmp_path):
-    """SAM from the 2nd step, rho_t = rho * lr_t / lr under a linear decay, biases at w: both ranks equal the reference."""
+    """SAM from the 2nd step, rho_t = rho * lr_t / lr under a linear decay, biases at w: both ranks equal the
+    reference."""
     ranks = _run_workers(tmp_path, "window-lr")
     assert _weights_equal(ranks)
     lrs = [0.5 * (3 - t) / 3 for t in range(3)]  # transformers' linear schedule without warmup, 3 steps

@@ -7,8 +7,9 @@ the per-process m-sharpness of DDP, which the Trainer test shows it is not).
 Tolerances: the workers' standalone scenarios run in float64, where the only difference from the
 reference is the order of the sums (the reduce-scatter, the per-shard norms): 1e-12. The Trainer
 runs a float32 BERT: 1e-6, as the DDP tests (an update off by any real amount, say e(w) not
-normalised globally, is off by 3e-3 to 1e-2 here: measured with the all-reduce taken out). Bit-equality only where the ops are the same
-sequence: rho=0 against plain FSDP2, a resumed run against the uninterrupted one, restore by copy.
+normalised globally, is off by 3e-3 to 1e-2 here: measured with the all-reduce taken out). Bit-equality only
+where the ops are the same sequence: rho=0 against plain FSDP2, a resumed run against the uninterrupted one,
+restore by copy.
 """
 
 from __future__ import annotations

@@ -114,6 +114,9 @@ def test_each_variant_setting_belongs_to_the_variant_whose_module_lists_it():
         "looksam_alpha": "looksam",
         "ascent_fraction": "ascent_fraction",
         "rst_probability": "rst",
+        "aesam_decay": "aesam",
+        "aesam_c_start": "aesam",
+        "aesam_c_end": "aesam",
     }
     assert variant_of("rho") is None and variant_class("looksam").settings == ("looksam_k", "looksam_alpha")
 

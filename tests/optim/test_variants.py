@@ -10,6 +10,7 @@ import torch
 from tiny import (
     ListDataset,
     max_abs_diff,
+    reference_aesam_sgd,
     reference_ascent_fraction_sgd,
     reference_looksam_sgd,
     reference_sam_sgd,
@@ -24,6 +25,7 @@ from transformers import Trainer, TrainingArguments
 
 from samtune import SAMArguments, SAMTrainer
 from samtune.optim.variants import variant_class
+from samtune.optim.variants.aesam import aesam_statistics
 from samtune.optim.variants.ascent_fraction import ascent_rows
 from samtune.optim.variants.looksam import looksam_direction, looksam_gradient_
 from samtune.optim.variants.rst import rst_draw
@@ -160,6 +162,54 @@ def test_looksam_resumes_with_its_sharpness_direction(tmp_path):
     assert max_abs_diff(resumed.model, whole.model) <= 1e-6
 
 
+AESAM = dict(aesam_decay=0.5, aesam_c_start=0.5, aesam_c_end=-0.5)  # both kinds of step within 5 steps (checked)
+
+
+@GA
+def test_aesam_matches_its_algorithm_and_counts_its_passes(tmp_path, batch_size, accumulation):
+    """AE-SAM against the hand-written Algorithm 1: the decision on the step's whole gradient (the same at
+    accumulation 1 and 2), the climb from it, the plain step with it; the passes are one per micro-batch, two on
+    the steps that climbed."""
+    rows, model = text_rows(8 * N_STEPS), tiny_bert()
+    steps = _steps(rows, batch_size, accumulation, N_STEPS)
+    reference, climbed = reference_aesam_sgd(
+        model, steps, RHO, LR, AESAM["aesam_decay"], AESAM["aesam_c_start"], AESAM["aesam_c_end"]
+    )
+    assert 0 < sum(climbed) < N_STEPS, climbed  # both kinds of step happen in this run
+    forwards = []
+    start = copy.deepcopy(model)
+    start.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    trainer = _run(tmp_path, start, rows, batch_size, accumulation, sam_variant="aesam", **AESAM)  # copies the hook
+    # 1e-6: the same maths in another order of float32 ops; the schedules below differ by more than 1e-4.
+    assert max_abs_diff(trainer.model, reference) <= 1e-6
+    assert trainer.sam_climb_steps == sum(climbed)
+    assert len(forwards) == accumulation * (N_STEPS + sum(climbed))
+    assert trainer.sam_state.variant.seen == N_STEPS
+    every_step, _ = reference_aesam_sgd(model, steps, RHO, LR, 0.5, -100.0, -100.0)  # c so low that every step climbs
+    assert _far(reference, every_step)  # the plain steps are plain
+    assert _far(reference, reference_sam_sgd(model, steps, 0.0, LR))  # not plain SGD
+    if accumulation > 1:  # one climb per step, from its whole gradient: not one per micro-batch
+        assert _far(reference, reference_scheduled_sam_sgd(model, steps, RHO, LR, climbed))
+
+
+def test_aesam_rule_follows_the_running_statistics():
+    """The trigger, step by step, against the rule written out: x >= mu + c sqrt(var), mu and var from 0."""
+    variant = variant_class("aesam")(aesam_decay=0.9, aesam_c_start=1.0, aesam_c_end=-1.0)
+    xs = [4.0, 3.0, 5.0, 2.0, 2.5, 9.0, 1.0, 3.0]
+    mu = var = 0.0
+    for t, x in enumerate(xs):
+        mu = 0.9 * mu + 0.1 * x
+        var = 0.9 * var + 0.1 * (x - mu) ** 2
+        c = 1.0 - 2.0 * t / len(xs)
+        assert variant.climbs_given(x, t / len(xs)) == (x >= mu + c * var**0.5), t
+    assert (variant.mean, variant.var, variant.seen) == (pytest.approx(mu), pytest.approx(var), len(xs))
+    assert not variant.climbs_given(float("inf"), 0.5) and variant.seen == len(xs)  # overflow: left out
+    assert aesam_statistics(0.0, 0.0, 2.0, 0.5) == (1.0, 0.5)  # mu = 1, var = 0.5 * (2 - 1)^2
+    restored = variant_class("aesam")()
+    restored.load_state_dict(variant.state_dict())
+    assert restored.state_dict() == variant.state_dict() and variant_class("aesam")().state_dict() == {}
+
+
 def test_variants_keep_batchnorm_statistics_of_one_forward(tmp_path):
     """On the steps a variant climbs, BatchNorm's running statistics still move once per batch."""
     rows = image_rows(8, size=16)
@@ -227,6 +277,10 @@ def test_running_statistics_after_a_step_are_the_stock_steps(tmp_path, variant):
         ("ascent_fraction", 0.0, "ascent_fraction"),
         ("ascent_fraction", 1.5, "ascent_fraction"),
         ("rst_probability", 2.0, "rst_probability"),
+        ("aesam_decay", 1.0, "aesam_decay must be a number >= 0 and < 1"),
+        ("aesam_decay", -0.1, "aesam_decay"),
+        ("aesam_c_start", float("nan"), "aesam_c_start"),
+        ("aesam_c_end", float("inf"), "aesam_c_end"),
     ],
 )
 def test_bad_variant_settings_are_refused(tmp_path, field, value, says):
@@ -239,3 +293,6 @@ def test_variant_extra_cost_shares():
     assert variant_class("every_k")(every_k=4).extra_pass_share == 0.25
     assert variant_class("looksam")(looksam_k=5).extra_pass_share == 0.2
     assert variant_class("rst")(rst_probability=0.3).extra_pass_share == 0.3
+    # AE-SAM: P(Z >= c) for normal Z, over c from 1 to -1 (symmetric about 0: a half), or at c = 1 throughout.
+    assert variant_class("aesam")().extra_pass_share == pytest.approx(0.5, abs=1e-9)
+    assert variant_class("aesam")(aesam_c_end=1.0).extra_pass_share == pytest.approx(0.158655, abs=1e-6)

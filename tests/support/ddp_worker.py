@@ -11,6 +11,7 @@ The second argument picks the scenario:
 - "lora": exact SAM on a LoRA model (peft adapters on query/value, the head in full, the base frozen);
 - "causal-lm": exact SAM on a GPT-2 language model, rows padded so that micro-batches and ranks hold
   different target counts (the Trainer's num_items_in_batch: the step's targets over both ranks);
+- "aesam": AE-SAM (decay 0.5, c from 0.5 to -0.5), decided on the step's gradient reduced over the processes;
 - "looksam-overflow-N": LookSAM k=2, and rank 1's N-th ascent norm (1: first micro-batch of step 0,
   2: its last) is infinite, as an fp16 ascent that overflows on one process only.
 
@@ -79,6 +80,8 @@ def main(out: Path, scenario: str) -> None:
     extra: dict = {}
     if scenario.startswith("looksam"):
         extra = dict(sam_variant="looksam", looksam_k=2, looksam_alpha=0.7)
+    if scenario == "aesam":
+        extra = dict(sam_variant="aesam", aesam_decay=0.5, aesam_c_start=0.5, aesam_c_end=-0.5)
     if scenario.startswith("nan-"):
         extra = dict(on_nonfinite=scenario.removeprefix("nan-"))
     if scenario == "window-lr":  # SAM from the 2nd step, rho following a linearly decaying lr, biases at w

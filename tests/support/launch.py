@@ -20,7 +20,8 @@ def _free_port() -> int:
 
 
 def torchrun(script: str, *args: str, timeout: int = 180, nproc: int = 2, env: dict | None = None) -> None:
-    """Run tests/support/`script` on `nproc` processes under torchrun (`env` added); fails with the processes' stderr."""
+    """Run tests/support/`script` on `nproc` processes under torchrun (`env` added); fails with the processes'
+    stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath(HERE), **(env or {})}
     cmd = [
         sys.executable,

@@ -343,6 +343,43 @@ def reference_looksam_sgd(
     return model
 
 
+def reference_aesam_sgd(
+    model: nn.Module,
+    steps: list[list[dict[str, torch.Tensor]]],
+    rho: float,
+    lr: float,
+    decay: float,
+    c_start: float,
+    c_end: float,
+) -> tuple[nn.Module, list[bool]]:
+    """AE-SAM (Jiang et al., ICLR 2023, Algorithm 1) with plain SGD; returns the model and which steps climbed.
+
+    g = the step's mean gradient over its micro-batches; x = ||g||^2;  mu = d mu + (1 - d) x;
+    s2 = d s2 + (1 - d) (x - mu)^2 (mu, s2 from 0);  c_t = c_start + (c_end - c_start) t / T.
+    x >= mu + c_t sqrt(s2): each micro-batch's gradient at w + rho g / ||g|| (one climb for the whole step),
+    averaged; otherwise g itself.
+    """
+    model = copy.deepcopy(model)
+    model.train()
+    mu = s2 = 0.0
+    climbed = []
+    for t, step in enumerate(steps):
+        g = _mean_gradient(model, step, 0.0)
+        x = float(sum((a.double() ** 2).sum() for a in g))
+        mu = decay * mu + (1 - decay) * x
+        s2 = decay * s2 + (1 - decay) * (x - mu) ** 2
+        c = c_start + (c_end - c_start) * t / len(steps)
+        climbed.append(x >= mu + c * math.sqrt(s2))
+        if climbed[-1]:
+            whole = {k: torch.cat([b[k] for b in step]) for k in step[0]}  # equal micro-batches: its mean is g's
+            g = [torch.zeros_like(a) for a in g]
+            for batch in step:
+                for acc, s in zip(g, reference_sam_gradient(model, batch, rho, ascent_batch=whole)):
+                    acc.add_(s / len(step))
+        _sgd_(model, g, lr)
+    return model, climbed
+
+
 # ---- causal language models ---------------------------------------------------------------------
 
 

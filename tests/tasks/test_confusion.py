@@ -87,5 +87,7 @@ def test_train_writes_the_matrix_and_the_card_shows_it_eval_prints_it(tmp_path, 
     flat = " ".join(evaluated.output.split())  # rich wraps narrow tables' titles
     assert "precision" in flat and "recall" in flat and "confusion" in flat and "predicted" in flat
     assert figure.is_file()
+    beside = json.loads((tmp_path / "eval-new-train-confusion.json").read_text())  # the figure's JSON, beside it
+    assert np.array(beside["matrix"]).sum() == 40
     again = runner.invoke(app, ["eval", str(out), "--dataset", str(data)])  # default: beside the model
     assert again.exit_code == 0 and (out / "eval-new-train-confusion_matrix.png").is_file()

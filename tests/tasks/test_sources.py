@@ -38,8 +38,9 @@ def plain_lite0(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """EfficientNet-Lite0's logits from its EfficientNet-PyTorch state dict, by hand."""
 
     def bn(h, p):
-        return F.batch_norm(h, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"],
-                            False, 0.0, 1e-3)  # fmt: skip
+        return F.batch_norm(
+            h, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], False, 0.0, 1e-3
+        )
 
     def same(h, k, s):  # TensorFlow's SAME: output ceil(n/s), the odd pixel of padding at the bottom/right
         n = h.shape[-1]
@@ -238,8 +239,15 @@ def test_a_damaged_idx_file_is_a_data_error_naming_it(idx_folder, tmp_path, dama
 
 def test_an_image_size_the_model_does_not_take_is_refused_before_training(idx_folder, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "efficientnet-fashion-mnist", "--output-dir", str(run), "model.image_size=28",
-            "data.max_train_samples=20", "data.max_eval_samples=10"]  # fmt: skip
+    args = [
+        "train",
+        "efficientnet-fashion-mnist",
+        "--output-dir",
+        str(run),
+        "model.image_size=28",
+        "data.max_train_samples=20",
+        "data.max_eval_samples=10",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == EXIT_USAGE, result.output
     assert "does not take 28x28 images" in " ".join(result.output.split())
@@ -265,8 +273,14 @@ def test_the_image_recipe_end_to_end_offline(idx_folder, tmp_path):
     from conftest import measure_sharpness
 
     run = tmp_path / "run"
-    common = ["data.max_train_samples=20", "data.max_eval_samples=10", "model.image_size=32", "training.epochs=1",
-              "training.batch_size=10", "training.logging_steps=1"]  # fmt: skip
+    common = [
+        "data.max_train_samples=20",
+        "data.max_eval_samples=10",
+        "model.image_size=32",
+        "training.epochs=1",
+        "training.batch_size=10",
+        "training.logging_steps=1",
+    ]
     result = CliRunner().invoke(app, ["train", "efficientnet-fashion-mnist", "--output-dir", str(run), *common])
     assert result.exit_code == 0, result.output
     card = (run / "README.md").read_text()
@@ -274,7 +288,19 @@ def test_the_image_recipe_end_to_end_offline(idx_folder, tmp_path):
     assert "Debian dataset-fashion-mnist" in card or "dataset-fashion-mnist" in card
     assert json.loads((run / "preprocessor_config.json").read_text())["size"] == {"height": 32, "width": 32}
 
-    evaluated = CliRunner().invoke(app, ["eval", str(run), "--dataset", "source:fashion-mnist", "--split", "test", "--figure", str(tmp_path / "cm.png")])
+    evaluated = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(run),
+            "--dataset",
+            "source:fashion-mnist",
+            "--split",
+            "test",
+            "--figure",
+            str(tmp_path / "cm.png"),
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert (tmp_path / "cm.png").stat().st_size > 0
 
@@ -289,9 +315,19 @@ def test_the_image_recipe_end_to_end_offline(idx_folder, tmp_path):
 
     measure_sharpness(run)
     compared = CliRunner().invoke(
-        app, ["compare", "efficientnet-fashion-mnist", *common, "--arms", "adamw,sam", "--seeds", "1",
-              "--output-dir", str(tmp_path / "compare")],
-    )  # fmt: skip
+        app,
+        [
+            "compare",
+            "efficientnet-fashion-mnist",
+            *common,
+            "--arms",
+            "adamw,sam",
+            "--seeds",
+            "1",
+            "--output-dir",
+            str(tmp_path / "compare"),
+        ],
+    )
     assert compared.exit_code == 0, compared.output
     assert json.loads((tmp_path / "compare" / "comparison.json").read_text())
 
@@ -306,8 +342,17 @@ def test_from_random_initialisation_the_recipe_trains_other_weights(idx_folder, 
 
     pretrained = load_file(sources.build("efficientnet-lite0") / "model.safetensors")
     run = tmp_path / "scratch"
-    args = ["train", "efficientnet-fashion-mnist", "--output-dir", str(run), "model.pretrained=false",
-            "data.max_train_samples=20", "data.max_eval_samples=10", "model.image_size=32", "training.max_steps=1"]  # fmt: skip
+    args = [
+        "train",
+        "efficientnet-fashion-mnist",
+        "--output-dir",
+        str(run),
+        "model.pretrained=false",
+        "data.max_train_samples=20",
+        "data.max_eval_samples=10",
+        "model.image_size=32",
+        "training.max_steps=1",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     trained = load_file(run / "model.safetensors")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -23,6 +24,8 @@ from samtune.optim.settings import default_of, sam_window
 # A SAM window across the kill (SAM on steps 4-10 of 12), a radius that follows the learning rate,
 # and biases left at w.
 WINDOW_LR = {"schedule": "lr", "start": 0.25, "stop": 10, "params": "!*.bias"}
+# AE-SAM's trigger, whose running statistics cross the kill (a fast decay: a mix of both kinds of step in 12).
+AESAM = {"variant": "aesam", "aesam_decay": 0.5, "aesam_c_start": 0.5, "aesam_c_end": -0.5}
 
 
 def _recipe(
@@ -115,8 +118,9 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir, causal_mode
     def get(accumulation: int, task: str = "text") -> tuple[Path, Path]:
         if (task, accumulation) not in made:
             root = tmp_path_factory.mktemp(f"reference-{task}-ga{accumulation}")
-            if task in ("text", "text-window-lr"):
-                recipe = _recipe(root, text_model_dir, accumulation, sam=WINDOW_LR if task != "text" else None)
+            if task in ("text", "text-window-lr", "text-aesam"):
+                sam = {"text": None, "text-window-lr": WINDOW_LR, "text-aesam": AESAM}[task]
+                recipe = _recipe(root, text_model_dir, accumulation, sam=sam)
             elif task == "text-lora":  # adapter dropout on: the RNG state across the kill matters
                 recipe = _recipe(root, text_model_dir, accumulation, lora={"r": 4, "dropout": 0.1})
             elif task == "text-regression":
@@ -172,6 +176,7 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
         ("text", 2),
         ("image", 1),
         ("text-window-lr", 2),
+        ("text-aesam", 2),
         ("text-lora", 2),
         ("text-regression", 2),
         ("text-multi-label", 2),
@@ -183,6 +188,7 @@ def _assert_same_run(ours: Path, reference: Path) -> None:
         "text-ga2",
         "image-ga1",
         "text-window-lr-ga2",
+        "text-aesam-ga2",
         "text-lora-ga2",
         "text-regression-ga2",
         "text-multi-label-ga2",
@@ -204,6 +210,12 @@ def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterr
     _assert_same_run(run, reference)
     if task == "text-window-lr":  # SAM ran on steps 4-10 only, across the kill
         assert json.loads((run / "metrics.json").read_text())["sam_climb_steps"] == 7
+    if task == "text-aesam":  # its statistics came back from the checkpoint; both kinds of step, after the kill too
+        state = torch.load(run / "checkpoint-6" / "samtune_aesam.pt", weights_only=True)
+        assert state["seen"] == 6 - math.ceil(0.1 * 12) and state["var"] > 0  # steps 3-6 (SAM from 10% of 12)
+        history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+        climbed = {h["step"]: h["sam_climb_steps"] for h in history if "sam_climb_steps" in h}
+        assert 0 < climbed[12] < 12 - math.ceil(0.1 * 12) and climbed[12] > climbed[6]
     from samtune.rundir import lock_is_held
 
     assert lock_is_held(run) is None

@@ -7,6 +7,7 @@ and the trade) as a subclass of `Variant`, registered by name with `register_var
 (samtune.trainer) calls a variant's hooks and never asks which variant it is:
 
     climbs_on(step)                     whether optimizer step `step` (0-based) takes SAM's two passes
+    climbs_given(sq_norm, progress)     with `decides_on_gradient`: the same, decided after the step's first pass
     ascent_inputs(inputs)               the part of a micro-batch the ascent sees (None: all of it)
     attach(params)                      training starts: the parameters that climb (sharded under FSDP2)
     after_ascent(grads, weight)         on a SAM step, each micro-batch's ascent gradient g at w
@@ -18,7 +19,10 @@ and the trade) as a subclass of `Variant`, registered by name with `register_var
 
 plus `describe()` and `extra_pass_share` for the model card. Every decision is a function of the
 optimizer step (and the seed), never of the micro-batch or the process: all micro-batches of an
-accumulated step and all processes agree, and a resumed run makes the same choices.
+accumulated step and all processes agree, and a resumed run makes the same choices. A variant that
+`decides_on_gradient` (AE-SAM's trigger) decides instead on ||g||^2 of the step's whole gradient at w,
+which every process holds alike once the step's plain pass has reduced it; its state holds what the
+decision remembers, so a resumed run decides alike too.
 
 A variant's settings are fields of `samtune.optim.settings.SAMSettings` (SAMArguments, the recipe's
 `sam` section and the card derive from them, with their defaults and bounds); its class lists them in
@@ -42,6 +46,8 @@ import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from samtune.optim.settings import default_of, sam_setting_problems, setting_specs
 
 if TYPE_CHECKING:
     import torch
@@ -72,8 +78,6 @@ class Variant:
 
     def __init__(self, *, seed: int = 0, **values: Any) -> None:
         """Its own settings' values (the others: their defaults in SAMSettings), and the run's seed."""
-        from samtune.optim.settings import default_of, sam_setting_problems
-
         stray = sorted(set(values) - set(self.settings))
         if stray:
             raise TypeError(f"{', '.join(stray)} is not a setting of the SAM variant {self.name!r}")
@@ -94,6 +98,15 @@ class Variant:
 
     def climbs_on(self, step: int) -> bool:
         """Whether optimizer step `step` (0-based, inside the SAM window) takes SAM's two passes."""
+        return True
+
+    decides_on_gradient: ClassVar[bool] = False  # True: `climbs_given` decides, after the step's plain pass
+
+    def climbs_given(self, sq_norm: float, progress: float) -> bool:
+        """With `decides_on_gradient`: whether this optimizer step takes SAM's second pass, given ||g||^2 of the
+        step's gradient at w (the whole effective batch's, averaged over the processes and unscaled; not finite
+        where fp16 overflowed) and `progress`, the share of the SAM window done (0 at its first step). Called once
+        a step, with the same values on every process; the step's e(w) then comes from that gradient."""
         return True
 
     def ascent_inputs(self, inputs: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -158,8 +171,6 @@ def _load_builtins() -> None:
 
 def register_variant(cls: type[Variant]) -> type[Variant]:
     """Class decorator: register `cls` as the SAM variant `cls.name` (a recipe's sam.variant)."""
-    from samtune.optim.settings import setting_specs
-
     _load_builtins()
     name = getattr(cls, "name", None)
     if not (isinstance(name, str) and name.isidentifier()):
@@ -184,8 +195,6 @@ def register_variant(cls: type[Variant]) -> type[Variant]:
 
 def variant_names() -> tuple[str, ...]:
     """Every registered variant: exact SAM (the default) first, then the others in the order they registered."""
-    from samtune.optim.settings import default_of
-
     _load_builtins()
     default = default_of("sam_variant")
     return (default, *(n for n in _REGISTRY if n != default))
