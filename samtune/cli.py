@@ -667,6 +667,15 @@ def sharpness_command(
     samples: Annotated[
         int, typer.Option(min=2, help="Hutchinson samples for the Hessian trace.", rich_help_panel=MEASURE_PANEL)
     ] = 32,
+    power_iterations: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Power iterations for the Hessian's top eigenvalue at most (fewer: faster on a large model; the "
+            "report says whether it converged).",
+            rich_help_panel=MEASURE_PANEL,
+        ),
+    ] = 100,
     debug: DebugOpt = False,
 ) -> None:
     """Measure how sharp a run's minimum is: Hessian top eigenvalue and trace, SAM sharpness, loss landscapes."""
@@ -686,6 +695,7 @@ def sharpness_command(
             span=span,
             rhos=rho or DEFAULT_RHOS,
             trace_samples=samples,
+            power_max_iter=power_iterations,
             console=err_console,
         )
         _sharpness_table(report)
