@@ -367,3 +367,26 @@ def test_from_random_initialisation_the_recipe_trains_other_weights(idx_folder, 
         app, [*args[:3], str(tmp_path / "x"), "model.pretrained=false", "model.init_from=" + str(run)]
     )
     assert refused.exit_code == EXIT_USAGE and "contradicts" in " ".join(refused.output.split())
+
+
+def test_from_scratch_normalisation_layers_start_as_identity_and_the_signal_survives(tmp_path, monkeypatch):
+    """transformers' EfficientNet init draws BatchNorm weights from N(0, 0.02): 16 blocks of that silence the
+    network (logits ~1e-9 apart); samtune's from-scratch model starts them at 1, so its logits differ by O(0.1)."""
+    from transformers import AutoModelForImageClassification
+
+    from samtune import sources
+    from samtune.modeling import load_model
+    from samtune.recipe import ModelSection
+
+    monkeypatch.setenv("SAMTUNE_CACHE", str(tmp_path / "cache"))
+    folder = str(sources.build("efficientnet-lite0"))
+    torch.manual_seed(0)
+    model = load_model(ModelSection(name=folder, pretrained=False), "image-classification", fashion_mnist.CLASSES)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model.train()(pixel_values=x).logits
+        torch.manual_seed(0)
+        stock = AutoModelForImageClassification.from_config(model.config).train()(pixel_values=x).logits
+    assert ours.std(0).mean() > 1e3 * stock.std(0).mean()  # examples told apart, vs the stock init's ~silence
