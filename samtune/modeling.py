@@ -5,6 +5,7 @@ task's (`samtune.tasks`)."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,10 +83,30 @@ def load_config(section: ModelSection) -> PretrainedConfig:
     unresolved = None if Path(name).expanduser().exists() else work_offline_if_unresolved()
     try:
         return AutoConfig.from_pretrained(name, revision=section.revision, trust_remote_code=section.trust_remote_code)
+    except ImportError as e:  # e.g. a timm model (TimmWrapper) without timm
+        raise missing_library(section.name or name, e) from e
     except (OSError, ValueError, KeyError) as e:
         if unresolved is not None:  # the id is not in the local cache, and the Hub's name does not resolve
             raise _unreachable(section.name or name, unresolved) from e
         raise _not_found(section.name or name, e) from e
+
+
+# What a missing library needs beyond `pip install NAME`.
+LIBRARY_NOTES = {
+    "timm": "timm imports torchvision, whose build must match PyTorch's: beside the CPU build of torch 2.13.0 that "
+    "samtune installs no PyPI torchvision imports (see docs/tasks.md, 'Image models')",
+}
+
+
+def missing_library(model: str, e: ImportError) -> UsageError:
+    """A model whose code needs a library that is not installed (transformers: 'X requires the Y library')."""
+    found = re.search(r"requires the (\S+) library", str(e))
+    library = found.group(1) if found else getattr(e, "name", None) or "a library"
+    note = LIBRARY_NOTES.get(library)
+    return UsageError(
+        f"model '{model}' needs the Python package '{library}', which is not installed",
+        f"Install it (pip install {library}){f'; {note}' if note else ''}, or choose another model.",
+    )
 
 
 def fit_max_length(section: ModelSection, config: PretrainedConfig) -> None:

@@ -390,3 +390,24 @@ def test_from_scratch_normalisation_layers_start_as_identity_and_the_signal_surv
         torch.manual_seed(0)
         stock = AutoModelForImageClassification.from_config(model.config).train()(pixel_values=x).logits
     assert ours.std(0).mean() > 1e3 * stock.std(0).mean()  # examples told apart, vs the stock init's ~silence
+
+
+def test_a_timm_model_without_timm_is_a_clear_usage_error(tmp_path, image_folder):
+    """timm needs torchvision, which does not import beside samtune's CPU PyTorch: a timm model folder is refused
+    with what to install and why, nothing written."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is not None:  # not on samtune's install (CI): there, this runs
+        pytest.skip("timm is installed here: there is nothing to refuse")
+    folder = tmp_path / "timm-model"
+    folder.mkdir()
+    config = {"architecture": "efficientnet_lite0", "model_type": "timm_wrapper", "num_classes": 2}
+    (folder / "config.json").write_text(json.dumps(config))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", "--model", str(folder), "--dataset", str(image_folder), "--output-dir", str(run)]
+    )
+    assert result.exit_code == EXIT_USAGE, result.output
+    said = " ".join(result.output.split())
+    assert "needs the Python package 'timm'" in said and "torchvision" in said
+    assert not run.exists()
