@@ -149,11 +149,11 @@ def _eval_results(facts: CardFacts) -> list[EvalResult]:
 def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
     r, t = facts.recipe, facts.recipe.training
     if r.sam.rho == 0:
-        variant, share = "none (rho = 0: plain training)", 0.0
+        variant, share, whole = "none (rho = 0: plain training)", 0.0, False
     else:
         chosen = make_variant(SAMSettings(**r.sam.arguments()))
         variant = f"ASAM, {chosen.describe()}" if r.sam.adaptive else chosen.describe()
-        share = chosen.extra_pass_share
+        share, whole = chosen.extra_pass_share, chosen.climbs_from_whole_batch
     length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"
     # Every other setting of every variant, from SAM's one definition (a variant's own are in its description).
     others = [
@@ -177,7 +177,7 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
             f"({t.batch_size} x {t.gradient_accumulation_steps} accumulation)",
         ),
         ("gradient accumulation", t.gradient_accumulation_steps),
-        ("the climb's batch", _ascent_batch(t.batch_size, facts.metrics)),
+        ("the climb's batch", _ascent_batch(t.batch_size, t.gradient_accumulation_steps, facts.metrics, whole)),
         ("precision", facts.precision),
         ("seed", t.seed),
         ("optimizer steps that took SAM's two passes", facts.metrics.get("sam_climb_steps", "n/a")),
@@ -186,9 +186,15 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
     ]
 
 
-def _ascent_batch(batch_size: int, metrics: dict[str, Any]) -> str:
-    """Which examples each climb's gradient came from: one process's micro-batch, or (FSDP2) all processes' together."""
+def _ascent_batch(batch_size: int, accumulation: int, metrics: dict[str, Any], whole: bool) -> str:
+    """Which examples each climb's gradient came from: one process's micro-batch, (FSDP2) all processes' together, or
+    (`whole`: the variant's `climbs_from_whole_batch`) the step's whole effective batch."""
     processes = int(metrics.get("processes", 1) or 1)
+    if whole:
+        return (
+            f"{batch_size * accumulation * processes}: the whole effective batch ({batch_size} x {accumulation} "
+            f"accumulation x {processes} process{'es' if processes > 1 else ''}), one climb per step"
+        )
     if metrics.get("fsdp"):
         return f"{batch_size * processes} ({batch_size} per process x {processes} processes, FSDP2: averaged over them)"
     where = f" on each of {processes} processes alone" if processes > 1 else ""

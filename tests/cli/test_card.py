@@ -138,3 +138,25 @@ def test_card_files_are_readable_like_plain_files(tmp_path, text_model_dir, text
     os.umask(mask)
     for name in ("README.md", "metrics.json", "config.yaml", "training_curves.png"):
         assert (run.run_dir / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def _climbs_batch(variant: str, processes: int) -> str:
+    """The card's row "the climb's batch" for a run of `variant` at batch 8 x 4 accumulation on `processes`."""
+    recipe = build_recipe(
+        {
+            "model": {"name": "google-bert/bert-base-uncased"},
+            "data": {"dataset": "nyu-mll/glue", "config": "sst2"},
+            "sam": {"rho": 0.05, "variant": variant},
+            "training": {"batch_size": 8, "gradient_accumulation_steps": 4},
+        }
+    )
+    card = build_model_card(_facts(recipe=recipe, metrics={"eval_accuracy": 0.9, "processes": processes}))
+    return next(line for line in card.text.splitlines() if line.startswith("| the climb's batch |"))
+
+
+def test_an_aesam_card_says_the_climb_is_from_the_whole_batch():
+    # AE-SAM climbs once a step from the gradient of the whole effective batch (8 x 4 micro-batches x 2 processes),
+    # not from one micro-batch (m-sharpness) as exact SAM does.
+    row = _climbs_batch("aesam", processes=2)
+    assert "64" in row and "whole" in row and "m-sharpness" not in row, row
+    assert "8: one micro-batch on each of 2 processes alone (m-sharpness)" in _climbs_batch("sam", processes=2)

@@ -17,8 +17,8 @@ and the trade) as a subclass of `Variant`, registered by name with `register_var
     state_dict() / load_state_dict()    its own state across steps, for checkpoints (sharded tensors: this
                                         process's shards)
 
-plus `describe()` and `extra_pass_share` for the model card. Every decision is a function of the
-optimizer step (and the seed), never of the micro-batch or the process: all micro-batches of an
+plus `describe()`, `extra_pass_share` and `climbs_from_whole_batch` for the model card. Every decision is a
+function of the optimizer step (and the seed), never of the micro-batch or the process: all micro-batches of an
 accumulated step and all processes agree, and a resumed run makes the same choices. A variant that
 `decides_on_gradient` (AE-SAM's trigger) decides instead on ||g||^2 of the step's whole gradient at w,
 which every process holds alike once the step's plain pass has reduced it; its state holds what the
@@ -101,6 +101,9 @@ class Variant:
         return True
 
     decides_on_gradient: ClassVar[bool] = False  # True: `climbs_given` decides, after the step's plain pass
+    # True: a climb's e(w) comes from the gradient of the step's whole effective batch (every micro-batch and process),
+    # one climb per step; False: from each micro-batch (m-sharpness). The model card reads it.
+    climbs_from_whole_batch: ClassVar[bool] = False
 
     def climbs_given(self, sq_norm: float, progress: float) -> bool:
         """With `decides_on_gradient`: whether this optimizer step takes SAM's second pass, given ||g||^2 of the

@@ -40,6 +40,7 @@ class AESAM(Variant):
     summary = "AE-SAM: SAM where ||g||^2 is high against its running mean and variance"
     settings = ("aesam_decay", "aesam_c_start", "aesam_c_end")
     decides_on_gradient = True
+    climbs_from_whole_batch = True
     aesam_decay: float
     aesam_c_start: float
     aesam_c_end: float
