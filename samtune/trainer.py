@@ -251,6 +251,9 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         self._nonfinite_in_optimizer_step = False  # ... or an earlier micro-batch's of this optimizer step
         self._nonfinite_loss = float("nan")  # the first such loss of the step, for the error message
         self._skip_optimizer_step = False
+        self._nonfinite_verdict: bool | None = (
+            None  # this step's `_nonfinite_anywhere`, once its last micro-batch asked
+        )
         if self.args.on_nonfinite == "skip":
             self.add_callback(_StepSkipper(self))
         self.add_callback(_TrainBegin(self))
@@ -287,17 +290,14 @@ class SAMTrainer(SAMCheckpointing, Trainer):
             # what this optimizer step had accumulated of its own, so a caller that retries
             # (auto_find_batch_size, a notebook) starts the step afresh.
             self.sam_state.abandon_step()
-            self._nonfinite_in_optimizer_step = False
+            self._nonfinite_in_optimizer_step, self._nonfinite_verdict = False, None
             self._step_batches, self._step_losses = [], []
             raise
         here = self._nonfinite_in_step
         self._nonfinite_in_optimizer_step = self._nonfinite_in_optimizer_step or here
         if self.accelerator.sync_gradients:
-            # A NaN/inf loss on any process, in any micro-batch, decides for all of them, once a step
-            # (one all-reduce of a flag): otherwise one replica would skip (or raise) while the
-            # others step (or wait in the next all-reduce until it times out).
-            anywhere = self._on_any_process(self._nonfinite_in_optimizer_step)
-            self._nonfinite_in_optimizer_step = False
+            anywhere = self._nonfinite_anywhere()
+            self._nonfinite_in_optimizer_step, self._nonfinite_verdict = False, None
             if anywhere:
                 if self.args.on_nonfinite == "stop":
                     raise NonFiniteLossError(self.state.global_step + 1, self._nonfinite_loss)
@@ -305,6 +305,18 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         if here or self._skip_optimizer_step:
             return torch.tensor(float("nan"), device=loss.device)  # the Trainer's logs filter NaN out
         return loss
+
+    def _nonfinite_anywhere(self) -> bool:
+        """On a step's last micro-batch: whether a micro-batch of this optimizer step had a NaN/inf loss on any process.
+
+        A NaN/inf loss on any process, in any micro-batch, decides for all of them, once a step (one all-reduce of a
+        flag, kept until `training_step` acts on it): otherwise one replica would skip (or raise) while the others
+        step (or wait in the next all-reduce until it times out). A gradient-triggered step asks before it decides,
+        so that a step to be skipped neither feeds the variant's statistics nor climbs.
+        """
+        if self._nonfinite_verdict is None:
+            self._nonfinite_verdict = self._on_any_process(self._nonfinite_in_optimizer_step or self._nonfinite_in_step)
+        return self._nonfinite_verdict
 
     def _on_any_process(self, flag: bool) -> bool:
         """Whether `flag` holds on any data-parallel process (one all-reduce of a scalar; none on one process)."""
@@ -474,6 +486,8 @@ class SAMTrainer(SAMCheckpointing, Trainer):
         if not self.accelerator.sync_gradients:
             return loss
         batches, losses, self._step_batches, self._step_losses = self._step_batches, self._step_losses, [], []
+        if self._nonfinite_anywhere():
+            return loss  # a NaN/inf loss: the step will be skipped (`training_step`), so it neither decides nor climbs
         variant, params = self.sam_state.variant, self.sam_parameters(model)
         grads = [p.grad for p in params]
         norm = ascent_norm(grads)  # over all shards under FSDP2; the scaler's scale is the same on every process

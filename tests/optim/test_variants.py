@@ -20,8 +20,8 @@ from tiny import (
     tiny_resnet,
     image_rows,
 )
-from trainer_setup import SGD_PLAIN, _args, _steps, _train
-from transformers import Trainer, TrainingArguments
+from trainer_setup import SGD_PLAIN, _args, _NaNLoss, _poison_rows, _steps, _train
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from samtune import SAMArguments, SAMTrainer
 from samtune.optim.variants import variant_class
@@ -190,6 +190,48 @@ def test_aesam_matches_its_algorithm_and_counts_its_passes(tmp_path, batch_size,
     assert _far(reference, reference_sam_sgd(model, steps, 0.0, LR))  # not plain SGD
     if accumulation > 1:  # one climb per step, from its whole gradient: not one per micro-batch
         assert _far(reference, reference_scheduled_sam_sgd(model, steps, RHO, LR, climbed))
+
+
+class _VariantStates(TrainerCallback):
+    """The variant's state after each optimizer step."""
+
+    def __init__(self):
+        self.trainer, self.states = None, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.states.append(self.trainer.sam_state.variant.state_dict())
+
+
+@pytest.mark.parametrize(("c", "nan_call"), [(100.0, 3), (-100.0, 5)], ids=["never-climbs", "always-climbs"])
+def test_aesam_statistics_leave_out_a_step_skipped_for_a_nonfinite_loss(tmp_path, c, nan_call):
+    """Step 2's first micro-batch has a NaN loss (on_nonfinite="skip"): the step is skipped, and AE-SAM's running
+    statistics after it are those before it (its second micro-batch's gradient, finite, is not fed to them), nor
+    does it climb. Forward calls: 2 a step at accumulation 2, 2 more on a step that climbs."""
+    rows, _, _ = _poison_rows()
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        learning_rate=0.5,
+        rho=0.05,
+        on_nonfinite="skip",
+        sam_variant="aesam",
+        aesam_c_start=c,
+        aesam_c_end=c,
+        **SGD_PLAIN,
+    )
+    recorder = _VariantStates()
+    trainer = SAMTrainer(model=_NaNLoss({nan_call}), args=args, train_dataset=ListDataset(rows * 3))
+    recorder.trainer = trainer
+    trainer.add_callback(recorder)
+    trainer.train()
+    assert trainer.sam_nonfinite_skipped == 1
+    first, skipped, last = recorder.states
+    assert first["seen"] == 1 and first["mean"] > 0  # the first step's gradient fed them
+    assert skipped == first  # before the fix: seen 2, mean and var moved by the second micro-batch's gradient
+    assert last["seen"] == 2 and last["mean"] != first["mean"]
+    assert trainer.sam_climb_steps == (2 if c < 0 else 0)  # the skipped step does not climb
 
 
 def test_aesam_rule_follows_the_running_statistics():
