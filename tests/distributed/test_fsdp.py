@@ -26,7 +26,7 @@ import pytest
 import torch
 from fsdp_runs import _run, _worst, fsdp_against_no_fsdp_on_one_process
 from launch import torchrun
-from tiny import reference_looksam_sgd, reference_sam_sgd, tiny_bert
+from tiny import reference_aesam_sgd, reference_looksam_sgd, reference_sam_sgd, reference_scheduled_sam_sgd, tiny_bert
 
 
 # ---- the SAM maths on sharded parameters (no Trainer) ----------------------------------------------
@@ -240,6 +240,32 @@ def test_samtrainer_looksam_under_fsdp2(trainer_runs):
     reference = reference_looksam_sgd(tiny_bert(), steps, rho=0.05, lr=0.5, k=3, alpha=0.7).state_dict()
     assert _worst(r0["state"], reference) <= 1e-6
     assert r0["climb_steps"] == 2  # steps 0 and 3 climb; 1 and 2 reuse g_v
+
+
+def test_samtrainer_aesam_under_fsdp2_decides_alike_and_equals_its_unsharded_run(trainer_run, tmp_path):
+    """AE-SAM under FSDP2: ||g||^2 over every shard of the step's reduced gradient, so both processes decide alike
+    (the same climbs, the same statistics), one climb per step from that gradient (sharded e(w)); the weights are
+    those of the hand-written Algorithm 1 on both processes' micro-batches together and of the same run unsharded
+    (DDP on 2 processes). 1e-6 as the tests above: float32, the sums in another order."""
+    out = trainer_run("aesam")
+    r0, r1 = _run(out, "aesam", 0), _run(out, "aesam", 1)
+    assert r0["param_type"] == "DTensor" and len(r0["seen"]) == 6
+    assert _worst(r0["state"], r1["state"]) == 0.0
+    assert r0["variant_state"] == r1["variant_state"] and r0["variant_state"]["seen"] == 3
+    steps = _merged_micro_batches(out, "aesam")
+    reference, climbed = reference_aesam_sgd(tiny_bert(), steps, rho=0.05, lr=0.5, decay=0.5, c_start=1.0, c_end=1.0)
+    assert climbed == [True, False, True], climbed  # both kinds of step happen
+    assert r0["climb_steps"] == r1["climb_steps"] == sum(climbed)
+    assert _worst(r0["state"], reference.state_dict()) <= 1e-6
+    # Had those steps climbed per micro-batch (exact SAM's ascent under FSDP2), the weights would differ.
+    per_micro_batch = reference_scheduled_sam_sgd(tiny_bert(), steps, 0.05, 0.5, climbed).state_dict()
+    assert _worst(r0["state"], per_micro_batch) > 1e-5
+    torchrun("fsdp_trainer_worker.py", str(tmp_path), "aesam", env={"WORKER_FSDP": "0"})
+    unsharded = _run(tmp_path, "aesam")
+    assert unsharded["param_type"] == "Parameter" and unsharded["climb_steps"] == r0["climb_steps"]
+    assert unsharded["variant_state"]["seen"] == 3
+    assert unsharded["variant_state"]["mean"] == pytest.approx(r0["variant_state"]["mean"], rel=1e-5)
+    assert _worst(r0["state"], unsharded["state"]) <= 1e-6
 
 
 @pytest.mark.parametrize("scenario", ["rho0", "plainsteps"])

@@ -5,7 +5,8 @@ plugin on CPU processes too (`fsdp_on_cpu.force`), as it does on GPUs.
 
 Arguments: OUT SCENARIO [resume]. Scenarios: "sam" (exact SAM), "asam", "lora" (exact SAM on peft LoRA
 adapters, the base frozen), "looksam" (k=3: steps 0 and 3 climb, 1 and 2 reuse g_v), "head" and "nobias" (exact
-SAM with `params` "head" and "!*.bias": the others stay at w), "plainsteps" (rho > 0, every step outside
+SAM with `params` "head" and "!*.bias": the others stay at w), "aesam" (AE-SAM, decay 0.5, c 1: steps 0 and 2
+climb, 1 does not), "plainsteps" (rho > 0, every step outside
 the SAM window or an every_k plain step), each with 2 micro-batches per step and a sharded checkpoint (Accelerate's
 SHARDED_STATE_DICT) at step 2; with "resume", the same scenario resumed from that checkpoint into a
 new folder. "rho0" and "plain": the stock Trainer under FSDP2, with its loss divided by the accumulation
@@ -71,6 +72,7 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
         "asam": dict(rho=0.5, adaptive=True),
         "rho0": dict(rho=0.0),
         "looksam": dict(sam_variant="looksam", looksam_k=3, looksam_alpha=0.7),
+        "aesam": dict(sam_variant="aesam", aesam_decay=0.5, aesam_c_start=1.0, aesam_c_end=1.0),  # steps 0, 2 climb
         "head": dict(params="head"),
         "nobias": dict(params="!*.bias"),
         # every_k=2 would climb on steps 0 and 2, which lie outside the window (the 2nd step only), and
@@ -134,6 +136,7 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
             "perturbations_skipped": getattr(trainer, "sam_perturbations_skipped", None),
             "log": trainer.state.log_history,
             "looksam_v": None if g_v is None else [_full(v) if v is not None else None for v in g_v],
+            "variant_state": trainer.sam_state.variant.state_dict() if hasattr(trainer, "sam_state") else None,
         },
         out / f"{scenario}{'-resumed' if resume else ''}-rank{rank}.pt",
     )
