@@ -208,18 +208,9 @@ def test_aesam_statistics_leave_out_a_step_skipped_for_a_nonfinite_loss(tmp_path
     statistics after it are those before it (its second micro-batch's gradient, finite, is not fed to them), nor
     does it climb. Forward calls: 2 a step at accumulation 2, 2 more on a step that climbs."""
     rows, _, _ = _poison_rows()
+    aesam = dict(sam_variant="aesam", aesam_c_start=c, aesam_c_end=c, on_nonfinite="skip", rho=0.05, **SGD_PLAIN)
     args = _args(
-        tmp_path,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=3,
-        learning_rate=0.5,
-        rho=0.05,
-        on_nonfinite="skip",
-        sam_variant="aesam",
-        aesam_c_start=c,
-        aesam_c_end=c,
-        **SGD_PLAIN,
+        tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3, learning_rate=0.5, **aesam
     )
     recorder = _VariantStates()
     trainer = SAMTrainer(model=_NaNLoss({nan_call}), args=args, train_dataset=ListDataset(rows * 3))
