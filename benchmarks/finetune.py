@@ -148,7 +148,10 @@ def same_settings(stored: dict[str, Any], settings: dict[str, Any]) -> bool:
 
 
 def same_task(stored: dict[str, Any], task: str) -> bool:
-    """Whether a stored run's task is today's definition of `task` (a field added since, at its default, agrees)."""
+    """Whether a stored run's task is today's definition of `task` (a field added since, at its default, agrees);
+    a task `TASKS` does not define has nothing to compare with."""
+    if task not in TASKS:
+        return True
     defaults = {f.name: f.default for f in dataclasses.fields(TaskConfig)}
     return all(stored.get(k, defaults[k]) == v for k, v in dataclasses.asdict(TASKS[task]).items())
 
@@ -288,7 +291,7 @@ def load_records(out: Path, task: str) -> dict[str, dict[int, dict[str, Any]]]:
     records: dict[str, dict[int, dict[str, Any]]] = {}
     for f in sorted((out / "runs" / task).glob("*/seed-*.json")):
         rec = json.loads(f.read_text())
-        if task in TASKS and not same_task(rec["task"], task):
+        if not same_task(rec["task"], task):
             continue  # trained for another definition of the task
         records.setdefault(rec["arm"], {})[rec["seed"]] = rec
     return records

@@ -103,14 +103,10 @@ def find_runs(runs: Path, task: str, settings: dict[str, Any], seeds: Sequence[i
         for folder in folders:
             path = folder / f"seed-{seed}.json"
             rec = json.loads(path.read_text()) if path.is_file() else None
-            if rec and finetune.same_settings(rec["settings"], settings) and _same_task(rec, task):
+            if rec and finetune.same_settings(rec["settings"], settings) and finetune.same_task(rec["task"], task):
                 found[seed] = path
                 break
     return found
-
-
-def _same_task(rec: dict[str, Any], task: str) -> bool:
-    return task not in finetune.TASKS or finetune.same_task(rec["task"], task)
 
 
 def plan(runs: Path, tasks: Sequence[str], arms: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, str, int]]:
@@ -199,6 +195,10 @@ def run_passes(record: dict[str, Any]) -> tuple[float | None, str]:
     result = record["result"]
     if "climb_steps" in result and result.get("optimizer_steps"):
         return 1 + result["climb_steps"] / result["optimizer_steps"], "recorded"
+    from samtune.optim.variants import variant_class
+
+    if variant_class(record["settings"].get("sam_variant", "sam")).decides_on_gradient:
+        return None, "needs the recorded count"
     task = TaskConfig(**record["task"])
     total = optimizer_steps(task)
     warmup = int(task.warmup_ratio * total)  # as train_one sets it
