@@ -117,15 +117,8 @@ def _record(task: str, arm: str, seed: int, test: float, settings: dict, climbs:
     result.update(best_test=test, optimizer_steps=20)
     if climbs is not None:
         result["climb_steps"] = climbs
-    return {
-        "task": {"name": task},
-        "arm": arm,
-        "settings": settings,
-        "seed": seed,
-        "result": result,
-        "machine": {"cpu": "test cpu"},
-        "finished": "2026-12-02T00:00:00",
-    }
+    stored = {"machine": {"cpu": "test cpu"}, "finished": "2026-12-02T00:00:00"}
+    return {"task": {"name": task}, "arm": arm, "settings": settings, "seed": seed, "result": result, **stored}
 
 
 def _write(runs: Path, rec: dict) -> None:
@@ -193,3 +186,35 @@ def test_a_timing_sitting_refuses_a_busy_cpu(monkeypatch):
     with pytest.raises(SystemExit, match="CPU is busy"):
         frontier.check_quiet(force=False)
     assert frontier.check_quiet(force=True) == [3.0, 3.0, 3.0]
+
+
+def test_a_timing_sitting_times_adamw_at_both_ends_and_the_report_uses_it(tmp_path, monkeypatch):
+    from benchmarks import accuracy
+
+    runs, out = tmp_path / "runs", tmp_path / "frontier"
+    for arm, tests in {"adamw": [0.70, 0.71], "sam": [0.74, 0.75], "late-0.5": [0.73, 0.73]}.items():
+        for s, acc in enumerate(tests):
+            settings = finetune.resolved_settings(frontier.ARMS[arm][0])
+            _write(runs, _record("zz", arm, s, acc, settings, climbs={"adamw": 0, "sam": 20}.get(arm, 10)))
+    times = iter([10.0, 21.0, 16.5, 12.0])  # AdamW, sam, late-0.5, AdamW again: AdamW's mean is 11
+    trained = []
+
+    def fake_train_one(task, settings, seed):
+        trained.append((task.epochs, task.n_train, settings["rho"], settings["start"], seed))
+        return {"train_time": next(times), "optimizer_steps": 50, "climb_steps": 0}
+
+    with monkeypatch.context() as m:
+        m.setattr(accuracy, "train_one", fake_train_one)
+        m.setattr(frontier.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        m.setitem(finetune.TASKS, "zz", accuracy.TaskConfig(name="zz", data="digits", model="vit", batch_size=8))
+        path = frontier.time_arms(out, ["zz"], ["adamw", "sam", "late-0.5"], 50, force=False, date="20261206")
+    adamw, sam, late = (1, 400, 0.0, 0.1, 0), (1, 400, 0.05, 0.0, 0), (1, 400, 0.05, 0.5, 0)  # 50 steps of 8
+    assert trained == [adamw, sam, late, adamw]
+    sitting = json.loads(path.read_text())["tasks"]["zz"]
+    assert sitting["adamw_times"] == [10.0, 12.0]
+    assert sitting["ratios"]["sam"] == pytest.approx(21 / 11) and sitting["ratios"]["late-0.5"] == pytest.approx(1.5)
+
+    md, summary = frontier.report(runs, out, ["zz"], ["adamw", "sam", "late-0.5"], [0, 1], "20261206")
+    assert summary["tasks"]["zz"]["arms"]["late-0.5"]["time_measured"] == pytest.approx(1.5)
+    assert "measured in `timing-20261206.json`" in md.read_text() and "rough" not in md.read_text().split("|---")[1]
+    assert frontier.plotted(summary["tasks"]["zz"])[1].startswith("training time")
