@@ -549,6 +549,9 @@ def train_one(task: TaskConfig, arm: dict[str, Any], seed: int, device: str = "c
             "train_runtime": float(output.metrics.get("train_runtime", wall)),  # includes evaluation
             "last_test": recorder.epochs[-1]["test_acc"],
             "last_val": recorder.epochs[-1]["val_acc"],
+            # the cost in passes: every optimizer step takes one forward/backward pass, a climbing step one more
+            "optimizer_steps": int(trainer.state.global_step),
+            "climb_steps": int(trainer.sam_climb_steps),
         }
         best = max(recorder.epochs, key=lambda r: r["val_acc"])  # first epoch with the highest val accuracy
         result.update(best_epoch=best["epoch"], best_val=best["val_acc"], best_test=best["test_acc"])

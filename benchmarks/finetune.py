@@ -124,8 +124,34 @@ def resolved_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**values, **kwargs}
 
 
+def effective_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a run's training depends on: none but rho at rho 0, and no other variant's own settings.
+
+    A setting that a stored run lacks (added to SAMSettings since) is today's default, which is what the code of
+    the day did; ASAM's eta matters only with `adaptive`.
+    """
+    from samtune.optim.settings import default_of, setting_specs
+    from samtune.optim.variants import variant_of
+
+    full = {s.name: settings.get(s.name, default_of(s.name)) for s in setting_specs()}
+    if full["rho"] == 0:
+        return {"rho": 0.0}
+    keep = {k: v for k, v in full.items() if variant_of(k) in (None, full["sam_variant"])}
+    if not keep["adaptive"]:
+        keep.pop("asam_eta", None)
+    return keep
+
+
+def same_settings(stored: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether a stored run was trained as `settings` would train it (`effective_settings` of both agree)."""
+    return effective_settings(stored) == effective_settings(settings)
+
+
 def same_task(stored: dict[str, Any], task: str) -> bool:
-    """Whether a stored run's task is today's definition of `task` (a field added since, at its default, agrees)."""
+    """Whether a stored run's task is today's definition of `task` (a field added since, at its default, agrees);
+    a task `TASKS` does not define has nothing to compare with."""
+    if task not in TASKS:
+        return True
     defaults = {f.name: f.default for f in dataclasses.fields(TaskConfig)}
     return all(stored.get(k, defaults[k]) == v for k, v in dataclasses.asdict(TASKS[task]).items())
 
@@ -147,7 +173,7 @@ def _job(task: dict[str, Any], arm: str, settings: dict[str, Any], seed: int, pa
     from benchmarks.machine import machine_info
 
     done = _stored(Path(path))
-    if done is not None and done["settings"] == settings and done["task"] == task:
+    if done is not None and same_settings(done["settings"], settings) and done["task"] == task:
         return path  # trained meanwhile by another command on the same folder
     config = TaskConfig(**task)
     result = train_one(config, settings, seed)
@@ -173,18 +199,28 @@ def _stored(path: Path) -> dict[str, Any] | None:
 
 
 def plan(
-    out: Path, tasks: Sequence[str], arms: Sequence[str], seeds: Sequence[int], redo_changed: bool
+    out: Path,
+    tasks: Sequence[str],
+    arms: Sequence[str],
+    seeds: Sequence[int],
+    redo_changed: bool,
+    table: dict[str, tuple[dict[str, Any], str]] | None = None,
 ) -> list[tuple[str, str, int]]:
-    """The (task, arm, seed) runs still to train; a stored run with other settings is an error (or redone)."""
+    """The (task, arm, seed) runs still to train; a stored run with other settings is an error (or redone).
+
+    `table`: the arms' settings (default `ARMS`); a stored run counts if it trained the same settings
+    (`same_settings`: a setting added since, at its default, agrees).
+    """
+    table = ARMS if table is None else table
     todo, changed = [], []
     for task in tasks:
         for seed in seeds:
             for arm in arms:
                 record = _stored(run_path(out, task, arm, seed))
-                settings = resolved_settings(ARMS[arm][0])
+                settings = resolved_settings(table[arm][0])
                 if record is None:
                     todo.append((task, arm, seed))
-                elif record["settings"] != settings or not same_task(record["task"], task):
+                elif not same_settings(record["settings"], settings) or not same_task(record["task"], task):
                     changed.append(str(run_path(out, task, arm, seed)))
                     todo.append((task, arm, seed))
     if changed and not redo_changed:
@@ -202,15 +238,18 @@ def run(
     seeds: Sequence[int],
     jobs: int = 2,
     redo_changed: bool = False,
+    table: dict[str, tuple[dict[str, Any], str]] | None = None,
+    todo: list[tuple[str, str, int]] | None = None,
 ) -> None:
-    """Train every run not yet on disk, `jobs` at a time (one thread each when jobs > 1)."""
-    todo = plan(out, tasks, arms, seeds, redo_changed)
+    """Train every run not yet on disk (or those of `todo`), `jobs` at a time (one thread each when jobs > 1)."""
+    table = ARMS if table is None else table
+    todo = plan(out, tasks, arms, seeds, redo_changed, table) if todo is None else todo
     print(f"{len(todo)} run(s) to train, {jobs} at a time -> {out}", file=sys.stderr, flush=True)
     if not todo:
         return
     threads = 1 if jobs > 1 else max(1, os.cpu_count() or 1)
     jobs_args = [
-        (dataclasses.asdict(TASKS[t]), a, resolved_settings(ARMS[a][0]), s, str(run_path(out, t, a, s)), threads)
+        (dataclasses.asdict(TASKS[t]), a, resolved_settings(table[a][0]), s, str(run_path(out, t, a, s)), threads)
         for t, a, s in todo
     ]
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the workers too, not just this process
@@ -247,81 +286,89 @@ def _job_star(args: tuple[Any, ...]) -> str:
 # ---- report ---------------------------------------------------------------------------------
 
 
+def load_records(out: Path, task: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """A task's stored runs, by arm folder and seed (runs trained for another definition of the task left out)."""
+    records: dict[str, dict[int, dict[str, Any]]] = {}
+    for f in sorted((out / "runs" / task).glob("*/seed-*.json")):
+        rec = json.loads(f.read_text())
+        if not same_task(rec["task"], task):
+            continue  # trained for another definition of the task
+        records.setdefault(rec["arm"], {})[rec["seed"]] = rec
+    return records
+
+
 def summarise(out: Path, tasks: Sequence[str] | None = None) -> dict[str, Any]:
     """Every task's arms, each paired with AdamW on the seeds both finished, from the run files on disk."""
-    from samtune.analysis.paired import paired_difference
-    from samtune.analysis.paired import summarise as _summary
-
-    def _ms(values: Sequence[float]) -> dict[str, Any]:
-        return _summary(values).to_dict()  # values, mean, sample std (None with one), min, max
-
     report: dict[str, Any] = {"tasks": {}, "machines": set()}
     root = out / "runs"
     for task_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         task = task_dir.name
         if tasks and task not in tasks:
             continue
-        records: dict[str, dict[int, dict[str, Any]]] = {}
-        for f in sorted(task_dir.glob("*/seed-*.json")):
-            rec = json.loads(f.read_text())
-            if task in TASKS and not same_task(rec["task"], task):
-                continue  # trained for another definition of the task
-            records.setdefault(rec["arm"], {})[rec["seed"]] = rec
-            report["machines"].add(rec["machine"]["cpu"])
-        if BASELINE not in records:
-            continue
-        seeds = sorted(records[BASELINE])  # each arm is paired with AdamW on the seeds both finished
-        arms = [
-            BASELINE,
-            *sorted(
-                (a for a in records if a != BASELINE), key=lambda a: list(ARMS).index(a) if a in ARMS else len(ARMS)
-            ),
-        ]
-        base = records[BASELINE]
-        entries = {}
-        for arm in arms:
-            arm_seeds = [s for s in seeds if s in records[arm]]
-            rs = [records[arm][s]["result"] for s in arm_seeds]
-            if not rs:
-                continue
-            e: dict[str, Any] = {
-                "settings": records[arm][arm_seeds[0]]["settings"],
-                "seeds": arm_seeds,
-                "val": _ms([r["last_val"] for r in rs]),
-                "test": _ms([r["last_test"] for r in rs]),
-                "best_val_test": _ms([r["best_test"] for r in rs]),
-                "train_time": _ms([r["train_time"] for r in rs]),
-                "top_share": [r["epochs"][-1].get("test_top_share") for r in rs],
-                "first_epoch_test": _ms([r["epochs"][0]["test_acc"] for r in rs]),
-            }
-            # seeds whose first of several evaluations predicted (nearly) one class: SAM's slow start, per seed
-            e["first_epoch_collapsed_seeds"] = [
-                s
-                for s, r in zip(arm_seeds, rs)
-                if len(r["epochs"]) > 1 and (r["epochs"][0].get("test_top_share") or 0) >= COLLAPSED
-            ]
-            e["collapsed_seeds"] = [
-                s for s, share in zip(arm_seeds, e["top_share"]) if share is not None and share >= COLLAPSED
-            ]
-            if arm != BASELINE:
-                b = [base[s]["result"] for s in arm_seeds]
-                for key, field in (("val", "last_val"), ("test", "last_test"), ("best_val_test", "best_test")):
-                    e[f"vs_{BASELINE}_{key}"] = paired_difference(
-                        [r[field] for r in rs], [x[field] for x in b]
-                    ).to_dict()
-                e["time_ratio"] = statistics.fmean(r["train_time"] / x["train_time"] for r, x in zip(rs, b))
-            entries[arm] = e
-        # arms measured on every AdamW seed first, then the ones still being measured; each by validation
-        ranked = sorted(entries, key=lambda a: (len(entries[a]["seeds"]) < len(seeds), -entries[a]["val"]["mean"]))
-        report["tasks"][task] = {
-            "title": TASK_TITLES.get(task, task),
-            "config": dataclasses.asdict(TASKS[task]) if task in TASKS else None,
-            "seeds": seeds,
-            "arms": entries,
-            "ranked_by_validation": ranked,
-        }
+        records = load_records(out, task)
+        report["machines"] |= {r["machine"]["cpu"] for runs in records.values() for r in runs.values()}
+        order = sorted(records, key=lambda a: list(ARMS).index(a) if a in ARMS else len(ARMS))
+        summary = summarise_task(records, order)
+        if summary is not None:
+            report["tasks"][task] = {"title": TASK_TITLES.get(task, task), **summary}
     report["machines"] = sorted(report["machines"])
     return report
+
+
+def summarise_task(records: dict[str, dict[int, dict[str, Any]]], order: Sequence[str]) -> dict[str, Any] | None:
+    """One task's arms (`records`: arm -> seed -> run record), each paired with AdamW on the seeds both finished;
+    None without AdamW runs. `order`: the arms' order in the table before ranking."""
+    from samtune.analysis.paired import paired_difference
+    from samtune.analysis.paired import summarise as _summary
+
+    def _ms(values: Sequence[float]) -> dict[str, Any]:
+        return _summary(values).to_dict()  # values, mean, sample std (None with one), min, max
+
+    if not records.get(BASELINE):
+        return None
+    seeds = sorted(records[BASELINE])  # each arm is paired with AdamW on the seeds both finished
+    arms = [BASELINE, *(a for a in order if a != BASELINE and a in records)]
+    base = records[BASELINE]
+    task = next(iter(base.values()))["task"]["name"]
+    entries = {}
+    for arm in arms:
+        arm_seeds = [s for s in seeds if s in records[arm]]
+        rs = [records[arm][s]["result"] for s in arm_seeds]
+        if not rs:
+            continue
+        e: dict[str, Any] = {
+            "settings": records[arm][arm_seeds[0]]["settings"],
+            "seeds": arm_seeds,
+            "val": _ms([r["last_val"] for r in rs]),
+            "test": _ms([r["last_test"] for r in rs]),
+            "best_val_test": _ms([r["best_test"] for r in rs]),
+            "train_time": _ms([r["train_time"] for r in rs]),
+            "top_share": [r["epochs"][-1].get("test_top_share") for r in rs],
+            "first_epoch_test": _ms([r["epochs"][0]["test_acc"] for r in rs]),
+        }
+        # seeds whose first of several evaluations predicted (nearly) one class: SAM's slow start, per seed
+        e["first_epoch_collapsed_seeds"] = [
+            s
+            for s, r in zip(arm_seeds, rs)
+            if len(r["epochs"]) > 1 and (r["epochs"][0].get("test_top_share") or 0) >= COLLAPSED
+        ]
+        e["collapsed_seeds"] = [
+            s for s, share in zip(arm_seeds, e["top_share"]) if share is not None and share >= COLLAPSED
+        ]
+        if arm != BASELINE:
+            b = [base[s]["result"] for s in arm_seeds]
+            for key, field in (("val", "last_val"), ("test", "last_test"), ("best_val_test", "best_test")):
+                e[f"vs_{BASELINE}_{key}"] = paired_difference([r[field] for r in rs], [x[field] for x in b]).to_dict()
+            e["time_ratio"] = statistics.fmean(r["train_time"] / x["train_time"] for r, x in zip(rs, b))
+        entries[arm] = e
+    # arms measured on every AdamW seed first, then the ones still being measured; each by validation
+    ranked = sorted(entries, key=lambda a: (len(entries[a]["seeds"]) < len(seeds), -entries[a]["val"]["mean"]))
+    return {
+        "config": dataclasses.asdict(TASKS[task]) if task in TASKS else None,
+        "seeds": seeds,
+        "arms": entries,
+        "ranked_by_validation": ranked,
+    }
 
 
 def _pct(m: dict[str, Any] | None) -> str:

@@ -1,0 +1,220 @@
+"""The cost-gain frontier (benchmarks/frontier.py): pass counts, the Pareto front, shares, run reuse, the report.
+
+Climbing steps are counted here by hand from the window's arithmetic (`sam_window`: a fraction f of T steps
+starts at step ceil(f T)) and each variant's rule, and checked once against what SAMTrainer itself counted
+in a real (tiny) run. Run records are written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+frontier = pytest.importorskip("benchmarks.frontier")
+finetune = frontier.finetune
+
+PAPER = {"rho": 0.05, "schedule": "constant", "start": 0.0}
+T, WARMUP = 20, 2  # a 20-step run, linear schedule with 2 warmup steps (lr factor 0 at step 0 only)
+
+
+def _climbs(**settings) -> int | None:
+    return frontier.replay_climbs({**PAPER, **settings}, T, WARMUP, "linear", seed=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "hand"),
+    [
+        ({"rho": 0.0}, 0),  # AdamW
+        ({}, 20),  # the paper's SAM: every step
+        ({"schedule": "lr"}, 19),  # rho follows the lr: 0 at the warmup's first step, no climb there
+        ({"schedule": "lr", "start": 0.1}, 18),  # today's default: steps 2..19
+        ({"start": 0.5}, 10),  # steps 10..19
+        ({"start": 0.7}, 6),  # 14..19
+        ({"start": 0.8}, 4),  # 16..19
+        ({"start": 0.5, "stop": 0.75}, 5),  # 10..14
+        ({"start": 0.5, "sam_variant": "every_k", "every_k": 2}, 5),  # 10, 12, 14, 16, 18
+        ({"start": 0.55, "sam_variant": "every_k", "every_k": 2}, 4),  # from 11: 12, 14, 16, 18
+        ({"start": 0.5, "sam_variant": "looksam", "looksam_k": 5}, 2),  # 10, 15
+        ({"start": 0.3, "sam_variant": "looksam", "looksam_k": 5}, 3),  # 6 (no direction yet), 10, 15
+    ],
+)
+def test_replayed_climbs_are_the_hand_count(settings, hand):
+    assert _climbs(**settings) == hand
+
+
+def test_a_variant_deciding_on_the_gradient_needs_the_recorded_count():
+    assert _climbs(sam_variant="aesam") is None
+    record = {"settings": {**PAPER, "sam_variant": "aesam"}, "result": {"climb_steps": 7, "optimizer_steps": 20}}
+    assert frontier.run_passes(record) == (1 + 7 / 20, "recorded")
+
+
+def test_replay_counts_what_the_trainer_counted(monkeypatch):
+    """A tiny digits run per deterministic mode: the count train_one records is the replay's."""
+    import dataclasses
+
+    from benchmarks.accuracy import TaskConfig, train_one
+
+    task = TaskConfig(
+        name="tiny",
+        data="digits",
+        model="vit",
+        epochs=1,
+        batch_size=128,  # 1,078 training digits: 9 steps
+        lr_scheduler_type="linear",
+        warmup_ratio=0.25,  # 2 warmup steps
+        model_kwargs=dict(patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8),
+    )
+    modes = [
+        {"schedule": "lr", "start": 0.1},
+        {"start": 0.2, "sam_variant": "looksam", "looksam_k": 3},
+        {"sam_variant": "rst", "rst_probability": 0.5},
+    ]
+    for mode in modes:
+        settings = finetune.resolved_settings({**PAPER, **mode})
+        result = train_one(task, settings, seed=1)
+        record = {"task": dataclasses.asdict(task), "settings": settings, "seed": 1, "result": result}
+        steps = frontier.optimizer_steps(task)
+        assert result["optimizer_steps"] == steps == 9
+        replayed = frontier.replay_climbs(settings, steps, int(task.warmup_ratio * steps), "linear", seed=1)
+        assert result["climb_steps"] == replayed, mode
+        stored = {**record, "result": {k: v for k, v in result.items() if k != "climb_steps"}}
+        assert frontier.run_passes(stored) == (1 + replayed / 9, "replayed")
+
+
+def test_pareto_front_keeps_what_nothing_cheaper_matches():
+    points = {
+        "adamw": (1.0, 0.0),
+        "cheap": (1.2, 0.5),
+        "dominated": (1.5, 0.4),  # dearer than cheap and worse
+        "tie-dearer": (1.3, 0.5),  # as good as cheap, dearer: beaten
+        "good": (1.6, 0.9),
+        "sam": (2.0, 1.0),
+        "worse-than-free": (1.1, -0.1),  # dearer than AdamW and below it
+    }
+    assert frontier.pareto_front(points) == ["adamw", "cheap", "good", "sam"]
+    assert frontier.pareto_front({"a": (1.0, 1.0), "b": (1.0, 1.0)}) == ["a", "b"]  # equal points beat neither
+
+
+def test_share_of_the_paper_gain_and_when_it_is_undefined():
+    assert frontier.gain_share(0.02, 0.04) == (0.5, "")
+    assert frontier.gain_share(-0.01, 0.04) == (-0.25, "")
+    for paper in (0.0, -0.01):
+        share, why = frontier.gain_share(0.01, paper)
+        assert share is None and "not positive" in why
+    assert frontier.gain_share(0.01, None) == (None, "no paper-SAM runs")
+
+
+def _record(task: str, arm: str, seed: int, test: float, settings: dict, climbs: int | None = None) -> dict:
+    epochs = [{"epoch": 1, "train_time": 10.0 + 10 * (climbs or 0) / 20, "val_acc": test, "test_acc": test}]
+    result = {"epochs": epochs, "train_time": epochs[0]["train_time"], "last_val": test, "last_test": test}
+    result.update(best_test=test, optimizer_steps=20)
+    if climbs is not None:
+        result["climb_steps"] = climbs
+    stored = {"machine": {"cpu": "test cpu"}, "finished": "2026-12-02T00:00:00"}
+    return {"task": {"name": task}, "arm": arm, "settings": settings, "seed": seed, "result": result, **stored}
+
+
+def _write(runs: Path, rec: dict) -> None:
+    path = finetune.run_path(runs, rec["task"]["name"], rec["arm"], rec["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+
+
+def _old(kwargs: dict) -> dict:
+    """Settings as a run of 2026-12-02 stored them: without the settings added since (AE-SAM's, ASAM's eta)."""
+    return {k: v for k, v in finetune.resolved_settings(kwargs).items() if not k.startswith(("aesam", "asam_eta"))}
+
+
+def test_a_stored_run_is_not_trained_again(tmp_path):
+    seeds = [0, 1]
+    for s in seeds:  # stored by the suite under its own name, before AE-SAM's settings existed
+        _write(tmp_path, _record("zz", "sam-second-half", s, 0.7, _old(finetune.ARMS["sam-second-half"][0])))
+    assert frontier.plan(tmp_path, ["zz"], ["late-0.5", "late-0.7"], seeds) == [
+        ("zz", "late-0.7", 0),
+        ("zz", "late-0.7", 1),
+    ]
+    assert finetune.plan(tmp_path, ["zz"], ["sam-second-half"], seeds, redo_changed=False) == []
+    # the mode's own file holding other settings is neither reused nor overwritten
+    _write(tmp_path, _record("zz", "late-0.7", 0, 0.7, finetune.resolved_settings({"rho": 0.3})))
+    with pytest.raises(SystemExit, match="other settings"):
+        frontier.plan(tmp_path, ["zz"], ["late-0.7"], seeds)
+
+
+def test_report_writes_the_table_and_a_figure_per_task(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "frontier"
+    arms = {  # mode -> (test accuracy per seed, climbing steps of 20)
+        "adamw": ([0.70, 0.71, 0.72], 0),
+        "sam": ([0.74, 0.75, 0.75], 20),
+        "default": ([0.74, 0.74, 0.74], 18),
+        "late-0.5": ([0.72, 0.74, 0.74], 10),
+        "aesam": ([0.73, 0.74, 0.75], None),  # no recorded count: cost unknown
+    }
+    for arm, (tests, climbs) in arms.items():
+        for s, acc in enumerate(tests):
+            settings = finetune.resolved_settings(frontier.ARMS[arm][0])
+            _write(runs, _record("zz", arm, s, acc, settings, climbs))
+    path, summary = frontier.report(runs, out, ["zz"], list(arms), [0, 1, 2], "20261206")
+    t = summary["tasks"]["zz"]
+    # Δ sam = 0.0367 (mean of 0.04, 0.04, 0.03), Δ late-0.5 = 0.0233: a share of 0.07 / 0.11
+    assert t["arms"]["late-0.5"]["share"] == pytest.approx(0.07 / 0.11)
+    assert t["arms"]["late-0.5"]["passes"] == pytest.approx(1.5)
+    assert t["arms"]["aesam"]["passes"] is None
+    text = path.read_text()
+    assert "| late-0.5 |" in text and "Not plotted (cost unknown): aesam" in text
+    assert "Pareto front: adamw, late-0.5, default, sam." in text
+    assert (out / "frontier-zz-20261206.png").stat().st_size > 10_000
+
+    for s in range(3):  # the paper SAM loses: the share is undefined, the figure plots Δ points
+        _write(runs, _record("zz", "sam", s, 0.69, finetune.resolved_settings(frontier.ARMS["sam"][0]), 20))
+    path, summary = frontier.report(runs, out, ["zz"], list(arms), [0, 1, 2], "20261207")
+    assert summary["tasks"]["zz"]["arms"]["late-0.5"]["share"] is None
+    assert "Share undefined: the paper SAM's gain is not positive" in path.read_text()
+    assert frontier.plotted(summary["tasks"]["zz"])[2].startswith("Δ test")
+    assert (out / "frontier-zz-20261207.png").is_file()
+
+
+def test_a_timing_sitting_refuses_a_busy_cpu(monkeypatch):
+    monkeypatch.setattr(frontier.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(frontier.os, "cpu_count", lambda: 2)
+    with pytest.raises(SystemExit, match="CPU is busy"):
+        frontier.check_quiet(force=False)
+    assert frontier.check_quiet(force=True) == [3.0, 3.0, 3.0]
+
+
+def test_a_timing_sitting_times_adamw_at_both_ends_and_the_report_uses_it(tmp_path, monkeypatch):
+    from benchmarks import accuracy
+
+    runs, out = tmp_path / "runs", tmp_path / "frontier"
+    for arm, tests in {"adamw": [0.70, 0.71], "sam": [0.74, 0.75], "late-0.5": [0.73, 0.73]}.items():
+        for s, acc in enumerate(tests):
+            settings = finetune.resolved_settings(frontier.ARMS[arm][0])
+            _write(runs, _record("zz", arm, s, acc, settings, climbs={"adamw": 0, "sam": 20}.get(arm, 10)))
+    times = iter([10.0, 21.0, 16.5, 12.0])  # AdamW, sam, late-0.5, AdamW again: AdamW's mean is 11
+    trained = []
+
+    def fake_train_one(task, settings, seed):
+        trained.append((task.epochs, task.n_train, settings["rho"], settings["start"], seed))
+        return {"train_time": next(times), "optimizer_steps": 50, "climb_steps": 0}
+
+    with monkeypatch.context() as m:
+        m.setattr(accuracy, "train_one", fake_train_one)
+        m.setattr(frontier.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        m.setitem(finetune.TASKS, "zz", accuracy.TaskConfig(name="zz", data="digits", model="vit", batch_size=8))
+        path = frontier.time_arms(out, ["zz"], ["adamw", "sam", "late-0.5"], 50, force=False, date="20261206")
+    adamw, sam, late = (1, 400, 0.0, 0.1, 0), (1, 400, 0.05, 0.0, 0), (1, 400, 0.05, 0.5, 0)  # 50 steps of 8
+    assert trained == [adamw, sam, late, adamw]
+    sitting = json.loads(path.read_text())["tasks"]["zz"]
+    assert sitting["adamw_times"] == [10.0, 12.0]
+    assert sitting["ratios"]["sam"] == pytest.approx(21 / 11) and sitting["ratios"]["late-0.5"] == pytest.approx(1.5)
+
+    md, summary = frontier.report(runs, out, ["zz"], ["adamw", "sam", "late-0.5"], [0, 1], "20261206")
+    assert summary["tasks"]["zz"]["arms"]["late-0.5"]["time_measured"] == pytest.approx(1.5)
+    assert "measured in `timing-20261206.json`" in md.read_text() and "rough" not in md.read_text().split("|---")[1]
+    assert frontier.plotted(summary["tasks"]["zz"])[1].startswith("training time")
