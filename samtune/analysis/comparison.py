@@ -258,6 +258,7 @@ def comparison_table(report: Mapping[str, Any], split: str = "eval") -> Table:
             f"Δ vs {BASELINE}\n[95% CI]",
             "p",
             "beyond\nnoise?",
+            f"cost vs\n{BASELINE}",
         ),
         left=3,
     )
@@ -276,6 +277,8 @@ def comparison_table(report: Mapping[str, Any], split: str = "eval") -> Table:
                 cells += [f"{diff['mean']:+.4f}{escape(ci)}", p, _judgement(metric, diff)]
             label = _arm_label(arm, entry["sam"]) if i == 0 else ""
             number = str(rank) if i == 0 and split == "eval" else ""
+            cost = entry.get("cost_ratio") if i == 0 else None  # its training time / the baseline's (cost_table)
+            cells.append("" if cost is None else f"{cost:.2f}x")
             table.add_row(number, label, metric, *cells, end_section=i == len(shown) - 1)
     return table
 

@@ -397,9 +397,14 @@ def test_arms_are_ranked_on_validation_never_on_test(tmp_path):
     console.print(comparison_table(report, split="test"))
     test = console.export_text()  # what was printed since the first export
     assert "test_accuracy" not in valid and "eval_accuracy" in valid
-    assert "test_accuracy" in test and "eval_accuracy" not in test and "not used to rank or choose" in test
+    said = " ".join(test.split())  # the caption wraps at the table's width
+    assert "test_accuracy" in test and "eval_accuracy" not in test and "not used to rank or choose" in said
     rows = [line for line in valid.splitlines() if "eval_accuracy" in line and line.split()[0].isdigit()]
     assert [r.split()[1] for r in rows] == ranking["order"]  # printed in rank order, numbered 1..4
+    report["arms"]["sam"]["cost_ratio"] = 1.85  # its training time / adamw's: printed beside its gain
+    console.print(comparison_table(report))
+    rows = [line for line in console.export_text().splitlines() if "eval_accuracy" in line]
+    assert next(r for r in rows if r.split()[1] == "sam").rstrip().endswith("1.85x")
 
 
 def test_a_comparison_of_arms_with_settings_trains_each_and_names_the_best(tmp_path, text_model_dir):
