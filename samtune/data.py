@@ -24,7 +24,7 @@ from samtune import tasks
 from samtune.errors import OFFLINE_HINT, DataError, hub_unreachable
 from samtune.imaging import image_problem
 from samtune.network import work_offline_if_unresolved
-from samtune.recipe import DataSection, resolve_package_path
+from samtune.recipe import PACKAGE_PREFIX, SOURCE_PREFIX, DataSection, resolve_package_path
 from samtune.tasks.columns import COMBINED_LABELS, LABELS, as_names, is_list_column
 from samtune.tasks.per_example import example_columns
 
@@ -113,7 +113,7 @@ class PreparedData:
 
 def is_local(ref: str) -> bool:
     """Whether a dataset or model reference is a local path (or a package path)."""
-    return ref.startswith(("package:", "source:")) or Path(ref).exists() or ref.startswith((".", "/", "~"))
+    return ref.startswith((PACKAGE_PREFIX, SOURCE_PREFIX)) or Path(ref).exists() or ref.startswith((".", "/", "~"))
 
 
 # ---- reading ------------------------------------------------------------------------------

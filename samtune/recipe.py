@@ -49,7 +49,7 @@ SCHEDULERS = (
     "inverse_sqrt",
 )
 PACKAGE_PREFIX = "package:"
-SOURCE_PREFIX = "source:"  # samtune.sources: a model or dataset built offline from files packages ship
+SOURCE_PREFIX = sources.SOURCE_PREFIX  # a model or dataset samtune.sources builds offline from files packages ship
 # The experiment trackers training.report_to takes (the Trainer's integrations), and the package each needs.
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 

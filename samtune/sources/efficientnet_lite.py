@@ -122,11 +122,6 @@ def converted(state: dict[str, Any]) -> Any:
     target = model.state_dict()
     mapped, unknown, wrong = {}, [], []
     for key, tensor in state.items():
-        if key.endswith("num_batches_tracked"):
-            name = transformers_name(key)
-            if name in target:
-                mapped[name] = tensor
-            continue
         name = transformers_name(key)
         if name is None or name not in target:
             unknown.append(key)
@@ -134,6 +129,7 @@ def converted(state: dict[str, Any]) -> Any:
             wrong.append(f"{key} {tuple(tensor.shape)} (Lite0: {tuple(target[name].shape)})")
         else:
             mapped[name] = tensor
+    # Lite0 has no squeeze-excitation (made inert below); a batch counter may be absent from an older file.
     missing = [n for n in target if n not in mapped and ".squeeze_excite." not in n and "num_batches" not in n]
     if unknown or wrong or missing:
         parts = [

@@ -138,7 +138,7 @@ class PerExampleTask(Task):
         if self.modality == "image":
             from samtune.imaging import load_image_processor
 
-            size = getattr(section, "image_size", None)  # a run's saved processor already has it
+            size = section.image_size  # a run's saved processor already has it
             resize = {"size": {"height": size, "width": size}} if size else {}
             return load_image_processor(path, revision=section.revision, **resize)
         from samtune.modeling import load_tokenizer
