@@ -23,6 +23,13 @@ own image processor, as samtune's evaluation transform does, once, kept as tenso
   schedule with 10% warmup, max_grad_norm 1.0;
 * `f`: `e` with 30% of the training labels replaced by a wrong class (of the 9 others; drawn per seed).
 
+Two from-scratch tasks, the accuracy suite's digits label-noise pair (`accuracy.py --suite digits-noise`), so the
+frontier (benchmarks/frontier.py) can run its modes on them: scikit-learn's 8x8 digits with 40% wrong training
+labels, 40 epochs, batch 32, lr 3e-4, weight decay 0.05, constant schedule after a 5% warmup:
+
+* `g`: a small ViT (4 layers, width 64, 2x2 patches);
+* `h`: a small ResNet (3 basic stages, 32-128 channels, digits upsampled to 32x32).
+
 No augmentation here: the recipe's own run adds random resized crops and flips to the training images.
 The image tasks evaluate after the last epoch only (the 3,000 evaluation images would add about a third
 to an AdamW run at every epoch), so their "first epoch" column is the last epoch.
@@ -71,7 +78,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.accuracy import TaskConfig  # noqa: E402
+from benchmarks.accuracy import SUITES, TaskConfig  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "finetune"
 DEFAULT_SEEDS = 5
@@ -115,6 +122,12 @@ _FASHION = dict(
 )
 TASKS["e"] = TaskConfig(name="e", epochs=3, n_train=3000, **_FASHION)
 TASKS["f"] = TaskConfig(name="f", epochs=3, n_train=3000, noise=0.3, **_FASHION)
+# The digits label-noise pair of the accuracy suite (`accuracy.py --suite digits-noise`: scikit-learn's 8x8 digits, 40%
+# wrong training labels, 40 epochs, a small ViT and a small ResNet trained from scratch), here so the frontier can
+# run its modes on them under the same runner and pairing. About a minute a run on one core.
+_VIT_DIGITS, _CNN_DIGITS = SUITES["digits-noise"]()
+TASKS["g"] = dataclasses.replace(_VIT_DIGITS, name="g")
+TASKS["h"] = dataclasses.replace(_CNN_DIGITS, name="h")
 TASK_TITLES = {
     "a": "3,000 examples, 1 epoch (the quickstart until 2026-12-02)",
     "b": "3,000 examples, 3 epochs",
@@ -122,6 +135,8 @@ TASK_TITLES = {
     "d": "3,000 examples, 30% wrong training labels, 3 epochs",
     "e": "images: EfficientNet-Lite0 on Fashion-MNIST, 3,000 examples, 3 epochs (the image recipe)",
     "f": "images: `e` with 30% wrong training labels",
+    "g": "digits, 40% wrong training labels: a small ViT from scratch, 40 epochs",
+    "h": "digits, 40% wrong training labels: a small ResNet from scratch, 40 epochs",
 }
 
 _PAPER = {"rho": 0.05, "adaptive": False, "schedule": "constant", "start": 0.0, "stop": None, "params": "all"}

@@ -166,6 +166,15 @@ def test_image_tasks_are_the_image_recipes_settings() -> None:
     assert dataclasses.replace(f, noise=0.0, name="e") == e  # f is e with noisy training labels, nothing else
 
 
+def test_digits_tasks_are_the_accuracy_suites_digits_noise_pair() -> None:
+    """g and h must train what `accuracy.py --suite digits-noise` trains (its earlier tables compare with them)."""
+    vit, cnn = pytest.importorskip("benchmarks.accuracy").SUITES["digits-noise"]()
+    g, h = finetune.TASKS["g"], finetune.TASKS["h"]
+    assert (g.data, g.model, g.noise, g.epochs) == ("digits", "vit", 0.4, 40)
+    assert (h.data, h.model, h.noise, h.image_size) == ("digits", "cnn", 0.4, 32)
+    assert dataclasses.replace(g, name="vit") == vit and dataclasses.replace(h, name="cnn") == cnn
+
+
 def test_fashion_splits_fixed_stratified_processed_and_noised_per_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
