@@ -149,11 +149,12 @@ def _eval_results(facts: CardFacts) -> list[EvalResult]:
 def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
     r, t = facts.recipe, facts.recipe.training
     if r.sam.rho == 0:
-        variant, share, whole = "none (rho = 0: plain training)", 0.0, False
+        variant, share, whole, rows = "none (rho = 0: plain training)", 0.0, False, t.batch_size
     else:
         chosen = make_variant(SAMSettings(**r.sam.arguments()))
         variant = f"ASAM, {chosen.describe()}" if r.sam.adaptive else chosen.describe()
         share, whole = chosen.extra_pass_share, chosen.climbs_from_whole_batch
+        rows = chosen.climb_rows(t.batch_size)
     length = f"{t.epochs:g} epochs" if t.max_steps is None else f"{t.max_steps} steps"
     # Every other setting of every variant, from SAM's one definition (a variant's own are in its description).
     others = [
@@ -177,7 +178,7 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
             f"({t.batch_size} x {t.gradient_accumulation_steps} accumulation)",
         ),
         ("gradient accumulation", t.gradient_accumulation_steps),
-        ("the climb's batch", _ascent_batch(t.batch_size, t.gradient_accumulation_steps, facts.metrics, whole)),
+        ("the climb's batch", _ascent_batch(t.batch_size, t.gradient_accumulation_steps, facts.metrics, whole, rows)),
         ("precision", facts.precision),
         ("seed", t.seed),
         ("optimizer steps that took SAM's two passes", facts.metrics.get("sam_climb_steps", "n/a")),
@@ -186,10 +187,19 @@ def _sam_rows(facts: CardFacts) -> list[tuple[str, Any]]:
     ]
 
 
-def _ascent_batch(batch_size: int, accumulation: int, metrics: dict[str, Any], whole: bool) -> str:
+def _ascent_batch(
+    batch_size: int, accumulation: int, metrics: dict[str, Any], whole: bool, rows: int | None = None
+) -> str:
     """Which examples each climb's gradient came from: one process's micro-batch, (FSDP2) all processes' together, or
-    (`whole`: the variant's `climbs_from_whole_batch`) the step's whole effective batch."""
+    (`whole`: the variant's `climbs_from_whole_batch`) the step's whole effective batch; `rows`: the variant's
+    `climb_rows` of a micro-batch, where it climbs on part of it."""
     processes = int(metrics.get("processes", 1) or 1)
+    if rows is not None and rows < batch_size:
+        part = f"the first {rows} of each micro-batch of {batch_size}"
+        if metrics.get("fsdp") and processes > 1:
+            return f"{rows * processes}: {part} on each of {processes} processes (FSDP2: averaged over them)"
+        where = f", on each of {processes} processes alone" if processes > 1 else ""
+        return f"{rows}: {part}{where} (m-sharpness)"
     if whole:
         return (
             f"{batch_size * accumulation * processes}: the whole effective batch ({batch_size} x {accumulation} "

@@ -160,3 +160,12 @@ def test_an_aesam_card_says_the_climb_is_from_the_whole_batch():
     row = _climbs_batch("aesam", processes=2)
     assert "64" in row and "whole" in row and "m-sharpness" not in row, row
     assert "8: one micro-batch on each of 2 processes alone (m-sharpness)" in _climbs_batch("sam", processes=2)
+
+
+def test_an_ascent_fraction_card_says_the_climb_uses_part_of_each_micro_batch():
+    # ascent_fraction 0.25 (the default) climbs on ceil(0.25 x 8) = 2 examples of each micro-batch of 8.
+    row = _climbs_batch("ascent_fraction", processes=1)
+    assert "2: the first 2 of each micro-batch of 8 (m-sharpness)" in row, row
+    assert "2: the first 2 of each micro-batch of 8, on each of 2 processes alone" in _climbs_batch(
+        "ascent_fraction", processes=2
+    )

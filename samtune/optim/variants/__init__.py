@@ -97,8 +97,13 @@ class Variant:
         return cls(seed=seed, **{k: getattr(settings, k) for k in cls.settings})
 
     def climbs_on(self, step: int) -> bool:
-        """Whether optimizer step `step` (0-based, inside the SAM window) takes SAM's two passes."""
+        """Whether optimizer step `step` takes SAM's two passes. `step` is the run's global optimizer step (0-based,
+        counted from the run's first step, not the SAM window's); the Trainer asks only inside the window."""
         return True
+
+    def climb_rows(self, batch_size: int) -> int:
+        """How many examples of a micro-batch of `batch_size` the climb's gradient comes from (the model card)."""
+        return batch_size
 
     decides_on_gradient: ClassVar[bool] = False  # True: `climbs_given` decides, after the step's plain pass
     # True: a climb's e(w) comes from the gradient of the step's whole effective batch (every micro-batch and process),

@@ -29,6 +29,9 @@ class AscentFraction(Variant):
         rows = size if size is None else ascent_rows(size, self.ascent_fraction)
         return None if rows == size else first_rows(inputs, rows)
 
+    def climb_rows(self, batch_size: int) -> int:
+        return ascent_rows(batch_size, self.ascent_fraction)
+
     @property
     def extra_pass_share(self) -> float:
         return self.ascent_fraction
