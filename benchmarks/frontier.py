@@ -87,6 +87,10 @@ ARMS: dict[str, tuple[dict[str, Any], str]] = {
         _late(0.5, sam_variant="looksam", looksam_k=5, looksam_alpha=0.7),
         "LookSAM (k 5) in the second half",
     ),
+    "default-ascent-0.25": (
+        {"sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
+        "the default with the climb on a quarter of each batch (Bahri et al. 2022)",
+    ),
     "aesam": ({**_PAPER, "sam_variant": "aesam"}, "AE-SAM's trigger: SAM where ||g||^2 is high"),
     "aesam-late-0.5": (_late(0.5, sam_variant="aesam"), "AE-SAM's trigger in the second half"),
 }
@@ -190,11 +194,25 @@ def replay_climbs(
     return climbs
 
 
+def climb_cost(settings: dict[str, Any], batch_size: int) -> float:
+    """What one climb costs in passes over the batch: the share of each batch the ascent's forward/backward sees
+    (`Variant.climb_rows`: all of it but for `ascent_fraction`, whose climb sees ceil(fraction x batch))."""
+    from samtune.optim.settings import SAMSettings, setting_specs
+    from samtune.optim.variants import make_variant
+
+    names = {s.name for s in setting_specs()}
+    known = {k: v for k, v in settings.items() if k in names}
+    return make_variant(SAMSettings(**known)).climb_rows(batch_size) / batch_size
+
+
 def run_passes(record: dict[str, Any]) -> tuple[float | None, str]:
-    """A run's forward/backward passes relative to AdamW's (same steps, one pass each), and how they were counted."""
+    """A run's forward/backward passes relative to AdamW's (same steps, one pass each), and how they were counted:
+    (optimizer steps + climbing steps x a climb's share of the batch) / optimizer steps."""
     result = record["result"]
+    batch = record["task"].get("batch_size", TaskConfig.batch_size)  # a record leaves a default out
+    cost = climb_cost(record["settings"], batch)
     if "climb_steps" in result and result.get("optimizer_steps"):
-        return 1 + result["climb_steps"] / result["optimizer_steps"], "recorded"
+        return 1 + cost * result["climb_steps"] / result["optimizer_steps"], "recorded"
     from samtune.optim.variants import variant_class
 
     if variant_class(record["settings"].get("sam_variant", "sam")).decides_on_gradient:
@@ -205,7 +223,7 @@ def run_passes(record: dict[str, Any]) -> tuple[float | None, str]:
     climbs = replay_climbs(record["settings"], total, warmup, task.lr_scheduler_type, record["seed"])
     if climbs is None:
         return None, "needs the recorded count"
-    return 1 + climbs / total, "replayed"
+    return 1 + cost * climbs / total, "replayed"
 
 
 # ---- shares and the front ----------------------------------------------------------------------

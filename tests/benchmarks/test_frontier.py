@@ -51,8 +51,22 @@ def test_replayed_climbs_are_the_hand_count(settings, hand):
 
 def test_a_variant_deciding_on_the_gradient_needs_the_recorded_count():
     assert _climbs(sam_variant="aesam") is None
-    record = {"settings": {**PAPER, "sam_variant": "aesam"}, "result": {"climb_steps": 7, "optimizer_steps": 20}}
+    record = {
+        "task": {"batch_size": 16},
+        "settings": {**PAPER, "sam_variant": "aesam"},
+        "result": {"climb_steps": 7, "optimizer_steps": 20},
+    }
     assert frontier.run_passes(record) == (1 + 7 / 20, "recorded")
+
+
+@pytest.mark.parametrize(("batch", "rows"), [(16, 4), (10, 3), (3, 1)])
+def test_an_ascent_on_part_of_the_batch_costs_that_part_of_a_pass(batch, rows):
+    # ascent_fraction 0.25: each climb's forward/backward sees ceil(0.25 x batch) examples (4 of 16, 3 of 10, 1 of 3),
+    # so 18 climbs in 20 steps cost 18 x rows / batch passes more than AdamW's 20, not 18.
+    settings = {**PAPER, "schedule": "lr", "start": 0.1, "sam_variant": "ascent_fraction", "ascent_fraction": 0.25}
+    record = {"task": {"batch_size": batch}, "settings": settings, "result": {"climb_steps": 18, "optimizer_steps": 20}}
+    passes, how = frontier.run_passes(record)
+    assert passes == pytest.approx(1 + 18 * rows / batch / 20) and how == "recorded"
 
 
 def test_replay_counts_what_the_trainer_counted(monkeypatch):
