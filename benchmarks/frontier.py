@@ -410,8 +410,97 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
             lines.append(f"Not run yet: {', '.join(missing_arms)}.")
         if task in figures:
             lines += ["", f"![({task}) cost against gain]({figures[task]})"]
+    summary_rows = acceptance(report)
+    if summary_rows:
+        lines += acceptance_markdown(summary_rows)
     lines += ["", "Modes: " + "; ".join(f"`{a}`: {why}" for a, (_, why) in ARMS.items())]
     return "\n".join(lines) + "\n"
+
+
+# ---- the issue's acceptance, per mode -----------------------------------------------------------
+
+#: Tasks where a new default must keep GAIN_KEPT of today's default's gain, ahead of AdamW with p < ALPHA.
+GAIN_TASKS = ("d", "f", "g", "h")
+#: "Does no harm" tasks: not worse than AdamW beyond seed noise (a negative Δ with p < ALPHA fails).
+HARMLESS_TASKS = ("a", "e")
+GAIN_KEPT, ALPHA, MAX_COST = 0.9, 0.05, 1.3
+#: The task whose measured time stands for the quickstart's (MiniLM-L6, batch 16, 48 tokens: the same step).
+QUICKSTART_LIKE = "d"
+
+
+def _delta(t: dict[str, Any] | None, arm: str) -> tuple[float, float] | None:
+    e = (t or {}).get("arms", {}).get(arm)
+    d = None if e is None else e.get(f"vs_{BASELINE}_test")
+    return None if d is None else (100 * d["mean"], d.get("p_value", math.nan))
+
+
+def acceptance(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per mode other than AdamW: how close it came to the issue's bar for a new default. Its cost (the time
+    measured on QUICKSTART_LIKE if a sitting measured it, else the passes there: at most MAX_COST), on each of
+    GAIN_TASKS its gain against GAIN_KEPT of the default's (and p < ALPHA), on HARMLESS_TASKS no loss beyond seed
+    noise. Cells say "not run" where the mode or the default has no runs: a verdict needs every one."""
+    tasks = summary["tasks"]
+    rows = []
+    arms = dict.fromkeys([*ARMS, *(a for t in tasks.values() for a in t["arms"])])
+    for arm in arms:
+        if arm == BASELINE or not any(arm in t["arms"] for t in tasks.values()):
+            continue
+        row: dict[str, Any] = {"mode": arm, "cells": {}, "fails": [], "missing": []}
+        e = tasks.get(QUICKSTART_LIKE, {}).get("arms", {}).get(arm)
+        cost = None if e is None else (e.get("time_measured") or e.get("passes"))
+        how = None if e is None else ("time" if e.get("time_measured") else "passes")
+        row["cost"] = (cost, how)
+        if cost is None:
+            row["missing"].append("cost")
+        elif cost > MAX_COST + 1e-9:
+            row["fails"].append("cost")
+        for task in GAIN_TASKS:
+            mine, default = _delta(tasks.get(task), arm), _delta(tasks.get(task), DEFAULT_ARM)
+            if mine is None or default is None:
+                row["cells"][task], _ = "not run", row["missing"].append(task)
+                continue
+            kept = mine[0] / default[0] if default[0] > 0 else math.nan
+            ok = mine[0] > 0 and mine[1] < ALPHA and (arm == DEFAULT_ARM or kept >= GAIN_KEPT)
+            row["cells"][task] = f"{mine[0]:+.1f} ({kept:.0%} of default's, p {mine[1]:.3f})" + ("" if ok else " ✗")
+            if not ok:
+                row["fails"].append(task)
+        for task in HARMLESS_TASKS:
+            mine = _delta(tasks.get(task), arm)
+            if mine is None:
+                row["cells"][task], _ = "not run", row["missing"].append(task)
+                continue
+            ok = not (mine[0] < 0 and mine[1] < ALPHA)
+            row["cells"][task] = f"{mine[0]:+.1f} (p {mine[1]:.3f})" + ("" if ok else " ✗")
+            if not ok:
+                row["fails"].append(task)
+        rows.append(row)
+    return rows
+
+
+def acceptance_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    head = ["mode", f"cost ({QUICKSTART_LIKE})", *GAIN_TASKS, *HARMLESS_TASKS, "verdict"]
+    lines = [
+        "",
+        f"**Against the bar for a new default** (issue 27): cost at most {MAX_COST}x AdamW (measured time on "
+        f"`{QUICKSTART_LIKE}`, the quickstart's model and step, where a timing sitting measured it; else passes); on "
+        f"{', '.join(GAIN_TASKS)} at least {GAIN_KEPT:.0%} of today's default's gain, ahead of AdamW with p < {ALPHA}; "
+        f"on {', '.join(HARMLESS_TASKS)} no loss beyond seed noise (a negative Δ with p < {ALPHA}). ✗: misses it.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
+    for r in rows:
+        cost, how = r["cost"]
+        cost_cell = "not run" if cost is None else f"{cost:.2f} ({how})" + (" ✗" if "cost" in r["fails"] else "")
+        if r["fails"]:
+            verdict = "misses: " + ", ".join(r["fails"])
+        elif r["missing"]:
+            verdict = "not decided: " + ", ".join(r["missing"]) + " not run"
+        else:
+            verdict = "**meets all**"
+        cells = [r["cells"].get(t, "") for t in (*GAIN_TASKS, *HARMLESS_TASKS)]
+        lines.append("| " + " | ".join([r["mode"], cost_cell, *cells, verdict]) + " |")
+    return lines
 
 
 def report(

@@ -232,3 +232,33 @@ def test_a_timing_sitting_times_adamw_at_both_ends_and_the_report_uses_it(tmp_pa
     assert summary["tasks"]["zz"]["arms"]["late-0.5"]["time_measured"] == pytest.approx(1.5)
     assert "measured in `timing-20261206.json`" in md.read_text() and "rough" not in md.read_text().split("|---")[1]
     assert frontier.plotted(summary["tasks"]["zz"])[1].startswith("training time")
+
+
+def _task(**arms):
+    """A summary's task: arm -> (Δ test in points, p, passes)."""
+    return {
+        "arms": {
+            arm: {"vs_adamw_test": {"mean": d / 100, "p_value": p}, "passes": passes, "time_measured": None}
+            for arm, (d, p, passes) in arms.items()
+        }
+    }
+
+
+def test_the_acceptance_table_checks_each_bar_of_the_issue():
+    base = {"default": (2.0, 0.01, 1.9), "late-0.7": (1.9, 0.02, 1.3)}  # 95% of the default's gain, p < 0.05
+    tasks = {t: _task(**base) for t in ("d", "f", "g", "h")}
+    tasks["a"] = _task(**{"late-0.7": (-0.4, 0.30, 1.3)})  # a loss within seed noise: no harm
+    tasks["e"] = _task(**{"late-0.7": (0.1, 0.9, 1.3)})
+    rows = {r["mode"]: r for r in frontier.acceptance({"tasks": tasks})}
+    assert rows["late-0.7"]["fails"] == [] and rows["late-0.7"]["missing"] == []
+    assert rows["default"]["fails"] == ["cost"] and rows["default"]["missing"] == ["a", "e"]
+
+    tasks["g"] = _task(default=(2.0, 0.01, 1.9), **{"late-0.7": (1.7, 0.01, 1.3)})  # 85% kept: misses
+    tasks["h"] = _task(default=(2.0, 0.01, 1.9), **{"late-0.7": (2.5, 0.08, 1.3)})  # more gain, p 0.08: misses
+    tasks["a"] = _task(**{"late-0.7": (-0.6, 0.04, 1.3)})  # a loss beyond seed noise: harm
+    tasks["d"] = _task(default=(2.0, 0.01, 1.9), **{"late-0.7": (2.0, 0.01, 1.31)})  # over 1.3x: misses
+    row = next(r for r in frontier.acceptance({"tasks": tasks}) if r["mode"] == "late-0.7")
+    assert row["fails"] == ["cost", "g", "h", "a"]
+    assert "85% of default's" in row["cells"]["g"] and row["cells"]["g"].endswith("✗")
+    text = "\n".join(frontier.acceptance_markdown([row]))
+    assert "misses: cost, g, h, a" in text
