@@ -91,6 +91,10 @@ ARMS: dict[str, tuple[dict[str, Any], str]] = {
         {"sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
         "the default with the climb on a quarter of each batch (Bahri et al. 2022)",
     ),
+    "default-every-3": (
+        {"sam_variant": "every_k", "every_k": 3},
+        "the default's window and radius, SAM on every third step (spread out, not late)",
+    ),
     "aesam": ({**_PAPER, "sam_variant": "aesam"}, "AE-SAM's trigger: SAM where ||g||^2 is high"),
     "aesam-late-0.5": (_late(0.5, sam_variant="aesam"), "AE-SAM's trigger in the second half"),
 }
