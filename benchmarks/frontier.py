@@ -201,12 +201,11 @@ def replay_climbs(
 def climb_cost(settings: dict[str, Any], batch_size: int) -> float:
     """What one climb costs in passes over the batch: the share of each batch the ascent's forward/backward sees
     (`Variant.climb_rows`: all of it but for `ascent_fraction`, whose climb sees ceil(fraction x batch))."""
-    from samtune.optim.settings import SAMSettings, setting_specs
-    from samtune.optim.variants import make_variant
+    from samtune.optim.variants import variant_class
 
-    names = {s.name for s in setting_specs()}
-    known = {k: v for k, v in settings.items() if k in names}
-    return make_variant(SAMSettings(**known)).climb_rows(batch_size) / batch_size
+    cls = variant_class(settings.get("sam_variant", "sam"))
+    variant = cls(**{k: settings[k] for k in cls.settings if k in settings})  # the rest: their defaults
+    return variant.climb_rows(batch_size) / batch_size
 
 
 def run_passes(record: dict[str, Any]) -> tuple[float | None, str]:
@@ -461,7 +460,8 @@ def acceptance(summary: dict[str, Any]) -> list[dict[str, Any]]:
         for task in GAIN_TASKS:
             mine, default = _delta(tasks.get(task), arm), _delta(tasks.get(task), DEFAULT_ARM)
             if mine is None or default is None:
-                row["cells"][task], _ = "not run", row["missing"].append(task)
+                row["cells"][task] = "not run"
+                row["missing"].append(task)
                 continue
             kept = mine[0] / default[0] if default[0] > 0 else math.nan
             ok = mine[0] > 0 and mine[1] < ALPHA and (arm == DEFAULT_ARM or kept >= GAIN_KEPT)
@@ -471,7 +471,8 @@ def acceptance(summary: dict[str, Any]) -> list[dict[str, Any]]:
         for task in HARMLESS_TASKS:
             mine = _delta(tasks.get(task), arm)
             if mine is None:
-                row["cells"][task], _ = "not run", row["missing"].append(task)
+                row["cells"][task] = "not run"
+                row["missing"].append(task)
                 continue
             ok = not (mine[0] < 0 and mine[1] < ALPHA)
             row["cells"][task] = f"{mine[0]:+.1f} (p {mine[1]:.3f})" + ("" if ok else " ✗")

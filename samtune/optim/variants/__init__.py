@@ -102,7 +102,8 @@ class Variant:
         return True
 
     def climb_rows(self, batch_size: int) -> int:
-        """How many examples of a micro-batch of `batch_size` the climb's gradient comes from (the model card)."""
+        """How many examples of a micro-batch of `batch_size` the climb's gradient comes from (read by the model
+        card and by the benchmarks' pass count)."""
         return batch_size
 
     decides_on_gradient: ClassVar[bool] = False  # True: `climbs_given` decides, after the step's plain pass

@@ -26,7 +26,7 @@ class AscentFraction(Variant):
 
     def ascent_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any] | None:
         size = batch_size_of(inputs)
-        rows = size if size is None else ascent_rows(size, self.ascent_fraction)
+        rows = size if size is None else self.climb_rows(size)
         return None if rows == size else first_rows(inputs, rows)
 
     def climb_rows(self, batch_size: int) -> int:
