@@ -91,6 +91,13 @@ ARMS: dict[str, tuple[dict[str, Any], str]] = {
         {"sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
         "the default with the climb on a quarter of each batch (Bahri et al. 2022)",
     ),
+    **{
+        f"default-ascent-0.25-rho-{r:g}": (
+            {"sam_variant": "ascent_fraction", "ascent_fraction": 0.25, "rho": r},
+            f"the quarter-batch climb with a wider radius, rho {r} (a noisier climb, a longer one)",
+        )
+        for r in (0.1, 0.2)
+    },
     "default-every-3": (
         {"sam_variant": "every_k", "every_k": 3},
         "the default's window and radius, SAM on every third step (spread out, not late)",
