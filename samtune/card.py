@@ -212,9 +212,12 @@ def _ascent_batch(
 
 
 def _sharpness_trend(log_history: list[dict[str, Any]]) -> str:
-    """The sharpness SAM minimised, at its first and last log ("n/a" if no SAM step was logged)."""
+    """The sharpness SAM minimised, at its first and last log (none logged: no SAM step, or a climb on part of each
+    batch, the default, whose two losses are of different examples)."""
     values = [h["sam_sharpness"] for h in log_history if "sam_sharpness" in h]
-    return f"{values[0]:.4g} / {values[-1]:.4g}" if values else "n/a"
+    if values:
+        return f"{values[0]:.4g} / {values[-1]:.4g}"
+    return "not logged (the climb took part of each batch, or no SAM step ran; `samtune sharpness RUN_DIR` measures it)"
 
 
 def _results_table(facts: CardFacts) -> str:

@@ -67,6 +67,7 @@ class SAMState(TrainerCallback, ExportableState):
     sharpness_count: int = 0
     # This optimizer step's, until its last micro-batch.
     step_sharpness: torch.Tensor | float = 0.0
+    step_measured: bool = False  # a micro-batch of this step measured its sharpness (a part-batch ascent cannot)
     missed_climb: bool = False  # a micro-batch of this SAM step did not climb (non-finite ||g||)
 
     def __post_init__(self) -> None:
@@ -89,21 +90,22 @@ class SAMState(TrainerCallback, ExportableState):
         self.missed_climb = self.missed_climb or not climbed
         if sharpness is not None:
             self.step_sharpness = sharpness + self.step_sharpness
+            self.step_measured = True
 
     def sam_step_done(self, rho: float) -> bool:
         """A SAM step's last micro-batch: count it; True if every micro-batch of it climbed."""
         complete = not self.missed_climb
         self.climb_steps += 1
         self.last_rho = rho
-        if complete:
+        if complete and self.step_measured:
             self.sharpness_sum = self.step_sharpness + self.sharpness_sum
             self.sharpness_count += 1
-        self.missed_climb, self.step_sharpness = False, 0.0
+        self.missed_climb, self.step_sharpness, self.step_measured = False, 0.0, False
         return complete
 
     def abandon_step(self) -> None:
         """The optimizer step failed part-way: forget what it gathered (the variant's too)."""
-        self.missed_climb, self.step_sharpness = False, 0.0
+        self.missed_climb, self.step_sharpness, self.step_measured = False, 0.0, False
         self.variant.abandon_step()
 
     def log_entries(self, processes: Processes) -> dict[str, Any]:

@@ -220,6 +220,23 @@ def test_logged_sharpness_is_the_loss_rise_at_w_plus_e(tmp_path, accumulation):
     assert by_hand > 0 and logged == [pytest.approx(by_hand, abs=1e-6)]
 
 
+def test_a_climb_on_part_of_the_batch_logs_no_sharpness(tmp_path):
+    """ascent_fraction (the default variant): the ascent's loss is the first quarter's, the descent's the whole
+    batch's, so their difference is no sharpness: none is logged (not a 0), while the step still climbs."""
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=LR,
+        rho=RHO,
+        **{**SGD_PLAIN, "sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
+    )
+    trainer = _train(tiny_bert(), text_rows(12), args)
+    logs = [h for h in trainer.state.log_history if "sam_rho" in h]
+    assert len(logs) == 3 and logs[-1]["sam_climb_steps"] == 3
+    assert all("sam_sharpness" not in h for h in logs), logs
+
+
 def test_window_and_schedule_are_checked_everywhere(tmp_path):
     for bad, says in (
         ({"start": 1.5}, "whole step number"),
