@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 
-#: The paper's SAM: a constant radius from the first step (samtune's defaults differ: see finetune.py).
-PAPER = {"schedule": "constant", "start": 0.0}
+#: The paper's SAM: the exact step (the whole batch climbs), a constant radius from the first step (samtune's
+#: defaults differ: see finetune.py and frontier.py). An arm's own variant replaces `sam_variant`.
+PAPER = {"sam_variant": "sam", "schedule": "constant", "start": 0.0}
 
 
 def make_arms(sam_rho: float, asam_rho: float) -> dict[str, dict[str, Any]]:
@@ -29,6 +30,6 @@ def make_arms(sam_rho: float, asam_rho: float) -> dict[str, dict[str, Any]]:
         "ascent_quarter": {"rho": sam_rho, "sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
         "rst": {"rho": sam_rho, "sam_variant": "rst", "rst_probability": 0.5},
     }
-    arms = {name: kw if name == "adamw" else {**kw, **PAPER} for name, kw in arms.items()}
+    arms = {name: kw if name == "adamw" else {**PAPER, **kw} for name, kw in arms.items()}
     arms["sam-defaults"] = {"rho": sam_rho}
     return arms

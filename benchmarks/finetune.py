@@ -139,7 +139,15 @@ TASK_TITLES = {
     "h": "digits, 40% wrong training labels: a small ResNet from scratch, 40 epochs",
 }
 
-_PAPER = {"rho": 0.05, "adaptive": False, "schedule": "constant", "start": 0.0, "stop": None, "params": "all"}
+_PAPER = {
+    "rho": 0.05,
+    "adaptive": False,
+    "sam_variant": "sam",
+    "schedule": "constant",
+    "start": 0.0,
+    "stop": None,
+    "params": "all",
+}
 
 #: name -> (SAMArguments keywords, why the arm is here). `default` is {}: whatever SAMArguments ships.
 ARMS: dict[str, tuple[dict[str, Any], str]] = {
@@ -147,7 +155,10 @@ ARMS: dict[str, tuple[dict[str, Any], str]] = {
     "sam": (_PAPER, "the paper's SAM: rho 0.05, constant, every step, every parameter"),
     "sam-lr": ({**_PAPER, "schedule": "lr"}, "rho follows the learning rate (GSAM's rule)"),
     "sam-after-warmup": ({**_PAPER, "start": 0.1}, "SAM from the end of the 10% warmup (Momentum-SAM)"),
-    "sam-lr-after-warmup": ({**_PAPER, "schedule": "lr", "start": 0.1}, "both"),
+    "sam-lr-after-warmup": (
+        {**_PAPER, "schedule": "lr", "start": 0.1},
+        "both (samtune's default until 2026-12-06, when the frontier chose the quarter-batch climb)",
+    ),
     "sam-0.02-lr-after-warmup": ({**_PAPER, "rho": 0.02, "schedule": "lr", "start": 0.1}, "both, a smaller radius"),
     "sam-0.1-lr-after-warmup": ({**_PAPER, "rho": 0.1, "schedule": "lr", "start": 0.1}, "both, a larger radius"),
     "sam-body-lr-after-warmup": (

@@ -18,7 +18,8 @@ Per task and mode (`summarise`):
   decisions step by step (`replay_climbs`: exact for a variant that decides on the step and the seed; one that
   decides on the gradient, AE-SAM's trigger, needs the recorded count);
 * cost (b), time: training time / AdamW's on the same seed. From the suite's runs it is "rough" (2 runs at a time,
-  shared CPU); `--time` measures it in a sitting of its own (`timing-<date>.json`) and the report uses it then.
+  shared CPU); `--time` measures it in a sitting of its own (`timing-<date>.json`) and the report uses it then
+  (per mode, the newest sitting that timed its settings, against that sitting's AdamW).
 
     python benchmarks/frontier.py --tasks d                  # train what is missing (5 seeds, 2 jobs), report
     python benchmarks/frontier.py --report-only --tasks d    # the tables and figures from the runs on disk
@@ -56,6 +57,9 @@ RUNS = finetune.OUT  # the fine-tune suite's run files, shared
 BASELINE = finetune.BASELINE
 PAPER_ARM = "sam"
 DEFAULT_ARM = "default"
+#: The default the issue measured against (rho 0.05, schedule lr, start 0.1, the whole batch climbs): the bar
+#: for a new default is a share of its gain. samtune shipped it until this frontier chose the quarter-batch climb.
+PREVIOUS_DEFAULT_ARM = "previous-default"
 #: The issue's tasks, those the suite defines today (the image pair joins by its names once it lands).
 ISSUE_TASKS = ("d", "f", "g", "h", "e", "a")
 #: --time refuses when the 1-minute load average is above this per core (another job on the CPU).
@@ -63,6 +67,7 @@ MAX_LOAD_PER_CORE = 0.5
 TIME_STEPS = 200
 
 _PAPER = finetune.ARMS[PAPER_ARM][0]
+_PREVIOUS = finetune.ARMS["sam-lr-after-warmup"][0]
 
 
 def _late(start: float, rho: float = 0.05, **kw: Any) -> dict[str, Any]:
@@ -72,7 +77,11 @@ def _late(start: float, rho: float = 0.05, **kw: Any) -> dict[str, Any]:
 #: name -> (SAMArguments keywords, why the mode is here).
 ARMS: dict[str, tuple[dict[str, Any], str]] = {
     BASELINE: finetune.ARMS[BASELINE],
-    DEFAULT_ARM: finetune.ARMS[DEFAULT_ARM],
+    DEFAULT_ARM: (
+        {},
+        "what samtune ships: SAMArguments' defaults (since 2026-12-06: the quarter-batch climb, rho 0.1)",
+    ),
+    PREVIOUS_DEFAULT_ARM: (_PREVIOUS, "samtune's default until 2026-12-06: rho 0.05, schedule lr, start 0.1, exact"),
     PAPER_ARM: finetune.ARMS[PAPER_ARM],
     **{
         f"late-{s:g}{'' if r == 0.05 else f'-rho-{r:g}'}": (
@@ -88,19 +97,17 @@ ARMS: dict[str, tuple[dict[str, Any], str]] = {
         "LookSAM (k 5) in the second half",
     ),
     "default-ascent-0.25": (
-        {"sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
-        "the default with the climb on a quarter of each batch (Bahri et al. 2022)",
+        {**_PREVIOUS, "sam_variant": "ascent_fraction", "ascent_fraction": 0.25},
+        "the previous default with the climb on a quarter of each batch (Bahri et al. 2022)",
     ),
-    **{
-        f"default-ascent-0.25-rho-{r:g}": (
-            {"sam_variant": "ascent_fraction", "ascent_fraction": 0.25, "rho": r},
-            f"the quarter-batch climb with a wider radius, rho {r} (a noisier climb, a longer one)",
-        )
-        for r in (0.1, 0.2)
-    },
+    # rho 0.1 with the quarter-batch climb is today's default (`default`); its runs are stored under that name.
+    "default-ascent-0.25-rho-0.2": (
+        {**_PREVIOUS, "sam_variant": "ascent_fraction", "ascent_fraction": 0.25, "rho": 0.2},
+        "the quarter-batch climb with a wider radius, rho 0.2 (a noisier climb, a longer one)",
+    ),
     "default-every-3": (
-        {"sam_variant": "every_k", "every_k": 3},
-        "the default's window and radius, SAM on every third step (spread out, not late)",
+        {**_PREVIOUS, "sam_variant": "every_k", "every_k": 3},
+        "the previous default's window and radius, SAM on every third step (spread out, not late)",
     ),
     "aesam": ({**_PAPER, "sam_variant": "aesam"}, "AE-SAM's trigger: SAM where ||g||^2 is high"),
     "aesam-late-0.5": (_late(0.5, sam_variant="aesam"), "AE-SAM's trigger in the second half"),
@@ -261,12 +268,24 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
 # ---- summary -----------------------------------------------------------------------------------
 
 
-def latest_timing(out: Path, task: str) -> dict[str, Any] | None:
-    """The newest timing sitting (`timing-<date>.json`) that measured `task`."""
-    for path in sorted(out.glob("timing-*.json"), reverse=True):
-        sitting = json.loads(path.read_text())
-        if task in sitting.get("tasks", {}):
-            return {"file": path.name, **sitting["tasks"][task], "machine": sitting.get("machine")}
+def sittings(out: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The timing sittings (`timing-<date>[-<HHMM>].json`), newest first."""
+    paths = sorted(out.glob("timing-*.json"), key=lambda p: p.stem, reverse=True)
+    return [(p.name, json.loads(p.read_text())) for p in paths]
+
+
+def measured_time(out: Path, task: str, arm: str, settings: dict[str, Any]) -> tuple[float, str] | None:
+    """The newest sitting's time ratio (to AdamW's in that sitting) for a mode trained as `settings` on `task`, and
+    its file. A sitting stores each arm's settings; one that predates that is read by the arm's name."""
+    for name, sitting in sittings(out):
+        timed = sitting.get("tasks", {}).get(task)
+        if not timed:
+            continue
+        for key, row in timed.get("arms", {}).items():
+            stored = row.get("settings")
+            same = finetune.same_settings(stored, settings) if stored is not None else key == arm
+            if same and key in timed.get("ratios", {}):
+                return timed["ratios"][key], name
     return None
 
 
@@ -287,7 +306,7 @@ def summarise(runs: Path, out: Path, tasks: Sequence[str], arms: Sequence[str], 
         for runs_of in records.values():
             report["machines"] |= {r["machine"]["cpu"] for r in runs_of.values()}
             report["finished"] |= {r.get("finished", "")[:10] for r in runs_of.values()} - {""}
-        timing = latest_timing(out, task)
+        files: set[str] = set()
         paper = summary["arms"].get(PAPER_ARM, {}).get(f"vs_{BASELINE}_test")
         for arm, e in summary["arms"].items():
             e["runs_from"] = sources[arm]
@@ -295,14 +314,16 @@ def summarise(runs: Path, out: Path, tasks: Sequence[str], arms: Sequence[str], 
             ratios = [r for r, _ in counted]
             e["passes"] = None if None in ratios else statistics.fmean(ratios)
             e["passes_counted"] = sorted({how for _, how in counted})
-            e["time_measured"] = (timing or {}).get("ratios", {}).get(arm)
+            measured = measured_time(out, task, arm, finetune.resolved_settings(ARMS[arm][0]))
+            e["time_measured"] = None if measured is None else measured[0]
+            files |= set() if measured is None or arm == BASELINE else {measured[1]}
             if arm == BASELINE:
                 e.update(passes=1.0, time_ratio=1.0, share=0.0, share_note="")
                 continue
             e["share"], e["share_note"] = gain_share(e[f"vs_{BASELINE}_test"]["mean"], paper["mean"] if paper else None)
         report["tasks"][task] = {
             "title": finetune.TASK_TITLES.get(task, task),
-            "timing": None if timing is None else {k: timing[k] for k in ("file", "steps", "threads") if k in timing},
+            "timing": {"files": sorted(files)} if files else None,
             **summary,
         }
     report["machines"], report["finished"] = sorted(report["machines"]), sorted(report["finished"])
@@ -382,7 +403,7 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
         lines += [
             "",
             f"**({task}) {t['title']}**, AdamW seeds {finetune._seed_text(t['seeds'])}"
-            + (f"; time × measured in `{timing['file']}`" if timing else "; time × rough"),
+            + (f"; time × measured in {', '.join(f'`{f}`' for f in timing['files'])}" if timing else "; time × rough"),
             "",
             "| rank | mode | settings | runs of | seeds | val | Δ test | p | share of SAM's gain | passes × | time × |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -429,7 +450,8 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
 
 # ---- the issue's acceptance, per mode -----------------------------------------------------------
 
-#: Tasks where a new default must keep GAIN_KEPT of today's default's gain, ahead of AdamW with p < ALPHA.
+#: Tasks where a new default must keep GAIN_KEPT of the previous default's gain (the one the issue measured),
+#: ahead of AdamW with p < ALPHA.
 GAIN_TASKS = ("d", "f", "g", "h")
 #: "Does no harm" tasks: not worse than AdamW beyond seed noise (a negative Δ with p < ALPHA fails).
 HARMLESS_TASKS = ("a", "e")
@@ -447,8 +469,9 @@ def _delta(t: dict[str, Any] | None, arm: str) -> tuple[float, float] | None:
 def acceptance(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Per mode other than AdamW: how close it came to the issue's bar for a new default. Its cost (the time
     measured on QUICKSTART_LIKE if a sitting measured it, else the passes there: at most MAX_COST), on each of
-    GAIN_TASKS its gain against GAIN_KEPT of the default's (and p < ALPHA), on HARMLESS_TASKS no loss beyond seed
-    noise. Cells say "not run" where the mode or the default has no runs: a verdict needs every one."""
+    GAIN_TASKS its gain against GAIN_KEPT of the previous default's (and p < ALPHA), on HARMLESS_TASKS no loss
+    beyond seed noise. Cells say "not run" where the mode or the previous default has no runs: a verdict needs
+    every one."""
     tasks = summary["tasks"]
     rows = []
     arms = dict.fromkeys([*ARMS, *(a for t in tasks.values() for a in t["arms"])])
@@ -465,14 +488,16 @@ def acceptance(summary: dict[str, Any]) -> list[dict[str, Any]]:
         elif cost > MAX_COST + 1e-9:
             row["fails"].append("cost")
         for task in GAIN_TASKS:
-            mine, default = _delta(tasks.get(task), arm), _delta(tasks.get(task), DEFAULT_ARM)
+            mine, default = _delta(tasks.get(task), arm), _delta(tasks.get(task), PREVIOUS_DEFAULT_ARM)
             if mine is None or default is None:
                 row["cells"][task] = "not run"
                 row["missing"].append(task)
                 continue
             kept = mine[0] / default[0] if default[0] > 0 else math.nan
-            ok = mine[0] > 0 and mine[1] < ALPHA and (arm == DEFAULT_ARM or kept >= GAIN_KEPT)
-            row["cells"][task] = f"{mine[0]:+.1f} ({kept:.0%} of default's, p {mine[1]:.3f})" + ("" if ok else " ✗")
+            ok = mine[0] > 0 and mine[1] < ALPHA and (arm == PREVIOUS_DEFAULT_ARM or kept >= GAIN_KEPT)
+            row["cells"][task] = f"{mine[0]:+.1f} ({kept:.0%} of previous default's, p {mine[1]:.3f})" + (
+                "" if ok else " ✗"
+            )
             if not ok:
                 row["fails"].append(task)
         for task in HARMLESS_TASKS:
@@ -495,7 +520,8 @@ def acceptance_markdown(rows: list[dict[str, Any]]) -> list[str]:
         "",
         f"**Against the bar for a new default** (issue 27): cost at most {MAX_COST}x AdamW (measured time on "
         f"`{QUICKSTART_LIKE}`, the quickstart's model and step, where a timing sitting measured it; else passes); on "
-        f"{', '.join(GAIN_TASKS)} at least {GAIN_KEPT:.0%} of today's default's gain, ahead of AdamW with p < {ALPHA}; "
+        f"{', '.join(GAIN_TASKS)} at least {GAIN_KEPT:.0%} of the previous default's gain (`{PREVIOUS_DEFAULT_ARM}`), "
+        f"ahead of AdamW with p < {ALPHA}; "
         f"on {', '.join(HARMLESS_TASKS)} no loss beyond seed noise (a negative Δ with p < {ALPHA}). ✗: misses it.",
         "",
         "| " + " | ".join(head) + " |",
@@ -577,6 +603,7 @@ def time_arms(out: Path, tasks: Sequence[str], arms: Sequence[str], steps: int, 
         for arm in order:
             result = train_one(config, finetune.resolved_settings(ARMS[arm][0]), seed=0)
             row = {k: result[k] for k in ("train_time", "optimizer_steps", "climb_steps")}
+            row["settings"] = finetune.resolved_settings(ARMS[arm][0])
             row["load_after"] = list(os.getloadavg())
             print(f"[{task}] {arm}: {row['train_time']:.1f}s, {row['climb_steps']} climbs", file=sys.stderr)
             if arm == BASELINE:
@@ -588,6 +615,8 @@ def time_arms(out: Path, tasks: Sequence[str], arms: Sequence[str], steps: int, 
         sitting["tasks"][task] = timed
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"timing-{date}.json"
+    if path.exists():  # a second sitting that day: its own file, read first (newest)
+        path = out / f"timing-{date}-{dt.datetime.now().strftime('%H%M')}.json"
     path.write_text(json.dumps(sitting, indent=1))
     return path
 

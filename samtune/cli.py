@@ -745,12 +745,13 @@ def compare_command(
     arms: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: adamw (the baseline, always run), sam, asam, "
+            help="Comma-separated: adamw (the baseline, always run), recipe (the recipe's SAM as train runs it: "
+            "samtune's default is the quarter-batch climb, ascent_fraction at rho 0.1), sam (exact SAM), asam, "
             f"{', '.join(_cheaper_variants())}; each may carry its own SAM settings: "
             "sam:rho=0.02,schedule=lr,start=0.1 (a KEY=VALUE after a comma belongs to the arm before it).",
             rich_help_panel=COMPARE_PANEL,
         ),
-    ] = "adamw,sam",
+    ] = "adamw,recipe",
     seeds: Annotated[
         int, typer.Option(min=1, help="Seeds per arm: training.seed, +1, ...", rich_help_panel=COMPARE_PANEL)
     ] = 3,

@@ -243,6 +243,7 @@ def sam_sgd_trainer(
         report_to="none",
         disable_tqdm=True,
         seed=0,
+        sam_variant="sam",
         schedule="constant",
         start=0.0,
         per_device_train_batch_size=batch_size,

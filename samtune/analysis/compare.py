@@ -9,8 +9,10 @@ The arms (`--arms`), each the recipe (with the KEY=VALUE overrides) plus its own
 
     adamw            the base optimizer alone (sam.rho=0), whatever training.optimizer is: the baseline,
                      always trained
-    sam              exact SAM with the recipe's rho and adaptive flag (rho 0.05, or 0.5 if adaptive,
-                     where the recipe has rho 0)
+    recipe           the recipe's SAM as `samtune train` runs it: its variant, rho and every other sam
+                     setting (samtune's default: the climb on a quarter of each batch at rho 0.1)
+    sam              exact SAM (the whole batch climbs) with the recipe's rho and adaptive flag (rho 0.05,
+                     or 0.5 if adaptive, where the recipe has rho 0)
     asam             ASAM (sam.adaptive=true): the recipe's rho if the recipe is adaptive already, else 0.5
                      (Kwon et al. 2021 use 0.5-2.0; SAM's usual 0.05 barely moves an adaptive climb)
     every_k, looksam, ...
@@ -98,6 +100,7 @@ from samtune.rundir import (
 
 OWN_ARMS: dict[str, str] = {
     "adamw": "the base optimizer alone (sam.rho=0)",
+    "recipe": "the recipe's own SAM settings, as samtune train runs them (its variant included)",
     "sam": "exact SAM, the recipe's rho and adaptive flag",
     "asam": "ASAM (sam.adaptive=true), rho 0.5 unless the recipe is adaptive",
 }
@@ -108,8 +111,9 @@ def arm_kinds() -> dict[str, str]:
     return {**OWN_ARMS, **{name: variant_class(name).summary for name in variant_names() if name not in OWN_ARMS}}
 
 
-DEFAULT_ARMS = ("adamw", "sam")
+DEFAULT_ARMS = ("adamw", "recipe")
 DEFAULT_SEEDS = 3
+RECIPE_ARM = "recipe"  # the recipe's SAM as it stands
 COMPARE_MARK = ".samtune-compare"  # what --overwrite may delete
 Notify = Callable[[str], None]
 
@@ -209,7 +213,7 @@ def read_arms(spec: str | Sequence[str]) -> tuple[list[ArmSpec], list[str]]:
                 f"unknown SAM setting '{key}' in arm '{kind}': the settings are {', '.join(keys)}"
                 + (f" (did you mean '{close[0]}'?)" if close else "")
             )
-        elif kind is not None and keys[key] not in (None, kind):
+        elif kind not in (None, RECIPE_ARM) and keys[key] not in (None, kind):
             problems.append(
                 f"'{key}' is a setting of the {keys[key]} arm, not of '{kind}': write {keys[key]}:{key}=..."
             )
@@ -287,6 +291,8 @@ def arm_sam(arm: str, recipe_sam: SAMSection) -> dict[str, Any]:
             "adaptive": True,
             "variant": "sam",
         }
+    if arm == RECIPE_ARM:
+        return {"rho": own_rho, "adaptive": recipe_sam.adaptive, "variant": recipe_sam.variant}
     return {"rho": own_rho, "adaptive": recipe_sam.adaptive, "variant": "sam" if arm == "sam" else arm}
 
 

@@ -13,7 +13,7 @@ import yaml
 from conftest import text_examples, write_csv
 from typer.testing import CliRunner
 
-from samtune.analysis.compare import arm_sam, parse_arms, plan_runs, rank_arms, read_arms
+from samtune.analysis.compare import DEFAULT_ARMS, arm_sam, parse_arms, plan_runs, rank_arms, read_arms
 from samtune.analysis.comparison import QUALITY, RunRef, best_arm_line, build_report, comparison_table
 from samtune.analysis.comparison import curves_pixel_size
 from samtune.analysis.paired import bootstrap_interval, paired_difference, paired_t_test, summarise
@@ -113,7 +113,9 @@ def test_comparison_numbers_come_from_each_runs_metrics_json(compared):
         base_time = statistics.fmean(_metrics(out, "adamw", s)["train_runtime"] for s in SEEDS)
         assert report["arms"][arm]["cost_ratio"] == pytest.approx(mean_time / base_time)
         assert f"{mean_time / base_time:.2f}x" in output
-    assert report["arms"]["adamw"]["sam"]["rho"] == 0.0 and report["arms"]["sam"]["sam"]["rho"] == 0.05
+    # the sam arm: exact SAM at the recipe's rho (here samtune's default, 0.1)
+    assert report["arms"]["adamw"]["sam"]["rho"] == 0.0 and report["arms"]["sam"]["sam"]["rho"] == default_of("rho")
+    assert report["arms"]["sam"]["sam"]["variant"] == "sam"
     for seed in SEEDS:  # the baseline never climbs, SAM at every one of its 4 steps in the default window
         assert _metrics(out, "adamw", seed)["sam_climb_steps"] == 0
         assert _metrics(out, "sam", seed)["sam_climb_steps"] == 4 - sam_window(default_of("start"), None, 4)[0]
@@ -251,6 +253,25 @@ def test_each_arm_takes_its_sam_settings_from_the_recipe():
     assert arm_sam("asam", plain) == {"rho": 0.5, "adaptive": True, "variant": "sam"}
     assert arm_sam("asam", asam_recipe) == {"rho": 1.0, "adaptive": True, "variant": "sam"}
     assert arm_sam("looksam", plain) == {"rho": 0.1, "adaptive": False, "variant": "looksam"}
+    # the recipe arm: the recipe's SAM as train runs it, its variant included
+    assert arm_sam("recipe", plain) == {"rho": 0.1, "adaptive": False, "variant": "ascent_fraction"}
+    every = SAMSection(rho=0.2, variant="every_k", every_k=3)
+    assert arm_sam("recipe", every) == {"rho": 0.2, "adaptive": False, "variant": "every_k"}
+
+
+def test_by_default_compare_trains_the_recipe_as_it_stands_against_adamw():
+    """`samtune compare RECIPE` with no --arms: AdamW against what `samtune train RECIPE` trains (samtune's default
+    is the quarter-batch climb), its own settings (of its variant too) kept; a recipe arm's settings go on top."""
+    plan = plan_runs(RAW, ["sam.ascent_fraction=0.5"], DEFAULT_ARMS, seeds=1)
+    sam = {r.arm: r.recipe.sam for r in plan.runs}
+    assert list(sam) == ["adamw", "recipe"]
+    recipe = sam["recipe"]
+    assert (recipe.variant, recipe.ascent_fraction, recipe.rho) == ("ascent_fraction", 0.5, default_of("rho"))
+    assert (recipe.schedule, recipe.start) == (default_of("schedule"), default_of("start"))
+    looksam = {**RAW, "sam": {"variant": "looksam", "looksam_k": 3, "rho": 0.07}}
+    runs = plan_runs(looksam, [], "adamw,recipe:looksam_k=4,start=0.5", seeds=1).runs
+    mine = runs[1].recipe.sam
+    assert (mine.variant, mine.looksam_k, mine.rho, mine.start) == ("looksam", 4, 0.07, 0.5)
 
 
 def test_a_variant_setting_reaches_only_its_own_arm(tmp_path):

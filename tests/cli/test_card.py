@@ -21,7 +21,7 @@ def _run(tmp_path, model_dir, dataset, **training):
             "name": "tiny",
             "model": {"name": str(model_dir)},
             "data": {"dataset": str(dataset)},
-            "sam": {"rho": 0.07, "adaptive": True},
+            "sam": {"rho": 0.07, "adaptive": True, "variant": "sam"},
             "training": {"epochs": 2, "batch_size": 8, "logging_steps": 2, "seed": 3, **training},
             "output": {"dir": str(tmp_path / "run")},
         }

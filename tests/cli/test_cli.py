@@ -16,6 +16,7 @@ import yaml
 from conftest import text_examples, write_csv
 from typer.testing import CliRunner
 
+from samtune.optim.settings import default_of
 from samtune.cli import app
 from samtune.recipe import ModelSection
 
@@ -142,7 +143,8 @@ def test_overrides_and_flag_precedence(tmp_path, text_model_dir, text_csv):
         "rho": 0.2,
         "adaptive": True,
         "asam_eta": 0.01,
-        "variant": "sam",
+        "variant": "ascent_fraction",  # the default: the climb on a quarter of each batch
+        "ascent_fraction": 0.25,
         "params": "all",
         "schedule": "lr",
         "start": 0.1,
@@ -183,7 +185,7 @@ def test_variant_flag_runs_a_cheaper_sam_and_the_card_says_which(tmp_path, text_
     assert "SAM every 2 steps" in (out / "README.md").read_text()
     saved = yaml.safe_load((out / "config.yaml").read_text())["sam"]
     assert saved == {
-        "rho": 0.05,
+        "rho": 0.1,  # the default radius
         "adaptive": False,
         "asam_eta": 0.01,
         "variant": "every_k",
@@ -465,7 +467,9 @@ def test_a_learnable_task_is_learned(tmp_path, text_model_dir):
     )
     metrics = _load_metrics(out)
     assert metrics["eval_accuracy"] >= 0.9  # chance is 0.5
-    assert metrics["sam_rho"] == 0.05 and metrics["sam_perturbations_skipped"] == 0
+    # with samtune's default SAM: the climb on a quarter of each batch
+    assert metrics["sam_variant"] == "ascent_fraction" and metrics["sam_rho"] == default_of("rho") == 0.1
+    assert metrics["sam_perturbations_skipped"] == 0
 
 
 def test_two_processes_report_a_data_error_once_with_its_exit_code(tmp_path, text_model_dir):

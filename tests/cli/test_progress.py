@@ -36,6 +36,7 @@ def _train_through_a_pipe(text_model_dir, text_csv, out, *extra):
         "training.logging_steps=1",
         "training.batch_size=8",
         "sam.start=0",
+        "sam.variant=sam",  # the exact step logs its sharpness (the default's quarter-batch climb cannot)
         *extra,
     ]
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)

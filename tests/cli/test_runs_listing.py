@@ -64,7 +64,7 @@ def test_finished_interrupted_failed_and_running_runs_newest_first(tmp_path, tex
     finished = runs[-1]
     metrics = json.loads((root / "finished" / "metrics.json").read_text())
     assert finished["metric"] == "eval_accuracy" and finished["value"] == metrics["eval_accuracy"]
-    assert finished["steps"] == 2 and finished["sam"] == "sam rho 0.05"
+    assert finished["steps"] == 2 and finished["sam"] == "ascent_fraction rho 0.1"  # the default
     interrupted = runs[2]
     assert (
         interrupted["sam"] == "looksam rho 0.1" and interrupted["metric"] == "eval_mse" and interrupted["value"] is None

@@ -102,6 +102,7 @@ def main(out: Path, scenario: str) -> None:
             "report_to": "none",
             "disable_tqdm": True,
             "rho": 0.05,
+            "sam_variant": "sam",
             "schedule": "constant",
             "start": 0.0,
             "ddp_backend": "gloo",

@@ -95,6 +95,7 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
             "report_to": "none",
             "disable_tqdm": True,
             "rho": 0.05,
+            "sam_variant": "sam",
             "schedule": "constant",
             "start": 0.0,
             "ddp_backend": "gloo",

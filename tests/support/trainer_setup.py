@@ -22,7 +22,7 @@ SGD_PLAIN = dict(
 
 # The paper's SAM: a constant radius from the first step (samtune's defaults ramp it with the learning
 # rate and start after 10% of the steps). The hand-written loops below are the paper's.
-PAPER_SAM = dict(schedule="constant", start=0.0)
+PAPER_SAM = dict(sam_variant="sam", schedule="constant", start=0.0)  # the paper's exact step, from step one
 
 
 def _args(tmp_path, cls=SAMArguments, **kw) -> TrainingArguments:

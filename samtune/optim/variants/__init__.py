@@ -52,6 +52,9 @@ from samtune.optim.settings import default_of, sam_setting_problems, setting_spe
 if TYPE_CHECKING:
     import torch
 
+#: The paper's exact SAM step (the variant `sam`): the one the cheaper variants are measured against.
+EXACT = "sam"
+
 __all__ = ["Processes", "Variant", "make_variant", "register_variant", "variant_class", "variant_names", "variant_of"]
 
 
@@ -203,10 +206,10 @@ def register_variant(cls: type[Variant]) -> type[Variant]:
 
 
 def variant_names() -> tuple[str, ...]:
-    """Every registered variant: exact SAM (the default) first, then the others in the order they registered."""
+    """Every registered variant: exact SAM first, then the others (the cheaper ones, the default among them) in
+    the order they registered."""
     _load_builtins()
-    default = default_of("sam_variant")
-    return (default, *(n for n in _REGISTRY if n != default))
+    return (EXACT, *(n for n in _REGISTRY if n != EXACT))
 
 
 def variant_class(name: str) -> type[Variant]:
