@@ -363,8 +363,10 @@ def test_samtune_train_with_fsdp_writes_a_whole_run_and_resumes_from_sharded_che
     metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["train_steps"] == 6 and metrics["sam_climb_steps"] == 6
     assert metrics["fsdp"] is True and metrics["processes"] == 2
-    # The card says where each climb's gradient came from: both processes' micro-batches, averaged.
-    assert "8 (4 per process x 2 processes, FSDP2: averaged over them)" in (whole / "README.md").read_text()
+    # The card says where each climb's gradient came from: with the default climb, the first quarter of each
+    # process's micro-batch of 4, both processes' averaged.
+    card = (whole / "README.md").read_text()
+    assert "2: the first 1 of each micro-batch of 4 on each of 2 processes (FSDP2: averaged over them)" in card
     again = evaluate_run(whole, str(valid_csv))
     assert again["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-12)
 

@@ -278,9 +278,9 @@ def test_checkpoints_carry_samtunes_state(tmp_path, text_model_dir):
     first, _ = sam_window(default_of("start"), None, 12)  # the default window: from 10% of the 12 steps
     assert first == 2
     assert state == {
-        "rho": 0.05,
+        "rho": 0.05,  # the recipe's
         "adaptive": False,
-        "variant": "sam",
+        "variant": default_of("sam_variant"),  # samtune's default
         "climb_steps": 6 - first,
         "perturbations_skipped": 0,
         "nonfinite_skipped": 0,
