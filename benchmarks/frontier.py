@@ -316,7 +316,8 @@ def summarise(runs: Path, out: Path, tasks: Sequence[str], arms: Sequence[str], 
             e["passes_counted"] = sorted({how for _, how in counted})
             measured = measured_time(out, task, arm, finetune.resolved_settings(ARMS[arm][0]))
             e["time_measured"] = None if measured is None else measured[0]
-            files |= set() if measured is None or arm == BASELINE else {measured[1]}
+            if measured is not None and arm != BASELINE:
+                files.add(measured[1])
             if arm == BASELINE:
                 e.update(passes=1.0, time_ratio=1.0, share=0.0, share_note="")
                 continue
@@ -601,9 +602,10 @@ def time_arms(out: Path, tasks: Sequence[str], arms: Sequence[str], steps: int, 
         config = timing_task(finetune.TASKS[task], steps)
         timed: dict[str, Any] = {"adamw_times": []}
         for arm in order:
-            result = train_one(config, finetune.resolved_settings(ARMS[arm][0]), seed=0)
+            settings = finetune.resolved_settings(ARMS[arm][0])
+            result = train_one(config, settings, seed=0)
             row = {k: result[k] for k in ("train_time", "optimizer_steps", "climb_steps")}
-            row["settings"] = finetune.resolved_settings(ARMS[arm][0])
+            row["settings"] = settings
             row["load_after"] = list(os.getloadavg())
             print(f"[{task}] {arm}: {row['train_time']:.1f}s, {row['climb_steps']} climbs", file=sys.stderr)
             if arm == BASELINE:

@@ -750,7 +750,7 @@ def compare_command(
         str,
         typer.Option(
             help="Comma-separated: adamw (the baseline, always run), recipe (the recipe's SAM as train runs it: "
-            "samtune's default is the quarter-batch climb, ascent_fraction at rho 0.1), sam (exact SAM), asam, "
+            f"samtune's default is {default_of('sam_variant')} at rho {default_of('rho')}), sam (exact SAM), asam, "
             f"{', '.join(_cheaper_variants())}; each may carry its own SAM settings: "
             "sam:rho=0.02,schedule=lr,start=0.1 (a KEY=VALUE after a comma belongs to the arm before it).",
             rich_help_panel=COMPARE_PANEL,

@@ -100,12 +100,16 @@ class SAMState(TrainerCallback, ExportableState):
         if complete and self.step_measured:
             self.sharpness_sum = self.step_sharpness + self.sharpness_sum
             self.sharpness_count += 1
-        self.missed_climb, self.step_sharpness, self.step_measured = False, 0.0, False
+        self._forget_step()
         return complete
+
+    def _forget_step(self) -> None:
+        """Clear what this optimizer step gathered, for the next one."""
+        self.missed_climb, self.step_sharpness, self.step_measured = False, 0.0, False
 
     def abandon_step(self) -> None:
         """The optimizer step failed part-way: forget what it gathered (the variant's too)."""
-        self.missed_climb, self.step_sharpness, self.step_measured = False, 0.0, False
+        self._forget_step()
         self.variant.abandon_step()
 
     def log_entries(self, processes: Processes) -> dict[str, Any]:

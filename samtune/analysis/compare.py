@@ -98,9 +98,11 @@ from samtune.rundir import (
     last_complete_checkpoint,
 )
 
+RECIPE_ARM = "recipe"  # the recipe's SAM as it stands
+
 OWN_ARMS: dict[str, str] = {
     "adamw": "the base optimizer alone (sam.rho=0)",
-    "recipe": "the recipe's own SAM settings, as samtune train runs them (its variant included)",
+    RECIPE_ARM: "the recipe's own SAM settings, as samtune train runs them (its variant included)",
     "sam": "exact SAM, the recipe's rho and adaptive flag",
     "asam": "ASAM (sam.adaptive=true), rho 0.5 unless the recipe is adaptive",
 }
@@ -111,9 +113,8 @@ def arm_kinds() -> dict[str, str]:
     return {**OWN_ARMS, **{name: variant_class(name).summary for name in variant_names() if name not in OWN_ARMS}}
 
 
-DEFAULT_ARMS = ("adamw", "recipe")
+DEFAULT_ARMS = (BASELINE, RECIPE_ARM)
 DEFAULT_SEEDS = 3
-RECIPE_ARM = "recipe"  # the recipe's SAM as it stands
 COMPARE_MARK = ".samtune-compare"  # what --overwrite may delete
 Notify = Callable[[str], None]
 

@@ -103,7 +103,7 @@ class SAMSettings:
     sam_variant: str = setting(
         "ascent_fraction",
         "Which SAM step: 'ascent_fraction' (the default: every step, the climb's gradient from the first quarter "
-        "of each micro-batch, about 1.25x a plain step's passes where the default is 1.9x with 'sam'; chosen on "
+        "of each micro-batch, about 1.22x a plain step's passes where 'sam' takes 2x; chosen on "
         "samtune's cost-gain frontier, benchmarks/frontier.py), 'sam' (the paper's exact step: the whole batch "
         "climbs, 2x), or another variant registered in samtune.optim.variants (one module each: SAM on some steps "
         "only, LookSAM's reused direction, AE-SAM's trigger; `samtune train --help` lists them). A variant's own "
