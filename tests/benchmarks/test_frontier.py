@@ -8,6 +8,7 @@ in a real (tiny) run. Run records are written by hand.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -290,3 +291,20 @@ def test_the_acceptance_table_checks_each_bar_of_the_issue():
     assert "85% of previous default's" in row["cells"]["g"] and row["cells"]["g"].endswith("✗")
     text = "\n".join(frontier.acceptance_markdown([row]))
     assert "misses: cost, g, h, a" in text
+
+
+def test_a_share_under_the_bar_is_tested_against_the_previous_default_paired_by_seed():
+    previous = {"previous-default": (2.0, 0.01, 1.9), "late-0.7": (1.6, 0.01, 1.3)}  # 80% kept
+    tasks = {t: _task(**previous) for t in ("d", "f", "g", "h")}
+    # per-seed test accuracies; the mode ran seeds 0-3, the previous default 1-4: paired on 1, 2, 3
+    tasks["g"]["arms"]["late-0.7"] |= {"seeds": [0, 1, 2, 3], "test": {"values": [0.5, 0.80, 0.70, 0.62]}}
+    tasks["g"]["arms"]["previous-default"] |= {"seeds": [1, 2, 3, 4], "test": {"values": [0.81, 0.73, 0.62, 0.9]}}
+    rows = {r["mode"]: r for r in frontier.acceptance({"tasks": tasks})}
+    row = rows["late-0.7"]
+    # by hand: differences -1, -3, 0 points, mean -4/3, sd sqrt(7/3), t = mean / (sd / sqrt(3)) with 2 degrees of
+    # freedom; two-sided p = 1 - |t| / sqrt(2 + t^2) (Student's t with 2 df has that closed form)
+    t = (-4 / 3) / (math.sqrt(7 / 3) / math.sqrt(3))
+    p = 1 - abs(t) / math.sqrt(2 + t * t)
+    assert row["cells"]["g"].endswith(f"✗ (against it, paired: -1.3, p {p:.3f})")
+    assert "paired" not in row["cells"]["f"]  # no per-seed values: nothing to pair
+    assert "paired" not in rows["previous-default"]["cells"]["g"]  # the bar's own reference
