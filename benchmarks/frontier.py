@@ -19,7 +19,8 @@ Per task and mode (`summarise`):
   decides on the gradient, AE-SAM's trigger, needs the recorded count);
 * cost (b), time: training time / AdamW's on the same seed. From the suite's runs it is "rough" (2 runs at a time,
   shared CPU); `--time` measures it in a sitting of its own (`timing-<date>.json`) and the report uses it then
-  (per mode, the newest sitting that timed its settings, against that sitting's AdamW).
+  (per mode, the newest sitting that timed its work, at any radius: `same_work`; AdamW runs between every two
+  modes, and each mode divides by the two beside it, whose gap the report gives as the ratio's ±).
 
     python benchmarks/frontier.py --tasks d                  # train what is missing (5 seeds, 2 jobs), report
     python benchmarks/frontier.py --report-only --tasks d    # the tables and figures from the runs on disk
@@ -282,18 +283,41 @@ def sittings(out: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(p.name, json.loads(p.read_text())) for p in paths]
 
 
-def measured_time(out: Path, task: str, arm: str, settings: dict[str, Any]) -> tuple[float, str] | None:
-    """The newest sitting's time ratio (to AdamW's in that sitting) for a mode trained as `settings` on `task`, and
-    its file. A sitting stores each arm's settings; one that predates that is read by the arm's name."""
+def same_work(stored: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether two settings do the same work a step: the same passes on the same steps. They agree but for the
+    radius (rho scales the climb; ASAM's eta the scale), unless one does not climb at all (rho 0), or the variant
+    decides on the gradient (AE-SAM), which a different radius moves."""
+    mine, theirs = (finetune.effective_settings(x) for x in (stored, settings))
+    if mine == theirs:
+        return True
+    if "sam_variant" not in mine or "sam_variant" not in theirs or mine["sam_variant"] == "aesam":
+        return False
+    drop = ("rho", "asam_eta")
+    return {k: v for k, v in mine.items() if k not in drop} == {k: v for k, v in theirs.items() if k not in drop}
+
+
+def _drift(timed: dict[str, Any], row: dict[str, Any]) -> float | None:
+    """How far the AdamW runs a ratio divides by drifted apart, relative to their mean: the two beside the mode in
+    an interleaved sitting, the first and last in one from before."""
+    adamw = row.get("adamw_beside") or timed.get("adamw_times")
+    if not adamw or len(adamw) < 2:
+        return None
+    return (max(adamw) - min(adamw)) / statistics.fmean(adamw)
+
+
+def measured_time(out: Path, task: str, arm: str, settings: dict[str, Any]) -> tuple[float, str, float | None] | None:
+    """The newest sitting's time ratio (to AdamW's in that sitting) for a mode that does the work of `settings` on
+    `task` (`same_work`: any radius), its file, and the drift of the AdamW runs the ratio divides by. A sitting
+    stores each arm's settings; one that predates that is read by the arm's name."""
     for name, sitting in sittings(out):
         timed = sitting.get("tasks", {}).get(task)
         if not timed:
             continue
         for key, row in timed.get("arms", {}).items():
             stored = row.get("settings")
-            same = finetune.same_settings(stored, settings) if stored is not None else key == arm
+            same = same_work(stored, settings) if stored is not None else key == arm
             if same and key in timed.get("ratios", {}):
-                return timed["ratios"][key], name
+                return timed["ratios"][key], name, _drift(timed, row)
     return None
 
 
@@ -324,6 +348,7 @@ def summarise(runs: Path, out: Path, tasks: Sequence[str], arms: Sequence[str], 
             e["passes_counted"] = sorted({how for _, how in counted})
             measured = measured_time(out, task, arm, finetune.resolved_settings(ARMS[arm][0]))
             e["time_measured"] = None if measured is None else measured[0]
+            e["time_drift"] = None if measured is None else measured[2]
             if measured is not None and arm != BASELINE:
                 files.add(measured[1])
             if arm == BASELINE:
@@ -397,6 +422,14 @@ def _cell(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _time_cell(e: dict[str, Any]) -> str:
+    """A mode's time ratio: measured, with half its AdamW runs' drift either way; else the suite's rough one."""
+    if e.get("time_measured") is None:
+        return f"{e['time_ratio']:.2f} rough"
+    drift = e.get("time_drift")
+    return f"{e['time_measured']:.2f}" + ("" if drift is None else f" (AdamW ±{drift / 2:.0%})")
+
+
 def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
     """A table per task, ranked by validation, with each mode's share of SAM's gain and its cost; the figure."""
     lines = [
@@ -404,7 +437,10 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
         "paired t-test. Modes ranked by validation accuracy (how one is chosen). share: Δ_mode / Δ_paper-SAM. "
         "passes ×: forward/backward passes / AdamW's, exact (recorded: the run's own count of climbing steps; "
         "replayed: the run's schedule, window and variant replayed step by step). time ×: training time / AdamW's "
-        "on the same seed, *rough* (runs two at a time on a shared CPU) unless a timing sitting measured it.",
+        "on the same seed, *rough* (runs two at a time on a shared CPU) unless a timing sitting measured it; then "
+        "±: half the relative gap between the AdamW runs it divides by (the two beside it, or a sitting's first and "
+        "last before AdamW ran between every mode), how far the CPU's speed drifted under it. A radius does no "
+        "work: a mode takes the time of the newest sitting that timed its window and variant at any rho.",
         f"Machine(s): {'; '.join(report['machines'])}. Runs finished {', '.join(report['finished'])}.",
     ]
     for task, t in report["tasks"].items():
@@ -425,7 +461,7 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
             if e["share_note"]:
                 notes.add(e["share_note"])
             passes = _cell(e["passes"], ".2f") + ("" if arm == BASELINE else f" ({', '.join(e['passes_counted'])})")
-            time = f"{e['time_measured']:.2f}" if e["time_measured"] is not None else f"{e['time_ratio']:.2f} rough"
+            time = _time_cell(e)
             row = [
                 str(rank),
                 f"**{arm}**" if arm == DEFAULT_ARM else arm,
@@ -605,8 +641,9 @@ def check_quiet(force: bool) -> list[float]:
 
 
 def time_arms(out: Path, tasks: Sequence[str], arms: Sequence[str], steps: int, force: bool, date: str) -> Path:
-    """Seed 0 of each mode alone, all threads, AdamW first and last in the same sitting; the ratios to AdamW's
-    mean time go to timing-<date>.json."""
+    """Seed 0 of each mode alone, all threads, AdamW before the first mode, between each two and after the last
+    (the CPU's speed drifts within a sitting: each mode is divided by the mean of the two AdamW runs beside it);
+    the ratios go to timing-<date>.json."""
     import torch
 
     from benchmarks.accuracy import train_one
@@ -622,12 +659,16 @@ def time_arms(out: Path, tasks: Sequence[str], arms: Sequence[str], steps: int, 
         "steps": steps,
         "load_before": load,
         "forced": force,
+        "interleaved": True,
         "tasks": {},
     }
-    order = [BASELINE, *(a for a in arms if a != BASELINE), BASELINE]  # AdamW at both ends: drift shows
+    modes = [a for a in dict.fromkeys(arms) if a != BASELINE]
+    order = [BASELINE]
+    for arm in modes:
+        order += [arm, BASELINE]
     for task in tasks:
         config = timing_task(finetune.TASKS[task], steps)
-        timed: dict[str, Any] = {"adamw_times": []}
+        timed: dict[str, Any] = {"adamw_times": [], "arms": {}}
         for arm in order:
             settings = finetune.resolved_settings(ARMS[arm][0])
             result = train_one(config, settings, seed=0)
@@ -637,9 +678,15 @@ def time_arms(out: Path, tasks: Sequence[str], arms: Sequence[str], steps: int, 
             print(f"[{task}] {arm}: {row['train_time']:.1f}s, {row['climb_steps']} climbs", file=sys.stderr)
             if arm == BASELINE:
                 timed["adamw_times"].append(row["train_time"])
-            timed.setdefault("arms", {})[arm] = row
-        adamw = statistics.fmean(timed["adamw_times"])
-        timed["ratios"] = {a: r["train_time"] / adamw for a, r in timed["arms"].items()}
+                timed["arms"].setdefault(BASELINE, row)
+            else:
+                timed["arms"][arm] = row
+        adamw = timed["adamw_times"]
+        timed["ratios"] = {BASELINE: 1.0}
+        for i, arm in enumerate(modes):
+            row = timed["arms"][arm]
+            row["adamw_beside"] = adamw[i : i + 2]
+            timed["ratios"][arm] = row["train_time"] / statistics.fmean(row["adamw_beside"])
         timed["steps"], timed["threads"] = steps, sitting["threads"]
         sitting["tasks"][task] = timed
     out.mkdir(parents=True, exist_ok=True)

@@ -205,7 +205,9 @@ def test_a_timing_sitting_refuses_a_busy_cpu(monkeypatch):
     assert frontier.check_quiet(force=True) == [3.0, 3.0, 3.0]
 
 
-def test_a_timing_sitting_times_adamw_at_both_ends_and_the_report_uses_it(tmp_path, monkeypatch):
+def test_a_timing_sitting_times_adamw_between_every_mode_and_the_report_uses_it(tmp_path, monkeypatch):
+    """AdamW runs before the first mode, between each two and after the last; each mode's ratio is to the mean of
+    the two AdamW runs beside it, and the report says how far those two drifted apart."""
     from benchmarks import accuracy
 
     runs, out = tmp_path / "runs", tmp_path / "frontier"
@@ -213,7 +215,8 @@ def test_a_timing_sitting_times_adamw_at_both_ends_and_the_report_uses_it(tmp_pa
         for s, acc in enumerate(tests):
             settings = finetune.resolved_settings(frontier.ARMS[arm][0])
             _write(runs, _record("zz", arm, s, acc, settings, climbs={"adamw": 0, "sam": 20}.get(arm, 10)))
-    times = iter([10.0, 21.0, 16.5, 12.0])  # AdamW, sam, late-0.5, AdamW again: AdamW's mean is 11
+    # AdamW 10, sam 21, AdamW 12, late-0.5 19.5, AdamW 14: sam / mean(10, 12) = 21/11; late-0.5 / mean(12, 14) = 1.5
+    times = iter([10.0, 21.0, 12.0, 19.5, 14.0])
     trained = []
 
     def fake_train_one(task, settings, seed):
@@ -226,21 +229,43 @@ def test_a_timing_sitting_times_adamw_at_both_ends_and_the_report_uses_it(tmp_pa
         m.setitem(finetune.TASKS, "zz", accuracy.TaskConfig(name="zz", data="digits", model="vit", batch_size=8))
         path = frontier.time_arms(out, ["zz"], ["adamw", "sam", "late-0.5"], 50, force=False, date="20261206")
     adamw, sam, late = (1, 400, 0.0, 0.1, 0), (1, 400, 0.05, 0.0, 0), (1, 400, 0.05, 0.5, 0)  # 50 steps of 8
-    assert trained == [adamw, sam, late, adamw]
+    assert trained == [adamw, sam, adamw, late, adamw]
     sitting = json.loads(path.read_text())["tasks"]["zz"]
-    assert sitting["adamw_times"] == [10.0, 12.0]
+    assert sitting["adamw_times"] == [10.0, 12.0, 14.0]
+    assert sitting["arms"]["sam"]["adamw_beside"] == [10.0, 12.0]
+    assert sitting["arms"]["late-0.5"]["adamw_beside"] == [12.0, 14.0]
     assert sitting["ratios"]["sam"] == pytest.approx(21 / 11) and sitting["ratios"]["late-0.5"] == pytest.approx(1.5)
 
     md, summary = frontier.report(runs, out, ["zz"], ["adamw", "sam", "late-0.5"], [0, 1], "20261206")
-    assert summary["tasks"]["zz"]["arms"]["late-0.5"]["time_measured"] == pytest.approx(1.5)
-    assert "measured in `timing-20261206.json`" in md.read_text() and "rough" not in md.read_text().split("|---")[1]
+    late_row = summary["tasks"]["zz"]["arms"]["late-0.5"]
+    assert late_row["time_measured"] == pytest.approx(1.5)
+    assert late_row["time_drift"] == pytest.approx(2 / 13)  # the two AdamW beside it: 12 and 14, 2 s on 13 s
+    text = md.read_text()
+    assert "measured in `timing-20261206.json`" in text and "rough" not in text.split("|---")[1]
+    assert "| 1.50 (AdamW ±8%) |" in text  # half the drift either way
     assert frontier.plotted(summary["tasks"]["zz"])[1].startswith("training time")
 
 
-def test_each_mode_takes_the_newest_sitting_that_timed_its_settings(tmp_path):
-    """A later sitting that timed one mode does not hide the modes an earlier one timed; a mode is matched by its
-    settings (a sitting stores them), and a sitting from before that by the arm's name; a sitting whose entry of
-    that name trained other settings does not count for the mode."""
+def test_a_sitting_from_before_interleaving_drifts_between_its_first_and_last_adamw(tmp_path):
+    late = finetune.resolved_settings(frontier.ARMS["late-0.5"][0])
+    old = {
+        "tasks": {
+            "zz": {
+                "adamw_times": [148.2, 168.5],
+                "arms": {"adamw": {"settings": {"rho": 0.0}}, "late-0.5": {"settings": late}},
+                "ratios": {"adamw": 1.0, "late-0.5": 1.54},
+            }
+        }
+    }
+    (tmp_path / "timing-20261207.json").write_text(json.dumps(old))
+    ratio, name, drift = frontier.measured_time(tmp_path, "zz", "late-0.5", late)
+    assert (ratio, name) == (1.54, "timing-20261207.json") and drift == pytest.approx(20.3 / 158.35)
+
+
+def test_each_mode_takes_the_newest_sitting_that_timed_its_work(tmp_path):
+    """A later sitting that timed one mode does not hide the modes an earlier one timed; a mode is matched by the
+    work its settings do (a sitting stores them), and a sitting from before that by the arm's name; a sitting whose
+    entry of that name trained other settings does not count for the mode."""
     late = finetune.resolved_settings(frontier.ARMS["late-0.5"][0])
     old = {"tasks": {"zz": {"arms": {"adamw": {}, "sam": {}, "late-0.5": {}}, "ratios": {"sam": 1.8, "late-0.5": 1.5}}}}
     new = {
@@ -254,11 +279,38 @@ def test_each_mode_takes_the_newest_sitting_that_timed_its_settings(tmp_path):
     (tmp_path / "timing-20261206.json").write_text(json.dumps(old))
     (tmp_path / "timing-20261206-2110.json").write_text(json.dumps(new))  # the same day, later: read first
     paper = finetune.resolved_settings(frontier.ARMS["sam"][0])
-    assert frontier.measured_time(tmp_path, "zz", "late-0.5", late) == (1.4, "timing-20261206-2110.json")
+    assert frontier.measured_time(tmp_path, "zz", "late-0.5", late)[:2] == (1.4, "timing-20261206-2110.json")
     # the new sitting's 'sam' trained other settings: the old one's, by name, is the paper SAM's
-    assert frontier.measured_time(tmp_path, "zz", "sam", paper) == (1.8, "timing-20261206.json")
+    assert frontier.measured_time(tmp_path, "zz", "sam", paper)[:2] == (1.8, "timing-20261206.json")
     assert frontier.measured_time(tmp_path, "zz", "late-0.7", late | {"start": 0.7}) is None
     assert frontier.measured_time(tmp_path, "other", "sam", paper) is None
+
+
+def test_the_radius_does_no_work_so_a_sitting_at_another_rho_times_the_mode(tmp_path):
+    """rho scales the climb, it does not add passes: a sitting that timed late-0.5 at rho 0.1 times it at 0.05 too.
+    rho 0 (AdamW) does no climb at all, and AE-SAM's climbs follow the gradient, which rho moves: neither matches."""
+    settings = {a: finetune.resolved_settings(frontier.ARMS[a][0]) for a in ("late-0.5", "late-0.5-rho-0.1")}
+    aesam = finetune.resolved_settings(frontier.ARMS["aesam-late-0.5"][0])
+    sitting = {
+        "tasks": {
+            "zz": {
+                "arms": {
+                    "late-0.5-rho-0.1": {"settings": settings["late-0.5-rho-0.1"]},
+                    "aesam-late-0.5": {"settings": aesam | {"rho": 0.1}},
+                },
+                "ratios": {"late-0.5-rho-0.1": 1.54, "aesam-late-0.5": 1.1},
+            }
+        }
+    }
+    (tmp_path / "timing-20261207-0709.json").write_text(json.dumps(sitting))
+    assert frontier.measured_time(tmp_path, "zz", "late-0.5", settings["late-0.5"])[:2] == (
+        1.54,
+        "timing-20261207-0709.json",
+    )
+    assert frontier.measured_time(tmp_path, "zz", "x", settings["late-0.5"] | {"rho": 0.0}) is None
+    assert frontier.measured_time(tmp_path, "zz", "aesam-late-0.5", aesam) is None
+    assert frontier.same_work(settings["late-0.5"], settings["late-0.5-rho-0.1"])
+    assert not frontier.same_work(settings["late-0.5"], settings["late-0.5"] | {"start": 0.7})
 
 
 def _task(**arms):
