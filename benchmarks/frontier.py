@@ -427,7 +427,7 @@ def _time_cell(e: dict[str, Any]) -> str:
     if e.get("time_measured") is None:
         return f"{e['time_ratio']:.2f} rough"
     drift = e.get("time_drift")
-    return f"{e['time_measured']:.2f}" + ("" if drift is None else f" (AdamW ±{drift / 2:.0%})")
+    return f"{e['time_measured']:.2f}" + ("" if drift is None else f" (AdamW ±{drift / 2:.1%})")
 
 
 def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:

@@ -242,7 +242,7 @@ def test_a_timing_sitting_times_adamw_between_every_mode_and_the_report_uses_it(
     assert late_row["time_drift"] == pytest.approx(2 / 13)  # the two AdamW beside it: 12 and 14, 2 s on 13 s
     text = md.read_text()
     assert "measured in `timing-20261206.json`" in text and "rough" not in text.split("|---")[1]
-    assert "| 1.50 (AdamW ±8%) |" in text  # half the drift either way
+    assert "| 1.50 (AdamW ±7.7%) |" in text  # half the drift either way
     assert frontier.plotted(summary["tasks"]["zz"])[1].startswith("training time")
 
 
