@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from bombs import _decompression_bomb
@@ -519,13 +520,15 @@ def test_eval_and_sharpness_refuse_a_read_only_run_before_loading_anything(finis
     mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && shift && exec "$@"'
     read_only = ("unshare", "-rm", "sh", "-c", mount, str(finished_run), "_")
     missing = tmp_path / "missing.csv"
-    for args in (
+    commands = (
         ["eval", finished_run, "--dataset", text_csv],
         ["eval", finished_run, "--dataset", missing],
         ["sharpness", finished_run, *MEASURE_SMALL],
         ["sharpness", finished_run, "--dataset", missing],
-    ):
-        done = _samtune(*args, wrapper=read_only)
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one thread each (OMP_NUM_THREADS=1): two at a time
+        finished = list(pool.map(lambda args: _samtune(*args, wrapper=read_only), commands))
+    for args, done in zip(commands, finished):
         said = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == EXIT_USAGE, (args, said)
         assert "read-only" in said.lower() and str(finished_run) in said and "Traceback" not in said, said

@@ -148,14 +148,22 @@ def test_bf16_mixed_precision_policy_climbs_and_restores_in_the_parameters_dtype
 # ---- SAMTrainer under Accelerate's FSDP2 ----------------------------------------------------------
 
 
+# Every scenario of fsdp_trainer_worker.py, and two resumed from their sharded checkpoints: one torchrun launch.
+SCENARIOS = ("sam", "asam", "looksam", "rho0", "plain", "lora", "head", "nobias", "aesam", "plainsteps")
+RESUMED = ("sam", "looksam")
+
+
 @pytest.fixture(scope="module")
 def trainer_run(tmp_path_factory):
-    """Runs a scenario of fsdp_trainer_worker.py (once, at its first use) and returns the folder of the runs."""
+    """Runs every scenario of fsdp_trainer_worker.py at the first use, in turn in the same two processes (each
+    with a fresh Accelerate state), and returns the folder of the runs."""
     out = tmp_path_factory.mktemp("fsdp-trainer")
 
     def run(scenario: str, *extra: str) -> Path:
-        if not (out / f"{scenario}{'-resumed' if extra else ''}-rank0.pt").is_file():
-            torchrun("fsdp_trainer_worker.py", str(out), scenario, *extra)
+        if not (out / "sam-rank0.pt").is_file():
+            every = [*SCENARIOS, *(f"{s}:resume" for s in RESUMED)]
+            torchrun("fsdp_trainer_worker.py", str(out), ",".join(every), timeout=600)
+        assert (out / f"{scenario}{'-resumed' if extra else ''}-rank0.pt").is_file(), (scenario, extra)
         return out
 
     return run
@@ -163,10 +171,6 @@ def trainer_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trainer_runs(trainer_run):
-    for scenario in ("sam", "asam", "looksam", "rho0", "plain", "lora"):
-        trainer_run(scenario)
-    for scenario in ("sam", "looksam"):
-        trainer_run(scenario, "resume")
     return trainer_run("sam")
 
 

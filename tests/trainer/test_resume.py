@@ -9,6 +9,8 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -112,10 +114,14 @@ def _image_folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir, causal_model_dir):
-    """Reference runs, one per (task, accumulation), never interrupted."""
+    """Reference runs, one per (task, accumulation), never interrupted: `get` starts one in the background and
+    returns its recipe and a call that waits for it and gives its run directory. Each run is one thread
+    (OMP_NUM_THREADS=1), so the reference trains beside the interrupted run on a second core; the two share only
+    the model folder and data they read."""
     made = {}
+    pool = ThreadPoolExecutor(max_workers=2)
 
-    def get(accumulation: int, task: str = "text") -> tuple[Path, Path]:
+    def get(accumulation: int, task: str = "text") -> tuple[Path, Callable[[], Path]]:
         if (task, accumulation) not in made:
             root = tmp_path_factory.mktemp(f"reference-{task}-ga{accumulation}")
             if task in ("text", "text-window-lr", "text-aesam"):
@@ -149,12 +155,19 @@ def uninterrupted(tmp_path_factory, text_model_dir, image_model_dir, causal_mode
                 recipe = _recipe(root, causal_model_dir, accumulation, prompts)
             else:
                 recipe = _recipe(root, image_model_dir, accumulation, _image_folder(root))
-            done = _samtune(["train", recipe, "--output-dir", root / "run"])
-            assert done.returncode == 0, done.stderr[-3000:]
-            made[(task, accumulation)] = (recipe, root / "run")
-        return made[(task, accumulation)]
+            pending = pool.submit(_samtune, ["train", recipe, "--output-dir", root / "run"])
+            made[(task, accumulation)] = (recipe, root / "run", pending)
+        recipe, run, pending = made[(task, accumulation)]
 
-    return get
+        def reference() -> Path:
+            done = pending.result()
+            assert done.returncode == 0, done.stderr[-3000:]
+            return run
+
+        return recipe, reference
+
+    yield get
+    pool.shutdown(wait=True)
 
 
 def _assert_same_run(ours: Path, reference: Path) -> None:
@@ -207,7 +220,7 @@ def test_sigkill_after_the_second_checkpoint_then_resume_auto(tmp_path, uninterr
     assert (run / ".samtune.lock").exists()  # left by the dead process; the OS dropped its lock
     resumed = _samtune(["train", recipe, "--output-dir", run, "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(run, reference)
+    _assert_same_run(run, reference())
     if task == "text-window-lr":  # SAM ran on steps 4-10 only, across the kill
         assert json.loads((run / "metrics.json").read_text())["sam_climb_steps"] == 7
     if task == "text-aesam":  # its statistics came back from the checkpoint; both kinds of step, after the kill too
@@ -233,7 +246,7 @@ def test_sigint_saves_prints_the_resume_command_and_resuming_finishes_the_run(tm
     assert command.endswith("--resume auto")
     resumed = _samtune(shlex.split(command)[1:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(run, reference)
+    _assert_same_run(run, reference())
 
 
 def test_sigterm_exits_143_with_a_checkpoint(tmp_path, text_model_dir, text_csv):
