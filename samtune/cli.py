@@ -49,7 +49,7 @@ from samtune.launch import launched, relaunch, report_exit, resume_command, with
 from samtune.optim.settings import default_of
 from samtune.optim.variants import variant_class, variant_names
 from samtune.processes import is_main_process, process_rank
-from samtune.rundir import CONFIG_FILE, check_output_dir, find_runs, refuse_if_in_use
+from samtune.rundir import CONFIG_FILE, check_output_dir, find_runs, refuse_if_in_use, require_model
 
 app = typer.Typer(
     name="samtune",
@@ -484,6 +484,7 @@ def eval_command(
     predictions (tables, a figure and its JSON)."""
 
     def body() -> None:
+        require_model(run_dir)  # a mistyped folder is refused at once, before torch and transformers load
         from samtune.modeling import quiet_transformers
         from samtune.runner import evaluate_run
 
@@ -547,6 +548,7 @@ def predict_command(
     entities and tags; a causal LM's completion of each prompt."""
 
     def body() -> None:
+        require_model(run_dir)  # before torch and transformers load
         from samtune.predict import OUTPUT_FORMATS, predict, write_predictions
 
         if (source is None) == (not text):
@@ -685,6 +687,9 @@ def sharpness_command(
     """Measure how sharp a run's minimum is: Hessian top eigenvalue and trace, SAM sharpness, loss landscapes."""
 
     def body() -> None:
+        require_model(run_dir, "RUN_DIR")  # before torch and transformers load
+        if against is not None:
+            require_model(against, "--against")
         from samtune.analysis.report import DEFAULT_RHOS, measure_sharpness
 
         report = measure_sharpness(

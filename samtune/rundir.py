@@ -100,13 +100,15 @@ def holds_model(run_dir: Path) -> bool:
     return (Path(run_dir) / MODEL_CONFIG_FILE).is_file()
 
 
-def require_model(run_dir: Path) -> None:
-    """Refuse a folder without a saved model: a UsageError (exit 2)."""
+def require_model(run_dir: Path, option: str = "") -> None:
+    """Refuse a folder without a saved model: a UsageError (exit 2) that names the option it came from, if any."""
     if not holds_model(run_dir):
-        raise UsageError(
-            f"{run_dir} is not a samtune run directory (no {MODEL_CONFIG_FILE})",
-            "Give the folder `samtune train` wrote.",
+        what = (
+            "does not exist"
+            if not Path(run_dir).exists()
+            else f"is not a samtune run directory (no {MODEL_CONFIG_FILE})"
         )
+        raise UsageError(f"{option} {run_dir} {what}".lstrip(), "Give the folder `samtune train` wrote.")
 
 
 def _is_complete(checkpoint: Path) -> bool:

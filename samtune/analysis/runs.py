@@ -15,18 +15,16 @@ from transformers import default_data_collator
 
 from samtune import modeling
 from samtune.data import load_data
-from samtune.errors import DataError, UsageError
+from samtune.errors import DataError
 from samtune.recipe import build_recipe, read_recipe_file
-from samtune.rundir import CONFIG_FILE, MODEL_CONFIG_FILE, holds_model, refuse_if_in_use
+from samtune.rundir import CONFIG_FILE, refuse_if_in_use, require_model
 from samtune.saved import Examples, SavedRun, load_model, model_inputs, read_run, split_examples
 
 
 def open_run(run_dir: Path, option: str = "RUN_DIR") -> SavedRun:
     """A run directory's recipe, task and labels; a UsageError (exit 2) if it is not a finished run."""
     run_dir = Path(run_dir)
-    if not holds_model(run_dir):
-        what = "does not exist" if not run_dir.exists() else f"is not a samtune run directory (no {MODEL_CONFIG_FILE})"
-        raise UsageError(f"{option} {run_dir} {what}", "Give a folder that `samtune train` wrote.")
+    require_model(run_dir, option)
     refuse_if_in_use(run_dir, "Measure it once that run ends.")
     config = run_dir / CONFIG_FILE
     recipe = build_recipe(read_recipe_file(config), source=str(config)) if config.is_file() else build_recipe()

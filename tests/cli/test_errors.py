@@ -623,3 +623,32 @@ def test_an_empty_sam_window_is_refused_before_the_run_directory_is_written(trai
         "sam.start",
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_that_is_no_run_is_refused_before_torch_loads(tmp_path):
+    """eval, predict and sharpness on a mistyped or unfinished run directory: exit 2 naming it, without importing
+    torch or transformers first (about 12 s on 2 cores, before a refusal that reads one file)."""
+    folder = tmp_path / "not-a-run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("task: auto\n")  # an unfinished run has its recipe, no model
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from samtune.cli import app
+
+folder, typo = {str(folder)!r}, {str(folder) + "s"!r}
+for args, named, what in (
+    (["eval", folder, "--dataset", "reviews.csv"], folder, "is not a samtune run directory"),
+    (["predict", folder, "--text", "a text"], folder, "is not a samtune run directory"),
+    (["sharpness", folder], "RUN_DIR " + folder, "is not a samtune run directory"),
+    (["eval", typo, "--dataset", "reviews.csv"], typo, "does not exist"),
+):
+    done = CliRunner().invoke(app, args)
+    said = " ".join(done.output.split())
+    assert done.exit_code == 2 and f"{{named}} {{what}}" in said and "Traceback" not in said, (args, said)
+loaded = sorted({{"torch", "transformers", "datasets", "peft"}} & set(sys.modules))
+assert not loaded, loaded
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "300"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
