@@ -148,30 +148,19 @@ def test_bf16_mixed_precision_policy_climbs_and_restores_in_the_parameters_dtype
 # ---- SAMTrainer under Accelerate's FSDP2 ----------------------------------------------------------
 
 
-# Every scenario of fsdp_trainer_worker.py, and two resumed from their sharded checkpoints: one torchrun launch.
+# Every scenario of fsdp_trainer_worker.py, and two resumed from their sharded checkpoints.
 SCENARIOS = ("sam", "asam", "looksam", "rho0", "plain", "lora", "head", "nobias", "aesam", "plainsteps")
 RESUMED = ("sam", "looksam")
 
 
 @pytest.fixture(scope="module")
-def trainer_run(tmp_path_factory):
-    """Runs every scenario of fsdp_trainer_worker.py at the first use, in turn in the same two processes (each
-    with a fresh Accelerate state), and returns the folder of the runs."""
+def trainer_runs(tmp_path_factory):
+    """The folder of every scenario's runs: one torchrun launch, the scenarios in turn in the same two processes
+    (each with a fresh Accelerate state)."""
     out = tmp_path_factory.mktemp("fsdp-trainer")
-
-    def run(scenario: str, *extra: str) -> Path:
-        if not (out / "sam-rank0.pt").is_file():
-            every = [*SCENARIOS, *(f"{s}:resume" for s in RESUMED)]
-            torchrun("fsdp_trainer_worker.py", str(out), ",".join(every), timeout=600)
-        assert (out / f"{scenario}{'-resumed' if extra else ''}-rank0.pt").is_file(), (scenario, extra)
-        return out
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def trainer_runs(trainer_run):
-    return trainer_run("sam")
+    every = [*SCENARIOS, *(f"{s}:resume" for s in RESUMED)]
+    torchrun("fsdp_trainer_worker.py", str(out), ",".join(every), timeout=600)
+    return out
 
 
 def _merged_micro_batches(out: Path, name: str, ga: int = 2) -> list[list[dict[str, torch.Tensor]]]:
@@ -203,10 +192,10 @@ def test_samtrainer_under_fsdp2_equals_single_process_sam(trainer_runs, scenario
 
 
 @pytest.mark.parametrize(("scenario", "params"), [("head", "head"), ("nobias", "!*.bias")])
-def test_samtrainer_under_fsdp2_climbs_only_the_chosen_parameters(trainer_run, scenario, params):
+def test_samtrainer_under_fsdp2_climbs_only_the_chosen_parameters(trainer_runs, scenario, params):
     """`sam.params` sharded: the parameters left out stay at w in the descent, and their `.grad` holds the descent
     gradients only (the ascent's backward pass writes theirs too: it must be set aside with the climbing ones')."""
-    out = trainer_run(scenario)
+    out = trainer_runs
     r0, r1 = _run(out, scenario, 0), _run(out, scenario, 1)
     assert r0["param_type"] == "DTensor" and r0["climb_steps"] == 3
     assert _worst(r0["state"], r1["state"]) == 0.0
@@ -246,12 +235,12 @@ def test_samtrainer_looksam_under_fsdp2(trainer_runs):
     assert r0["climb_steps"] == 2  # steps 0 and 3 climb; 1 and 2 reuse g_v
 
 
-def test_samtrainer_aesam_under_fsdp2_decides_alike_and_equals_its_unsharded_run(trainer_run, tmp_path):
+def test_samtrainer_aesam_under_fsdp2_decides_alike_and_equals_its_unsharded_run(trainer_runs, tmp_path):
     """AE-SAM under FSDP2: ||g||^2 over every shard of the step's reduced gradient, so both processes decide alike
     (the same climbs, the same statistics), one climb per step from that gradient (sharded e(w)); the weights are
     those of the hand-written Algorithm 1 on both processes' micro-batches together and of the same run unsharded
     (DDP on 2 processes). 1e-6 as the tests above: float32, the sums in another order."""
-    out = trainer_run("aesam")
+    out = trainer_runs
     r0, r1 = _run(out, "aesam", 0), _run(out, "aesam", 1)
     assert r0["param_type"] == "DTensor" and len(r0["seen"]) == 6
     assert _worst(r0["state"], r1["state"]) == 0.0
@@ -273,12 +262,12 @@ def test_samtrainer_aesam_under_fsdp2_decides_alike_and_equals_its_unsharded_run
 
 
 @pytest.mark.parametrize("scenario", ["rho0", "plainsteps"])
-def test_samtrainer_steps_that_do_not_climb_under_fsdp2_are_the_stock_step_to_the_bit(trainer_run, scenario):
+def test_samtrainer_steps_that_do_not_climb_under_fsdp2_are_the_stock_step_to_the_bit(trainer_runs, scenario):
     """rho=0, and at rho > 0 the steps outside the SAM window and a variant's plain steps: the stock step, with the
     stock schedule of reductions (gradients accumulated unreduced over the micro-batches, reduced once)."""
-    out = trainer_run(scenario)
+    out = trainer_runs
     assert _run(out, scenario)["climb_steps"] == 0
-    plain, mine = _run(trainer_run("plain"), "plain")["state"], _run(out, scenario)["state"]
+    plain, mine = _run(out, "plain")["state"], _run(out, scenario)["state"]
     assert all(torch.equal(plain[k], mine[k]) for k in plain), _worst(plain, mine)
 
 

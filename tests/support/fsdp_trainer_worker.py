@@ -3,9 +3,9 @@
 Accelerate turns an FSDP request into FSDP only on accelerator devices; this worker lets it take the
 plugin on CPU processes too (`fsdp_on_cpu.force`), as it does on GPUs.
 
-Arguments: OUT SCENARIO[,SCENARIO...] [resume] (see the end of the file). Scenarios: "sam" (exact SAM), "asam",
-"lora" (exact SAM on peft LoRA
-adapters, the base frozen), "looksam" (k=3: steps 0 and 3 climb, 1 and 2 reuse g_v), "head" and "nobias" (exact
+Arguments: OUT SCENARIO[,SCENARIO...], each run in turn in the same processes; "NAME:resume" resumes NAME's run,
+which must come before it. Scenarios: "sam" (exact SAM), "asam", "lora" (exact SAM on peft LoRA adapters, the
+base frozen), "looksam" (k=3: steps 0 and 3 climb, 1 and 2 reuse g_v), "head" and "nobias" (exact
 SAM with `params` "head" and "!*.bias": the others stay at w), "aesam" (AE-SAM, decay 0.5, c 1: steps 0 and 2
 climb, 1 does not), "plainsteps" (rho > 0, every step outside
 the SAM window or an every_k plain step), each with 2 micro-batches per step and a sharded checkpoint (Accelerate's
@@ -145,12 +145,10 @@ def main(out: Path, scenario: str, resume: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    # SCENARIO may name several, comma-separated, each run in turn in these processes (one start-up of about 12 s
-    # instead of one per scenario); "NAME:resume" resumes NAME's run, which must come before it.
     from accelerate.state import AcceleratorState
 
-    for i, token in enumerate(sys.argv[2].split(",")):
+    for i, token in enumerate(sys.argv[2].split(",")):  # one start-up (about 12 s) for every scenario
         if i:  # a fresh Accelerate state, as a new process has; the process group stays
             AcceleratorState._reset_state(reset_partial_state=True)
         name, _, then = token.partition(":")
-        main(Path(sys.argv[1]), name, resume=then == "resume" or sys.argv[3:] == ["resume"])
+        main(Path(sys.argv[1]), name, resume=then == "resume")
